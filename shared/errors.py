@@ -1,0 +1,71 @@
+"""Domain exceptions raised by shared/ and mapped to HTTP in one place (shared.http)."""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """Base for errors a client can cause or the service reports; carries a safe message."""
+
+    code = "error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidImage(DomainError):
+    """The upload is not an image we accept (format, size in pixels, damaged data)."""
+
+    code = "invalid_image"
+
+
+class InvalidUpload(DomainError):
+    """The request body is not the multipart upload we expect."""
+
+    code = "invalid_upload"
+
+
+class UploadTooLarge(DomainError):
+    """The uploaded file is larger than MAX_UPLOAD_BYTES."""
+
+    code = "upload_too_large"
+
+
+class InvalidRequest(DomainError):
+    """A parameter or JSON body is malformed."""
+
+    code = "invalid_request"
+
+
+class NotAuthenticated(DomainError):
+    """No bearer token, or one that is unknown or expired."""
+
+    code = "not_authenticated"
+
+
+class InvalidCredentials(DomainError):
+    """Username or password is wrong."""
+
+    code = "invalid_credentials"
+
+
+class ScanNotFound(DomainError):
+    """No scan (or image) with this id for this owner."""
+
+    code = "scan_not_found"
+
+
+class UserExists(DomainError):
+    """A user with this username already exists."""
+
+    code = "user_exists"
+
+
+class DatabaseUnavailable(DomainError):
+    """The database could not be reached in time."""
+
+    code = "database_unavailable"
+
+
+class ConfigurationError(Exception):
+    """A setting is missing or malformed; the message names it."""
