@@ -31,6 +31,12 @@ class UploadTooLarge(DomainError):
     code = "upload_too_large"
 
 
+class UnsupportedMediaType(DomainError):
+    """The request body is not of a content type this route accepts."""
+
+    code = "unsupported_media_type"
+
+
 class InvalidRequest(DomainError):
     """A parameter or JSON body is malformed."""
 

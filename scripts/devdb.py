@@ -1,0 +1,132 @@
+"""The embedded PostgreSQL (pgserver) for `make run` and the tests, robust to a kill -9.
+
+pgserver starts its server in a session of its own, so it outlives us and keeps data between runs.
+pgserver 0.1.4 takes a server for alive when the pid in postmaster.pid exists, but a postgres killed
+with -9 can linger as a zombie. So: connect first; if that fails and the process is gone or a zombie,
+remove the stale postmaster.pid and let pgserver start the server again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from pathlib import Path
+
+import pg8000.native
+import psutil
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DATABASE = "ctscan"
+
+
+def _socket_url(pgdata: Path, database: str) -> str | None:
+    pid_file = pgdata / "postmaster.pid"
+    try:
+        lines = pid_file.read_text().splitlines()
+    except FileNotFoundError:
+        return None
+    # postmaster.pid: pid, data dir, start time, port, socket dir, listen addr, shmem key, status
+    if len(lines) < 5 or not lines[4].strip():
+        return None
+    return f"postgresql://postgres@/{database}?host={lines[4].strip()}&port={lines[3].strip()}"
+
+
+def _postmaster_pid(pgdata: Path) -> int | None:
+    with contextlib.suppress(FileNotFoundError, ValueError, IndexError):
+        return int((pgdata / "postmaster.pid").read_text().splitlines()[0])
+    return None
+
+
+def _can_connect(pgdata: Path) -> bool:
+    lines = (pgdata / "postmaster.pid").read_text().splitlines() if (pgdata / "postmaster.pid").exists() else []
+    if len(lines) < 5:
+        return False
+    sock = f"{lines[4].strip()}/.s.PGSQL.{lines[3].strip()}"
+    try:
+        pg8000.native.Connection("postgres", unix_sock=sock, database="postgres", timeout=3).close()
+    except Exception:
+        return False
+    return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def clear_stale_pid(pgdata: Path, *, wait_seconds: float = 15.0) -> None:
+    """Remove postmaster.pid if its server is dead (gone or a zombie) and cannot be reached."""
+    pid = _postmaster_pid(pgdata)
+    if pid is None or _can_connect(pgdata):
+        return
+    deadline = time.monotonic() + wait_seconds
+    while _alive(pid):
+        # Alive but not answering: it may be starting up or shutting down; give it a moment.
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"postgres pid {pid} in {pgdata} is alive but not accepting connections")
+        time.sleep(0.2)
+        if _can_connect(pgdata):
+            return
+    log.warning("removing stale postmaster.pid (pid %s is gone)", pid)
+    (pgdata / "postmaster.pid").unlink(missing_ok=True)
+
+
+def ensure_server(pgdata: Path, *, database: str = DEFAULT_DATABASE, attempts: int = 20) -> str:
+    """Start (or reuse) the embedded server in pgdata, make sure `database` exists, return its URL."""
+    import pgserver  # development dependency only
+
+    pgdata = pgdata.resolve()
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    last_error: Exception | None = None
+    for _ in range(attempts):
+        clear_stale_pid(pgdata)
+        try:
+            # cleanup_mode=None: the server keeps running (and keeps the data) after we exit.
+            pgserver.get_server(pgdata, cleanup_mode=None)
+            break
+        except Exception as exc:  # after a kill -9, old backends can hold shared memory a moment longer
+            last_error = exc
+            pgserver.PostgresServer._instances.pop(pgdata, None)
+            time.sleep(0.5)
+    else:
+        raise RuntimeError(f"could not start the embedded PostgreSQL in {pgdata}: {last_error}")
+    url = _socket_url(pgdata, database)
+    if url is None:
+        raise RuntimeError(f"the embedded PostgreSQL in {pgdata} wrote no socket directory")
+    create_database(url.replace(f"/{database}?", "/postgres?"), database)
+    return url
+
+
+def create_database(admin_url: str, database: str) -> None:
+    """CREATE DATABASE if it does not exist yet."""
+    from shared.config import parse_database_url
+
+    params = parse_database_url(admin_url)
+    con = pg8000.native.Connection(
+        params.user, unix_sock=params.unix_sock, host=params.host or "localhost", port=params.port,
+        password=params.password, database=params.database, timeout=10,
+    )
+    try:
+        if not con.run("SELECT 1 FROM pg_database WHERE datname = :name", name=database):
+            con.run(f"CREATE DATABASE {pg8000.native.identifier(database)}")
+    finally:
+        con.close()
+
+
+def stop_server(pgdata: Path) -> None:
+    """Stop the embedded server in pgdata, if one runs."""
+    from pgserver._commands import pg_ctl  # type: ignore[attr-defined]
+
+    if _postmaster_pid(pgdata) is not None:
+        with contextlib.suppress(Exception):
+            pg_ctl(["-w", "stop", "-m", "fast"], pgdata=pgdata.resolve(), user="pgserver" if _is_root() else None)
+
+
+def _is_root() -> bool:
+    import os
+
+    return os.geteuid() == 0

@@ -1,0 +1,138 @@
+"""Settings read once from the environment, validated, and passed around as values."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from shared.errors import ConfigurationError
+
+T = TypeVar("T", int, float)
+
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+@dataclass(frozen=True)
+class DatabaseParams:
+    """Where and how to connect to PostgreSQL."""
+
+    user: str
+    database: str
+    host: str | None = None
+    port: int = 5432
+    password: str | None = None
+    unix_sock: str | None = None
+    sslmode: str = "prefer"
+
+    def describe(self) -> str:
+        """Say where we connect, without the password, for error messages."""
+        where = self.unix_sock or f"{self.host}:{self.port}"
+        return f"{self.user}@{where}/{self.database}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting the functions and scripts read, validated."""
+
+    database: DatabaseParams
+    db_timeout_seconds: float
+    max_upload_bytes: int
+    max_image_pixels: int
+    session_ttl_seconds: int
+    api_base_url: str | None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
+        """Build settings from environment variables; a bad value raises ConfigurationError naming it."""
+        base_url = env.get("API_BASE_URL", "").strip().rstrip("/") or None
+        if base_url is not None and not base_url.startswith(("http://", "https://")):
+            raise ConfigurationError("API_BASE_URL must start with http:// or https://")
+        return cls(
+            database=database_params_from_env(env),
+            db_timeout_seconds=_number(env, "DB_TIMEOUT_SECONDS", 5.0, float, minimum=0.1),
+            max_upload_bytes=_number(env, "MAX_UPLOAD_BYTES", 4_500_000, int, minimum=1),
+            max_image_pixels=_number(env, "MAX_IMAGE_PIXELS", 40_000_000, int, minimum=1),
+            session_ttl_seconds=_number(env, "SESSION_TTL_SECONDS", 43_200, int, minimum=60),
+            api_base_url=base_url,
+        )
+
+
+def _number(env: Mapping[str, str], name: str, default: T, kind: type[T], *, minimum: T) -> T:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigurationError(f"{name} must be at least {minimum}, got {raw!r}")
+    return value
+
+
+def database_params_from_env(env: Mapping[str, str]) -> DatabaseParams:
+    """DATABASE_URL when set, else the standard libpq PG* variables."""
+    url = env.get("DATABASE_URL", "").strip()
+    if url:
+        return parse_database_url(url)
+    user = env.get("PGUSER", "postgres")
+    host = env.get("PGHOST", "localhost")
+    return _params(
+        user=user,
+        password=env.get("PGPASSWORD") or None,
+        host=host,
+        port_text=env.get("PGPORT", ""),
+        database=env.get("PGDATABASE") or user,
+        sslmode=env.get("PGSSLMODE", "prefer"),
+        source="PG* variables",
+    )
+
+
+def parse_database_url(url: str) -> DatabaseParams:
+    """Parse postgresql://user:password@host:port/db?host=/socket/dir&sslmode=require."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgres", "postgresql"):
+        raise ConfigurationError("DATABASE_URL must start with postgresql://")
+    query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
+    try:
+        port_text = str(parts.port) if parts.port else query.get("port", "")
+    except ValueError:
+        raise ConfigurationError("DATABASE_URL has an invalid port") from None
+    user = unquote(parts.username or query.get("user", "postgres"))
+    return _params(
+        user=user,
+        password=unquote(parts.password) if parts.password else query.get("password") or None,
+        host=query.get("host") or parts.hostname or "localhost",
+        port_text=port_text,
+        database=unquote(parts.path.lstrip("/")) or query.get("dbname") or user,
+        sslmode=query.get("sslmode", "prefer"),
+        source="DATABASE_URL",
+    )
+
+
+def _params(
+    *, user: str, password: str | None, host: str, port_text: str, database: str, sslmode: str, source: str
+) -> DatabaseParams:
+    try:
+        port = int(port_text) if port_text else 5432
+    except ValueError:
+        raise ConfigurationError(f"{source}: port must be a number") from None
+    if sslmode not in SSL_MODES:
+        raise ConfigurationError(f"{source}: sslmode must be one of {', '.join(SSL_MODES)}")
+    if host.startswith("/"):
+        # libpq convention: a host that is a path names the socket directory.
+        return DatabaseParams(
+            user=user, password=password, database=database, port=port,
+            unix_sock=f"{host.rstrip('/')}/.s.PGSQL.{port}", sslmode="disable",
+        )
+    return DatabaseParams(user=user, password=password, database=database, host=host, port=port, sslmode=sslmode)
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    return Settings.from_env()

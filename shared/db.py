@@ -1,0 +1,392 @@
+"""Every query the functions run, over one lazily opened pg8000 connection per container.
+
+Functions are verb_noun, take the connection first and keyword arguments after, never commit
+(the caller owns the transaction) and return dataclasses. SQL lives in module constants with
+pg8000 `:name` parameters; the only formatted piece is an image column taken from a fixed map.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+from typing import Any, ParamSpec, TypeVar
+
+import pg8000.native
+from pg8000.exceptions import DatabaseError, InterfaceError
+
+from shared.config import DatabaseParams, Settings, get_settings
+from shared.errors import DatabaseUnavailable, ScanNotFound, UserExists
+
+Connection = pg8000.native.Connection
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+UNIQUE_VIOLATION = "23505"
+# A warm container may sit frozen for minutes; its socket can be dead without our knowing.
+CHECK_AFTER_IDLE_SECONDS = 30.0
+
+
+class ImageType(str, Enum):
+    """The three renderings stored for every scan."""
+
+    original = "original"
+    annotated = "annotated"
+    thumbnail = "thumbnail"
+
+
+IMAGE_COLUMNS: dict[ImageType, tuple[str, str]] = {
+    ImageType.original: ("original_image_data", "file_hash"),
+    ImageType.annotated: ("annotated_image_data", "annotated_hash"),
+    ImageType.thumbnail: ("thumbnail_image_data", "thumbnail_hash"),
+}
+
+
+# ---------------------------------------------------------------- connections
+
+
+def connect(params: DatabaseParams, *, timeout: float) -> Connection:
+    """Open a pg8000 connection with a socket timeout so a dead peer never hangs a request."""
+    ssl_context: ssl.SSLContext | bool | None = None
+    if params.sslmode in ("require",):
+        ssl_context = ssl.create_default_context()
+        ssl_context.check_hostname = False
+        ssl_context.verify_mode = ssl.CERT_NONE
+    elif params.sslmode in ("verify-ca", "verify-full"):
+        ssl_context = ssl.create_default_context()
+        ssl_context.check_hostname = params.sslmode == "verify-full"
+    try:
+        return Connection(
+            params.user,
+            host=params.host or "localhost",
+            unix_sock=params.unix_sock,
+            port=params.port,
+            database=params.database,
+            password=params.password,
+            timeout=timeout,
+            ssl_context=ssl_context,
+            application_name="ctscan-store",
+        )
+    except (InterfaceError, OSError) as exc:
+        log.warning("database connect failed: %s (%s)", type(exc).__name__, params.describe())
+        raise DatabaseUnavailable("The database is unavailable; try again shortly.") from exc
+    except DatabaseError as exc:
+        # Authentication or a missing database: the server answered, but we cannot work.
+        log.error("database refused connection: %s (%s)", _sqlstate(exc), params.describe())
+        raise DatabaseUnavailable("The database is unavailable; try again shortly.") from exc
+
+
+class _Holder(threading.local):
+    con: Connection | None = None
+    last_used: float = 0.0
+
+
+_holder = _Holder()
+
+
+def _connection(settings: Settings) -> Connection:
+    con = _holder.con
+    now = time.monotonic()
+    if con is not None and now - _holder.last_used > CHECK_AFTER_IDLE_SECONDS:
+        try:
+            con.run("SELECT 1")
+        except (InterfaceError, OSError):
+            close_connection()
+            con = None
+    if con is None:
+        con = connect(settings.database, timeout=settings.db_timeout_seconds)
+        _holder.con = con
+    _holder.last_used = now
+    return con
+
+
+def close_connection() -> None:
+    """Drop this container's connection (it is reopened on next use)."""
+    con, _holder.con = _holder.con, None
+    if con is not None:
+        with contextlib.suppress(Exception):
+            con.close()
+
+
+def call(fn: Callable[..., R], /, **kwargs: Any) -> R:
+    """Run fn(con, **kwargs) on this container's connection; reconnect once on a network error.
+
+    Only connection-level failures are retried. A second failure answers 503, never a hang.
+    """
+    settings = get_settings()
+    for attempt in (1, 2):
+        con = _connection(settings)
+        try:
+            return fn(con, **kwargs)
+        except (InterfaceError, OSError) as exc:
+            close_connection()
+            log.warning("database network error (attempt %d): %s", attempt, type(exc).__name__)
+            if attempt == 2:
+                raise DatabaseUnavailable("The database is unavailable; try again shortly.") from exc
+    raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def transaction(con: Connection) -> Iterator[Connection]:
+    """Run the block in one transaction: commit on success, roll back on any error."""
+    con.run("BEGIN")
+    try:
+        yield con
+    except BaseException:
+        with contextlib.suppress(InterfaceError, OSError, DatabaseError):
+            con.run("ROLLBACK")
+        raise
+    con.run("COMMIT")
+
+
+def _sqlstate(exc: DatabaseError) -> str:
+    detail = exc.args[0] if exc.args else None
+    return str(detail.get("C", "")) if isinstance(detail, dict) else ""
+
+
+# ---------------------------------------------------------------- users and sessions
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The authenticated user a request acts for."""
+
+    id: int
+    username: str
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A user's id and stored password hash, for login."""
+
+    user_id: int
+    password_hash: str
+
+
+INSERT_USER = """
+    INSERT INTO users (username, password_hash) VALUES (:username, :password_hash) RETURNING id
+"""
+UPDATE_USER_PASSWORD = "UPDATE users SET password_hash = :password_hash WHERE username = :username RETURNING id"
+SELECT_CREDENTIALS = "SELECT id, password_hash FROM users WHERE username = :username"
+SELECT_USER_ID = "SELECT id FROM users WHERE username = :username"
+INSERT_SESSION = """
+    INSERT INTO sessions (token_hash, user_id, expires_at)
+    VALUES (:token_hash, :user_id, now() + make_interval(secs => :ttl_seconds))
+    RETURNING expires_at
+"""
+SELECT_SESSION_OWNER = """
+    SELECT u.id, u.username FROM sessions s JOIN users u ON u.id = s.user_id
+    WHERE s.token_hash = :token_hash AND s.expires_at > now()
+"""
+DELETE_SESSION = "DELETE FROM sessions WHERE token_hash = :token_hash"
+DELETE_EXPIRED_SESSIONS = "DELETE FROM sessions WHERE expires_at <= now()"
+
+
+def create_user(con: Connection, *, username: str, password_hash: str) -> int:
+    """Insert a user; UserExists when the name is taken."""
+    try:
+        rows = con.run(INSERT_USER, username=username, password_hash=password_hash)
+    except DatabaseError as exc:
+        if _sqlstate(exc) == UNIQUE_VIOLATION:
+            raise UserExists(f"user {username!r} already exists") from None
+        raise
+    return int(rows[0][0])
+
+
+def set_user_password(con: Connection, *, username: str, password_hash: str) -> bool:
+    """Replace a user's password hash; False when there is no such user."""
+    return bool(con.run(UPDATE_USER_PASSWORD, username=username, password_hash=password_hash))
+
+
+def get_credentials(con: Connection, *, username: str) -> Credentials | None:
+    """The stored password hash for a username, or None."""
+    rows = con.run(SELECT_CREDENTIALS, username=username)
+    return Credentials(int(rows[0][0]), str(rows[0][1])) if rows else None
+
+
+def get_user_id(con: Connection, *, username: str) -> int | None:
+    """The id of a username, or None."""
+    rows = con.run(SELECT_USER_ID, username=username)
+    return int(rows[0][0]) if rows else None
+
+
+def create_session(con: Connection, *, token_hash: str, user_id: int, ttl_seconds: int) -> datetime:
+    """Store a session by the hash of its token; returns when it expires."""
+    rows = con.run(INSERT_SESSION, token_hash=token_hash, user_id=user_id, ttl_seconds=ttl_seconds)
+    expires_at: datetime = rows[0][0]
+    return expires_at
+
+
+def get_session_owner(con: Connection, *, token_hash: str) -> Owner | None:
+    """The owner of an unexpired session, or None."""
+    rows = con.run(SELECT_SESSION_OWNER, token_hash=token_hash)
+    return Owner(int(rows[0][0]), str(rows[0][1])) if rows else None
+
+
+def delete_session(con: Connection, *, token_hash: str) -> None:
+    """End a session."""
+    con.run(DELETE_SESSION, token_hash=token_hash)
+
+
+def delete_expired_sessions(con: Connection) -> int:
+    """Remove sessions past their expiry; returns how many."""
+    con.run(DELETE_EXPIRED_SESSIONS)
+    return int(con.row_count or 0)
+
+
+# ---------------------------------------------------------------- scans
+
+
+@dataclass(frozen=True)
+class Scan:
+    """A scan's metadata and analysis results, never its image bytes."""
+
+    id: str
+    owner_id: int
+    filename: str
+    content_type: str
+    width: int
+    height: int
+    file_hash: str
+    results: dict[str, Any]
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    """One stored rendering: bytes (None for metadata-only reads), type and SHA-256."""
+
+    data: bytes | None
+    content_type: str
+    sha256: str
+    size: int
+
+
+SCAN_COLUMNS = "id, owner_id, filename, content_type, width, height, file_hash, results, created_at"
+
+INSERT_SCAN = f"""
+    INSERT INTO scans (id, owner_id, filename, content_type, width, height, results,
+                       original_image_data, annotated_image_data, thumbnail_image_data,
+                       file_hash, annotated_hash, thumbnail_hash)
+    VALUES (:id, :owner_id, :filename, :content_type, :width, :height, CAST(:results AS jsonb),
+            :original, :annotated, :thumbnail, :file_hash, :annotated_hash, :thumbnail_hash)
+    ON CONFLICT (owner_id, file_hash) DO NOTHING
+    RETURNING {SCAN_COLUMNS}
+"""
+SELECT_SCAN = f"SELECT {SCAN_COLUMNS} FROM scans WHERE id = :scan_id AND owner_id = :owner_id"
+SELECT_SCAN_BY_HASH = f"SELECT {SCAN_COLUMNS} FROM scans WHERE owner_id = :owner_id AND file_hash = :file_hash"
+SELECT_SCANS_FIRST_PAGE = f"""
+    SELECT {SCAN_COLUMNS} FROM scans WHERE owner_id = :owner_id
+    ORDER BY created_at DESC, id DESC LIMIT :limit
+"""
+SELECT_SCANS_NEXT_PAGE = f"""
+    SELECT {SCAN_COLUMNS} FROM scans
+    WHERE owner_id = :owner_id AND (created_at, id) < (:before_at, :before_id)
+    ORDER BY created_at DESC, id DESC LIMIT :limit
+"""
+DELETE_SCAN = "DELETE FROM scans WHERE id = :scan_id AND owner_id = :owner_id"
+# {data} and {hash} come from IMAGE_COLUMNS, never from the request.
+SELECT_SCAN_IMAGE = """
+    SELECT {data}, content_type, {hash}, octet_length({data})
+    FROM scans WHERE id = :scan_id AND owner_id = :owner_id
+"""
+SELECT_SCAN_IMAGE_META = """
+    SELECT content_type, {hash}, octet_length({data})
+    FROM scans WHERE id = :scan_id AND owner_id = :owner_id
+"""
+
+
+def _scan(row: list[Any]) -> Scan:
+    return Scan(
+        id=row[0], owner_id=int(row[1]), filename=row[2], content_type=row[3], width=int(row[4]),
+        height=int(row[5]), file_hash=row[6], results=row[7], created_at=row[8],
+    )
+
+
+def insert_scan(
+    con: Connection,
+    *,
+    scan_id: str,
+    owner_id: int,
+    filename: str,
+    content_type: str,
+    width: int,
+    height: int,
+    results_json: str,
+    original: bytes,
+    annotated: bytes,
+    thumbnail: bytes,
+    file_hash: str,
+    annotated_hash: str,
+    thumbnail_hash: str,
+) -> Scan | None:
+    """Insert a scan with all its images; None when this owner already has a scan with this hash."""
+    rows = con.run(
+        INSERT_SCAN, id=scan_id, owner_id=owner_id, filename=filename, content_type=content_type,
+        width=width, height=height, results=results_json, original=original, annotated=annotated,
+        thumbnail=thumbnail, file_hash=file_hash, annotated_hash=annotated_hash, thumbnail_hash=thumbnail_hash,
+    )
+    return _scan(rows[0]) if rows else None
+
+
+def find_scan_by_hash(con: Connection, *, owner_id: int, file_hash: str) -> Scan | None:
+    """This owner's scan of a file with this SHA-256, or None."""
+    rows = con.run(SELECT_SCAN_BY_HASH, owner_id=owner_id, file_hash=file_hash)
+    return _scan(rows[0]) if rows else None
+
+
+def get_scan(con: Connection, *, scan_id: str, owner_id: int) -> Scan:
+    """One of this owner's scans; ScanNotFound otherwise (also for other owners' scans)."""
+    rows = con.run(SELECT_SCAN, scan_id=scan_id, owner_id=owner_id)
+    if not rows:
+        raise ScanNotFound("No scan with this id.")
+    return _scan(rows[0])
+
+
+def list_scans_for_owner(
+    con: Connection, *, owner_id: int, limit: int, before: tuple[datetime, str] | None = None
+) -> list[Scan]:
+    """This owner's scans, newest first, strictly older than `before` (keyset pagination)."""
+    if before is None:
+        rows = con.run(SELECT_SCANS_FIRST_PAGE, owner_id=owner_id, limit=limit)
+    else:
+        rows = con.run(SELECT_SCANS_NEXT_PAGE, owner_id=owner_id, before_at=before[0], before_id=before[1], limit=limit)
+    return [_scan(row) for row in rows]
+
+
+def delete_scan(con: Connection, *, scan_id: str, owner_id: int) -> None:
+    """Delete one of this owner's scans; ScanNotFound when there is none."""
+    con.run(DELETE_SCAN, scan_id=scan_id, owner_id=owner_id)
+    if not con.row_count:
+        raise ScanNotFound("No scan with this id.")
+
+
+def get_scan_image(
+    con: Connection, *, scan_id: str, owner_id: int, image_type: ImageType, with_data: bool = True
+) -> StoredImage:
+    """One stored rendering of this owner's scan; with_data=False reads only its type, hash and size."""
+    data_column, hash_column = IMAGE_COLUMNS[image_type]
+    if with_data:
+        rows = con.run(SELECT_SCAN_IMAGE.format(data=data_column, hash=hash_column), scan_id=scan_id, owner_id=owner_id)
+        if not rows or rows[0][0] is None:
+            raise ScanNotFound("No scan with this id.")
+        data, content_type, digest, size = rows[0]
+    else:
+        rows = con.run(
+            SELECT_SCAN_IMAGE_META.format(data=data_column, hash=hash_column), scan_id=scan_id, owner_id=owner_id
+        )
+        if not rows or rows[0][2] is None:
+            raise ScanNotFound("No scan with this id.")
+        data = None
+        content_type, digest, size = rows[0]
+    if image_type is not ImageType.original:
+        content_type = "image/jpeg"
+    return StoredImage(data=data, content_type=content_type, sha256=digest, size=int(size))
