@@ -95,8 +95,11 @@ def create_app(name: str) -> FastAPI:
     return app
 
 
-def current_owner(request: Request) -> db.Owner:
-    """FastAPI dependency: the owner of the request's bearer token, or 401."""
+async def current_owner(request: Request) -> db.Owner:
+    """FastAPI dependency: the owner of the request's bearer token, or 401.
+
+    async so FastAPI runs it on the invoking thread, whose connection the handler reuses.
+    """
     token = auth.parse_bearer(request.headers.get("authorization"))
     return db.call(auth.authenticate, token=token)
 
@@ -104,7 +107,7 @@ def current_owner(request: Request) -> db.Owner:
 Owner = Annotated[db.Owner, Depends(current_owner)]
 
 
-def bearer_token(request: Request) -> str:
+async def bearer_token(request: Request) -> str:
     """The raw bearer token of this request (for logout)."""
     return auth.parse_bearer(request.headers.get("authorization"))
 

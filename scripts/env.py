@@ -1,0 +1,32 @@
+"""Where the local service finds its database: DATABASE_URL if set, else the embedded one in .data/."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = ROOT / ".data" / "pg"
+
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def prepare_database() -> str:
+    """Make sure DATABASE_URL points at a running server (starting the embedded one if needed)."""
+    url = os.environ.get("DATABASE_URL", "").strip()
+    if not url:
+        from scripts.devdb import ensure_server
+
+        url = ensure_server(Path(os.environ.get("PGDATA_DIR", DATA_DIR)))
+        os.environ["DATABASE_URL"] = url
+    return url
+
+
+def migrate() -> dict[str, object]:
+    """Apply migrations through the migrate function, as ops would invoke it."""
+    from functions.migrate.handler import handler
+
+    report: dict[str, object] = handler({}, None)
+    return report

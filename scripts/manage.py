@@ -1,0 +1,66 @@
+"""Ops and dev commands: create users, issue tokens, migrate. Never deployed.
+
+    python scripts/manage.py user NAME [--password P]   (or PASSWORD in the environment)
+    python scripts/manage.py token NAME                  prints a fresh token as the last line
+    python scripts/manage.py migrate                     prints the migration report as JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from env import migrate, prepare_database  # type: ignore[import-not-found]
+
+from shared import auth, db
+from shared.config import get_settings
+from shared.errors import UserExists
+
+
+def create_user(username: str, password: str) -> None:
+    password_hash = auth.hash_password(password)
+    try:
+        db.call(db.create_user, username=username, password_hash=password_hash)
+        print(f"created user {username}")
+    except UserExists:
+        db.call(db.set_user_password, username=username, password_hash=password_hash)
+        print(f"user {username} exists; password updated")
+
+
+def issue_token(username: str) -> str:
+    user_id = db.call(db.get_user_id, username=username)
+    if user_id is None:
+        raise SystemExit(f"no user {username!r}; create it with: make user NAME={username} PASSWORD=...")
+    session = db.call(auth.issue_session, user_id=user_id, ttl_seconds=get_settings().session_ttl_seconds)
+    return session.token
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    user = commands.add_parser("user", help="create a user (or reset its password)")
+    user.add_argument("name")
+    user.add_argument("--password", default=os.environ.get("PASSWORD"))
+    token = commands.add_parser("token", help="print a fresh bearer token for a user")
+    token.add_argument("name")
+    commands.add_parser("migrate", help="apply pending migrations")
+    args = parser.parse_args(argv)
+
+    prepare_database()
+    if args.command == "migrate":
+        print(json.dumps(migrate(), indent=2))
+    elif args.command == "user":
+        if not args.password:
+            parser.error("give a password: --password P, or PASSWORD=P in the environment")
+        migrate()
+        create_user(args.name, args.password)
+    else:
+        print(f"token for {args.name} (expires in {get_settings().session_ttl_seconds} s):", file=sys.stderr)
+        print(issue_token(args.name))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

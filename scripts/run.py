@@ -1,0 +1,57 @@
+"""`make run`: database, migrations, a dev user and token, then the local gateway on port 3000."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import sys
+
+from env import ROOT, migrate, prepare_database  # type: ignore[import-not-found]
+
+from shared import auth, db
+from shared.config import get_settings
+
+
+def ensure_dev_user(username: str) -> str:
+    """Create the dev user if missing and return a fresh token for it."""
+    user_id = db.call(db.get_user_id, username=username)
+    if user_id is None:
+        password = os.environ.get("DEV_PASSWORD") or secrets.token_urlsafe(12)
+        user_id = db.call(db.create_user, username=username, password_hash=auth.hash_password(password))
+        print(f"created user {username!r} with password {password!r}")
+    return db.call(auth.issue_session, user_id=user_id, ttl_seconds=get_settings().session_ttl_seconds).token
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "3000")))
+    parser.add_argument("--containers", type=int, default=4)
+    args = parser.parse_args(argv)
+
+    url = prepare_database()
+    embedded = "host=/" in url
+    print(f"database: {'embedded PostgreSQL in .data/pg' if embedded else 'DATABASE_URL'}")
+    report = migrate()
+    print(f"migrations: applied {report['applied']}, already applied {len(report['alreadyApplied'])}")  # type: ignore[arg-type]
+    token = ensure_dev_user("dev")
+    print(f"dev token: {token}")
+    print(f'try: curl -H "Authorization: Bearer {token}" http://{args.host}:{args.port}/api/v1/scans')
+    sys.stdout.flush()
+
+    from scripts.localgw import make_server
+
+    server = make_server(args.host, args.port, serverless_yml=ROOT / "serverless.yml", containers=args.containers)
+    print(f"Local gateway on http://{args.host}:{server.server_address[1]}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,156 @@
+"""A real PostgreSQL for every test: DATABASE_URL's server, else an embedded one (pgserver).
+
+Each run creates a fresh database on that server, applies the migrations we ship through the
+migrate function, and drops the database at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pg8000.native
+import pytest
+
+from shared import auth, config, db
+from tests.lambda_client import LambdaClient
+
+ROOT = Path(__file__).resolve().parent.parent
+EMBEDDED_PGDATA = ROOT / ".data" / "test-pg"
+
+
+def admin_connection(url: str) -> pg8000.native.Connection:
+    """A plain connection to a server URL, for test setup."""
+    return db.connect(config.parse_database_url(url), timeout=30)
+
+
+def with_database(url: str, name: str) -> str:
+    """The same server URL pointing at another database."""
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+
+
+@pytest.fixture(scope="session")
+def server_url() -> str:
+    """A URL of a running PostgreSQL server we may create databases on."""
+    url = os.environ.get("DATABASE_URL", "").strip()
+    if url:
+        return url
+    from scripts.devdb import ensure_server
+
+    return ensure_server(EMBEDDED_PGDATA, database="postgres")
+
+
+@pytest.fixture(scope="session")
+def fresh_database(server_url: str) -> Iterator[Callable[..., str]]:
+    """Factory for empty databases on the test server, dropped at the end of the session."""
+    created: list[str] = []
+
+    def make(prefix: str = "ctscan_test") -> str:
+        name = f"{prefix}_{os.getpid()}_{secrets.token_hex(3)}"
+        con = admin_connection(server_url)
+        try:
+            con.run(f"CREATE DATABASE {pg8000.native.identifier(name)}")
+        finally:
+            con.close()
+        created.append(name)
+        return with_database(server_url, name)
+
+    yield make
+    db.close_connection()
+    con = admin_connection(server_url)
+    try:
+        for name in created:
+            con.run(f"DROP DATABASE IF EXISTS {pg8000.native.identifier(name)} WITH (FORCE)")
+    finally:
+        con.close()
+
+
+@pytest.fixture(scope="session")
+def database_url(fresh_database: Callable[..., str]) -> str:
+    """The test database, migrated by the migrate function exactly as ops would run it."""
+    url: str = fresh_database()
+    os.environ["DATABASE_URL"] = url
+    config.get_settings.cache_clear()
+    from functions.migrate.handler import handler
+
+    report = handler({}, None)
+    assert report["status"] == "ok", report
+    return url
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _event_loop_for_main_thread() -> None:
+    # The Lambda runtime's main thread has an event loop for Mangum; give pytest's the same.
+    asyncio.set_event_loop(asyncio.new_event_loop())
+
+
+@pytest.fixture
+def settings_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """Change settings for one test: set env vars on the returned monkeypatch; caches are reset."""
+    config.get_settings.cache_clear()
+    yield monkeypatch
+    monkeypatch.undo()
+    config.get_settings.cache_clear()
+    db.close_connection()
+
+
+@pytest.fixture
+def pg(database_url: str) -> Iterator[pg8000.native.Connection]:
+    """A connection to the clean, migrated test database (tables truncated before each test)."""
+    con = admin_connection(database_url)
+    con.run("TRUNCATE scans, sessions, users RESTART IDENTITY CASCADE")
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+@dataclass(frozen=True)
+class User:
+    """A user with a live session token."""
+
+    id: int
+    username: str
+    password: str
+    token: str
+
+
+# One hash for all test users: scrypt is slow on purpose and the tests make many users.
+_PASSWORD = "correct horse battery staple"
+_PASSWORD_HASH = auth.hash_password(_PASSWORD)
+
+
+@pytest.fixture
+def make_user(pg: pg8000.native.Connection) -> Callable[..., User]:
+    """Factory: a user with a session token, stored as the service stores them."""
+
+    def make(username: str | None = None) -> User:
+        name = username or f"user_{secrets.token_hex(4)}"
+        user_id = db.create_user(pg, username=name, password_hash=_PASSWORD_HASH)
+        session = auth.issue_session(pg, user_id=user_id, ttl_seconds=3600)
+        return User(user_id, name, _PASSWORD, session.token)
+
+    return make
+
+
+@pytest.fixture
+def alice(make_user: Callable[..., User]) -> User:
+    user: User = make_user("alice")
+    return user
+
+
+@pytest.fixture
+def bob(make_user: Callable[..., User]) -> User:
+    user: User = make_user("bob")
+    return user
+
+
+@pytest.fixture
+def api(pg: pg8000.native.Connection) -> LambdaClient:
+    """Calls the real handlers with AWS-exact events, against the clean test database."""
+    return LambdaClient()
