@@ -1,0 +1,101 @@
+"""GET /api/v1/scans, GET and DELETE /api/v1/scans/{scan_id}."""
+
+from __future__ import annotations
+
+import pg8000.native
+import pytest
+
+from shared import db
+from tests import images
+from tests.conftest import User
+from tests.lambda_client import LambdaClient, multipart
+
+
+def upload(api: LambdaClient, user: User, seed: int) -> str:
+    body, ctype = multipart({"file": (f"scan-{seed}.png", images.png8(size=96, regions=(), seed=seed), "image/png")})
+    result = api.request("POST", "/api/v1/scans/analyze", token=user.token, body=body,
+                         headers={"content-type": ctype})
+    assert result.status == 201, result.body
+    scan_id: str = result.json()["scanId"]
+    return scan_id
+
+
+def test_list_is_newest_first_and_paginates_with_a_cursor(api: LambdaClient, alice: User, bob: User) -> None:
+    ids = [upload(api, alice, seed) for seed in range(5)]
+    upload(api, bob, 99)
+
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        query = "limit=2" + (f"&cursor={cursor}" if cursor else "")
+        page = api.request("GET", "/api/v1/scans", token=alice.token, query=query).json()
+        pages += 1
+        seen += [item["scanId"] for item in page["items"]]
+        cursor = page["nextCursor"]
+        if cursor is None:
+            break
+
+    assert seen == list(reversed(ids))
+    assert pages == 3
+
+
+def test_list_items_carry_metadata_and_urls(api: LambdaClient, alice: User) -> None:
+    scan_id = upload(api, alice, 1)
+    item = api.request("GET", "/api/v1/scans", token=alice.token).json()["items"][0]
+    assert item["scanId"] == scan_id
+    assert item["filename"] == "scan-1.png"
+    assert (item["width"], item["height"]) == (96, 96)
+    assert item["findingsCount"] == 0
+    assert item["thumbnailUrl"].endswith(f"/api/v1/scans/image/{scan_id}/thumbnail")
+
+
+def test_list_queries_never_read_image_columns() -> None:
+    for sql in (db.SELECT_SCANS_FIRST_PAGE, db.SELECT_SCANS_NEXT_PAGE, db.SELECT_SCAN):
+        assert "image_data" not in sql
+
+
+@pytest.mark.parametrize(("query", "status"), [("limit=0", 422), ("limit=101", 422), ("limit=abc", 422),
+                                                ("cursor=bm90LWEtY3Vyc29y", 400), ("cursor=%%%", 400)])
+def test_list_bad_parameters_are_4xx(api: LambdaClient, alice: User, query: str, status: int) -> None:
+    result = api.request("GET", "/api/v1/scans", token=alice.token, query=query)
+    assert result.status == status
+    assert result.json()["error"]["message"]
+
+
+def test_get_one_scan_returns_metadata_and_results(api: LambdaClient, alice: User, bob: User) -> None:
+    scan_id = upload(api, alice, 2)
+
+    mine = api.request("GET", f"/api/v1/scans/{scan_id}", token=alice.token)
+    theirs = api.request("GET", f"/api/v1/scans/{scan_id}", token=bob.token)
+
+    assert mine.status == 200
+    assert mine.json()["scanId"] == scan_id
+    assert mine.json()["results"]["findings"] == []
+    assert theirs.status == 404
+
+
+def test_delete_removes_the_scan_and_its_images(
+    api: LambdaClient, alice: User, bob: User, pg: pg8000.native.Connection
+) -> None:
+    scan_id = upload(api, alice, 3)
+
+    assert api.request("DELETE", f"/api/v1/scans/{scan_id}", token=bob.token).status == 404
+    assert pg.run("SELECT count(*) FROM scans")[0][0] == 1
+
+    deleted = api.request("DELETE", f"/api/v1/scans/{scan_id}", token=alice.token)
+    assert deleted.status == 204
+    assert deleted.body == b""
+    assert api.request("GET", f"/api/v1/scans/{scan_id}", token=alice.token).status == 404
+    assert api.request("GET", f"/api/v1/scans/image/{scan_id}/original", token=alice.token).status == 404
+    assert api.request("DELETE", f"/api/v1/scans/{scan_id}", token=alice.token).status == 404
+    assert pg.run("SELECT count(*) FROM scans")[0][0] == 0
+
+
+def test_scan_routes_require_a_token(api: LambdaClient, alice: User) -> None:
+    scan_id = upload(api, alice, 4)
+    for method, route in (("GET", "/api/v1/scans"), ("GET", f"/api/v1/scans/{scan_id}"),
+                          ("DELETE", f"/api/v1/scans/{scan_id}")):
+        result = api.request(method, route)
+        assert result.status == 401, route
+        assert result.headers["www-authenticate"].startswith("Bearer")
