@@ -1,0 +1,430 @@
+"""The local gateway over real HTTP: AWS-exact payload 2.0 events in, byte-exact responses out."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.client
+import json
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scripts import localgw
+from tests.gateway_fixtures import echo
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURE_YML = ROOT / "tests" / "gateway_fixtures" / "serverless.yml"
+CONTAINERS = 3
+
+
+class Reply:
+    def __init__(self, response: http.client.HTTPResponse) -> None:
+        self.status = response.status
+        self.headers = response.getheaders()
+        self.body = response.read()
+
+    def header(self, name: str) -> str | None:
+        return next((v for n, v in self.headers if n.lower() == name.lower()), None)
+
+    def all(self, name: str) -> list[str]:
+        return [v for n, v in self.headers if n.lower() == name.lower()]
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[tuple[str, int]]:
+    srv = localgw.make_server("127.0.0.1", 0, serverless_yml=FIXTURE_YML, containers=CONTAINERS)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield "127.0.0.1", srv.server_address[1]
+    srv.shutdown()
+    srv.server_close()
+    thread.join(timeout=5)
+
+
+def call(
+    server: tuple[str, int],
+    method: str,
+    path: str,
+    *,
+    body: bytes | None = None,
+    headers: list[tuple[str, str]] | None = None,
+    chunks: list[bytes] | None = None,
+) -> Reply:
+    conn = http.client.HTTPConnection(*server, timeout=30)
+    try:
+        conn.putrequest(method, path)
+        for name, value in headers or []:
+            conn.putheader(name, value)
+        if chunks is not None:
+            conn.putheader("Transfer-Encoding", "chunked")
+            conn.endheaders()
+            for chunk in chunks:
+                conn.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            conn.send(b"0\r\n\r\n")
+        else:
+            if body is not None:
+                conn.putheader("Content-Length", str(len(body)))
+            conn.endheaders(body)
+        return Reply(conn.getresponse())
+    finally:
+        conn.close()
+
+
+def echoed(reply: Reply) -> dict[str, Any]:
+    assert reply.status == 200, reply.body[:300]
+    event: dict[str, Any] = reply.json()["event"]
+    return event
+
+
+# --- routes ---------------------------------------------------------------------------------------
+
+
+def test_load_routes_reads_real_serverless_yml() -> None:
+    routes = localgw.load_routes(ROOT / "serverless.yml")
+    keys = {(r.function_name, r.route_key) for r in routes}
+    assert ("images", "GET /api/v1/scans/image/{scan_id}/{image_type}") in keys
+    assert ("images", "HEAD /api/v1/scans/image/{scan_id}/{image_type}") in keys
+    assert not [r for r in routes if r.function_name == "migrate"]
+    upload = next(r for r in routes if r.function_name == "upload")
+    assert (upload.handler_ref, upload.timeout_s, upload.memory_mb) == ("functions/upload/handler.handler", 29, 1769)
+
+
+def test_load_routes_uses_function_timeout_over_provider() -> None:
+    routes = {r.route_key: r for r in localgw.load_routes(FIXTURE_YML)}
+    assert routes["POST /echo"].timeout_s == 7
+    assert routes["GET /binary"].timeout_s == 12
+    assert "job" not in {r.function_name for r in routes.values()}
+
+
+def test_gateway_match_prefers_static_over_parameter_and_greedy() -> None:
+    gateway = localgw.Gateway(localgw.load_routes(FIXTURE_YML))
+
+    def key_and_params(method: str, path: str) -> tuple[str, dict[str, str]] | None:
+        found = gateway.match(method, path)
+        return None if found is None else (found[0].route_key, found[1])
+
+    assert key_and_params("GET", "/echo/static") == ("GET /echo/static", {})
+    assert key_and_params("GET", "/echo/other") == ("GET /echo/{item}", {"item": "other"})
+    assert key_and_params("GET", "/echo/") is None  # a {name} segment is never empty
+    assert key_and_params("GET", "/files/a/b/c") == ("GET /files/{path+}", {"path": "a/b/c"})
+    assert key_and_params("HEAD", "/echo/x") is None  # GET does not serve HEAD unless declared
+
+
+# --- events ---------------------------------------------------------------------------------------
+
+
+def test_build_event_has_payload_2_shape() -> None:
+    route = localgw.Route("GET", "/echo/{item}", "echo", "tests/gateway_fixtures/echo.handler", 7)
+    event = localgw.build_event(
+        method="GET",
+        raw_path="/echo/a%20b",
+        raw_query="",
+        headers=[("Host", "localhost:3000"), ("X-Two", "a"), ("x-two", "b")],
+        body=b"",
+        source_ip="10.0.0.9",
+        route=route,
+        path_params={"item": "a b"},
+    )
+    assert list(event) == [
+        "version",
+        "routeKey",
+        "rawPath",
+        "rawQueryString",
+        "headers",
+        "requestContext",
+        "pathParameters",
+        "isBase64Encoded",
+    ]
+    assert event["headers"] == {"host": "localhost:3000", "x-two": "a,b"}
+    assert event["isBase64Encoded"] is False
+    context = event["requestContext"]
+    assert (context["domainName"], context["domainPrefix"], context["stage"]) == (
+        "localhost:3000",
+        "localhost",
+        "$default",
+    )
+    assert re.fullmatch(r"\d\d/[A-Z][a-z]{2}/\d{4}:\d\d:\d\d:\d\d \+0000", context["time"])
+    assert isinstance(context["timeEpoch"], int) and context["timeEpoch"] > 1_600_000_000_000
+    uuid.UUID(context["requestId"])
+
+
+# --- requests over HTTP ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["image/png", "multipart/form-data; boundary=----x", "application/octet-stream", None],
+)
+def test_gateway_binary_body_arrives_base64(server: tuple[str, int], content_type: str | None) -> None:
+    payload = bytes(range(256)) * 20
+    headers = [("Content-Type", content_type)] if content_type else []
+    event = echoed(call(server, "POST", "/echo", body=payload, headers=headers))
+    assert event["isBase64Encoded"] is True
+    assert base64.b64decode(event["body"]) == payload
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["image/png", "multipart/form-data; boundary=b", "application/x-www-form-urlencoded", "application/pdf", None],
+)
+def test_gateway_non_text_type_is_base64_even_when_utf8(server: tuple[str, int], content_type: str | None) -> None:
+    payload = b'--b\r\nContent-Disposition: form-data; name="note"\r\n\r\nplain words\r\n--b--\r\n'
+    headers = [("Content-Type", content_type)] if content_type else []
+    event = echoed(call(server, "POST", "/echo", body=payload, headers=headers))
+    assert (event["isBase64Encoded"], base64.b64decode(event["body"])) == (True, payload)
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "text/plain; charset=utf-8", "application/vnd.api+json"])
+def test_gateway_text_body_arrives_as_text(server: tuple[str, int], content_type: str) -> None:
+    payload = '{"name": "Zoë", "scan": "ü"}'
+    event = echoed(call(server, "POST", "/echo", body=payload.encode(), headers=[("Content-Type", content_type)]))
+    assert event["isBase64Encoded"] is False
+    assert event["body"] == payload
+
+
+def test_gateway_text_type_with_invalid_utf8_is_base64(server: tuple[str, int]) -> None:
+    event = echoed(call(server, "POST", "/echo", body=b"\xff\xfe", headers=[("Content-Type", "text/plain")]))
+    assert (event["isBase64Encoded"], base64.b64decode(event["body"])) == (True, b"\xff\xfe")
+
+
+def test_gateway_no_body_omits_body(server: tuple[str, int]) -> None:
+    event = echoed(call(server, "GET", "/echo/x"))
+    assert "body" not in event and event["isBase64Encoded"] is False
+    assert "queryStringParameters" not in event and "cookies" not in event
+
+
+def test_gateway_query_string_is_raw_and_parameters_joined(server: tuple[str, int]) -> None:
+    query = "a=1&a=2&b=%2Fscan%20x%26y&c=&token=s3cr%C3%A9t"
+    event = echoed(call(server, "GET", f"/echo/x?{query}"))
+    assert event["rawQueryString"] == query
+    assert event["queryStringParameters"] == {"a": "1,2", "b": "/scan x&y", "c": "", "token": "s3crét"}
+
+
+def test_gateway_cookies_split_and_removed_from_headers(server: tuple[str, int]) -> None:
+    event = echoed(call(server, "GET", "/echo/x", headers=[("Cookie", "session=abc; theme=dark"), ("Cookie", "z=1")]))
+    assert event["cookies"] == ["session=abc", "theme=dark", "z=1"]
+    assert "cookie" not in event["headers"]
+
+
+def test_gateway_headers_lower_cased_and_repeats_comma_joined(server: tuple[str, int]) -> None:
+    headers = [("X-Custom-Thing", "One"), ("Accept", "image/png"), ("accept", "*/*"), ("User-Agent", "probe/1")]
+    event = echoed(call(server, "GET", "/echo/x", headers=headers))
+    assert event["headers"]["x-custom-thing"] == "One"
+    assert event["headers"]["accept"] == "image/png,*/*"
+    assert all(name == name.lower() for name in event["headers"])
+    assert event["headers"]["x-forwarded-proto"] == "http"
+    assert event["headers"]["x-forwarded-for"] == "127.0.0.1"
+    assert event["requestContext"]["http"]["userAgent"] == "probe/1"
+
+
+def test_gateway_path_parameters_decoded_and_raw_path_kept(server: tuple[str, int]) -> None:
+    event = echoed(call(server, "GET", "/echo/scan%20%2F1"))
+    assert event["rawPath"] == "/echo/scan%20%2F1"
+    assert event["pathParameters"] == {"item": "scan /1"}
+    greedy = echoed(call(server, "GET", "/files/a/b%20c/d.png"))
+    assert (greedy["routeKey"], greedy["pathParameters"]) == ("GET /files/{path+}", {"path": "a/b c/d.png"})
+
+
+def test_gateway_route_key_and_request_context(server: tuple[str, int]) -> None:
+    reply = call(server, "GET", "/echo/abc?q=1")
+    event = echoed(reply)
+    context = event["requestContext"]
+    assert event["version"] == "2.0"
+    assert event["routeKey"] == context["routeKey"] == "GET /echo/{item}"
+    assert context["http"]["method"] == "GET"
+    assert context["http"]["path"] == "/echo/abc"
+    assert context["http"]["protocol"] == "HTTP/1.1"
+    assert context["http"]["sourceIp"] == "127.0.0.1"
+    assert context["domainName"] == f"{server[0]}:{server[1]}"
+    assert (context["accountId"], context["apiId"], context["stage"]) == ("000000000000", "local", "$default")
+    lambda_context = reply.json()["context"]
+    assert lambda_context["aws_request_id"] == context["requestId"]
+    assert lambda_context["function_name"] == "echo"
+    assert 0 < lambda_context["remaining_ms"] <= 7000
+
+
+def test_gateway_chunked_body(server: tuple[str, int]) -> None:
+    payload = bytes(range(256)) * 40
+    chunks = [payload[i : i + 1000] for i in range(0, len(payload), 1000)]
+    event = echoed(call(server, "POST", "/echo", chunks=chunks, headers=[("Content-Type", "image/png")]))
+    assert base64.b64decode(event["body"]) == payload
+
+
+# --- responses ------------------------------------------------------------------------------------
+
+
+def test_gateway_binary_response_byte_exact_with_cookies(server: tuple[str, int]) -> None:
+    reply = call(server, "GET", "/binary")
+    assert reply.status == 200
+    assert reply.body == echo.BINARY_PAYLOAD
+    assert reply.header("Content-Type") == "image/png"
+    assert reply.all("Set-Cookie") == echo.RESPONSE_COOKIES
+
+
+def test_gateway_head_sends_headers_without_body(server: tuple[str, int]) -> None:
+    # Given a HEAD and a GET pipelined on one connection: stray HEAD body bytes would precede the GET's status line
+    with socket.create_connection(server, timeout=10) as sock:
+        sock.sendall(
+            b"HEAD /binary HTTP/1.1\r\nHost: x\r\n\r\nGET /plain HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    head, _, rest = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert f"Content-Length: {len(echo.BINARY_PAYLOAD)}".encode() in head.split(b"\r\n")
+    assert rest.startswith(b"HTTP/1.1 200 ")
+    assert rest.endswith(b'{"hello": "world", "rawPath": "/plain"}')
+
+
+def test_gateway_result_without_status_code_is_json_200(server: tuple[str, int]) -> None:
+    reply = call(server, "GET", "/plain")
+    assert (reply.status, reply.header("Content-Type")) == (200, "application/json")
+    assert reply.json() == {"hello": "world", "rawPath": "/plain"}
+
+
+@pytest.mark.parametrize(("method", "path"), [("GET", "/nowhere"), ("DELETE", "/binary"), ("GET", "/echo")])
+def test_gateway_unknown_route_is_404_json(server: tuple[str, int], method: str, path: str) -> None:
+    reply = call(server, method, path)
+    assert (reply.status, reply.header("Content-Type"), reply.json()) == (
+        404,
+        "application/json",
+        {"message": "Not Found"},
+    )
+
+
+def test_gateway_oversize_event_is_413_without_calling_handler(server: tuple[str, int]) -> None:
+    # Given 4.8 MB of binary: about 6.4 MB once base64-encoded into the event
+    payload = b"\x89" * 4_800_000
+    before = len(echo.calls)
+    reply = call(server, "POST", "/echo", body=payload, headers=[("Content-Type", "image/png")])
+    assert (reply.status, reply.json()) == (413, {"message": "Request Entity Too Large"})
+    assert len(echo.calls) == before
+
+
+def test_gateway_largest_event_under_limit_reaches_handler(server: tuple[str, int]) -> None:
+    payload = b"\x89" * 4_500_000
+    event = echoed(call(server, "POST", "/echo", body=payload, headers=[("Content-Type", "image/png")]))
+    assert base64.b64decode(event["body"]) == payload
+
+
+def test_gateway_body_over_http_api_quota_rejected_before_reading(server: tuple[str, int]) -> None:
+    with socket.create_connection(server, timeout=10) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 20000000\r\n\r\n")
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        assert response.status == 413
+        assert json.loads(response.read()) == {"message": "Request Entity Too Large"}
+
+
+def test_gateway_oversize_response_is_413(server: tuple[str, int]) -> None:
+    reply = call(server, "GET", "/huge")
+    assert (reply.status, reply.header("Content-Type")) == (413, "application/json")
+    assert "message" in reply.json()
+
+
+def test_gateway_handler_exception_is_502_with_traceback_on_stderr(
+    server: tuple[str, int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    reply = call(server, "GET", "/boom")
+    assert (reply.status, reply.json()) == (502, {"message": "Internal Server Error"})
+    assert "RuntimeError: fixture handler failed on purpose" in capsys.readouterr().err
+
+
+def test_gateway_access_log_has_no_query_headers_or_body(
+    server: tuple[str, int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    call(
+        server,
+        "POST",
+        "/echo?token=QUERYSECRET",
+        body=b'{"secret": "BODYSECRET"}',
+        headers=[("Content-Type", "application/json"), ("Authorization", "Bearer HEADERSECRET")],
+    )
+    # The server thread logs after sending the response: wait for its line.
+    err, deadline = "", time.monotonic() + 5
+    while not re.search(r"^POST /echo 200 \d+\.\dms$", err, re.MULTILINE):
+        assert time.monotonic() < deadline, err
+        time.sleep(0.01)
+        err += capsys.readouterr().err
+    assert not re.search("QUERYSECRET|HEADERSECRET|BODYSECRET", err)
+
+
+# --- containers -----------------------------------------------------------------------------------
+
+
+def test_gateway_pool_runs_parallel_requests_on_at_most_containers_threads(server: tuple[str, int]) -> None:
+    echo.slow_runs.clear()
+    with ThreadPoolExecutor(max_workers=8) as clients:
+        statuses = list(clients.map(lambda _: call(server, "GET", "/slow").status, range(8)))
+    assert statuses == [204] * 8
+    runs = list(echo.slow_runs)
+    assert len(runs) == 8
+    threads = {run["thread"] for run in runs}
+    assert 1 < len(threads) <= CONTAINERS
+    # Each container keeps its own event loop across invocations.
+    assert all(len({r["loop"] for r in runs if r["thread"] == t}) == 1 for t in threads)
+    # Peak overlap from recorded start/end times: parallel, never more than the pool allows.
+    edges = sorted([(r["start"], 1) for r in runs] + [(r["end"], -1) for r in runs])
+    active = peak = 0
+    for _, step in edges:
+        active += step
+        peak = max(peak, active)
+    assert 1 < peak <= CONTAINERS
+
+
+# --- end to end through Mangum and FastAPI --------------------------------------------------------
+
+
+@pytest.mark.parametrize("content_type", ["image/png", "multipart/form-data; boundary=----x"])
+def test_gateway_mangum_app_receives_exact_upload(server: tuple[str, int], content_type: str) -> None:
+    payload = bytes(range(256)) * 64
+    reply = call(server, "POST", "/asgi/upload", body=payload, headers=[("Content-Type", content_type)])
+    assert reply.status == 200, reply.body
+    assert reply.json() == {
+        "sha256": hashlib.sha256(payload).hexdigest(),
+        "length": len(payload),
+        "content_type": content_type,
+        "scheme": "http",
+    }
+
+
+def test_gateway_mangum_app_binary_response_and_head(server: tuple[str, int]) -> None:
+    reply = call(server, "GET", "/asgi/image")
+    assert (reply.status, reply.header("Content-Type"), reply.body) == (200, "image/png", echo.BINARY_PAYLOAD)
+    head = call(server, "HEAD", "/asgi/image")
+    assert (head.status, head.header("Content-Length"), head.body) == (200, str(len(echo.BINARY_PAYLOAD)), b"")
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_main_runs_as_script_from_project_root() -> None:
+    command = [sys.executable, "scripts/localgw.py", "--port", "0", "--containers", "2", "--config", str(FIXTURE_YML)]
+    with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) as process:
+        try:
+            assert process.stdout is not None
+            banner = process.stdout.readline()
+            found = re.fullmatch(r"Local gateway on http://127\.0\.0\.1:(\d+)\n", banner)
+            assert found, banner
+            listed = [process.stdout.readline() for _ in localgw.load_routes(FIXTURE_YML)]
+            assert any(re.fullmatch(r"\s+GET /echo/\{item\}\s+-> echo\n", line) for line in listed), listed
+            event = echoed(call(("127.0.0.1", int(found.group(1))), "GET", "/echo/cli"))
+            assert event["pathParameters"] == {"item": "cli"}
+        finally:
+            process.terminate()
