@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -53,35 +54,67 @@ IMAGE_COLUMNS: dict[ImageType, tuple[str, str]] = {
 # ---------------------------------------------------------------- connections
 
 
+def _ssl_context(sslmode: str) -> ssl.SSLContext | bool | None:
+    # pg8000: False = no TLS, None = TLS if the server offers it (unverified), a context = TLS required.
+    if sslmode == "disable":
+        return False
+    if sslmode in ("allow", "prefer"):
+        return None
+    context = ssl.create_default_context()
+    if sslmode == "require":
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    else:
+        context.check_hostname = sslmode == "verify-full"
+    return context
+
+
+def _open_socket(params: DatabaseParams, timeout: float) -> socket.socket:
+    if params.unix_sock:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(params.unix_sock)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+    sock = socket.create_connection((params.host or "localhost", params.port), timeout)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    return sock
+
+
 def connect(params: DatabaseParams, *, timeout: float) -> Connection:
     """Open a pg8000 connection with a socket timeout so a dead peer never hangs a request."""
-    ssl_context: ssl.SSLContext | bool | None = None
-    if params.sslmode in ("require",):
-        ssl_context = ssl.create_default_context()
-        ssl_context.check_hostname = False
-        ssl_context.verify_mode = ssl.CERT_NONE
-    elif params.sslmode in ("verify-ca", "verify-full"):
-        ssl_context = ssl.create_default_context()
-        ssl_context.check_hostname = params.sslmode == "verify-full"
+    sock: socket.socket | None = None
     try:
+        # Our own socket, so that a failed handshake (say, a timeout) closes it instead of leaking it.
+        sock = _open_socket(params, timeout)
         return Connection(
             params.user,
-            host=params.host or "localhost",
-            unix_sock=params.unix_sock,
-            port=params.port,
+            host=params.host,
+            sock=sock,
             database=params.database,
             password=params.password,
             timeout=timeout,
-            ssl_context=ssl_context,
+            ssl_context=_ssl_context(params.sslmode),
             application_name="ctscan-store",
         )
     except (InterfaceError, OSError) as exc:
+        _close_quietly(sock)
         log.warning("database connect failed: %s (%s)", type(exc).__name__, params.describe())
         raise DatabaseUnavailable("The database is unavailable; try again shortly.") from exc
     except DatabaseError as exc:
+        _close_quietly(sock)
         # Authentication or a missing database: the server answered, but we cannot work.
         log.error("database refused connection: %s (%s)", _sqlstate(exc), params.describe())
         raise DatabaseUnavailable("The database is unavailable; try again shortly.") from exc
+
+
+def _close_quietly(sock: socket.socket | None) -> None:
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.close()
 
 
 class _Holder(threading.local):

@@ -1,0 +1,99 @@
+"""The per-container connection: lazy, timed out, reconnects once, then 503 with Retry-After."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pg8000.native
+import pytest
+
+from shared import db
+from tests.conftest import User
+from tests.lambda_client import LambdaClient
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """A TCP port that accepts connections and never says a word (a hung database)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    listener.close()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_unreachable_database_is_503_with_retry_after(
+    api: LambdaClient, alice: User, settings_env: pytest.MonkeyPatch
+) -> None:
+    db.close_connection()
+    settings_env.setenv("DATABASE_URL", f"postgresql://postgres@127.0.0.1:{free_port()}/nothing")
+
+    result = api.request("GET", "/api/v1/scans", token=alice.token)
+
+    assert result.status == 503
+    assert result.headers["retry-after"] == "2"
+    assert result.error_code == "database_unavailable"
+
+
+def test_hung_database_answers_503_within_the_timeout_instead_of_hanging(
+    api: LambdaClient, alice: User, settings_env: pytest.MonkeyPatch, silent_server: int
+) -> None:
+    db.close_connection()
+    settings_env.setenv("DATABASE_URL", f"postgresql://postgres@127.0.0.1:{silent_server}/nothing")
+    settings_env.setenv("DB_TIMEOUT_SECONDS", "0.5")
+
+    started = time.monotonic()
+    result = api.request("GET", "/api/v1/scans", token=alice.token)
+    elapsed = time.monotonic() - started
+
+    assert result.status == 503
+    assert result.error_code == "database_unavailable"
+    # Connect is attempted at most twice with a 0.5 s socket timeout; far from a Lambda timeout.
+    assert elapsed < 10, elapsed
+
+
+def test_a_killed_backend_is_replaced_transparently(
+    api: LambdaClient, alice: User, pg: pg8000.native.Connection
+) -> None:
+    assert api.request("GET", "/api/v1/scans", token=alice.token).status == 200
+    backend = db.call(lambda con: con.run("SELECT pg_backend_pid()")[0][0])
+
+    # The database drops the container's connection (failover, idle timeout, proxy restart)
+    pg.run("SELECT pg_terminate_backend(:pid)", pid=backend)
+
+    result = api.request("GET", "/api/v1/scans", token=alice.token)
+    assert result.status == 200
+    assert db.call(lambda con: con.run("SELECT pg_backend_pid()")[0][0]) != backend
+
+
+def test_connection_is_reused_between_requests(api: LambdaClient, alice: User) -> None:
+    api.request("GET", "/api/v1/scans", token=alice.token)
+    first = db.call(lambda con: con.run("SELECT pg_backend_pid()")[0][0])
+    api.request("GET", "/api/v1/scans", token=alice.token)
+    assert db.call(lambda con: con.run("SELECT pg_backend_pid()")[0][0]) == first

@@ -1,0 +1,118 @@
+"""The migration runner and the migrate function: once each, concurrently safe, reported."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared import config, db
+from shared.migrations import MIGRATIONS_DIR, MigrationError, load_migrations, run_migrations
+
+EXPECTED = ["001_create_scans", "002_add_image_storage", "003_scan_integrity"]
+
+
+def run_on(url: str, directory: Path = MIGRATIONS_DIR) -> dict[str, Any]:
+    con = db.connect(config.parse_database_url(url), timeout=30)
+    try:
+        return run_migrations(con, directory=directory)
+    finally:
+        con.close()
+
+
+def test_migrations_apply_once_then_report_already_applied(fresh_database: Callable[..., str]) -> None:
+    url = fresh_database()
+
+    first = run_on(url)
+    second = run_on(url)
+
+    assert first["applied"] == EXPECTED and first["alreadyApplied"] == []
+    assert second["applied"] == [] and second["alreadyApplied"] == EXPECTED
+    for report in (first, second):
+        assert report["status"] == "ok"
+        assert [(c["column"], c["type"], c["storage"]) for c in report["columns"]] == [
+            ("original_image_data", "bytea", "external"),
+            ("annotated_image_data", "bytea", "external"),
+            ("thumbnail_image_data", "bytea", "external"),
+        ]
+
+
+def test_five_concurrent_runs_apply_everything_exactly_once(fresh_database: Callable[..., str]) -> None:
+    url = fresh_database()
+    barrier = threading.Barrier(5)
+    reports: list[dict[str, Any]] = []
+    errors: list[BaseException] = []
+
+    def runner() -> None:
+        try:
+            barrier.wait()
+            reports.append(run_on(url))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=runner) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+
+    assert not errors, errors
+    assert len(reports) == 5
+    applied = [name for report in reports for name in report["applied"]]
+    assert sorted(applied) == EXPECTED
+    con = db.connect(config.parse_database_url(url), timeout=30)
+    try:
+        assert [r[0] for r in con.run("SELECT version FROM schema_migrations ORDER BY version")] == ["001", "002", "003"]
+    finally:
+        con.close()
+
+
+def test_migrate_function_runs_through_its_handler(
+    fresh_database: Callable[..., str], settings_env: pytest.MonkeyPatch
+) -> None:
+    settings_env.setenv("DATABASE_URL", fresh_database())
+    from functions.migrate.handler import handler
+
+    assert handler({}, None)["applied"] == EXPECTED
+    assert handler({}, None)["alreadyApplied"] == EXPECTED
+
+
+def test_an_edited_migration_is_refused(fresh_database: Callable[..., str], tmp_path: Path) -> None:
+    url = fresh_database()
+    copy = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS_DIR, copy)
+    run_on(url, copy)
+    (copy / "001_create_scans.sql").write_text((copy / "001_create_scans.sql").read_text() + "\n-- edited\n")
+
+    with pytest.raises(MigrationError, match="edited after it was applied"):
+        run_on(url, copy)
+
+
+def test_a_failing_migration_rolls_back_with_its_bookkeeping(fresh_database: Callable[..., str], tmp_path: Path) -> None:
+    url = fresh_database()
+    copy = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS_DIR, copy)
+    (copy / "004_broken.sql").write_text("CREATE TABLE half_done (id int);\nSELECT * FROM no_such_table;\n")
+
+    with pytest.raises(db.DatabaseError):
+        run_on(url, copy)
+
+    con = db.connect(config.parse_database_url(url), timeout=30)
+    try:
+        assert con.run("SELECT to_regclass('half_done')")[0][0] is None
+        assert con.run("SELECT count(*) FROM schema_migrations WHERE version = '004'")[0][0] == 0
+    finally:
+        con.close()
+    # The three good ones were each committed on their own.
+    (copy / "004_broken.sql").unlink()
+    assert run_on(url, copy)["alreadyApplied"] == EXPECTED
+
+
+def test_misnamed_migration_files_are_rejected(tmp_path: Path) -> None:
+    (tmp_path / "4_oops.sql").write_text("SELECT 1;")
+    with pytest.raises(MigrationError, match="NNN_description"):
+        load_migrations(tmp_path)
