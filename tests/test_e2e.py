@@ -1,0 +1,179 @@
+"""End to end over real HTTP: `make run`'s entry point, the local gateway, and a kill -9 of everything."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests import images
+from tests.conftest import ROOT
+from tests.lambda_client import multipart
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Service:
+    """scripts/run.py in a subprocess, on its own embedded PostgreSQL in a temporary folder."""
+
+    def __init__(self, pgdata: Path, port: int) -> None:
+        self.pgdata, self.port = pgdata, port
+        self.process: subprocess.Popen[str] | None = None
+        self.token = ""
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+        env.update(PGDATA_DIR=str(self.pgdata), PORT=str(self.port), PYTHONUNBUFFERED="1")
+        self.process = subprocess.Popen(
+            [sys.executable, "scripts/run.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True,
+        )
+        assert self.process.stdout is not None
+        deadline = time.monotonic() + 60
+        lines = []
+        while time.monotonic() < deadline:
+            line = self.process.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("dev token: "):
+                self.token = line.split(": ", 1)[1].strip()
+            if line.startswith("Local gateway on"):
+                return
+        raise AssertionError("service did not start:\n" + "".join(lines))
+
+    def request(self, method: str, path: str, *, body: bytes = b"", headers: dict[str, str] | None = None,
+                token: str | None = None) -> tuple[int, dict[str, str], bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        try:
+            all_headers = {"Authorization": f"Bearer {token or self.token}", **(headers or {})}
+            conn.request(method, path, body=body or None, headers=all_headers)
+            response = conn.getresponse()
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+        finally:
+            conn.close()
+
+    def postmaster_pid(self) -> int:
+        return int((self.pgdata / "postmaster.pid").read_text().splitlines()[0])
+
+    def kill_gateway(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+        if self.process.stdout:
+            self.process.stdout.close()
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[Service]:
+    svc = Service(tmp_path / "pg", free_port())
+    yield svc
+    if svc.process and svc.process.poll() is None:
+        svc.process.kill()
+        svc.process.wait(10)
+    if svc.process and svc.process.stdout and not svc.process.stdout.closed:
+        svc.process.stdout.close()
+    from scripts.devdb import stop_server
+
+    stop_server(svc.pgdata)
+
+
+def test_upload_survives_kill_9_of_gateway_and_database(service: Service) -> None:
+    # Given a running service with one uploaded scan
+    service.start()
+    data = images.png16(seed=11)
+    body, ctype = multipart({"file": ("chest.png", data, "image/png")})
+    status, _, raw = service.request("POST", "/api/v1/scans/analyze", body=body, headers={"Content-Type": ctype})
+    assert status == 201, raw
+    scan_id = json.loads(raw)["scanId"]
+    before = {kind: service.request("GET", f"/api/v1/scans/image/{scan_id}/{kind}")[2]
+              for kind in ("original", "annotated", "thumbnail")}
+    assert before["original"] == data
+    token = service.token
+
+    # When the gateway and the database are both killed with SIGKILL
+    postmaster = service.postmaster_pid()
+    service.kill_gateway()
+    os.kill(postmaster, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while psutil.pid_exists(postmaster) and psutil.Process(postmaster).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+    # Then after a restart every image is byte-identical, and the old session still works
+    service.start()
+    assert service.postmaster_pid() != postmaster
+    for kind, expected in before.items():
+        status, headers, got = service.request("GET", f"/api/v1/scans/image/{scan_id}/{kind}", token=token)
+        assert status == 200, kind
+        assert got == expected, kind
+        assert headers["etag"] == f'"{hashlib.sha256(got).hexdigest()}"'
+
+
+def test_gateway_round_trip_over_http(service: Service) -> None:
+    service.start()
+    data = images.jpeg(seed=5)
+    body, ctype = multipart({"file": ("knee.jpg", data, "image/jpeg")})
+
+    status, headers, raw = service.request("POST", "/api/v1/scans/analyze", body=body,
+                                           headers={"Content-Type": ctype})
+    assert status == 201
+    result = json.loads(raw)
+    assert result["results"]["imageUrl"] == (
+        f"http://127.0.0.1:{service.port}/api/v1/scans/image/{result['scanId']}/original"
+    )
+
+    status, headers, got = service.request("GET", f"/api/v1/scans/image/{result['scanId']}/original")
+    assert (status, got, headers["content-type"]) == (200, data, "image/jpeg")
+
+    status, headers, got = service.request("HEAD", f"/api/v1/scans/image/{result['scanId']}/original")
+    assert (status, got, headers["content-length"]) == (200, b"", str(len(data)))
+
+    status, _, got = service.request("GET", f"/api/v1/scans/image/{result['scanId']}/original",
+                                     headers={"If-None-Match": headers["etag"]})
+    assert (status, got) == (304, b"")
+
+    status, _, raw = service.request("GET", "/api/v1/scans")
+    assert status == 200 and [i["scanId"] for i in json.loads(raw)["items"]] == [result["scanId"]]
+
+    status, _, raw = service.request("GET", "/api/v1/scans", token="wrong")
+    assert status == 401 and json.loads(raw)["error"]["code"] == "not_authenticated"
+
+
+def test_make_user_and_make_token(service: Service) -> None:
+    service.start()
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env["PGDATA_DIR"] = str(service.pgdata)
+
+    made = subprocess.run(["make", "-s", "user", "NAME=carol", "PASSWORD=s3cret-pass"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    issued = subprocess.run(["make", "-s", "token", "NAME=carol"], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert issued.returncode == 0, issued.stderr
+    token = issued.stdout.strip().splitlines()[-1]
+
+    status, _, raw = service.request("GET", "/api/v1/scans", token=token)
+    assert status == 200 and json.loads(raw)["items"] == []
+    status, _, raw = service.request(
+        "POST", "/api/v1/auth/sessions", body=json.dumps({"username": "carol", "password": "s3cret-pass"}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    assert status == 201
