@@ -311,6 +311,7 @@ class BodyTooLarge(Exception):
 
 class GatewayServer(ThreadingHTTPServer):
     daemon_threads = True
+    access_log = True
 
     def __init__(self, address: tuple[str, int], gateway: Gateway) -> None:
         super().__init__(address, RequestHandler)
@@ -374,7 +375,8 @@ class RequestHandler(BaseHTTPRequestHandler):
             )
         self._send(*response)
         elapsed_ms = (time.monotonic() - started) * 1000
-        print(f"{self.command} {raw_path} {response[0]} {elapsed_ms:.1f}ms", file=sys.stderr, flush=True)
+        if cast(GatewayServer, self.server).access_log:
+            print(f"{self.command} {raw_path} {response[0]} {elapsed_ms:.1f}ms", file=sys.stderr, flush=True)
 
     def _send(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
         self.send_response(status)

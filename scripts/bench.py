@@ -1,0 +1,268 @@
+"""`make bench`: speed, size and memory figures for the issue's targets. Prints a table, writes JSON.
+
+Runs on a fresh database `ctscan_bench` on the embedded server (or DATABASE_URL's server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from http.client import HTTPConnection
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+from env import ROOT, prepare_database  # type: ignore[import-not-found]
+from PIL import Image
+
+from shared import auth, config, db
+
+RESULTS = ROOT / "bench-results.json"
+TARGETS = {"warm_get_ratio": 2.0, "images_import_ms": 250.0, "bytes_per_scan_ratio": 1.1}
+
+
+def ct_image(size: int, seed: int, *, bits: int = 16, fmt: str = "PNG", noise: float = 0.01) -> bytes:
+    """A CT-like slice: body ellipse, two dense regions, seeded noise (so every image is distinct)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    c = size / 2
+    body = ((xx - c) / (size * 0.4)) ** 2 + ((yy - c) / (size * 0.33)) ** 2 <= 1.0
+    image = np.where(body, 0.3, 0.02) + rng.normal(0, noise, (size, size))
+    s = size // 512 or 1
+    image[180 * s : 210 * s, 150 * s : 190 * s] = 0.9
+    image[260 * s : 310 * s, 300 * s : 324 * s] = 0.85
+    image = np.clip(image, 0, 1)
+    out = io.BytesIO()
+    if bits == 16:
+        Image.fromarray((image * 65535).astype(np.uint16)).save(out, format=fmt)
+    else:
+        Image.fromarray((image * 255).astype(np.uint8)).save(out, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    return out.getvalue()
+
+
+def percentile(samples: list[float], p: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def timed(fn: Callable[[], object], runs: int) -> list[float]:
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1000)
+    return samples
+
+
+def fresh_database(server_url: str, name: str) -> str:
+    admin = db.connect(config.parse_database_url(server_url), timeout=30)
+    try:
+        admin.run(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.run(f"CREATE DATABASE {name}")
+    finally:
+        admin.close()
+    return urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
+
+
+def import_ms(module: str, runs: int = 5) -> float:
+    code = f"import time; t = time.perf_counter(); import {module}; print((time.perf_counter() - t) * 1000)"
+    samples = [
+        float(subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout)
+        for _ in range(runs)
+    ]
+    return statistics.median(samples)
+
+
+PEAK_MEMORY_CODE = """
+import json, resource, sys, tracemalloc
+from pathlib import Path
+sys.path.insert(0, '.')
+def rss_mb():
+    return int(open('/proc/self/statm').read().split()[1]) * resource.getpagesize() / 2**20
+from scripts.localgw import build_event, load_routes, LambdaContext
+from tests.lambda_client import multipart
+import functions.upload.handler as upload
+data = Path(sys.argv[1]).read_bytes()
+route = next(r for r in load_routes(Path('serverless.yml')) if r.function_name == 'upload')
+body, ctype = multipart({'file': ('big.png', data, 'image/png')})
+event = build_event(method='POST', raw_path='/api/v1/scans/analyze', raw_query='', source_ip='127.0.0.1',
+    headers=[('host', 'bench'), ('content-type', ctype), ('authorization', 'Bearer ' + sys.argv[2])],
+    body=body, route=route, path_params={})
+del body
+before = rss_mb()
+tracemalloc.start()
+result = upload.handler(event, LambdaContext(route, 'bench'))
+traced_peak = tracemalloc.get_traced_memory()[1] / 2**20
+tracemalloc.stop()
+print(json.dumps({'status': result['statusCode'], 'rss_before_mb': before,
+                  'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  'traced_peak_mb': traced_peak}))
+"""
+
+
+def main() -> int:
+    server_url = prepare_database()
+    url = fresh_database(server_url, "ctscan_bench")
+    os.environ["DATABASE_URL"] = url
+    config.get_settings.cache_clear()
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    from functions.migrate.handler import handler as migrate
+
+    migrate({}, None)
+    sys.path.insert(0, str(ROOT))
+    from scripts.localgw import LambdaContext, build_event, make_server
+    from tests.lambda_client import LambdaClient, multipart
+
+    user_id = db.call(db.create_user, username="bench", password_hash=auth.hash_password("bench"))
+    token = db.call(auth.issue_session, user_id=user_id, ttl_seconds=3600).token
+    api = LambdaClient()
+    figures: dict[str, object] = {}
+
+    # Sequential uploads, each a distinct image (identical bytes would be deduplicated).
+    runs = 30
+    for label, make in (
+        ("png16", lambda seed: ct_image(512, seed)),
+        ("jpeg", lambda seed: ct_image(512, seed, bits=8, fmt="JPEG")),
+    ):
+        bodies = [multipart({"file": (f"{label}.img", make(1000 + i), "image/png")}) for i in range(runs + 2)]
+        for body, ctype in bodies[:2]:  # warm-up
+            api.request("POST", "/api/v1/scans/analyze", token=token, body=body, headers={"content-type": ctype})
+        samples = []
+        for body, ctype in bodies[2:]:
+            start = time.perf_counter()
+            result = api.request("POST", "/api/v1/scans/analyze", token=token, body=body,
+                                 headers={"content-type": ctype})
+            samples.append((time.perf_counter() - start) * 1000)
+            assert result.status == 201, result.body
+        figures[f"upload_{label}_p50_ms"] = round(percentile(samples, 50), 2)
+        figures[f"upload_{label}_p95_ms"] = round(percentile(samples, 95), 2)
+
+    # Warm GET of a ~512 KB original versus a raw pg8000 SELECT of the same bytea.
+    big = ct_image(544, 7, noise=0.012)
+    body, ctype = multipart({"file": ("half-mb.png", big, "image/png")})
+    scan_id = api.request("POST", "/api/v1/scans/analyze", token=token, body=body,
+                          headers={"content-type": ctype}).json()["scanId"]
+    path = f"/api/v1/scans/image/{scan_id}/original"
+    assert api.request("GET", path, token=token).body == big
+    found = api.gateway.match("GET", path)
+    assert found is not None
+    route, params = found
+    event = build_event(method="GET", raw_path=path, raw_query="", body=b"", source_ip="127.0.0.1", route=route,
+                        path_params=params, headers=[("host", "bench"), ("authorization", f"Bearer {token}")])
+    from functions.images.handler import handler as images_handler
+
+    context = LambdaContext(route, "bench")
+    assert images_handler(event, context)["statusCode"] == 200
+    get_samples = timed(lambda: images_handler(event, context), 300)
+    raw = db.connect(config.parse_database_url(url), timeout=30)
+    select_samples = timed(
+        lambda: raw.run("SELECT original_image_data FROM scans WHERE id = :id", id=scan_id), 300
+    )
+    raw.close()
+    figures["original_bytes"] = len(big)
+    figures["warm_get_p50_ms"] = round(statistics.median(get_samples), 3)
+    figures["raw_select_p50_ms"] = round(statistics.median(select_samples), 3)
+    figures["warm_get_ratio"] = round(figures["warm_get_p50_ms"] / figures["raw_select_p50_ms"], 2)  # type: ignore[operator]
+
+    # Throughput through the local gateway over HTTP, 16 concurrent keep-alive connections.
+
+    server = make_server("127.0.0.1", 0, serverless_yml=ROOT / "serverless.yml", containers=4)
+    server.access_log = False  # type: ignore[attr-defined]
+    port = server.server_address[1]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    per_client, clients = 60, 16
+    failures: list[int] = []
+
+    def client() -> None:
+        conn = HTTPConnection("127.0.0.1", port, timeout=60)
+        for _ in range(per_client):
+            conn.request("GET", path, headers={"Authorization": f"Bearer {token}"})
+            response = conn.getresponse()
+            response.read()
+            if response.status != 200:
+                failures.append(response.status)
+        conn.close()
+
+    threading.Thread(target=client).run()  # warm every container's import and connection once
+    start = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - start
+    server.shutdown()
+    server.server_close()
+    assert not failures, failures[:5]
+    figures["gateway_get_rps_16conn"] = round(clients * per_client / elapsed, 1)
+    figures["gateway_get_mb_per_s"] = round(clients * per_client * len(big) / elapsed / 1e6, 1)
+
+    # Cold-start import time of each handler module (fresh interpreter, median of 5).
+    for name in ("images", "scans", "auth", "upload", "migrate"):
+        figures[f"import_{name}_ms"] = round(import_ms(f"functions.{name}.handler"), 1)
+    figures["images_import_ms"] = figures["import_images_ms"]
+
+    # PostgreSQL bytes per scan next to the image bytes stored.
+    con = db.connect(config.parse_database_url(url), timeout=30)
+    con.run("VACUUM ANALYZE scans")
+    total, count, image_bytes = con.run(
+        "SELECT pg_total_relation_size('scans'), count(*), "
+        "sum(octet_length(original_image_data) + octet_length(annotated_image_data) "
+        "+ octet_length(thumbnail_image_data)) FROM scans"
+    )[0]
+    con.close()
+    figures["scans_stored"] = count
+    figures["pg_bytes_per_scan"] = round(total / count)
+    figures["image_bytes_per_scan"] = round(int(image_bytes) / count)
+    figures["bytes_per_scan_ratio"] = round(total / int(image_bytes), 3)
+
+    # Peak memory of a fresh upload process handling a ~4.5 MB file.
+    size = 1800
+    huge = ct_image(size, 3, noise=0.05)
+    while len(huge) > 4_500_000:  # the largest noisy 16-bit slice that fits the limit
+        size -= 16
+        huge = ct_image(size, 3, noise=0.05)
+    tmp = ROOT / ".data" / "bench-4_5mb.png"
+    tmp.write_bytes(huge)
+    out = subprocess.run([sys.executable, "-c", PEAK_MEMORY_CODE, str(tmp), token], cwd=ROOT, capture_output=True,
+                         text=True, env={**os.environ, "DATABASE_URL": url})
+    tmp.unlink()
+    if out.returncode != 0:
+        raise SystemExit(out.stderr)
+    memory = json.loads(out.stdout.strip().splitlines()[-1])
+    assert memory["status"] == 201, memory
+    figures["big_upload_bytes"] = len(huge)
+    figures["big_upload_pixels"] = f"{size}x{size}"
+    figures["big_upload_rss_before_mb"] = round(memory["rss_before_mb"], 1)
+    figures["big_upload_peak_rss_mb"] = round(memory["peak_rss_mb"], 1)
+    figures["big_upload_traced_peak_mb"] = round(memory["traced_peak_mb"], 1)
+
+    print_table(figures)
+    RESULTS.write_text(json.dumps({"figures": figures, "targets": TARGETS}, indent=2) + "\n")
+    print(f"\nwrote {RESULTS.relative_to(ROOT)}")
+    db.close_connection()
+    return 0
+
+
+def print_table(figures: dict[str, object]) -> None:
+    width = max(len(k) for k in figures)
+    print(f"{'figure':<{width}}  value        target")
+    print("-" * (width + 28))
+    for key, value in figures.items():
+        target = TARGETS.get(key)
+        verdict = ""
+        if target is not None:
+            verdict = f"<= {target}  {'ok' if float(value) <= target else 'MISSED'}"  # type: ignore[arg-type]
+        print(f"{key:<{width}}  {value!s:<11}  {verdict}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
