@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import Callable
 from http.client import HTTPConnection
-from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -44,7 +43,8 @@ def ct_image(size: int, seed: int, *, bits: int = 16, fmt: str = "PNG", noise: f
     if bits == 16:
         Image.fromarray((image * 65535).astype(np.uint16)).save(out, format=fmt)
     else:
-        Image.fromarray((image * 255).astype(np.uint8)).save(out, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+        options = {"quality": 90} if fmt == "JPEG" else {}
+        Image.fromarray((image * 255).astype(np.uint8)).save(out, format=fmt, **options)
     return out.getvalue()
 
 
@@ -138,8 +138,9 @@ def main() -> int:
         samples = []
         for body, ctype in bodies[2:]:
             start = time.perf_counter()
-            result = api.request("POST", "/api/v1/scans/analyze", token=token, body=body,
-                                 headers={"content-type": ctype})
+            result = api.request(
+                "POST", "/api/v1/scans/analyze", token=token, body=body, headers={"content-type": ctype}
+            )
             samples.append((time.perf_counter() - start) * 1000)
             assert result.status == 201, result.body
         figures[f"upload_{label}_p50_ms"] = round(percentile(samples, 50), 2)
@@ -148,24 +149,31 @@ def main() -> int:
     # Warm GET of a ~512 KB original versus a raw pg8000 SELECT of the same bytea.
     big = ct_image(544, 7, noise=0.012)
     body, ctype = multipart({"file": ("half-mb.png", big, "image/png")})
-    scan_id = api.request("POST", "/api/v1/scans/analyze", token=token, body=body,
-                          headers={"content-type": ctype}).json()["scanId"]
+    scan_id = api.request(
+        "POST", "/api/v1/scans/analyze", token=token, body=body, headers={"content-type": ctype}
+    ).json()["scanId"]
     path = f"/api/v1/scans/image/{scan_id}/original"
     assert api.request("GET", path, token=token).body == big
     found = api.gateway.match("GET", path)
     assert found is not None
     route, params = found
-    event = build_event(method="GET", raw_path=path, raw_query="", body=b"", source_ip="127.0.0.1", route=route,
-                        path_params=params, headers=[("host", "bench"), ("authorization", f"Bearer {token}")])
+    event = build_event(
+        method="GET",
+        raw_path=path,
+        raw_query="",
+        body=b"",
+        source_ip="127.0.0.1",
+        route=route,
+        path_params=params,
+        headers=[("host", "bench"), ("authorization", f"Bearer {token}")],
+    )
     from functions.images.handler import handler as images_handler
 
     context = LambdaContext(route, "bench")
     assert images_handler(event, context)["statusCode"] == 200
     get_samples = timed(lambda: images_handler(event, context), 300)
     raw = db.connect(config.parse_database_url(url), timeout=30)
-    select_samples = timed(
-        lambda: raw.run("SELECT original_image_data FROM scans WHERE id = :id", id=scan_id), 300
-    )
+    select_samples = timed(lambda: raw.run("SELECT original_image_data FROM scans WHERE id = :id", id=scan_id), 300)
     raw.close()
     figures["original_bytes"] = len(big)
     figures["warm_get_p50_ms"] = round(statistics.median(get_samples), 3)
@@ -232,8 +240,13 @@ def main() -> int:
         huge = ct_image(size, 3, noise=0.05)
     tmp = ROOT / ".data" / "bench-4_5mb.png"
     tmp.write_bytes(huge)
-    out = subprocess.run([sys.executable, "-c", PEAK_MEMORY_CODE, str(tmp), token], cwd=ROOT, capture_output=True,
-                         text=True, env={**os.environ, "DATABASE_URL": url})
+    out = subprocess.run(
+        [sys.executable, "-c", PEAK_MEMORY_CODE, str(tmp), token],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "DATABASE_URL": url},
+    )
     tmp.unlink()
     if out.returncode != 0:
         raise SystemExit(out.stderr)

@@ -107,8 +107,13 @@ def create_database(admin_url: str, database: str) -> None:
 
     params = parse_database_url(admin_url)
     con = pg8000.native.Connection(
-        params.user, unix_sock=params.unix_sock, host=params.host or "localhost", port=params.port,
-        password=params.password, database=params.database, timeout=10,
+        params.user,
+        unix_sock=params.unix_sock,
+        host=params.host or "localhost",
+        port=params.port,
+        password=params.password,
+        database=params.database,
+        timeout=10,
     )
     try:
         if not con.run("SELECT 1 FROM pg_database WHERE datname = :name", name=database):

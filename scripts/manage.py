@@ -1,8 +1,8 @@
 """Ops and dev commands: create users, issue tokens, migrate. Never deployed.
 
-    python scripts/manage.py user NAME [--password P]   (or PASSWORD in the environment)
-    python scripts/manage.py token NAME                  prints a fresh token as the last line
-    python scripts/manage.py migrate                     prints the migration report as JSON
+python scripts/manage.py user NAME [--password P]   (or PASSWORD in the environment)
+python scripts/manage.py token NAME                  prints a fresh token as the last line
+python scripts/manage.py migrate                     prints the migration report as JSON
 """
 
 from __future__ import annotations

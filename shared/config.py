@@ -126,8 +126,12 @@ def _params(
     if host.startswith("/"):
         # libpq convention: a host that is a path names the socket directory.
         return DatabaseParams(
-            user=user, password=password, database=database, port=port,
-            unix_sock=f"{host.rstrip('/')}/.s.PGSQL.{port}", sslmode="disable",
+            user=user,
+            password=password,
+            database=database,
+            port=port,
+            unix_sock=f"{host.rstrip('/')}/.s.PGSQL.{port}",
+            sslmode="disable",
         )
     return DatabaseParams(user=user, password=password, database=database, host=host, port=port, sslmode=sslmode)
 

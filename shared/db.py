@@ -16,16 +16,15 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from enum import Enum
+from enum import StrEnum
 from typing import Any, ParamSpec, TypeVar
 
-import pg8000.native
 from pg8000.exceptions import DatabaseError, InterfaceError
+from pg8000.native import Connection as Connection  # re-exported for type hints
 
 from shared.config import DatabaseParams, Settings, get_settings
 from shared.errors import DatabaseUnavailable, ScanNotFound, UserExists
 
-Connection = pg8000.native.Connection
 log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
@@ -36,7 +35,7 @@ UNIQUE_VIOLATION = "23505"
 CHECK_AFTER_IDLE_SECONDS = 30.0
 
 
-class ImageType(str, Enum):
+class ImageType(StrEnum):
     """The three renderings stored for every scan."""
 
     original = "original"
@@ -207,7 +206,7 @@ class Credentials:
 INSERT_USER = """
     INSERT INTO users (username, password_hash) VALUES (:username, :password_hash) RETURNING id
 """
-UPDATE_USER_PASSWORD = "UPDATE users SET password_hash = :password_hash WHERE username = :username RETURNING id"
+UPDATE_USER_PASSWORD = "UPDATE users SET password_hash = :password_hash WHERE username = :username RETURNING id"  # noqa: S105
 SELECT_CREDENTIALS = "SELECT id, password_hash FROM users WHERE username = :username"
 SELECT_USER_ID = "SELECT id FROM users WHERE username = :username"
 INSERT_SESSION = """
@@ -339,8 +338,15 @@ SELECT_SCAN_IMAGE_META = """
 
 def _scan(row: list[Any]) -> Scan:
     return Scan(
-        id=row[0], owner_id=int(row[1]), filename=row[2], content_type=row[3], width=int(row[4]),
-        height=int(row[5]), file_hash=row[6], results=row[7], created_at=row[8],
+        id=row[0],
+        owner_id=int(row[1]),
+        filename=row[2],
+        content_type=row[3],
+        width=int(row[4]),
+        height=int(row[5]),
+        file_hash=row[6],
+        results=row[7],
+        created_at=row[8],
     )
 
 
@@ -363,9 +369,20 @@ def insert_scan(
 ) -> Scan | None:
     """Insert a scan with all its images; None when this owner already has a scan with this hash."""
     rows = con.run(
-        INSERT_SCAN, id=scan_id, owner_id=owner_id, filename=filename, content_type=content_type,
-        width=width, height=height, results=results_json, original=original, annotated=annotated,
-        thumbnail=thumbnail, file_hash=file_hash, annotated_hash=annotated_hash, thumbnail_hash=thumbnail_hash,
+        INSERT_SCAN,
+        id=scan_id,
+        owner_id=owner_id,
+        filename=filename,
+        content_type=content_type,
+        width=width,
+        height=height,
+        results=results_json,
+        original=original,
+        annotated=annotated,
+        thumbnail=thumbnail,
+        file_hash=file_hash,
+        annotated_hash=annotated_hash,
+        thumbnail_hash=thumbnail_hash,
     )
     return _scan(rows[0]) if rows else None
 

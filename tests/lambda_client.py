@@ -69,8 +69,14 @@ class LambdaClient:
             all_headers.append(("authorization", f"Bearer {token}"))
         all_headers += list((headers or {}).items())
         event = build_event(
-            method=method, raw_path=path, raw_query=query, headers=all_headers, body=body,
-            source_ip="203.0.113.9", route=route, path_params=params,
+            method=method,
+            raw_path=path,
+            raw_query=query,
+            headers=all_headers,
+            body=body,
+            source_ip="203.0.113.9",
+            route=route,
+            path_params=params,
         )
         return self.invoke(route.function_name, event)
 

@@ -14,8 +14,9 @@ from tests.lambda_client import LambdaClient, Result
 
 
 def log_in(api: LambdaClient, body: object) -> Result:
-    return api.request("POST", "/api/v1/auth/sessions", body=json.dumps(body).encode(),
-                       headers={"content-type": "application/json"})
+    return api.request(
+        "POST", "/api/v1/auth/sessions", body=json.dumps(body).encode(), headers={"content-type": "application/json"}
+    )
 
 
 def test_login_issues_a_token_that_authenticates(api: LambdaClient, alice: User) -> None:
@@ -52,8 +53,15 @@ def test_login_with_wrong_credentials_is_401(api: LambdaClient, alice: User, bod
 
 
 @pytest.mark.parametrize(
-    "raw", [b"", b"{not json", b'{"username": "alice"}', b'{"username": 5, "password": []}', b"[]",
-            json.dumps({"username": "a" * 65, "password": "x"}).encode()],
+    "raw",
+    [
+        b"",
+        b"{not json",
+        b'{"username": "alice"}',
+        b'{"username": 5, "password": []}',
+        b"[]",
+        json.dumps({"username": "a" * 65, "password": "x"}).encode(),
+    ],
 )
 def test_login_with_a_malformed_body_is_422(api: LambdaClient, alice: User, raw: bytes) -> None:
     result = api.request("POST", "/api/v1/auth/sessions", body=raw, headers={"content-type": "application/json"})

@@ -22,8 +22,9 @@ def test_database_url_with_tcp_password_and_sslmode() -> None:
 
 
 def test_pg_variables_when_no_database_url() -> None:
-    settings = Settings.from_env({"PGHOST": "db", "PGPORT": "5433", "PGUSER": "svc", "PGPASSWORD": "pw",
-                                  "PGDATABASE": "ct"})
+    settings = Settings.from_env(
+        {"PGHOST": "db", "PGPORT": "5433", "PGUSER": "svc", "PGPASSWORD": "pw", "PGDATABASE": "ct"}
+    )
     assert (settings.database.host, settings.database.port, settings.database.database) == ("db", 5433, "ct")
 
 
@@ -36,10 +37,14 @@ def test_defaults() -> None:
 
 @pytest.mark.parametrize(
     ("env", "named"),
-    [({"MAX_UPLOAD_BYTES": "lots"}, "MAX_UPLOAD_BYTES"), ({"SESSION_TTL_SECONDS": "5"}, "SESSION_TTL_SECONDS"),
-     ({"DB_TIMEOUT_SECONDS": "0"}, "DB_TIMEOUT_SECONDS"), ({"API_BASE_URL": "ftp://x"}, "API_BASE_URL"),
-     ({"DATABASE_URL": "mysql://x/y"}, "DATABASE_URL"),
-     ({"DATABASE_URL": "postgresql://h/d?sslmode=sometimes"}, "sslmode")],
+    [
+        ({"MAX_UPLOAD_BYTES": "lots"}, "MAX_UPLOAD_BYTES"),
+        ({"SESSION_TTL_SECONDS": "5"}, "SESSION_TTL_SECONDS"),
+        ({"DB_TIMEOUT_SECONDS": "0"}, "DB_TIMEOUT_SECONDS"),
+        ({"API_BASE_URL": "ftp://x"}, "API_BASE_URL"),
+        ({"DATABASE_URL": "mysql://x/y"}, "DATABASE_URL"),
+        ({"DATABASE_URL": "postgresql://h/d?sslmode=sometimes"}, "sslmode"),
+    ],
 )
 def test_bad_settings_fail_naming_the_setting(env: dict[str, str], named: str) -> None:
     with pytest.raises(ConfigurationError, match=named):

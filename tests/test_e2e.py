@@ -42,8 +42,12 @@ class Service:
         env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
         env.update(PGDATA_DIR=str(self.pgdata), PORT=str(self.port), PYTHONUNBUFFERED="1")
         self.process = subprocess.Popen(
-            [sys.executable, "scripts/run.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True,
+            [sys.executable, "scripts/run.py"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         assert self.process.stdout is not None
         deadline = time.monotonic() + 60
@@ -59,8 +63,15 @@ class Service:
                 return
         raise AssertionError("service did not start:\n" + "".join(lines))
 
-    def request(self, method: str, path: str, *, body: bytes = b"", headers: dict[str, str] | None = None,
-                token: str | None = None) -> tuple[int, dict[str, str], bytes]:
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: bytes = b"",
+        headers: dict[str, str] | None = None,
+        token: str | None = None,
+    ) -> tuple[int, dict[str, str], bytes]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
         try:
             all_headers = {"Authorization": f"Bearer {token or self.token}", **(headers or {})}
@@ -103,8 +114,10 @@ def test_upload_survives_kill_9_of_gateway_and_database(service: Service) -> Non
     status, _, raw = service.request("POST", "/api/v1/scans/analyze", body=body, headers={"Content-Type": ctype})
     assert status == 201, raw
     scan_id = json.loads(raw)["scanId"]
-    before = {kind: service.request("GET", f"/api/v1/scans/image/{scan_id}/{kind}")[2]
-              for kind in ("original", "annotated", "thumbnail")}
+    before = {
+        kind: service.request("GET", f"/api/v1/scans/image/{scan_id}/{kind}")[2]
+        for kind in ("original", "annotated", "thumbnail")
+    }
     assert before["original"] == data
     token = service.token
 
@@ -132,8 +145,7 @@ def test_gateway_round_trip_over_http(service: Service) -> None:
     data = images.jpeg(seed=5)
     body, ctype = multipart({"file": ("knee.jpg", data, "image/jpeg")})
 
-    status, headers, raw = service.request("POST", "/api/v1/scans/analyze", body=body,
-                                           headers={"Content-Type": ctype})
+    status, headers, raw = service.request("POST", "/api/v1/scans/analyze", body=body, headers={"Content-Type": ctype})
     assert status == 201
     result = json.loads(raw)
     assert result["results"]["imageUrl"] == (
@@ -146,8 +158,9 @@ def test_gateway_round_trip_over_http(service: Service) -> None:
     status, headers, got = service.request("HEAD", f"/api/v1/scans/image/{result['scanId']}/original")
     assert (status, got, headers["content-length"]) == (200, b"", str(len(data)))
 
-    status, _, got = service.request("GET", f"/api/v1/scans/image/{result['scanId']}/original",
-                                     headers={"If-None-Match": headers["etag"]})
+    status, _, got = service.request(
+        "GET", f"/api/v1/scans/image/{result['scanId']}/original", headers={"If-None-Match": headers["etag"]}
+    )
     assert (status, got) == (304, b"")
 
     status, _, raw = service.request("GET", "/api/v1/scans")
@@ -162,18 +175,27 @@ def test_make_user_and_make_token(service: Service) -> None:
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     env["PGDATA_DIR"] = str(service.pgdata)
 
-    made = subprocess.run(["make", "-s", "user", "NAME=carol", "PASSWORD=s3cret-pass"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    made = subprocess.run(
+        ["make", "-s", "user", "NAME=carol", "PASSWORD=s3cret-pass"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert made.returncode == 0, made.stderr
-    issued = subprocess.run(["make", "-s", "token", "NAME=carol"], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=120)
+    issued = subprocess.run(
+        ["make", "-s", "token", "NAME=carol"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert issued.returncode == 0, issued.stderr
     token = issued.stdout.strip().splitlines()[-1]
 
     status, _, raw = service.request("GET", "/api/v1/scans", token=token)
     assert status == 200 and json.loads(raw)["items"] == []
     status, _, raw = service.request(
-        "POST", "/api/v1/auth/sessions", body=json.dumps({"username": "carol", "password": "s3cret-pass"}).encode(),
+        "POST",
+        "/api/v1/auth/sessions",
+        body=json.dumps({"username": "carol", "password": "s3cret-pass"}).encode(),
         headers={"Content-Type": "application/json"},
     )
     assert status == 201

@@ -23,8 +23,7 @@ def scan(api: LambdaClient, alice: User) -> dict[str, object]:
     """Alice's uploaded scan: its id and original bytes."""
     data = images.png16()
     body, ctype = multipart({"file": ("scan.png", data, "image/png")})
-    result = api.request("POST", "/api/v1/scans/analyze", token=alice.token, body=body,
-                         headers={"content-type": ctype})
+    result = api.request("POST", "/api/v1/scans/analyze", token=alice.token, body=body, headers={"content-type": ctype})
     assert result.status == 201
     return {"id": result.json()["scanId"], "data": data}
 
@@ -73,8 +72,7 @@ def test_if_none_match_with_the_etag_is_304_without_body(
     etag = api.request("GET", path(scan["id"], "thumbnail"), token=alice.token).headers["etag"]
 
     for header in (etag, f"W/{etag}", f'"other", {etag}', "*"):
-        result = api.request("GET", path(scan["id"], "thumbnail"), token=alice.token,
-                             headers={"if-none-match": header})
+        result = api.request("GET", path(scan["id"], "thumbnail"), token=alice.token, headers={"if-none-match": header})
         assert result.status == 304, header
         assert result.body == b""
         assert result.headers["etag"] == etag
@@ -84,8 +82,7 @@ def test_if_none_match_with_the_etag_is_304_without_body(
 def test_if_none_match_with_another_etag_sends_the_image(
     api: LambdaClient, alice: User, scan: dict[str, object]
 ) -> None:
-    result = api.request("GET", path(scan["id"], "original"), token=alice.token,
-                         headers={"if-none-match": '"stale"'})
+    result = api.request("GET", path(scan["id"], "original"), token=alice.token, headers={"if-none-match": '"stale"'})
     assert result.status == 200
     assert result.body == scan["data"]
 
@@ -117,9 +114,7 @@ def test_unknown_scan_is_404(api: LambdaClient, alice: User, scan: dict[str, obj
     assert result.error_code == "scan_not_found"
 
 
-def test_another_owners_scan_is_404_not_403(
-    api: LambdaClient, bob: User, scan: dict[str, object]
-) -> None:
+def test_another_owners_scan_is_404_not_403(api: LambdaClient, bob: User, scan: dict[str, object]) -> None:
     for method in ("GET", "HEAD"):
         result = api.request(method, path(scan["id"], "original"), token=bob.token)
         assert result.status == 404, method
@@ -129,8 +124,13 @@ def test_another_owners_scan_is_404_not_403(
 
 @pytest.mark.parametrize(
     ("authorization", "why"),
-    [(None, "no header"), ("Bearer", "no token"), ("Basic YWxpY2U6eA==", "wrong scheme"),
-     ("Bearer not-a-real-token", "unknown token"), ("Bearer " + "x" * 500, "absurdly long token")],
+    [
+        (None, "no header"),
+        ("Bearer", "no token"),
+        ("Basic YWxpY2U6eA==", "wrong scheme"),
+        ("Bearer not-a-real-token", "unknown token"),
+        ("Bearer " + "x" * 500, "absurdly long token"),
+    ],
 )
 def test_missing_or_invalid_token_is_401_with_www_authenticate(
     api: LambdaClient, scan: dict[str, object], authorization: str | None, why: str

@@ -66,7 +66,8 @@ def test_five_concurrent_runs_apply_everything_exactly_once(fresh_database: Call
     assert sorted(applied) == EXPECTED
     con = db.connect(config.parse_database_url(url), timeout=30)
     try:
-        assert [r[0] for r in con.run("SELECT version FROM schema_migrations ORDER BY version")] == ["001", "002", "003"]
+        versions = [r[0] for r in con.run("SELECT version FROM schema_migrations ORDER BY version")]
+        assert versions == ["001", "002", "003"]
     finally:
         con.close()
 
@@ -92,7 +93,9 @@ def test_an_edited_migration_is_refused(fresh_database: Callable[..., str], tmp_
         run_on(url, copy)
 
 
-def test_a_failing_migration_rolls_back_with_its_bookkeeping(fresh_database: Callable[..., str], tmp_path: Path) -> None:
+def test_a_failing_migration_rolls_back_with_its_bookkeeping(
+    fresh_database: Callable[..., str], tmp_path: Path
+) -> None:
     url = fresh_database()
     copy = tmp_path / "migrations"
     shutil.copytree(MIGRATIONS_DIR, copy)

@@ -13,8 +13,7 @@ from tests.lambda_client import LambdaClient, multipart
 
 def upload(api: LambdaClient, user: User, seed: int) -> str:
     body, ctype = multipart({"file": (f"scan-{seed}.png", images.png8(size=96, regions=(), seed=seed), "image/png")})
-    result = api.request("POST", "/api/v1/scans/analyze", token=user.token, body=body,
-                         headers={"content-type": ctype})
+    result = api.request("POST", "/api/v1/scans/analyze", token=user.token, body=body, headers={"content-type": ctype})
     assert result.status == 201, result.body
     scan_id: str = result.json()["scanId"]
     return scan_id
@@ -55,8 +54,10 @@ def test_list_queries_never_read_image_columns() -> None:
         assert "image_data" not in sql
 
 
-@pytest.mark.parametrize(("query", "status"), [("limit=0", 422), ("limit=101", 422), ("limit=abc", 422),
-                                                ("cursor=bm90LWEtY3Vyc29y", 400), ("cursor=%%%", 400)])
+@pytest.mark.parametrize(
+    ("query", "status"),
+    [("limit=0", 422), ("limit=101", 422), ("limit=abc", 422), ("cursor=bm90LWEtY3Vyc29y", 400), ("cursor=%%%", 400)],
+)
 def test_list_bad_parameters_are_4xx(api: LambdaClient, alice: User, query: str, status: int) -> None:
     result = api.request("GET", "/api/v1/scans", token=alice.token, query=query)
     assert result.status == status
@@ -94,8 +95,11 @@ def test_delete_removes_the_scan_and_its_images(
 
 def test_scan_routes_require_a_token(api: LambdaClient, alice: User) -> None:
     scan_id = upload(api, alice, 4)
-    for method, route in (("GET", "/api/v1/scans"), ("GET", f"/api/v1/scans/{scan_id}"),
-                          ("DELETE", f"/api/v1/scans/{scan_id}")):
+    for method, route in (
+        ("GET", "/api/v1/scans"),
+        ("GET", f"/api/v1/scans/{scan_id}"),
+        ("DELETE", f"/api/v1/scans/{scan_id}"),
+    ):
         result = api.request(method, route)
         assert result.status == 401, route
         assert result.headers["www-authenticate"].startswith("Bearer")

@@ -25,4 +25,5 @@ async def read_scan_image(scan_id: str, image_type: db.ImageType, request: Reque
     image = db.call(db.get_scan_image, scan_id=scan_id, owner_id=owner.id, image_type=image_type)
     return image_response(image, request)
 
+
 handler = Mangum(app, lifespan="off")

@@ -19,9 +19,7 @@ app = create_app("upload")
 @app.post("/api/v1/scans/analyze")
 async def analyze_scan(request: Request, owner: Owner) -> JSONResponse:
     filename, data = await read_upload(request)
-    stored = store_upload(
-        owner_id=owner.id, filename=filename, data=data, max_pixels=get_settings().max_image_pixels
-    )
+    stored = store_upload(owner_id=owner.id, filename=filename, data=data, max_pixels=get_settings().max_image_pixels)
     body = {"duplicate": stored.duplicate, **scan_public(stored.scan, base_url(request))}
     return JSONResponse(body, status_code=200 if stored.duplicate else 201)
 
