@@ -83,6 +83,8 @@ def log_in(con: db.Connection, *, username: str, password: str, ttl_seconds: int
         raise InvalidCredentials("Wrong username or password.")
     if not verify_password(password, credentials.password_hash):
         raise InvalidCredentials("Wrong username or password.")
+    # Expired sessions would otherwise pile up forever; each login clears its user's (indexed by user_id).
+    db.delete_expired_sessions(con, user_id=credentials.user_id)
     return issue_session(con, user_id=credentials.user_id, ttl_seconds=ttl_seconds)
 
 

@@ -219,7 +219,7 @@ SELECT_SESSION_OWNER = """
     WHERE s.token_hash = :token_hash AND s.expires_at > now()
 """
 DELETE_SESSION = "DELETE FROM sessions WHERE token_hash = :token_hash"
-DELETE_EXPIRED_SESSIONS = "DELETE FROM sessions WHERE expires_at <= now()"
+DELETE_EXPIRED_SESSIONS = "DELETE FROM sessions WHERE user_id = :user_id AND expires_at <= now()"
 
 
 def create_user(con: Connection, *, username: str, password_hash: str) -> int:
@@ -268,9 +268,9 @@ def delete_session(con: Connection, *, token_hash: str) -> None:
     con.run(DELETE_SESSION, token_hash=token_hash)
 
 
-def delete_expired_sessions(con: Connection) -> int:
-    """Remove sessions past their expiry; returns how many."""
-    con.run(DELETE_EXPIRED_SESSIONS)
+def delete_expired_sessions(con: Connection, *, user_id: int) -> int:
+    """Remove a user's sessions past their expiry; returns how many."""
+    con.run(DELETE_EXPIRED_SESSIONS, user_id=user_id)
     return int(con.row_count or 0)
 
 

@@ -80,3 +80,14 @@ def test_logout_ends_only_that_session(api: LambdaClient, alice: User) -> None:
     other = log_in(api, {"username": "alice", "password": alice.password}).json()["token"]
     api.request("DELETE", "/api/v1/auth/sessions/current", token=alice.token)
     assert api.request("GET", "/api/v1/scans", token=other).status == 200
+
+
+def test_login_clears_that_users_expired_sessions(
+    api: LambdaClient, alice: User, bob: User, pg: pg8000.native.Connection
+) -> None:
+    pg.run("UPDATE sessions SET expires_at = now() - interval '1 hour'")
+
+    log_in(api, {"username": "alice", "password": alice.password})
+
+    rows = pg.run("SELECT user_id, expires_at > now() FROM sessions ORDER BY user_id")
+    assert rows == [[alice.id, True], [bob.id, False]]
