@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import warnings
 from pathlib import Path
 
 import pg8000.native
@@ -77,7 +78,10 @@ def clear_stale_pid(pgdata: Path, *, wait_seconds: float = 15.0) -> None:
 
 def ensure_server(pgdata: Path, *, database: str = DEFAULT_DATABASE, attempts: int = 20) -> str:
     """Start (or reuse) the embedded server in pgdata, make sure `database` exists, return its URL."""
-    import pgserver  # development dependency only
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (CI, containers); pgserver copes with its fallback.
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+        import pgserver  # development dependency only
 
     pgdata = pgdata.resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)

@@ -35,14 +35,16 @@ def with_database(url: str, name: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def server_url() -> str:
+def server_url() -> Iterator[str]:
     """A URL of a running PostgreSQL server we may create databases on."""
     url = os.environ.get("DATABASE_URL", "").strip()
     if url:
-        return url
-    from scripts.devdb import ensure_server
+        yield url
+        return
+    from scripts.devdb import ensure_server, stop_server
 
-    return ensure_server(EMBEDDED_PGDATA, database="postgres")
+    yield ensure_server(EMBEDDED_PGDATA, database="postgres")
+    stop_server(EMBEDDED_PGDATA)
 
 
 @pytest.fixture(scope="session")
