@@ -7,7 +7,7 @@ import os
 import secrets
 import sys
 
-from env import ROOT, migrate, prepare_database  # type: ignore[import-not-found]
+from env import migrate, prepare_database  # type: ignore[import-not-found]
 
 from shared import auth, db
 from shared.config import get_settings
@@ -40,17 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f'try: curl -H "Authorization: Bearer {token}" http://{args.host}:{args.port}/api/v1/scans')
     sys.stdout.flush()
 
-    from scripts.localgw import make_server
+    from scripts import localgw
 
-    server = make_server(args.host, args.port, serverless_yml=ROOT / "serverless.yml", containers=args.containers)
-    print(f"Local gateway on http://{args.host}:{server.server_address[1]}", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-    return 0
+    return localgw.main(["--host", args.host, "--port", str(args.port), "--containers", str(args.containers)])
 
 
 if __name__ == "__main__":

@@ -38,8 +38,7 @@ def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def scan_public(scan: db.Scan, base_url: str) -> dict[str, Any]:
-    """A scan's metadata and results as the API shows them."""
+def _metadata(scan: db.Scan) -> dict[str, Any]:
     return {
         "scanId": scan.id,
         "filename": scan.filename,
@@ -48,21 +47,19 @@ def scan_public(scan: db.Scan, base_url: str) -> dict[str, Any]:
         "height": scan.height,
         "fileHash": scan.file_hash,
         "createdAt": iso(scan.created_at),
-        "results": {**image_urls(base_url, scan.id), **scan.results},
     }
+
+
+def scan_public(scan: db.Scan, base_url: str) -> dict[str, Any]:
+    """A scan's metadata and results as the API shows them."""
+    return {**_metadata(scan), "results": {**image_urls(base_url, scan.id), **scan.results}}
 
 
 def scan_summary(scan: db.Scan, base_url: str) -> dict[str, Any]:
     """A scan as a list item: metadata, finding count and image URLs."""
     findings = scan.results.get("findings", [])
     return {
-        "scanId": scan.id,
-        "filename": scan.filename,
-        "contentType": scan.content_type,
-        "width": scan.width,
-        "height": scan.height,
-        "fileHash": scan.file_hash,
-        "createdAt": iso(scan.created_at),
+        **_metadata(scan),
         "findingsCount": len(findings) if isinstance(findings, list) else 0,
         **image_urls(base_url, scan.id),
     }
