@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from collections.abc import Mapping
@@ -27,11 +28,14 @@ class DatabaseParams:
     password: str | None = None
     unix_sock: str | None = None
     sslmode: str = "prefer"
+    # Production: the username and password live in this Secrets Manager secret, not here.
+    secret_arn: str | None = None
 
     def describe(self) -> str:
         """Say where we connect, without the password, for error messages."""
         where = self.unix_sock or f"{self.host}:{self.port}"
-        return f"{self.user}@{where}/{self.database}"
+        who = self.user or "(user from secret)"
+        return f"{who}@{where}/{self.database}"
 
 
 @dataclass(frozen=True)
@@ -75,10 +79,28 @@ def _number(env: Mapping[str, str], name: str, default: T, kind: type[T], *, min
 
 
 def database_params_from_env(env: Mapping[str, str]) -> DatabaseParams:
-    """DATABASE_URL when set, else the standard libpq PG* variables."""
+    """DATABASE_URL when set, else DB_HOST with DB_SECRET_ARN (production), else the libpq PG* variables."""
     url = env.get("DATABASE_URL", "").strip()
     if url:
         return parse_database_url(url)
+    host = env.get("DB_HOST", "").strip()
+    if host:
+        secret_arn = env.get("DB_SECRET_ARN", "").strip()
+        if not secret_arn:
+            raise ConfigurationError("DB_HOST is set but DB_SECRET_ARN is not: the credentials come from that secret")
+        if not secret_arn.startswith("arn:"):
+            raise ConfigurationError("DB_SECRET_ARN must be a Secrets Manager ARN (arn:aws:secretsmanager:...)")
+        params = _params(
+            user="",
+            password=None,
+            host=host,
+            port_text=env.get("DB_PORT", ""),
+            database=env.get("DB_NAME", "").strip() or "postgres",
+            # Production default: TLS with the server certificate and host name verified.
+            sslmode=env.get("DB_SSLMODE", "verify-full"),
+            source="DB_HOST/DB_PORT/DB_NAME/DB_SSLMODE",
+        )
+        return dataclasses.replace(params, secret_arn=secret_arn)
     user = env.get("PGUSER", "postgres")
     host = env.get("PGHOST", "localhost")
     return _params(

@@ -31,6 +31,8 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 UNIQUE_VIOLATION = "23505"
+# invalid_password, invalid_authorization_specification
+LOGIN_REFUSED = frozenset({"28P01", "28000"})
 # A warm container may sit frozen for minutes; its socket can be dead without our knowing.
 CHECK_AFTER_IDLE_SECONDS = 30.0
 
@@ -84,17 +86,39 @@ def _open_socket(params: DatabaseParams, timeout: float) -> socket.socket:
 
 
 def connect(params: DatabaseParams, *, timeout: float) -> Connection:
-    """Open a pg8000 connection with a socket timeout so a dead peer never hangs a request."""
+    """Open a pg8000 connection with a socket timeout so a dead peer never hangs a request.
+
+    With a secret ARN the credentials come from Secrets Manager; when the login is refused
+    (the secret was rotated since we cached it), the secret is read again once and we retry.
+    """
+    if params.secret_arn is None:
+        return _connect(params, user=params.user, password=params.password, timeout=timeout)
+    from shared.secrets import get_database_credentials
+
+    credentials = get_database_credentials(params.secret_arn)
+    try:
+        return _connect(params, user=credentials.username, password=credentials.password, timeout=timeout)
+    except _LoginRefused:
+        log.warning("database login refused; reading the secret again in case it was rotated")
+        credentials = get_database_credentials(params.secret_arn, refresh=True)
+        return _connect(params, user=credentials.username, password=credentials.password, timeout=timeout)
+
+
+class _LoginRefused(DatabaseUnavailable):
+    """The server rejected our username or password."""
+
+
+def _connect(params: DatabaseParams, *, user: str, password: str | None, timeout: float) -> Connection:
     sock: socket.socket | None = None
     try:
         # Our own socket, so that a failed handshake (say, a timeout) closes it instead of leaking it.
         sock = _open_socket(params, timeout)
         return Connection(
-            params.user,
+            user,
             host=params.host,
             sock=sock,
             database=params.database,
-            password=params.password,
+            password=password,
             timeout=timeout,
             ssl_context=_ssl_context(params.sslmode),
             application_name="ctscan-store",
@@ -105,9 +129,11 @@ def connect(params: DatabaseParams, *, timeout: float) -> Connection:
         raise DatabaseUnavailable("The database is unavailable; try again shortly.") from exc
     except DatabaseError as exc:
         _close_quietly(sock)
+        state = _sqlstate(exc)
         # Authentication or a missing database: the server answered, but we cannot work.
-        log.error("database refused connection: %s (%s)", _sqlstate(exc), params.describe())
-        raise DatabaseUnavailable("The database is unavailable; try again shortly.") from exc
+        log.error("database refused connection: SQLSTATE %s (%s)", state, params.describe())
+        kind = _LoginRefused if state in LOGIN_REFUSED else DatabaseUnavailable
+        raise kind("The database is unavailable; try again shortly.") from None
 
 
 def _close_quietly(sock: socket.socket | None) -> None:
