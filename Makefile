@@ -31,6 +31,15 @@ bench: $(STAMP)
 migrate: $(STAMP)
 	$(PY) scripts/manage.py migrate
 
+# Offline: no AWS credentials are needed (or used) to package and lint the stack.
+TEMPLATE := .serverless/cloudformation-template-update-stack.json
+package: $(STAMP)
+	npm ci --no-audit --no-fund --loglevel=error
+	env -u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY -u AWS_SESSION_TOKEN -u AWS_PROFILE \
+		npx --no-install osls package --stage ci
+	$(VENV)/bin/cfn-lint $(TEMPLATE) -i W3005
+	$(PY) scripts/package_report.py .serverless/ctscan-store.zip
+
 user: $(STAMP)
 	@test -n "$(NAME)" || { echo "usage: make user NAME=alice PASSWORD=..."; exit 2; }
 	@PASSWORD='$(PASSWORD)' $(PY) scripts/manage.py user '$(NAME)'

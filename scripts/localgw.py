@@ -87,9 +87,25 @@ def _as_int(value: Any, default: int) -> int:
     return int(value) if isinstance(value, int | str) and str(value).isdigit() else default
 
 
+class _CloudFormationLoader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML ships no type hints
+    """SafeLoader that reads CloudFormation short forms (!Ref, !GetAtt, !Sub …) as plain values."""
+
+
+def _cloudformation_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
+    # Only routes are read here; what a reference resolves to matters to CloudFormation, not to us.
+    if isinstance(node, yaml.ScalarNode):
+        return {suffix: loader.construct_scalar(node)}
+    if isinstance(node, yaml.SequenceNode):
+        return {suffix: loader.construct_sequence(node, deep=True)}
+    return {suffix: loader.construct_mapping(node, deep=True)}
+
+
+_CloudFormationLoader.add_multi_constructor("!", _cloudformation_tag)
+
+
 def load_routes(serverless_yml: Path) -> list[Route]:
     """Every httpApi route of every function; `${...}` variables stay plain strings."""
-    config = yaml.safe_load(serverless_yml.read_text(encoding="utf-8")) or {}
+    config = yaml.load(serverless_yml.read_text(encoding="utf-8"), Loader=_CloudFormationLoader) or {}
     provider = config.get("provider") or {}
     routes: list[Route] = []
     for name, spec in (config.get("functions") or {}).items():

@@ -428,3 +428,14 @@ def test_main_runs_as_script_from_project_root() -> None:
             assert event["pathParameters"] == {"item": "cli"}
         finally:
             process.terminate()
+
+
+def test_load_routes_reads_cloudformation_short_forms(tmp_path: Path) -> None:
+    config = tmp_path / "serverless.yml"
+    config.write_text(
+        "provider:\n  environment:\n    DB_HOST: !GetAtt DatabaseProxy.Endpoint\n"
+        "    ARN: !Sub 'arn:${AWS::Partition}:x'\n  vpc:\n    subnetIds: [!Ref SubnetA]\n"
+        "functions:\n  f:\n    handler: tests/gateway_fixtures/echo.handler\n"
+        "    events:\n      - httpApi: {method: GET, path: /x}\n"
+    )
+    assert [r.route_key for r in localgw.load_routes(config)] == ["GET /x"]
