@@ -16,17 +16,11 @@ from env import migrate, prepare_database  # type: ignore[import-not-found]
 
 from shared import auth, db
 from shared.config import get_settings
-from shared.errors import UserExists
 
 
 def create_user(username: str, password: str) -> None:
-    password_hash = auth.hash_password(password)
-    try:
-        db.call(db.create_user, username=username, password_hash=password_hash)
-        print(f"created user {username}")
-    except UserExists:
-        db.call(db.set_user_password, username=username, password_hash=password_hash)
-        print(f"user {username} exists; password updated")
+    created = db.call(auth.create_or_reset_user, username=username, password=password)
+    print(f"created user {username}" if created else f"user {username} exists; password updated")
 
 
 def issue_token(username: str) -> str:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from shared import db
-from shared.errors import InvalidCredentials, NotAuthenticated
+from shared.errors import InvalidCredentials, InvalidRequest, NotAuthenticated
 
 # scrypt cost: about 16 MiB and tens of ms a hash, slow enough to make guessing expensive.
 SCRYPT_N = 2**14
@@ -86,6 +86,19 @@ def log_in(con: db.Connection, *, username: str, password: str, ttl_seconds: int
     # Expired sessions would otherwise pile up forever; each login clears its user's (indexed by user_id).
     db.delete_expired_sessions(con, user_id=credentials.user_id)
     return issue_session(con, user_id=credentials.user_id, ttl_seconds=ttl_seconds)
+
+
+def create_or_reset_user(con: db.Connection, *, username: str, password: str) -> bool:
+    """Create a user, or set the password of an existing one; True when the user was created."""
+    if not 1 <= len(username) <= 64:
+        raise InvalidRequest("username must be 1 to 64 characters")
+    if len(password) < 12:
+        raise InvalidRequest("password must be at least 12 characters")
+    password_hash = hash_password(password)
+    if db.set_user_password(con, username=username, password_hash=password_hash):
+        return False
+    db.create_user(con, username=username, password_hash=password_hash)
+    return True
 
 
 def parse_bearer(authorization: str | None) -> str:

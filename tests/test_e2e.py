@@ -176,7 +176,7 @@ def test_make_user_and_make_token(service: Service) -> None:
     env["PGDATA_DIR"] = str(service.pgdata)
 
     made = subprocess.run(
-        ["make", "-s", "user", "NAME=carol", "PASSWORD=s3cret-pass"],
+        ["make", "-s", "user", "NAME=carol", "PASSWORD=s3cret-passphrase"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -195,7 +195,7 @@ def test_make_user_and_make_token(service: Service) -> None:
     status, _, raw = service.request(
         "POST",
         "/api/v1/auth/sessions",
-        body=json.dumps({"username": "carol", "password": "s3cret-pass"}).encode(),
+        body=json.dumps({"username": "carol", "password": "s3cret-passphrase"}).encode(),
         headers={"Content-Type": "application/json"},
     )
     assert status == 201

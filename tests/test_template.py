@@ -18,6 +18,7 @@ BUILD = ROOT / ".serverless"
 TEMPLATE = BUILD / "cloudformation-template-update-stack.json"
 ARCHIVE = BUILD / "ctscan-store.zip"
 HTTP_FUNCTIONS = {"upload", "images", "scans", "auth"}
+OPS_FUNCTIONS = {"migrate", "admin"}
 SECRET_ARN = {"Fn::GetAtt": ["Database", "MasterUserSecret.SecretArn"]}
 
 if not TEMPLATE.exists():
@@ -60,7 +61,7 @@ def test_every_route_maps_to_its_function(template: dict[str, Any]) -> None:
 
 def test_every_function_runs_in_the_private_subnets(template: dict[str, Any]) -> None:
     functions = resources(template, "AWS::Lambda::Function")
-    assert set(functions) == {function_logical_id(n) for n in HTTP_FUNCTIONS | {"migrate"}}
+    assert set(functions) == {function_logical_id(n) for n in HTTP_FUNCTIONS | OPS_FUNCTIONS}
     for name, function in functions.items():
         vpc = function["Properties"]["VpcConfig"]
         assert vpc["SecurityGroupIds"] == [{"Ref": "LambdaSecurityGroup"}], name
