@@ -33,6 +33,9 @@ migrate: $(STAMP)
 
 # Offline: no AWS credentials are needed (or used) to package and lint the stack.
 TEMPLATE := .serverless/cloudformation-template-update-stack.json
+# CPython 3.12, the Lambda runtime's version, to precompile bytecode into the package.
+LAMBDA_PYTHON ?= $(shell scripts/find-lambda-python.sh)
+export LAMBDA_PYTHON
 package: $(STAMP)
 	npm ci --no-audit --no-fund --loglevel=error
 	env -u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY -u AWS_SESSION_TOKEN -u AWS_PROFILE \

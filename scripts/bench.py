@@ -108,6 +108,40 @@ print(json.dumps({'status': result['statusCode'], 'rss_before_mb': before,
 """
 
 
+def package_import_figures() -> dict[str, object]:
+    """Cold import of each handler from the built Lambda package under CPython 3.12, if both exist."""
+    archive = ROOT / ".serverless" / "ctscan-store.zip"
+    python = subprocess.run([str(ROOT / "scripts" / "find-lambda-python.sh")], capture_output=True, text=True)
+    if not archive.exists() or not python.stdout.strip():
+        print("(no built package or no CPython 3.12: run `make package` for the package import figures)")
+        return {}
+    import tempfile
+    import zipfile
+
+    figures: dict[str, object] = {}
+    with tempfile.TemporaryDirectory() as unpacked:
+        zipfile.ZipFile(archive).extractall(unpacked)
+        for name in ("images", "upload"):
+            code = (
+                "import sys, time; sys.path.insert(0, '.'); t = time.perf_counter(); "
+                f"import functions.{name}.handler; print((time.perf_counter() - t) * 1000)"
+            )
+            samples = [
+                float(
+                    subprocess.run(
+                        [python.stdout.strip(), "-B", "-I", "-c", code],
+                        cwd=unpacked,
+                        capture_output=True,
+                        text=True,
+                        check=True,
+                    ).stdout
+                )
+                for _ in range(5)
+            ]
+            figures[f"package_import_{name}_ms_py312"] = round(statistics.median(samples), 1)
+    return figures
+
+
 def main() -> int:
     server_url = prepare_database()
     url = fresh_database(server_url, "ctscan_bench")
@@ -217,6 +251,7 @@ def main() -> int:
     for name in ("images", "scans", "auth", "upload", "migrate"):
         figures[f"import_{name}_ms"] = round(import_ms(f"functions.{name}.handler"), 1)
     figures["images_import_ms"] = figures["import_images_ms"]
+    figures.update(package_import_figures())
 
     # PostgreSQL bytes per scan next to the image bytes stored.
     con = db.connect(config.parse_database_url(url), timeout=30)

@@ -187,3 +187,50 @@ def test_package_is_under_lambdas_unzipped_limit_and_holds_the_code() -> None:
 
 def test_package_paths_exist() -> None:
     assert Path(TEMPLATE).is_file() and Path(ARCHIVE).is_file()
+
+
+SMOKE = """
+import io, sys, time
+sys.path.insert(0, '.')
+started = time.perf_counter()
+import functions.images.handler, functions.scans.handler, functions.auth.handler
+import functions.upload.handler, functions.migrate.handler, functions.admin.handler
+assert 'PIL' not in sys.modules or 'functions.upload.handler' in sys.modules
+from PIL import Image
+from shared.imaging import analyze_scan
+picture = Image.new('L', (64, 64), 20)
+picture.paste(200, (10, 10, 30, 40))
+out = io.BytesIO()
+picture.save(out, format='PNG')
+result = analyze_scan(out.getvalue())
+assert result.content_type == 'image/png' and result.thumbnail_jpeg[:2] == b'\\xff\\xd8', result
+print('ok', sys.version_info[:2], sys.flags.dont_write_bytecode)
+"""
+
+
+def test_package_imports_and_analyzes_under_the_lambda_python(tmp_path: Path) -> None:
+    """The artifact itself, not the dev venv: stripped or missing files only show up here."""
+    import subprocess
+
+    python = subprocess.run(
+        [str(ROOT / "scripts" / "find-lambda-python.sh")], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    if not python:
+        if os.environ.get("CI"):
+            raise AssertionError("no CPython 3.12 on the CI machine to import the package with")
+        pytest.skip("no CPython 3.12 here to import the Lambda package with")
+    with zipfile.ZipFile(ARCHIVE) as zipped:
+        zipped.extractall(tmp_path)
+    # -B -I: like Lambda, nothing may be written next to the code and no user site is used.
+    result = subprocess.run(
+        [python, "-B", "-I", "-c", SMOKE],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin"},
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("ok (3, 12)")
+    compiled = [p for p in tmp_path.rglob("*.cpython-312.pyc") if p.parts[len(tmp_path.parts)] in ("shared", "fastapi")]
+    assert compiled, "the package carries no CPython 3.12 bytecode: every cold start would compile from source"
