@@ -22,31 +22,36 @@ log = logging.getLogger(__name__)
 DEFAULT_DATABASE = "ctscan"
 
 
-def _socket_url(pgdata: Path, database: str) -> str | None:
-    pid_file = pgdata / "postmaster.pid"
-    try:
-        lines = pid_file.read_text().splitlines()
-    except FileNotFoundError:
-        return None
+def _postmaster_lines(pgdata: Path) -> list[str]:
     # postmaster.pid: pid, data dir, start time, port, socket dir, listen addr, shmem key, status
+    try:
+        return (pgdata / "postmaster.pid").read_text().splitlines()
+    except FileNotFoundError:
+        return []
+
+
+def _socket(pgdata: Path) -> tuple[str, str] | None:
+    """(socket directory, port) of the server recorded in pgdata, if any."""
+    lines = _postmaster_lines(pgdata)
     if len(lines) < 5 or not lines[4].strip():
         return None
-    return f"postgresql://postgres@/{database}?host={lines[4].strip()}&port={lines[3].strip()}"
+    return lines[4].strip(), lines[3].strip()
 
 
 def _postmaster_pid(pgdata: Path) -> int | None:
-    with contextlib.suppress(FileNotFoundError, ValueError, IndexError):
-        return int((pgdata / "postmaster.pid").read_text().splitlines()[0])
+    with contextlib.suppress(ValueError, IndexError):
+        return int(_postmaster_lines(pgdata)[0])
     return None
 
 
 def _can_connect(pgdata: Path) -> bool:
-    lines = (pgdata / "postmaster.pid").read_text().splitlines() if (pgdata / "postmaster.pid").exists() else []
-    if len(lines) < 5:
+    socket = _socket(pgdata)
+    if socket is None:
         return False
-    sock = f"{lines[4].strip()}/.s.PGSQL.{lines[3].strip()}"
     try:
-        pg8000.native.Connection("postgres", unix_sock=sock, database="postgres", timeout=3).close()
+        pg8000.native.Connection(
+            "postgres", unix_sock=f"{socket[0]}/.s.PGSQL.{socket[1]}", database="postgres", timeout=3
+        ).close()
     except Exception:
         return False
     return True
@@ -98,9 +103,10 @@ def ensure_server(pgdata: Path, *, database: str = DEFAULT_DATABASE, attempts: i
             time.sleep(0.5)
     else:
         raise RuntimeError(f"could not start the embedded PostgreSQL in {pgdata}: {last_error}")
-    url = _socket_url(pgdata, database)
-    if url is None:
+    socket = _socket(pgdata)
+    if socket is None:
         raise RuntimeError(f"the embedded PostgreSQL in {pgdata} wrote no socket directory")
+    url = f"postgresql://postgres@/{database}?host={socket[0]}&port={socket[1]}"
     create_database(url.replace(f"/{database}?", "/postgres?"), database)
     return url
 
