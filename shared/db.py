@@ -23,7 +23,7 @@ from pg8000.exceptions import DatabaseError, InterfaceError
 from pg8000.native import Connection as Connection  # re-exported for type hints
 
 from shared.config import DatabaseParams, Settings, get_settings
-from shared.errors import DatabaseUnavailable, ScanNotFound, UserExists
+from shared.errors import DatabaseUnavailable, InvalidRequest, ScanNotFound, UserExists
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,8 @@ R = TypeVar("R")
 UNIQUE_VIOLATION = "23505"
 # invalid_password, invalid_authorization_specification
 LOGIN_REFUSED = frozenset({"28P01", "28000"})
+# character_not_in_repertoire (a NUL in text), untranslatable_character: the client's text, not our bug.
+BAD_TEXT = frozenset({"22021", "22P05"})
 # A warm container may sit frozen for minutes; its socket can be dead without our knowing.
 CHECK_AFTER_IDLE_SECONDS = 30.0
 
@@ -184,6 +186,10 @@ def call(fn: Callable[..., R], /, **kwargs: Any) -> R:
         con = _connection(settings)
         try:
             return fn(con, **kwargs)
+        except DatabaseError as exc:
+            if _sqlstate(exc) in BAD_TEXT:
+                raise InvalidRequest("Text parameters must not contain NUL or other invalid characters.") from None
+            raise
         except (InterfaceError, OSError) as exc:
             close_connection()
             log.warning("database network error (attempt %d): %s", attempt, type(exc).__name__)

@@ -91,3 +91,9 @@ def test_login_clears_that_users_expired_sessions(
 
     rows = pg.run("SELECT user_id, expires_at > now() FROM sessions ORDER BY user_id")
     assert rows == [[alice.id, True], [bob.id, False]]
+
+
+def test_login_with_a_nul_in_the_username_is_400(api: LambdaClient) -> None:
+    result = log_in(api, {"username": "alice\u0000", "password": "whatever"})
+    assert result.status == 400
+    assert result.error_code == "invalid_request"

@@ -103,3 +103,17 @@ def test_scan_routes_require_a_token(api: LambdaClient, alice: User) -> None:
         result = api.request(method, route)
         assert result.status == 401, route
         assert result.headers["www-authenticate"].startswith("Bearer")
+
+
+@pytest.mark.parametrize(
+    ("method", "route"),
+    [
+        ("GET", "/api/v1/scans/scan_%00abcdefghijklmnop"),
+        ("DELETE", "/api/v1/scans/scan_%00abcdefghijklmnop"),
+        ("GET", "/api/v1/scans/image/scan_%00abcdefghijklmnop/original"),
+    ],
+)
+def test_nul_in_an_id_is_a_400_not_a_500(api: LambdaClient, alice: User, method: str, route: str) -> None:
+    result = api.request(method, route, token=alice.token)
+    assert result.status == 400
+    assert result.error_code == "invalid_request"
