@@ -31,8 +31,6 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 UNIQUE_VIOLATION = "23505"
-# invalid_password, invalid_authorization_specification
-LOGIN_REFUSED = frozenset({"28P01", "28000"})
 # character_not_in_repertoire (a NUL in text), untranslatable_character: the client's text, not our bug.
 BAD_TEXT = frozenset({"22021", "22P05"})
 # A warm container may sit frozen for minutes; its socket can be dead without our knowing.
@@ -90,24 +88,25 @@ def _open_socket(params: DatabaseParams, timeout: float) -> socket.socket:
 def connect(params: DatabaseParams, *, timeout: float) -> Connection:
     """Open a pg8000 connection with a socket timeout so a dead peer never hangs a request.
 
-    With a secret ARN the credentials come from Secrets Manager; when the login is refused
-    (the secret was rotated since we cached it), the secret is read again once and we retry.
+    With a secret ARN the credentials come from Secrets Manager, cached per container. When a
+    connect with cached credentials fails, the secret is read again once: if it changed (it was
+    rotated), we retry with the new one. pg8000 usually reports a refused password as SQLSTATE
+    28P01, but now and then as a network error (the server closes the socket as it answers; seen
+    about 1 in 300 here), so the refresh does not depend on which error came back.
     """
     if params.secret_arn is None:
         return _connect(params, user=params.user, password=params.password, timeout=timeout)
     from shared.secrets import get_database_credentials
 
-    credentials = get_database_credentials(params.secret_arn)
+    cached = get_database_credentials(params.secret_arn)
     try:
-        return _connect(params, user=credentials.username, password=credentials.password, timeout=timeout)
-    except _LoginRefused:
-        log.warning("database login refused; reading the secret again in case it was rotated")
-        credentials = get_database_credentials(params.secret_arn, refresh=True)
-        return _connect(params, user=credentials.username, password=credentials.password, timeout=timeout)
-
-
-class _LoginRefused(DatabaseUnavailable):
-    """The server rejected our username or password."""
+        return _connect(params, user=cached.username, password=cached.password, timeout=timeout)
+    except DatabaseUnavailable:
+        current = get_database_credentials(params.secret_arn, refresh=True)
+        if current == cached:
+            raise
+        log.warning("database secret changed since it was cached; connecting with the new one")
+        return _connect(params, user=current.username, password=current.password, timeout=timeout)
 
 
 def _connect(params: DatabaseParams, *, user: str, password: str | None, timeout: float) -> Connection:
@@ -131,11 +130,9 @@ def _connect(params: DatabaseParams, *, user: str, password: str | None, timeout
         raise DatabaseUnavailable("The database is unavailable; try again shortly.") from exc
     except DatabaseError as exc:
         _close_quietly(sock)
-        state = _sqlstate(exc)
         # Authentication or a missing database: the server answered, but we cannot work.
-        log.error("database refused connection: SQLSTATE %s (%s)", state, params.describe())
-        kind = _LoginRefused if state in LOGIN_REFUSED else DatabaseUnavailable
-        raise kind("The database is unavailable; try again shortly.") from None
+        log.error("database refused connection: SQLSTATE %s (%s)", _sqlstate(exc), params.describe())
+        raise DatabaseUnavailable("The database is unavailable; try again shortly.") from None
 
 
 def _close_quietly(sock: socket.socket | None) -> None:

@@ -70,6 +70,11 @@ def secret(password_server: PasswordServer, monkeypatch: pytest.MonkeyPatch) -> 
         "AWS_DEFAULT_REGION": "eu-central-1",
     }.items():
         monkeypatch.setenv(name, value)
+    con = password_server.superuser()
+    try:  # every test starts from the same password, whatever the last one rotated it to
+        con.run(f"ALTER ROLE {APP_ROLE} PASSWORD 'first-password'")
+    finally:
+        con.close()
     with mock_aws():
         client = boto3.client("secretsmanager")
         arn = client.create_secret(
@@ -179,3 +184,33 @@ def test_db_host_settings_default_to_verified_tls() -> None:
 
 def test_credentials_repr_hides_the_password() -> None:
     assert "hunter2" not in repr(secrets.DatabaseCredentials("app", "hunter2"))
+
+
+def test_rotation_is_handled_even_when_the_refusal_looks_like_a_network_error(
+    secret: dict[str, Any], token: str, password_server: PasswordServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # pg8000 now and then reports a refused password as "network error" instead of SQLSTATE 28P01.
+    real_connect = db._connect
+
+    def connect_like_the_race(
+        params: config.DatabaseParams, *, user: str, password: str | None, timeout: float
+    ) -> db.Connection:
+        if password == "first-password":
+            raise db.DatabaseUnavailable("The database is unavailable; try again shortly.")
+        return real_connect(params, user=user, password=password, timeout=timeout)
+
+    api = LambdaClient()
+    assert api.request("GET", "/api/v1/scans", token=token).status == 200
+    con = password_server.superuser()
+    try:
+        con.run(f"ALTER ROLE {APP_ROLE} PASSWORD 'third-password'")
+        secret["client"].put_secret_value(
+            SecretId=secret["arn"], SecretString=json.dumps({"username": APP_ROLE, "password": "third-password"})
+        )
+    finally:
+        con.close()
+    db.close_connection()
+    monkeypatch.setattr(db, "_connect", connect_like_the_race)
+
+    assert api.request("GET", "/api/v1/scans", token=token).status == 200
+    assert backend_user() == APP_ROLE
