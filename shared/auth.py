@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from shared import db
-from shared.errors import InvalidCredentials, InvalidRequest, NotAuthenticated
+from shared.errors import InvalidCredentials, InvalidRequest, InvalidToken, NotAuthenticated
 
 # scrypt cost: about 16 MiB and tens of ms a hash, slow enough to make guessing expensive.
 SCRYPT_N = 2**14
@@ -116,7 +116,7 @@ def authenticate(con: db.Connection, *, token: str) -> db.Owner:
     """The owner of a valid, unexpired token; NotAuthenticated otherwise."""
     owner = db.get_session_owner(con, token_hash=hash_token(token))
     if owner is None:
-        raise NotAuthenticated("Invalid or expired token.")
+        raise InvalidToken("Invalid or expired token.")
     return owner
 
 

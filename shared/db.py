@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, TypeVar
 
 from pg8000.exceptions import DatabaseError, InterfaceError
 from pg8000.native import Connection as Connection  # re-exported for type hints
@@ -27,7 +27,6 @@ from shared.errors import DatabaseUnavailable, InvalidRequest, ScanNotFound, Use
 
 log = logging.getLogger(__name__)
 
-P = ParamSpec("P")
 R = TypeVar("R")
 
 UNIQUE_VIOLATION = "23505"

@@ -49,6 +49,10 @@ class NotAuthenticated(DomainError):
     code = "not_authenticated"
 
 
+class InvalidToken(NotAuthenticated):
+    """A bearer token was sent but is unknown or expired (RFC 6750 error="invalid_token")."""
+
+
 class InvalidCredentials(DomainError):
     """Username or password is wrong."""
 

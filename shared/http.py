@@ -20,6 +20,7 @@ from shared.errors import (
     InvalidCredentials,
     InvalidImage,
     InvalidRequest,
+    InvalidToken,
     InvalidUpload,
     NotAuthenticated,
     ScanNotFound,
@@ -58,7 +59,7 @@ async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     headers: dict[str, str] = {}
     if status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="ctscan"'
-        if isinstance(exc, NotAuthenticated) and "Invalid" in exc.message:
+        if isinstance(exc, InvalidToken):
             headers["WWW-Authenticate"] += ', error="invalid_token"'
     if status == 503:
         headers["Retry-After"] = "2"

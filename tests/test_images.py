@@ -159,3 +159,13 @@ def test_images_handler_does_not_import_pillow_or_numpy() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_unknown_token_says_invalid_token_and_missing_token_does_not(
+    api: LambdaClient, scan: dict[str, object]
+) -> None:
+    # RFC 6750: error="invalid_token" only when a token was sent and rejected.
+    unknown = api.request("GET", path(scan["id"], "original"), token="not-a-real-token")
+    missing = api.request("GET", path(scan["id"], "original"))
+    assert 'error="invalid_token"' in unknown.headers["www-authenticate"]
+    assert "error=" not in missing.headers["www-authenticate"]
