@@ -109,6 +109,18 @@ def token(password_server: PasswordServer) -> str:
         con.close()
 
 
+def rotate(server: PasswordServer, secret: dict[str, Any], password: str) -> None:
+    """What RDS rotation does: a new password in PostgreSQL and in the secret."""
+    con = server.superuser()
+    try:
+        con.run(f"ALTER ROLE {APP_ROLE} PASSWORD '{password}'")
+    finally:
+        con.close()
+    secret["client"].put_secret_value(
+        SecretId=secret["arn"], SecretString=json.dumps({"username": APP_ROLE, "password": password})
+    )
+
+
 def backend_user() -> str:
     name: str = db.call(lambda con: con.run("SELECT current_user")[0][0])
     return name
@@ -128,12 +140,9 @@ def test_rotated_password_is_fetched_again_on_the_next_connection(
     assert api.request("GET", "/api/v1/scans", token=token).status == 200
 
     # Rotation: PostgreSQL and the secret get a new password; the container's connection is dropped.
+    rotate(password_server, secret, "second-password")
     con = password_server.superuser()
     try:
-        con.run(f"ALTER ROLE {APP_ROLE} PASSWORD 'second-password'")
-        secret["client"].put_secret_value(
-            SecretId=secret["arn"], SecretString=json.dumps({"username": APP_ROLE, "password": "second-password"})
-        )
         con.run("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = :role", role=APP_ROLE)
     finally:
         con.close()
@@ -201,14 +210,7 @@ def test_rotation_is_handled_even_when_the_refusal_looks_like_a_network_error(
 
     api = LambdaClient()
     assert api.request("GET", "/api/v1/scans", token=token).status == 200
-    con = password_server.superuser()
-    try:
-        con.run(f"ALTER ROLE {APP_ROLE} PASSWORD 'third-password'")
-        secret["client"].put_secret_value(
-            SecretId=secret["arn"], SecretString=json.dumps({"username": APP_ROLE, "password": "third-password"})
-        )
-    finally:
-        con.close()
+    rotate(password_server, secret, "third-password")
     db.close_connection()
     monkeypatch.setattr(db, "_connect", connect_like_the_race)
 
