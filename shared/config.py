@@ -46,6 +46,7 @@ class Settings:
     db_timeout_seconds: float
     max_upload_bytes: int
     max_image_pixels: int
+    dense_hu_threshold: float
     session_ttl_seconds: int
     api_base_url: str | None
 
@@ -60,6 +61,7 @@ class Settings:
             db_timeout_seconds=_number(env, "DB_TIMEOUT_SECONDS", 5.0, float, minimum=0.1),
             max_upload_bytes=_number(env, "MAX_UPLOAD_BYTES", 4_500_000, int, minimum=1),
             max_image_pixels=_number(env, "MAX_IMAGE_PIXELS", 40_000_000, int, minimum=1),
+            dense_hu_threshold=_number(env, "DENSE_HU_THRESHOLD", 300.0, float, minimum=-1024.0),
             session_ttl_seconds=_number(env, "SESSION_TTL_SECONDS", 43_200, int, minimum=60),
             api_base_url=base_url,
         )

@@ -19,6 +19,18 @@ class InvalidImage(DomainError):
     code = "invalid_image"
 
 
+class NoImageData(InvalidImage):
+    """A DICOM file without pixel data (an RT plan, a structured report, ...)."""
+
+    code = "no_image"
+
+
+class UnsupportedTransferSyntax(InvalidImage):
+    """A DICOM file whose pixel data is encoded in a transfer syntax we cannot decode."""
+
+    code = "unsupported_transfer_syntax"
+
+
 class InvalidUpload(DomainError):
     """The request body is not the multipart upload we expect."""
 
