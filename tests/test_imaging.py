@@ -1,4 +1,7 @@
-"""shared.imaging on scans built in memory: known regions, every accepted encoding, and hostile input."""
+"""shared.imaging on PNG and JPEG scans built in memory: known regions, every accepted encoding, hostile input.
+
+DICOM and the HU analysis are tested in test_imaging_dicom.py.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +12,18 @@ import warnings
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from numpy.typing import NDArray
 from PIL import Image, ImageFile
+from pydicom.data import get_testdata_file
 
+from scripts.phantom import ct_slice_dataset, dicom_bytes, stored_png16
 from shared.errors import InvalidImage
-from shared.imaging import ACCEPTED_FORMATS, THUMBNAIL_MAX_SIDE, AnalyzedScan, analyze_scan
+from shared.imaging import ACCEPTED_FORMATS, THUMBNAIL_MAX_SIDE, AnalyzedScan, analyze_upload
 
 Pixels = NDArray[np.float64]
 Mask = NDArray[np.bool_]
@@ -113,6 +120,25 @@ def levels8(pixels: Pixels) -> NDArray[np.uint8]:
     return np.rint(pixels * 255).astype(np.uint8)
 
 
+def window16(pixels: Pixels) -> tuple[float, float]:
+    """The levels a 16-bit scan's preview maps to black and white: its own 0.5th and 99.5th percentiles."""
+    low, high = np.percentile(levels16(pixels), [0.5, 99.5], method="inverted_cdf")
+    return float(low), float(high)
+
+
+def on_scale16(value: float, pixels: Pixels) -> float:
+    """A normalised phantom level on the 16-bit scan's own intensity scale (0 at its dark, 1 at its bright end)."""
+    low, high = window16(pixels)
+    return (value * 65535 - low) / (high - low)
+
+
+def display16(pixels: Pixels) -> Pixels:
+    """How bright each pixel of a 16-bit scan shows in its preview, 0 to 1."""
+    low, high = window16(pixels)
+    shown: Pixels = np.clip(np.rint((levels16(pixels) - low) / (high - low) * 255), 0, 255) / 255
+    return shown
+
+
 def encode(image: Image.Image, image_format: str, **options: int) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=image_format, **options)
@@ -131,9 +157,10 @@ def jpeg8(pixels: Pixels) -> bytes:
     return encode(Image.fromarray(levels8(pixels)), "JPEG", quality=95)
 
 
-# Each lossless encoding with the levels the decoder must see, as normalised floats.
+# Each lossless encoding with how bright its pixels show in the preview (meanIntensity averages that), 0 to 1:
+# 8-bit levels as they are, 16-bit levels stretched from the scan's own dark to bright end.
 LOSSLESS: dict[str, tuple[Callable[[Pixels], bytes], Callable[[Pixels], Pixels]]] = {
-    "png-16bit": (png16, lambda p: levels16(p) / 65535),
+    "png-16bit": (png16, display16),
     "png-8bit": (png8, lambda p: levels8(p) / 255),
     "png-rgb": (lambda p: encode(Image.fromarray(levels8(p)).convert("RGB"), "PNG"), lambda p: levels8(p) / 255),
     "png-rgba": (lambda p: encode(Image.fromarray(levels8(p)).convert("RGBA"), "PNG"), lambda p: levels8(p) / 255),
@@ -182,7 +209,7 @@ def bilevel_png(width: int, height: int, *, valid_data: bool = True) -> bytes:
 
 
 def analyze_pixels(pixels: Pixels, encoder: Callable[[Pixels], bytes] = png16) -> AnalyzedScan:
-    return analyze_scan(encoder(pixels))
+    return analyze_upload(encoder(pixels))
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +218,7 @@ def phantom() -> Phantom:
 
 
 @pytest.mark.parametrize("encoding", list(LOSSLESS))
-def test_analyze_scan_reports_known_regions_exactly(phantom: Phantom, encoding: str) -> None:
+def test_analyze_upload_reports_known_regions_exactly(phantom: Phantom, encoding: str) -> None:
     # Given a scan with two rectangles, a disc and a speck, in a lossless encoding
     encoder, decoded_levels = LOSSLESS[encoding]
     levels = decoded_levels(phantom.pixels)
@@ -201,12 +228,13 @@ def test_analyze_scan_reports_known_regions_exactly(phantom: Phantom, encoding: 
 
     # Then exactly the three regions are reported, in (y, x) order, with exact boxes, areas and means
     assert len(findings) == len(phantom.regions)
+    dense_brightness = on_scale16(DENSE_LEVEL, phantom.pixels) if encoding == "png-16bit" else DENSE_LEVEL
     for reported, mask in zip(findings, phantom.regions, strict=True):
         assert_region(reported, mask, levels)
-        assert reported["meanIntensity"] == pytest.approx(DENSE_LEVEL, abs=0.01)
+        assert reported["meanIntensity"] == pytest.approx(dense_brightness, abs=0.01)
 
 
-def test_analyze_scan_reports_known_rectangle_boxes(phantom: Phantom) -> None:
+def test_analyze_upload_reports_known_rectangle_boxes(phantom: Phantom) -> None:
     findings = analyze_pixels(phantom.pixels).results["findings"]
 
     assert findings[0]["bbox"] == RECTANGLE_A.as_json()
@@ -217,7 +245,7 @@ def test_analyze_scan_reports_known_rectangle_boxes(phantom: Phantom) -> None:
     assert findings[2]["bbox"] == Box(DISC_CENTRE[0] - DISC_RADIUS, DISC_CENTRE[1] - DISC_RADIUS, side, side).as_json()
 
 
-def test_analyze_scan_numbers_findings_in_order(phantom: Phantom) -> None:
+def test_analyze_upload_numbers_findings_in_order(phantom: Phantom) -> None:
     findings = analyze_pixels(phantom.pixels).results["findings"]
 
     assert [finding["id"] for finding in findings] == [1, 2, 3]
@@ -226,7 +254,7 @@ def test_analyze_scan_numbers_findings_in_order(phantom: Phantom) -> None:
     assert corners == sorted(corners)
 
 
-def test_analyze_scan_orders_same_corner_by_area_descending() -> None:
+def test_analyze_upload_orders_same_corner_by_area_descending() -> None:
     # Given two separate regions whose boxes share the top-left corner (200, 200): a frame open on the
     # left, and a small bar tucked into that opening, which comes first in raster order
     shape = (SIZE, SIZE)
@@ -242,7 +270,7 @@ def test_analyze_scan_orders_same_corner_by_area_descending() -> None:
     assert [finding["areaPx"] for finding in findings] == [int(frame.sum()), int(bar.sum())]
 
 
-def test_analyze_scan_reports_body(phantom: Phantom) -> None:
+def test_analyze_upload_reports_body(phantom: Phantom) -> None:
     results = analyze_pixels(phantom.pixels).results
 
     expected = expected_region(phantom.body)
@@ -253,22 +281,53 @@ def test_analyze_scan_reports_body(phantom: Phantom) -> None:
     assert BODY_LEVEL < results["body"]["meanIntensity"] < DENSE_LEVEL
 
 
-def test_analyze_scan_reports_analysis_parameters(phantom: Phantom) -> None:
+def test_analyze_upload_reports_analysis_parameters(phantom: Phantom) -> None:
     analysis = analyze_pixels(phantom.pixels).results["analysis"]
 
     assert analysis["method"] == "otsu-body+otsu-dense"
-    assert analysis["version"] == 1
+    assert analysis["version"] == 2
+    assert analysis["unit"] == "intensity"
     assert analysis["minAreaPx"] == 52
     assert analysis["bitDepth"] == 16
-    assert BACKGROUND_LEVEL + NOISE <= analysis["bodyThreshold"] <= BODY_LEVEL - NOISE
-    assert BODY_LEVEL + NOISE <= analysis["denseThreshold"] <= DENSE_LEVEL - NOISE
+    # Thresholds sit in the gaps between the classes, on the scan's own intensity scale
+    pixels = phantom.pixels
+    assert on_scale16(BACKGROUND_LEVEL + NOISE, pixels) <= analysis["bodyThreshold"]
+    assert analysis["bodyThreshold"] <= on_scale16(BODY_LEVEL - NOISE, pixels)
+    assert on_scale16(BODY_LEVEL + NOISE, pixels) <= analysis["denseThreshold"]
+    assert analysis["denseThreshold"] <= on_scale16(DENSE_LEVEL - NOISE, pixels)
 
 
-def test_analyze_scan_reports_bit_depth_of_8bit_input(phantom: Phantom) -> None:
+def test_analyze_upload_records_auto_window_of_16bit_scan(phantom: Phantom) -> None:
+    window = analyze_pixels(phantom.pixels).results["analysis"]["window"]
+
+    low, high = window16(phantom.pixels)
+    assert window == {"center": (low + high) / 2, "width": high - low, "function": "LINEAR_EXACT", "source": "auto"}
+
+
+@pytest.mark.parametrize("encoder", [png8, jpeg8])
+def test_analyze_upload_shows_8bit_scan_as_it_is(phantom: Phantom, encoder: Callable[[Pixels], bytes]) -> None:
+    result = analyze_pixels(phantom.pixels, encoder)
+
+    assert result.results["analysis"]["window"] == {
+        "center": 127.5,
+        "width": 255.0,
+        "function": "LINEAR_EXACT",
+        "source": "auto",
+    }
+    with (
+        Image.open(io.BytesIO(encoder(phantom.pixels))) as original,
+        Image.open(io.BytesIO(result.preview_jpeg)) as preview,
+    ):
+        difference = np.abs(np.asarray(preview).astype(int) - np.asarray(original).astype(int))
+    # Only JPEG's own rounding separates the preview from the upload
+    assert difference.mean() < 1.5
+
+
+def test_analyze_upload_reports_bit_depth_of_8bit_input(phantom: Phantom) -> None:
     assert analyze_pixels(phantom.pixels, png8).results["analysis"]["bitDepth"] == 8
 
 
-def test_analyze_scan_results_are_plain_json(phantom: Phantom) -> None:
+def test_analyze_upload_results_are_plain_json(phantom: Phantom) -> None:
     results = analyze_pixels(phantom.pixels).results
 
     assert json.loads(json.dumps(results)) == results
@@ -279,7 +338,7 @@ def test_analyze_scan_results_are_plain_json(phantom: Phantom) -> None:
         assert finding["meanIntensity"] == round(finding["meanIntensity"], 4)
 
 
-def test_analyze_scan_finds_regions_in_jpeg(phantom: Phantom) -> None:
+def test_analyze_upload_finds_regions_in_jpeg(phantom: Phantom) -> None:
     # JPEG rings around sharp edges, so boxes may move by a pixel or two
     findings = analyze_pixels(phantom.pixels, jpeg8).results["findings"]
 
@@ -294,17 +353,17 @@ def test_analyze_scan_finds_regions_in_jpeg(phantom: Phantom) -> None:
         assert reported["meanIntensity"] == pytest.approx(DENSE_LEVEL, abs=0.03)
 
 
-def test_analyze_scan_finds_regions_in_cmyk_jpeg(phantom: Phantom) -> None:
+def test_analyze_upload_finds_regions_in_cmyk_jpeg(phantom: Phantom) -> None:
     data = encode(Image.fromarray(levels8(phantom.pixels)).convert("CMYK"), "JPEG", quality=95)
 
-    findings = analyze_scan(data).results["findings"]
+    findings = analyze_upload(data).results["findings"]
 
     assert len(findings) == len(phantom.regions)
     assert abs(findings[0]["bbox"]["x"] - RECTANGLE_A.x) <= 2
     assert abs(findings[0]["bbox"]["y"] - RECTANGLE_A.y) <= 2
 
 
-def test_analyze_scan_ignores_region_below_minimum_area() -> None:
+def test_analyze_upload_ignores_region_below_minimum_area() -> None:
     # Given one reportable rectangle and the 9 px speck, both as bright as each other
     phantom = build_phantom(dense=(RECTANGLE_A.mask((SIZE, SIZE)),), speck=True)
 
@@ -314,7 +373,7 @@ def test_analyze_scan_ignores_region_below_minimum_area() -> None:
     assert [finding["bbox"] for finding in findings] == [RECTANGLE_A.as_json()]
 
 
-def test_analyze_scan_reports_region_just_at_minimum_area() -> None:
+def test_analyze_upload_reports_region_just_at_minimum_area() -> None:
     shape = (SIZE, SIZE)
     at_minimum = Box(200, 200, 13, 4).mask(shape)  # 52 px
     below_minimum = Box(300, 300, 17, 3).mask(shape)  # 51 px
@@ -325,7 +384,7 @@ def test_analyze_scan_reports_region_just_at_minimum_area() -> None:
     assert [finding["bbox"] for finding in findings] == [Box(200, 200, 13, 4).as_json()]
 
 
-def test_analyze_scan_joins_regions_touching_at_a_corner() -> None:
+def test_analyze_upload_joins_regions_touching_at_a_corner() -> None:
     # Given two squares that meet only diagonally: one region under 8-connectivity
     shape = (SIZE, SIZE)
     squares = Box(200, 200, 10, 10).mask(shape) | Box(210, 210, 10, 10).mask(shape)
@@ -336,7 +395,7 @@ def test_analyze_scan_joins_regions_touching_at_a_corner() -> None:
     assert [(finding["bbox"], finding["areaPx"]) for finding in findings] == [(Box(200, 200, 20, 20).as_json(), 200)]
 
 
-def test_analyze_scan_reports_region_touching_body_edge() -> None:
+def test_analyze_upload_reports_region_touching_body_edge() -> None:
     # Given a bright block that straddles the body's right edge, partly over the background
     shape = (SIZE, SIZE)
     straddling = Box(440, 240, 30, 20)
@@ -347,10 +406,10 @@ def test_analyze_scan_reports_region_touching_body_edge() -> None:
 
     # Then the whole block is one finding, not clipped to the ellipse
     assert len(findings) == 1
-    assert_region(findings[0], straddling.mask(shape), levels16(phantom.pixels) / 65535)
+    assert_region(findings[0], straddling.mask(shape), display16(phantom.pixels))
 
 
-def test_analyze_scan_fills_air_holes_without_calling_tissue_dense() -> None:
+def test_analyze_upload_fills_air_holes_without_calling_tissue_dense() -> None:
     # Given a chest-like slice: two large dark lungs inside the body and one dense spine block
     shape = (SIZE, SIZE)
     lungs = (ellipse_mask(shape, (160, 240), (70, 110)), ellipse_mask(shape, (352, 240), (70, 110)))
@@ -365,7 +424,7 @@ def test_analyze_scan_fills_air_holes_without_calling_tissue_dense() -> None:
     assert [finding["bbox"] for finding in results["findings"]] == [spine.as_json()]
 
 
-def test_analyze_scan_blank_image_has_no_body_and_no_findings() -> None:
+def test_analyze_upload_blank_image_has_no_body_and_no_findings() -> None:
     result = analyze_pixels(np.zeros((SIZE, SIZE)))
 
     assert result.results["findings"] == []
@@ -376,14 +435,14 @@ def test_analyze_scan_blank_image_has_no_body_and_no_findings() -> None:
         assert np.asarray(annotated).max() <= 4
 
 
-def test_analyze_scan_white_8bit_image_has_no_findings() -> None:
+def test_analyze_upload_white_8bit_image_has_no_findings() -> None:
     result = analyze_pixels(np.ones((64, 64)), png8)
 
     assert result.results["findings"] == []
     assert result.results["body"] is None
 
 
-def test_analyze_scan_body_without_dense_regions_has_no_findings() -> None:
+def test_analyze_upload_body_without_dense_regions_has_no_findings() -> None:
     phantom = build_phantom(dense=(), speck=False)
 
     results = analyze_pixels(phantom.pixels).results
@@ -393,10 +452,10 @@ def test_analyze_scan_body_without_dense_regions_has_no_findings() -> None:
     assert results["body"]["areaPx"] == int(phantom.body.sum())
 
 
-def test_analyze_scan_is_deterministic(phantom: Phantom) -> None:
+def test_analyze_upload_is_deterministic(phantom: Phantom) -> None:
     data = png16(phantom.pixels)
 
-    first, second = analyze_scan(data), analyze_scan(data)
+    first, second = analyze_upload(data), analyze_upload(data)
 
     assert first.results == second.results
     assert first.annotated_jpeg == second.annotated_jpeg
@@ -407,7 +466,7 @@ def test_analyze_scan_is_deterministic(phantom: Phantom) -> None:
     ("width", "height", "expected"),
     [(600, 300, (256, 128)), (300, 600, (128, 256)), (512, 512, (256, 256)), (100, 80, (100, 80))],
 )
-def test_analyze_scan_thumbnail_fits_and_keeps_aspect(width: int, height: int, expected: tuple[int, int]) -> None:
+def test_analyze_upload_thumbnail_fits_and_keeps_aspect(width: int, height: int, expected: tuple[int, int]) -> None:
     phantom = build_phantom(width=width, height=height, dense=(), speck=False)
 
     result = analyze_pixels(phantom.pixels)
@@ -418,7 +477,7 @@ def test_analyze_scan_thumbnail_fits_and_keeps_aspect(width: int, height: int, e
         assert max(thumbnail.size) <= THUMBNAIL_MAX_SIDE
 
 
-def test_analyze_scan_annotated_is_jpeg_of_original_size(phantom: Phantom) -> None:
+def test_analyze_upload_annotated_is_jpeg_of_original_size(phantom: Phantom) -> None:
     result = analyze_pixels(phantom.pixels[:, :400])
 
     assert (result.width, result.height) == (400, SIZE)
@@ -428,7 +487,7 @@ def test_analyze_scan_annotated_is_jpeg_of_original_size(phantom: Phantom) -> No
         assert annotated.size == (400, SIZE)
 
 
-def test_analyze_scan_annotated_outlines_findings(phantom: Phantom) -> None:
+def test_analyze_upload_annotated_outlines_findings(phantom: Phantom) -> None:
     result = analyze_pixels(phantom.pixels)
 
     with Image.open(io.BytesIO(result.annotated_jpeg)) as annotated:
@@ -440,7 +499,7 @@ def test_analyze_scan_annotated_outlines_findings(phantom: Phantom) -> None:
     assert abs(plain[0] - plain[1]) < 10
 
 
-def test_analyze_scan_annotated_has_no_outline_without_findings() -> None:
+def test_analyze_upload_annotated_has_no_outline_without_findings() -> None:
     phantom = build_phantom(dense=(), speck=False)
 
     with Image.open(io.BytesIO(analyze_pixels(phantom.pixels).annotated_jpeg)) as annotated:
@@ -449,12 +508,12 @@ def test_analyze_scan_annotated_has_no_outline_without_findings() -> None:
     assert (rgb[..., 0] - rgb[..., 1]).max() < 20
 
 
-def test_analyze_scan_windows_16bit_display_from_min_to_max() -> None:
+def test_analyze_upload_windows_16bit_display_from_min_to_max() -> None:
     # Given a 16-bit scan that only uses levels 1000 and 3000
     levels = np.full((64, 64), 1000, dtype=np.uint16)
     levels[:, 32:] = 3000
 
-    result = analyze_scan(encode(Image.fromarray(levels), "PNG"))
+    result = analyze_upload(encode(Image.fromarray(levels), "PNG"))
 
     # Then the display stretches them to black and white
     with Image.open(io.BytesIO(result.thumbnail_jpeg)) as thumbnail:
@@ -466,7 +525,7 @@ def test_analyze_scan_windows_16bit_display_from_min_to_max() -> None:
 @pytest.mark.parametrize(
     ("encoder", "content_type"), [(png16, "image/png"), (png8, "image/png"), (jpeg8, "image/jpeg")]
 )
-def test_analyze_scan_content_type_comes_from_detected_format(
+def test_analyze_upload_content_type_comes_from_detected_format(
     phantom: Phantom, encoder: Callable[[Pixels], bytes], content_type: str
 ) -> None:
     result = analyze_pixels(phantom.pixels, encoder)
@@ -505,9 +564,9 @@ def other_format(image_format: str) -> bytes:
         pytest.param(lambda: other_format("WEBP"), id="webp"),
     ],
 )
-def test_analyze_scan_rejects_bad_input(make_data: Callable[[], bytes]) -> None:
+def test_analyze_upload_rejects_bad_input(make_data: Callable[[], bytes]) -> None:
     with pytest.raises(InvalidImage) as raised:
-        analyze_scan(make_data())
+        analyze_upload(make_data())
 
     # The message goes to API clients: plain words, no library internals
     assert raised.value.message
@@ -515,43 +574,43 @@ def test_analyze_scan_rejects_bad_input(make_data: Callable[[], bytes]) -> None:
     assert "Error" not in raised.value.message
 
 
-def test_analyze_scan_rejects_image_above_max_pixels() -> None:
+def test_analyze_upload_rejects_image_above_max_pixels() -> None:
     data = png8(build_phantom(width=64, height=64).pixels)
 
     with pytest.raises(InvalidImage, match="too large") as raised:
-        analyze_scan(data, max_pixels=64 * 64 - 1)
+        analyze_upload(data, max_pixels=64 * 64 - 1)
 
     assert "4,095" in raised.value.message
-    assert analyze_scan(data, max_pixels=64 * 64).width == 64
+    assert analyze_upload(data, max_pixels=64 * 64).width == 64
 
 
-def test_analyze_scan_rejects_decompression_bomb_below_pillow_limit() -> None:
+def test_analyze_upload_rejects_decompression_bomb_below_pillow_limit() -> None:
     # Given a valid 8000 x 6000 PNG of a few kilobytes: over our 40 MP default, under Pillow's own limit
     data = bilevel_png(8000, 6000)
     assert len(data) < 20_000
 
     with pytest.raises(InvalidImage, match="too large") as raised:
-        analyze_scan(data)
+        analyze_upload(data)
 
     assert "40,000,000" in raised.value.message
 
 
-def test_analyze_scan_checks_pixels_before_decoding() -> None:
+def test_analyze_upload_checks_pixels_before_decoding() -> None:
     # Given a header claiming too many pixels over data that cannot be decoded
     data = bilevel_png(8000, 6000, valid_data=False)
 
     # Then the size is refused before any decoding would have found the damage
     with pytest.raises(InvalidImage, match="too large"):
-        analyze_scan(data)
+        analyze_upload(data)
 
 
-def test_analyze_scan_rejects_decompression_bomb_above_pillow_limit() -> None:
+def test_analyze_upload_rejects_decompression_bomb_above_pillow_limit() -> None:
     # 400 MP: Pillow itself raises DecompressionBombError on open, which must become InvalidImage
     with pytest.raises(InvalidImage, match="too large"):
-        analyze_scan(bilevel_png(20_000, 20_000, valid_data=False), max_pixels=10**9)
+        analyze_upload(bilevel_png(20_000, 20_000, valid_data=False), max_pixels=10**9)
 
 
-def test_analyze_scan_turns_pillow_bomb_warning_into_error_without_leaking_filters() -> None:
+def test_analyze_upload_turns_pillow_bomb_warning_into_error_without_leaking_filters() -> None:
     # Given 100 MP: between Pillow's warning and error limits, and a caller limit above both
     data = bilevel_png(10_000, 10_000, valid_data=False)
     filters_before = list(warnings.filters)
@@ -560,9 +619,157 @@ def test_analyze_scan_turns_pillow_bomb_warning_into_error_without_leaking_filte
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with pytest.raises(InvalidImage, match="too large"):
-            analyze_scan(data, max_pixels=10**9)
+            analyze_upload(data, max_pixels=10**9)
 
     assert not [warning for warning in caught if issubclass(warning.category, Image.DecompressionBombWarning)]
     assert list(warnings.filters) == filters_before
     assert max_image_pixels_before == Image.MAX_IMAGE_PIXELS
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+
+
+# --- integrity: a medical store refuses damaged files ------------------------------------------------------------
+
+
+def png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    """(type, payload) of each chunk of a valid PNG."""
+    chunks, offset = [], 8
+    while offset < len(data):
+        (length,) = struct.unpack_from(">I", data, offset)
+        chunks.append((data[offset + 4 : offset + 8], data[offset + 8 : offset + 8 + length]))
+        offset += 12 + length
+    return chunks
+
+
+def rebuild_png(chunks: list[tuple[bytes, bytes]]) -> bytes:
+    return b"\x89PNG\r\n\x1a\n" + b"".join(png_chunk(kind, payload) for kind, payload in chunks)
+
+
+@pytest.fixture(scope="module")
+def small_png() -> bytes:
+    return png16(build_phantom(width=96, height=64, dense=(), speck=False).pixels)
+
+
+def test_png_chunk_helpers_round_trip(small_png: bytes) -> None:
+    assert rebuild_png(png_chunks(small_png)) == small_png
+    assert analyze_upload(small_png).width == 96
+
+
+@pytest.mark.parametrize("cut", [1, 4, 12, 13])
+def test_analyze_upload_rejects_png_cut_short(small_png: bytes, cut: int) -> None:
+    with pytest.raises(InvalidImage, match="damaged or incomplete"):
+        analyze_upload(small_png[:-cut])
+
+
+def test_analyze_upload_rejects_png_without_iend(small_png: bytes) -> None:
+    chunks = png_chunks(small_png)
+    assert chunks[-1][0] == b"IEND"
+
+    with pytest.raises(InvalidImage, match="damaged or incomplete"):
+        analyze_upload(rebuild_png(chunks[:-1]))
+
+
+@pytest.mark.parametrize("kind", [b"IDAT", b"tEXt"])
+def test_analyze_upload_rejects_png_with_bad_crc(small_png: bytes, kind: bytes) -> None:
+    # Given intact data whose chunk CRC is wrong: Pillow itself checks neither the image data's CRC
+    # nor that of text after it
+    chunks = png_chunks(small_png)
+    chunks.insert(len(chunks) - 1, (b"tEXt", b"Comment\x00after the image data"))
+    index = next(i for i, (name, _) in enumerate(chunks) if name == kind)
+    data = bytearray(rebuild_png(chunks))
+    crc_offset = 8 + sum(12 + len(payload) for _, payload in chunks[: index + 1]) - 4
+    data[crc_offset] ^= 0x01
+
+    with pytest.raises(InvalidImage, match="damaged or incomplete"):
+        analyze_upload(bytes(data))
+    assert analyze_upload(rebuild_png(chunks)).width == 96
+
+
+def test_analyze_upload_accepts_png_with_data_after_iend(small_png: bytes) -> None:
+    assert analyze_upload(small_png + b"trailing bytes").width == 96
+
+
+def test_analyze_upload_rejects_jpeg_without_eoi(phantom: Phantom) -> None:
+    data = jpeg8(phantom.pixels)
+    assert data.endswith(b"\xff\xd9")
+
+    with pytest.raises(InvalidImage, match="damaged or incomplete"):
+        analyze_upload(data[:-2])
+    with pytest.raises(InvalidImage, match="damaged or incomplete"):
+        analyze_upload(data[:-1])
+
+
+@pytest.mark.parametrize("padding", [b"\x00", b"\x00\x00", b"\r\n", b"\x00" * 16])
+def test_analyze_upload_accepts_jpeg_padded_after_eoi(phantom: Phantom, padding: bytes) -> None:
+    assert analyze_upload(jpeg8(phantom.pixels) + padding).content_type == "image/jpeg"
+
+
+def test_analyze_upload_rejects_jpeg_with_data_after_eoi(phantom: Phantom) -> None:
+    with pytest.raises(InvalidImage, match="damaged or incomplete"):
+        analyze_upload(jpeg8(phantom.pixels) + b"\x00" * 17)
+
+
+@pytest.mark.parametrize("encoder", [png16, png8, jpeg8])
+def test_analyze_upload_randomly_damaged_png_or_jpeg_only_raises_invalid_image(
+    encoder: Callable[[Pixels], bytes],
+) -> None:
+    data = encoder(build_phantom(width=64, height=64).pixels)
+    rng = np.random.default_rng(23)
+
+    for _ in range(40):
+        damaged = bytearray(data)
+        for position in rng.integers(0, len(data), int(rng.integers(1, 8))):
+            damaged[position] = int(rng.integers(0, 256))
+        try:
+            analyze_upload(bytes(damaged))
+        except InvalidImage as error:
+            assert error.message
+
+
+@pytest.mark.parametrize(
+    "levels",
+    [np.zeros((1, 1), np.uint8), np.full((1, 1), 40000, np.uint16), np.arange(7, dtype=np.uint16).reshape(1, 7)],
+    ids=["1x1-8bit", "1x1-16bit", "1x7-16bit"],
+)
+def test_analyze_upload_handles_tiny_images(levels: NDArray[np.integer]) -> None:
+    result = analyze_upload(encode(Image.fromarray(levels), "PNG"))
+
+    assert (result.height, result.width) == levels.shape
+    assert result.results["findings"] == []
+
+
+# --- 16-bit scans in a narrow value range (the issue's regression) ------------------------------------------------
+
+
+def test_analyze_upload_finds_the_vertebra_of_a_real_ct_slice_exported_as_16bit_png() -> None:
+    # Given CT_small.dcm (a neck slice through a vertebra) as its stored values in a 16-bit PNG: 128 to 2191.
+    # Divided by 65535 these spanned 3 % of the range, so the fixed 0.15 contrast rule reported nothing.
+    ds = pydicom.dcmread(io.BytesIO(Path(str(get_testdata_file("CT_small.dcm"))).read_bytes()))
+    png = stored_png16(ds)
+    with Image.open(io.BytesIO(png)) as opened:
+        assert int(np.asarray(opened).max()) < 2200
+
+    findings = analyze_upload(png).results["findings"]
+
+    # Then the vertebra is found where the HU analysis of the original DICOM finds it
+    hu_findings = analyze_upload(dicom_bytes(ds)).results["findings"]
+    vertebra = max(hu_findings, key=lambda finding: finding["areaPx"])["bbox"]
+    centre_x, centre_y = vertebra["x"] + vertebra["width"] // 2, vertebra["y"] + vertebra["height"] // 2
+    largest = max(findings, key=lambda finding: finding["areaPx"])
+    box = largest["bbox"]
+    assert box["x"] <= centre_x < box["x"] + box["width"]
+    assert box["y"] <= centre_y < box["y"] + box["height"]
+    assert largest["areaPx"] >= 0.8 * max(finding["areaPx"] for finding in hu_findings)
+
+
+def test_analyze_upload_finds_dense_discs_in_16bit_png_with_values_0_to_2063() -> None:
+    # Given the HU phantom stored as HU + 1024 in a 16-bit PNG: values 0 to about 2060
+    ds = ct_slice_dataset()
+    stored = np.frombuffer(ds.PixelData, dtype=np.uint16).reshape(512, 512)
+    assert stored.max() <= 2063
+
+    findings = analyze_upload(encode(Image.fromarray(stored), "PNG")).results["findings"]
+
+    # Then the three bone discs are found, exactly as the HU analysis of the same pixels finds them
+    hu_findings = analyze_upload(dicom_bytes(ds)).results["findings"]
+    assert len(hu_findings) == 3
+    assert [(f["bbox"], f["areaPx"]) for f in findings] == [(f["bbox"], f["areaPx"]) for f in hu_findings]
