@@ -37,17 +37,33 @@ CHECK_AFTER_IDLE_SECONDS = 30.0
 
 
 class ImageType(StrEnum):
-    """The three renderings stored for every scan."""
+    """The four renderings stored for every scan."""
 
     original = "original"
+    preview = "preview"
     annotated = "annotated"
     thumbnail = "thumbnail"
 
 
-IMAGE_COLUMNS: dict[ImageType, tuple[str, str]] = {
-    ImageType.original: ("original_image_data", "file_hash"),
-    ImageType.annotated: ("annotated_image_data", "annotated_hash"),
-    ImageType.thumbnail: ("thumbnail_image_data", "thumbnail_hash"),
+@dataclass(frozen=True)
+class ImageColumns:
+    """SQL expressions (fixed, never from a request) for one image type's bytes, hash and type."""
+
+    data: str
+    sha256: str
+    content_type: str
+
+
+IMAGE_COLUMNS: dict[ImageType, ImageColumns] = {
+    ImageType.original: ImageColumns("original_image_data", "file_hash", "content_type"),
+    # Scans stored before migration 004 have no preview: their PNG or JPEG original stands in.
+    ImageType.preview: ImageColumns(
+        "COALESCE(preview_image_data, original_image_data)",
+        "COALESCE(preview_hash, file_hash)",
+        "CASE WHEN preview_image_data IS NULL THEN content_type ELSE 'image/jpeg' END",
+    ),
+    ImageType.annotated: ImageColumns("annotated_image_data", "annotated_hash", "'image/jpeg'"),
+    ImageType.thumbnail: ImageColumns("thumbnail_image_data", "thumbnail_hash", "'image/jpeg'"),
 }
 
 
@@ -306,6 +322,27 @@ def delete_expired_sessions(con: Connection, *, user_id: int) -> int:
 
 
 @dataclass(frozen=True)
+class DicomIndex:
+    """The PHI-free DICOM attributes kept in their own columns (None for PNG and JPEG scans)."""
+
+    modality: str | None
+    study_instance_uid: str | None
+    series_instance_uid: str | None
+    sop_instance_uid: str | None
+    instance_number: int | None
+    slice_position: float | None
+    pixel_spacing_mm: tuple[float, float] | None
+    slice_thickness_mm: float | None
+    rows: int
+    columns: int
+    frame_count: int
+    frame_analyzed: int
+    transfer_syntax_uid: str
+    photometric_interpretation: str
+    bits_stored: int
+
+
+@dataclass(frozen=True)
 class Scan:
     """A scan's metadata and analysis results, never its image bytes."""
 
@@ -318,6 +355,29 @@ class Scan:
     file_hash: str
     results: dict[str, Any]
     created_at: datetime
+    dicom: DicomIndex | None = None
+
+
+@dataclass(frozen=True)
+class NewScan:
+    """Everything one upload writes, in one row."""
+
+    id: str
+    owner_id: int
+    filename: str
+    content_type: str
+    width: int
+    height: int
+    results_json: str
+    original: bytes
+    preview: bytes
+    annotated: bytes
+    thumbnail: bytes
+    file_hash: str
+    preview_hash: str
+    annotated_hash: str
+    thumbnail_hash: str
+    dicom: DicomIndex | None
 
 
 @dataclass(frozen=True)
@@ -330,14 +390,20 @@ class StoredImage:
     size: int
 
 
-SCAN_COLUMNS = "id, owner_id, filename, content_type, width, height, file_hash, results, created_at"
+DICOM_FIELDS = tuple(DicomIndex.__dataclass_fields__)
+SCAN_COLUMNS = "id, owner_id, filename, content_type, width, height, file_hash, results, created_at, " + ", ".join(
+    DICOM_FIELDS
+)
+_BASE_FIELD_COUNT = 9
 
 INSERT_SCAN = f"""
     INSERT INTO scans (id, owner_id, filename, content_type, width, height, results,
-                       original_image_data, annotated_image_data, thumbnail_image_data,
-                       file_hash, annotated_hash, thumbnail_hash)
+                       original_image_data, preview_image_data, annotated_image_data, thumbnail_image_data,
+                       file_hash, preview_hash, annotated_hash, thumbnail_hash, {", ".join(DICOM_FIELDS)})
     VALUES (:id, :owner_id, :filename, :content_type, :width, :height, CAST(:results AS jsonb),
-            :original, :annotated, :thumbnail, :file_hash, :annotated_hash, :thumbnail_hash)
+            :original, :preview, :annotated, :thumbnail,
+            :file_hash, :preview_hash, :annotated_hash, :thumbnail_hash,
+            {", ".join(f":{name}" for name in DICOM_FIELDS)})
     ON CONFLICT (owner_id, file_hash) DO NOTHING
     RETURNING {SCAN_COLUMNS}
 """
@@ -352,19 +418,47 @@ SELECT_SCANS_NEXT_PAGE = f"""
     WHERE owner_id = :owner_id AND (created_at, id) < (:before_at, :before_id)
     ORDER BY created_at DESC, id DESC LIMIT :limit
 """
+# Reading order within a series: instance number, then slice position; a missing one sorts last.
+# The expressions match the indexes of migration 004 so the keyset comparison is an index range.
+_INSTANCE_KEY = "COALESCE(instance_number, 2147483647)"
+_POSITION_KEY = "COALESCE(slice_position, 'Infinity'::float8)"
+_SERIES_KEY = "COALESCE(series_instance_uid, '')"
+SELECT_SERIES_PAGE = f"""
+    SELECT {SCAN_COLUMNS} FROM scans
+    WHERE owner_id = :owner_id AND series_instance_uid = :series_uid
+      AND (CAST(:study_uid AS text) IS NULL OR study_instance_uid = CAST(:study_uid AS text))
+      AND ({_INSTANCE_KEY}, {_POSITION_KEY}, id)
+          > (CAST(:after_instance AS integer), CAST(:after_position AS float8), CAST(:after_id AS text))
+    ORDER BY {_INSTANCE_KEY}, {_POSITION_KEY}, id LIMIT :limit
+"""
+SELECT_STUDY_PAGE = f"""
+    SELECT {SCAN_COLUMNS} FROM scans
+    WHERE owner_id = :owner_id AND study_instance_uid = :study_uid
+      AND ({_SERIES_KEY}, {_INSTANCE_KEY}, {_POSITION_KEY}, id)
+          > (CAST(:after_series AS text), CAST(:after_instance AS integer), CAST(:after_position AS float8),
+             CAST(:after_id AS text))
+    ORDER BY {_SERIES_KEY}, {_INSTANCE_KEY}, {_POSITION_KEY}, id LIMIT :limit
+"""
 DELETE_SCAN = "DELETE FROM scans WHERE id = :scan_id AND owner_id = :owner_id"
-# {data} and {hash} come from IMAGE_COLUMNS, never from the request.
+# {data}, {hash} and {ctype} come from IMAGE_COLUMNS, never from the request.
 SELECT_SCAN_IMAGE = """
-    SELECT {data}, content_type, {hash}, octet_length({data})
+    SELECT {data}, {ctype}, {hash}, octet_length({data})
     FROM scans WHERE id = :scan_id AND owner_id = :owner_id
 """
 SELECT_SCAN_IMAGE_META = """
-    SELECT content_type, {hash}, octet_length({data})
+    SELECT {ctype}, {hash}, octet_length({data})
     FROM scans WHERE id = :scan_id AND owner_id = :owner_id
 """
 
 
 def _scan(row: list[Any]) -> Scan:
+    dicom_values = row[_BASE_FIELD_COUNT:]
+    dicom = None
+    if row[3] == "application/dicom":
+        values = dict(zip(DICOM_FIELDS, dicom_values, strict=True))
+        spacing = values["pixel_spacing_mm"]
+        values["pixel_spacing_mm"] = (float(spacing[0]), float(spacing[1])) if spacing else None
+        dicom = DicomIndex(**values)
     return Scan(
         id=row[0],
         owner_id=int(row[1]),
@@ -375,42 +469,37 @@ def _scan(row: list[Any]) -> Scan:
         file_hash=row[6],
         results=row[7],
         created_at=row[8],
+        dicom=dicom,
     )
 
 
-def insert_scan(
-    con: Connection,
-    *,
-    scan_id: str,
-    owner_id: int,
-    filename: str,
-    content_type: str,
-    width: int,
-    height: int,
-    results_json: str,
-    original: bytes,
-    annotated: bytes,
-    thumbnail: bytes,
-    file_hash: str,
-    annotated_hash: str,
-    thumbnail_hash: str,
-) -> Scan | None:
+def insert_scan(con: Connection, *, scan: NewScan) -> Scan | None:
     """Insert a scan with all its images; None when this owner already has a scan with this hash."""
+    dicom: dict[str, Any] = (
+        {name: getattr(scan.dicom, name) for name in DICOM_FIELDS}
+        if scan.dicom is not None
+        else dict.fromkeys(DICOM_FIELDS)
+    )
+    if dicom["pixel_spacing_mm"] is not None:
+        dicom["pixel_spacing_mm"] = list(dicom["pixel_spacing_mm"])
     rows = con.run(
         INSERT_SCAN,
-        id=scan_id,
-        owner_id=owner_id,
-        filename=filename,
-        content_type=content_type,
-        width=width,
-        height=height,
-        results=results_json,
-        original=original,
-        annotated=annotated,
-        thumbnail=thumbnail,
-        file_hash=file_hash,
-        annotated_hash=annotated_hash,
-        thumbnail_hash=thumbnail_hash,
+        id=scan.id,
+        owner_id=scan.owner_id,
+        filename=scan.filename,
+        content_type=scan.content_type,
+        width=scan.width,
+        height=scan.height,
+        results=scan.results_json,
+        original=scan.original,
+        preview=scan.preview,
+        annotated=scan.annotated,
+        thumbnail=scan.thumbnail,
+        file_hash=scan.file_hash,
+        preview_hash=scan.preview_hash,
+        annotated_hash=scan.annotated_hash,
+        thumbnail_hash=scan.thumbnail_hash,
+        **dicom,
     )
     return _scan(rows[0]) if rows else None
 
@@ -440,6 +529,54 @@ def list_scans_for_owner(
     return [_scan(row) for row in rows]
 
 
+@dataclass(frozen=True)
+class SeriesPosition:
+    """A place in reading order (series, instance number, slice position, id): where a page ends."""
+
+    series_uid: str
+    instance_key: int
+    position_key: float
+    scan_id: str
+
+
+SERIES_START = SeriesPosition("", -(2**31), float("-inf"), "")
+
+
+def series_position(scan: Scan) -> SeriesPosition:
+    """Where a scan sits in reading order, with the same defaults for missing values as the SQL."""
+    dicom = scan.dicom
+    instance = dicom.instance_number if dicom and dicom.instance_number is not None else 2**31 - 1
+    position = dicom.slice_position if dicom and dicom.slice_position is not None else float("inf")
+    series = (dicom.series_instance_uid if dicom else None) or ""
+    return SeriesPosition(series, instance, position, scan.id)
+
+
+def list_scans_in_series(
+    con: Connection,
+    *,
+    owner_id: int,
+    limit: int,
+    series_uid: str | None,
+    study_uid: str | None,
+    after: SeriesPosition = SERIES_START,
+) -> list[Scan]:
+    """This owner's scans of one series (or study), in reading order, after `after` (keyset pagination)."""
+    common = {
+        "owner_id": owner_id,
+        "limit": limit,
+        "after_instance": after.instance_key,
+        "after_position": after.position_key,
+        "after_id": after.scan_id,
+    }
+    if series_uid is not None:
+        rows = con.run(SELECT_SERIES_PAGE, series_uid=series_uid, study_uid=study_uid, **common)
+    elif study_uid is not None:
+        rows = con.run(SELECT_STUDY_PAGE, study_uid=study_uid, after_series=after.series_uid, **common)
+    else:
+        raise ValueError("a series or a study is required")
+    return [_scan(row) for row in rows]
+
+
 def delete_scan(con: Connection, *, scan_id: str, owner_id: int) -> None:
     """Delete one of this owner's scans; ScanNotFound when there is none."""
     con.run(DELETE_SCAN, scan_id=scan_id, owner_id=owner_id)
@@ -451,20 +588,17 @@ def get_scan_image(
     con: Connection, *, scan_id: str, owner_id: int, image_type: ImageType, with_data: bool = True
 ) -> StoredImage:
     """One stored rendering of this owner's scan; with_data=False reads only its type, hash and size."""
-    data_column, hash_column = IMAGE_COLUMNS[image_type]
+    columns = IMAGE_COLUMNS[image_type]
+    names = {"data": columns.data, "hash": columns.sha256, "ctype": columns.content_type}
     if with_data:
-        rows = con.run(SELECT_SCAN_IMAGE.format(data=data_column, hash=hash_column), scan_id=scan_id, owner_id=owner_id)
+        rows = con.run(SELECT_SCAN_IMAGE.format(**names), scan_id=scan_id, owner_id=owner_id)
         if not rows or rows[0][0] is None:
             raise ScanNotFound("No scan with this id.")
         data, content_type, digest, size = rows[0]
     else:
-        rows = con.run(
-            SELECT_SCAN_IMAGE_META.format(data=data_column, hash=hash_column), scan_id=scan_id, owner_id=owner_id
-        )
+        rows = con.run(SELECT_SCAN_IMAGE_META.format(**names), scan_id=scan_id, owner_id=owner_id)
         if not rows or rows[0][2] is None:
             raise ScanNotFound("No scan with this id.")
         data = None
         content_type, digest, size = rows[0]
-    if image_type is not ImageType.original:
-        content_type = "image/jpeg"
     return StoredImage(data=data, content_type=content_type, sha256=digest, size=int(size))

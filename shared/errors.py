@@ -55,6 +55,12 @@ class InvalidRequest(DomainError):
     code = "invalid_request"
 
 
+class InvalidParameter(DomainError):
+    """A query parameter is well-formed HTTP but not a value we accept (422, like FastAPI's own checks)."""
+
+    code = "invalid_request"
+
+
 class NotAuthenticated(DomainError):
     """No bearer token, or one that is unknown or expired."""
 

@@ -19,6 +19,7 @@ from shared.errors import (
     DomainError,
     InvalidCredentials,
     InvalidImage,
+    InvalidParameter,
     InvalidRequest,
     InvalidToken,
     InvalidUpload,
@@ -41,6 +42,7 @@ STATUS_FOR: dict[type[DomainError], int] = {
     UploadTooLarge: 413,
     UnsupportedMediaType: 415,
     InvalidImage: 422,
+    InvalidParameter: 422,
     DatabaseUnavailable: 503,
 }
 IMMUTABLE_CACHE = "private, max-age=31536000, immutable"

@@ -18,7 +18,7 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 FILE_PATTERN = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 # Any constant both runs agree on; "ctscan" in ASCII.
 LOCK_KEY = 0x637473636E
-IMAGE_COLUMNS = ("original_image_data", "annotated_image_data", "thumbnail_image_data")
+IMAGE_COLUMNS = ("original_image_data", "preview_image_data", "annotated_image_data", "thumbnail_image_data")
 
 CREATE_SCHEMA_MIGRATIONS = """
     CREATE TABLE IF NOT EXISTS schema_migrations (

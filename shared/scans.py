@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from shared import db
-from shared.errors import InvalidRequest
+from shared.errors import InvalidParameter
 
 SCAN_ID_PREFIX = "scan_"
 IMAGE_PATH = "/api/v1/scans/image/{scan_id}/{image_type}"
@@ -21,15 +21,39 @@ def new_scan_id() -> str:
 
 
 def image_urls(base_url: str, scan_id: str) -> dict[str, str]:
-    """Absolute URLs of a scan's three images."""
+    """Absolute URLs of a scan's four images."""
 
     def url(kind: db.ImageType) -> str:
         return base_url + IMAGE_PATH.format(scan_id=scan_id, image_type=kind.value)
 
     return {
         "imageUrl": url(db.ImageType.original),
+        "previewUrl": url(db.ImageType.preview),
         "annotatedImageUrl": url(db.ImageType.annotated),
         "thumbnailUrl": url(db.ImageType.thumbnail),
+    }
+
+
+def dicom_public(dicom: db.DicomIndex | None) -> dict[str, Any] | None:
+    """The PHI-free DICOM attributes as the API shows them; None for PNG and JPEG scans."""
+    if dicom is None:
+        return None
+    return {
+        "modality": dicom.modality,
+        "studyInstanceUid": dicom.study_instance_uid,
+        "seriesInstanceUid": dicom.series_instance_uid,
+        "sopInstanceUid": dicom.sop_instance_uid,
+        "instanceNumber": dicom.instance_number,
+        "slicePosition": dicom.slice_position,
+        "pixelSpacingMm": list(dicom.pixel_spacing_mm) if dicom.pixel_spacing_mm else None,
+        "sliceThicknessMm": dicom.slice_thickness_mm,
+        "rows": dicom.rows,
+        "columns": dicom.columns,
+        "frameCount": dicom.frame_count,
+        "frameAnalyzed": dicom.frame_analyzed,
+        "transferSyntaxUid": dicom.transfer_syntax_uid,
+        "photometricInterpretation": dicom.photometric_interpretation,
+        "bitsStored": dicom.bits_stored,
     }
 
 
@@ -47,6 +71,7 @@ def _metadata(scan: db.Scan) -> dict[str, Any]:
         "height": scan.height,
         "fileHash": scan.file_hash,
         "createdAt": iso(scan.created_at),
+        "dicom": dicom_public(scan.dicom),
     }
 
 
@@ -65,20 +90,61 @@ def scan_summary(scan: db.Scan, base_url: str) -> dict[str, Any]:
     }
 
 
+_INVALID_CURSOR = "cursor is not valid for this listing; use nextCursor from the previous page of the same listing."
+_SERIES_CURSOR = "series"
+
+
 def encode_cursor(scan: db.Scan) -> str:
-    """An opaque cursor that continues a listing after this scan."""
-    raw = f"{scan.created_at.astimezone(UTC).isoformat()}|{scan.id}"
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    """An opaque cursor that continues a newest-first listing after this scan."""
+    return _b64(f"{scan.created_at.astimezone(UTC).isoformat()}|{scan.id}")
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    """The (created_at, id) position a cursor stands for; InvalidRequest when it is not one of ours."""
+    """The (created_at, id) position a cursor stands for; InvalidParameter when it is not one of ours."""
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        moment, scan_id = raw.split("|", 1)
+        moment, scan_id = _unb64(cursor).split("|", 1)
         when = datetime.fromisoformat(moment)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidRequest("cursor is not valid; use nextCursor from a previous page.") from None
+    except ValueError:
+        raise InvalidParameter(_INVALID_CURSOR) from None
     if when.tzinfo is None or not scan_id.startswith(SCAN_ID_PREFIX):
-        raise InvalidRequest("cursor is not valid; use nextCursor from a previous page.")
+        raise InvalidParameter(_INVALID_CURSOR)
     return when, scan_id
+
+
+def encode_series_cursor(scan: db.Scan) -> str:
+    """An opaque cursor that continues a series or study listing (reading order) after this scan."""
+    position = db.series_position(scan)
+    return _b64(
+        "|".join(
+            (
+                _SERIES_CURSOR,
+                str(position.instance_key),
+                repr(position.position_key),
+                position.scan_id,
+                position.series_uid,
+            )
+        )
+    )
+
+
+def decode_series_cursor(cursor: str) -> db.SeriesPosition:
+    """The reading-order position a series cursor stands for; InvalidParameter when it is not one."""
+    try:
+        kind, instance, position, scan_id, series_uid = _unb64(cursor).split("|", 4)
+        result = db.SeriesPosition(series_uid, int(instance), float(position), scan_id)
+    except ValueError:
+        raise InvalidParameter(_INVALID_CURSOR) from None
+    if kind != _SERIES_CURSOR or not scan_id.startswith(SCAN_ID_PREFIX) or not -(2**31) <= result.instance_key < 2**31:
+        raise InvalidParameter(_INVALID_CURSOR)
+    return result
+
+
+def _b64(raw: str) -> str:
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _unb64(cursor: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        raise ValueError("not base64url text") from None

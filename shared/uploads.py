@@ -1,4 +1,4 @@
-"""Storing an upload: hash, per-owner dedup, analysis, and one transactional insert.
+"""Storing an upload: hash, per-owner dedup, analysis, and one atomic insert.
 
 Only the upload function imports this module (it pulls in Pillow and numpy via shared.imaging).
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 
 from shared import db, imaging
@@ -21,56 +22,60 @@ class StoredUpload:
     duplicate: bool
 
 
-def store_upload(*, owner_id: int, filename: str, data: bytes, max_pixels: int) -> StoredUpload:
+def store_upload(
+    *, owner_id: int, filename: str, data: bytes, max_pixels: int, dense_hu_threshold: float
+) -> StoredUpload:
     """Analyze and store an upload, or return this owner's existing scan of the same bytes."""
     file_hash = hashlib.sha256(data).hexdigest()
     existing = db.call(db.find_scan_by_hash, owner_id=owner_id, file_hash=file_hash)
     if existing is not None:
         return StoredUpload(existing, duplicate=True)
 
-    analyzed = imaging.analyze_scan(data, max_pixels=max_pixels)
-    scan = db.call(
-        _insert,
-        scan_id=new_scan_id(),
-        owner_id=owner_id,
-        filename=filename,
-        data=data,
-        file_hash=file_hash,
-        analyzed=analyzed,
-    )
+    analyzed = imaging.analyze_upload(data, max_pixels=max_pixels, dense_hu_threshold=dense_hu_threshold)
+    new_scan = _new_scan(owner_id=owner_id, filename=filename, data=data, file_hash=file_hash, analyzed=analyzed)
+    # One INSERT is one implicit transaction: the row and all four images are written whole or not at all.
+    scan = db.call(db.insert_scan, scan=new_scan)
     if scan is not None:
         return StoredUpload(scan, duplicate=False)
     # A concurrent upload of the same file by the same owner won the unique index.
     winner = db.call(db.find_scan_by_hash, owner_id=owner_id, file_hash=file_hash)
     if winner is None:  # it was deleted in between: store ours after all
-        return store_upload(owner_id=owner_id, filename=filename, data=data, max_pixels=max_pixels)
+        return store_upload(
+            owner_id=owner_id,
+            filename=filename,
+            data=data,
+            max_pixels=max_pixels,
+            dense_hu_threshold=dense_hu_threshold,
+        )
     return StoredUpload(winner, duplicate=True)
 
 
-def _insert(
-    con: db.Connection,
-    *,
-    scan_id: str,
-    owner_id: int,
-    filename: str,
-    data: bytes,
-    file_hash: str,
-    analyzed: imaging.AnalyzedScan,
-) -> db.Scan | None:
-    with db.transaction(con):
-        return db.insert_scan(
-            con,
-            scan_id=scan_id,
-            owner_id=owner_id,
-            filename=filename,
-            content_type=analyzed.content_type,
-            width=analyzed.width,
-            height=analyzed.height,
-            results_json=json.dumps(analyzed.results),
-            original=data,
-            annotated=analyzed.annotated_jpeg,
-            thumbnail=analyzed.thumbnail_jpeg,
-            file_hash=file_hash,
-            annotated_hash=hashlib.sha256(analyzed.annotated_jpeg).hexdigest(),
-            thumbnail_hash=hashlib.sha256(analyzed.thumbnail_jpeg).hexdigest(),
-        )
+def _new_scan(
+    *, owner_id: int, filename: str, data: bytes, file_hash: str, analyzed: imaging.AnalyzedScan
+) -> db.NewScan:
+    dicom = None
+    if analyzed.dicom is not None:
+        values = {name: getattr(analyzed.dicom, name) for name in db.DICOM_FIELDS}
+        # A NaN or infinite position would sort unpredictably in a series: treat it as absent.
+        for name in ("slice_position", "slice_thickness_mm"):
+            if values[name] is not None and not math.isfinite(values[name]):
+                values[name] = None
+        dicom = db.DicomIndex(**values)
+    return db.NewScan(
+        id=new_scan_id(),
+        owner_id=owner_id,
+        filename=filename,
+        content_type=analyzed.content_type,
+        width=analyzed.width,
+        height=analyzed.height,
+        results_json=json.dumps(analyzed.results),
+        original=data,
+        preview=analyzed.preview_jpeg,
+        annotated=analyzed.annotated_jpeg,
+        thumbnail=analyzed.thumbnail_jpeg,
+        file_hash=file_hash,
+        preview_hash=hashlib.sha256(analyzed.preview_jpeg).hexdigest(),
+        annotated_hash=hashlib.sha256(analyzed.annotated_jpeg).hexdigest(),
+        thumbnail_hash=hashlib.sha256(analyzed.thumbnail_jpeg).hexdigest(),
+        dicom=dicom,
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import threading
 from collections.abc import Callable
@@ -13,7 +14,7 @@ import pytest
 from shared import config, db
 from shared.migrations import MIGRATIONS_DIR, MigrationError, load_migrations, run_migrations
 
-EXPECTED = ["001_create_scans", "002_add_image_storage", "003_scan_integrity"]
+EXPECTED = ["001_create_scans", "002_add_image_storage", "003_scan_integrity", "004_dicom_and_preview"]
 
 
 def run_on(url: str, directory: Path = MIGRATIONS_DIR) -> dict[str, Any]:
@@ -36,6 +37,7 @@ def test_migrations_apply_once_then_report_already_applied(fresh_database: Calla
         assert report["status"] == "ok"
         assert [(c["column"], c["type"], c["storage"]) for c in report["columns"]] == [
             ("original_image_data", "bytea", "external"),
+            ("preview_image_data", "bytea", "external"),
             ("annotated_image_data", "bytea", "external"),
             ("thumbnail_image_data", "bytea", "external"),
         ]
@@ -67,7 +69,7 @@ def test_five_concurrent_runs_apply_everything_exactly_once(fresh_database: Call
     con = db.connect(config.parse_database_url(url), timeout=30)
     try:
         versions = [r[0] for r in con.run("SELECT version FROM schema_migrations ORDER BY version")]
-        assert versions == ["001", "002", "003"]
+        assert versions == ["001", "002", "003", "004"]
     finally:
         con.close()
 
@@ -99,7 +101,7 @@ def test_a_failing_migration_rolls_back_with_its_bookkeeping(
     url = fresh_database()
     copy = tmp_path / "migrations"
     shutil.copytree(MIGRATIONS_DIR, copy)
-    (copy / "004_broken.sql").write_text("CREATE TABLE half_done (id int);\nSELECT * FROM no_such_table;\n")
+    (copy / "099_broken.sql").write_text("CREATE TABLE half_done (id int);\nSELECT * FROM no_such_table;\n")
 
     with pytest.raises(db.DatabaseError):
         run_on(url, copy)
@@ -107,12 +109,59 @@ def test_a_failing_migration_rolls_back_with_its_bookkeeping(
     con = db.connect(config.parse_database_url(url), timeout=30)
     try:
         assert con.run("SELECT to_regclass('half_done')")[0][0] is None
-        assert con.run("SELECT count(*) FROM schema_migrations WHERE version = '004'")[0][0] == 0
+        assert con.run("SELECT count(*) FROM schema_migrations WHERE version = '099'")[0][0] == 0
     finally:
         con.close()
-    # The three good ones were each committed on their own.
-    (copy / "004_broken.sql").unlink()
+    # The good ones were each committed on their own.
+    (copy / "099_broken.sql").unlink()
     assert run_on(url, copy)["alreadyApplied"] == EXPECTED
+
+
+def test_scans_stored_before_004_show_their_original_as_preview(
+    fresh_database: Callable[..., str], tmp_path: Path
+) -> None:
+    # Given a PNG scan stored by the code of migration 003, which had no preview
+    url = fresh_database()
+    before = tmp_path / "migrations"
+    before.mkdir()
+    for migration in load_migrations()[:3]:
+        shutil.copy(MIGRATIONS_DIR / f"{migration.name}.sql", before)
+    with pytest.raises(MigrationError, match="preview_image_data"):  # this code expects 004's column
+        run_on(url, before)
+    png = b"\x89PNG\r\n\x1a\n pretend pixels"
+    jpeg = b"\xff\xd8\xff pretend jpeg"
+    con = db.connect(config.parse_database_url(url), timeout=30)
+    try:
+        user_id = db.create_user(con, username="old", password_hash="x")
+        con.run(
+            "INSERT INTO scans (id, owner_id, filename, content_type, width, height, results, original_image_data, "
+            "annotated_image_data, thumbnail_image_data, file_hash, annotated_hash, thumbnail_hash) VALUES "
+            "('scan_AAAAAAAAAAAAAAAAAAAAAA', :owner, 'old.png', 'image/png', 1, 1, '{}', :png, :jpeg, :jpeg, "
+            "encode(sha256(:png), 'hex'), encode(sha256(:jpeg), 'hex'), encode(sha256(:jpeg), 'hex'))",
+            owner=user_id,
+            png=png,
+            jpeg=jpeg,
+        )
+
+        # When 004 is applied
+        assert run_on(url)["applied"] == ["004_dicom_and_preview"]
+
+        # Then its preview is its original, with the original's type and ETag, data or not
+        for with_data in (True, False):
+            image = db.get_scan_image(
+                con,
+                scan_id="scan_AAAAAAAAAAAAAAAAAAAAAA",
+                owner_id=user_id,
+                image_type=db.ImageType.preview,
+                with_data=with_data,
+            )
+            assert image.content_type == "image/png" and image.size == len(png)
+            assert image.sha256 == hashlib.sha256(png).hexdigest()
+            assert image.data == (png if with_data else None)
+        scan = db.get_scan(con, scan_id="scan_AAAAAAAAAAAAAAAAAAAAAA", owner_id=user_id)
+        assert scan.dicom is None
+    finally:
+        con.close()
 
 
 def test_misnamed_migration_files_are_rejected(tmp_path: Path) -> None:

@@ -56,7 +56,7 @@ def test_list_queries_never_read_image_columns() -> None:
 
 @pytest.mark.parametrize(
     ("query", "status"),
-    [("limit=0", 422), ("limit=101", 422), ("limit=abc", 422), ("cursor=bm90LWEtY3Vyc29y", 400), ("cursor=%%%", 400)],
+    [("limit=0", 422), ("limit=101", 422), ("limit=abc", 422), ("cursor=bm90LWEtY3Vyc29y", 422), ("cursor=%%%", 422)],
 )
 def test_list_bad_parameters_are_4xx(api: LambdaClient, alice: User, query: str, status: int) -> None:
     result = api.request("GET", "/api/v1/scans", token=alice.token, query=query)

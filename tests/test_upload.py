@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import threading
 from collections.abc import Callable
-from typing import Any
 
 import pg8000.native
 import pytest
@@ -62,6 +61,7 @@ def test_upload_stores_analyzes_and_answers(
     assert body["createdAt"].endswith("Z")
     base = f"https://api.example.test/api/v1/scans/image/{body['scanId']}"
     assert body["results"]["imageUrl"] == f"{base}/original"
+    assert body["results"]["previewUrl"] == f"{base}/preview"
     assert body["results"]["annotatedImageUrl"] == f"{base}/annotated"
     assert body["results"]["thumbnailUrl"] == f"{base}/thumbnail"
 
@@ -75,17 +75,22 @@ def test_upload_stores_analyzes_and_answers(
         assert abs(box["height"] - region.height) <= 2 * tolerance
         if not tolerance:
             assert finding["areaPx"] == region.area
-        assert finding["meanIntensity"] == pytest.approx(0.9, abs=0.03)
+        # 8-bit images are shown as they are (0.9 of full scale); a 16-bit image is windowed to its own
+        # range (robust percentiles), where the dense regions are the brightest part.
+        assert finding["meanIntensity"] == pytest.approx(0.9 if make_image is not images.png16 else 1.0, abs=0.03)
 
-    # The original is stored byte for byte, with both renderings, in one row.
+    assert body["dicom"] is None
+
+    # The original is stored byte for byte, with the three renderings, in one row.
     row = pg.run(
-        "SELECT original_image_data, annotated_image_data, thumbnail_image_data, file_hash, owner_id, filename "
-        "FROM scans WHERE id = :id",
+        "SELECT original_image_data, annotated_image_data, thumbnail_image_data, preview_image_data, "
+        "file_hash, owner_id, filename, preview_hash FROM scans WHERE id = :id",
         id=body["scanId"],
     )[0]
     assert row[0] == data
-    assert row[1][:3] == b"\xff\xd8\xff" and row[2][:3] == b"\xff\xd8\xff"
-    assert row[3] == body["fileHash"] and row[4] == alice.id and row[5] == "scan.png"
+    assert all(image[:3] == b"\xff\xd8\xff" for image in row[1:4])
+    assert row[4] == body["fileHash"] and row[5] == alice.id and row[6] == "scan.png"
+    assert row[7] == hashlib.sha256(row[3]).hexdigest()
 
 
 def test_upload_uses_api_base_url_when_set(api: LambdaClient, alice: User, settings_env: pytest.MonkeyPatch) -> None:
@@ -174,6 +179,9 @@ def bad_uploads() -> list[tuple[str, Callable[[], tuple[bytes, dict[str, str]]],
         ("empty file", file(b""), 422, "invalid_image"),
         ("not an image", file(b"%PDF-1.4 definitely not a scan"), 422, "invalid_image"),
         ("truncated png", file(images.png16()[:20000]), 422, "invalid_image"),
+        ("png one byte short", file(png[:-1]), 422, "invalid_image"),
+        ("png without IEND", file(png[:-12]), 422, "invalid_image"),
+        ("jpeg without EOI", file(images.jpeg(size=64, regions=())[:-2]), 422, "invalid_image"),
         ("gif", file(b"GIF89a\x01\x00\x01\x00\x00\x00\x00;"), 422, "invalid_image"),
         ("misnamed field", file(png, field="image"), 400, "invalid_upload"),
         (
@@ -263,21 +271,20 @@ def test_upload_without_token_is_401(api: LambdaClient, pg: pg8000.native.Connec
     assert scan_count(pg) == 0
 
 
-def test_upload_failure_inside_the_transaction_leaves_no_row(
-    api: LambdaClient, alice: User, pg: pg8000.native.Connection, monkeypatch: pytest.MonkeyPatch
+def test_upload_failure_after_the_row_is_written_leaves_no_row(
+    api: LambdaClient, alice: User, pg: pg8000.native.Connection
 ) -> None:
-    # Given an insert that succeeds and then something fails before commit
-    real_insert = db.insert_scan
+    # Given a database that fails the INSERT after the row and all four images are written: a
+    # constraint trigger runs at the end of the statement, once the row and its TOAST data exist.
+    pg.run("CREATE FUNCTION reject_scan() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE 'disk on fire'; END $$")
+    pg.run("CREATE CONSTRAINT TRIGGER reject_scan AFTER INSERT ON scans FOR EACH ROW EXECUTE FUNCTION reject_scan()")
+    try:
+        result = upload(api, alice, images.png8(size=64, regions=(Region(10, 10, 8, 8),)))
+    finally:
+        pg.run("DROP TRIGGER reject_scan ON scans")
+        pg.run("DROP FUNCTION reject_scan()")
 
-    def insert_then_fail(con: db.Connection, **kwargs: Any) -> db.Scan | None:
-        real_insert(con, **kwargs)
-        assert con.run("SELECT count(*) FROM scans")[0][0] == 1  # the row exists inside the transaction
-        raise RuntimeError("disk on fire")
-
-    monkeypatch.setattr(db, "insert_scan", insert_then_fail)
-
-    result = upload(api, alice, images.png8(size=64, regions=(Region(10, 10, 8, 8),)))
-
+    # Then the client gets a 500 without the database's words, and no row exists
     assert result.status == 500
     assert result.error_code == "internal_error"
     assert "disk on fire" not in result.body.decode()

@@ -1,4 +1,4 @@
-"""Upload a CT scan: analyze it, store original, annotation and thumbnail, answer with the results."""
+"""Upload a CT scan (PNG, JPEG or DICOM): analyze it, store the original and its renderings, answer."""
 
 from __future__ import annotations
 
@@ -19,7 +19,14 @@ app = create_app("upload")
 @app.post("/api/v1/scans/analyze")
 async def analyze_scan(request: Request, owner: Owner) -> JSONResponse:
     filename, data = await read_upload(request)
-    stored = store_upload(owner_id=owner.id, filename=filename, data=data, max_pixels=get_settings().max_image_pixels)
+    settings = get_settings()
+    stored = store_upload(
+        owner_id=owner.id,
+        filename=filename,
+        data=data,
+        max_pixels=settings.max_image_pixels,
+        dense_hu_threshold=settings.dense_hu_threshold,
+    )
     body = {"duplicate": stored.duplicate, **scan_public(stored.scan, base_url(request))}
     return JSONResponse(body, status_code=200 if stored.duplicate else 201)
 
