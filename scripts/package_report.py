@@ -1,4 +1,4 @@
-"""Report what `make package` built: the unzipped size of the Lambda package, against the 250 MB limit."""
+"""Report what `make package` built: each function's zip, zipped and unzipped, against Lambda's 250 MB limit."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import zipfile
 from collections import Counter
 from pathlib import Path
 
+# Lambda's limit on a function's unzipped deployment package (code and layers): 250 MiB.
 LAMBDA_UNZIPPED_LIMIT = 250 * 1024 * 1024
+BUILD = Path(".serverless")
 
 
 def unzipped_size(archive: Path) -> int:
@@ -16,8 +18,8 @@ def unzipped_size(archive: Path) -> int:
         return sum(info.file_size for info in zipped.infolist())
 
 
-def main() -> int:
-    archive = Path(sys.argv[1] if len(sys.argv) > 1 else ".serverless/ctscan-store.zip")
+def report(archive: Path, largest: int = 4) -> bool:
+    """Print one archive's sizes and its largest top-level entries; True when it fits Lambda's limit."""
     with zipfile.ZipFile(archive) as zipped:
         infos = zipped.infolist()
     total = sum(info.file_size for info in infos)
@@ -25,15 +27,23 @@ def main() -> int:
     for info in infos:
         by_top[info.filename.split("/", 1)[0]] += info.file_size
     print(
-        f"{archive}: {archive.stat().st_size / 1e6:.1f} MB zipped, {total / 1e6:.1f} MB unzipped "
-        f"({total / LAMBDA_UNZIPPED_LIMIT:.0%} of Lambda's 250 MB), {len(infos)} files"
+        f"{archive.name:<12} {archive.stat().st_size / 1e6:6.1f} MB zipped {total / 1e6:7.1f} MB unzipped "
+        f"({total / LAMBDA_UNZIPPED_LIMIT:4.0%} of 250 MB) {len(infos):5} files; largest: "
+        + ", ".join(f"{name} {size / 1e6:.1f}" for name, size in by_top.most_common(largest))
     )
-    for name, size in by_top.most_common(6):
-        print(f"  {name:<24} {size / 1e6:6.1f} MB")
     if total >= LAMBDA_UNZIPPED_LIMIT:
-        print("over Lambda's unzipped limit", file=sys.stderr)
+        print(f"{archive}: over Lambda's unzipped limit ({LAMBDA_UNZIPPED_LIMIT:,} bytes)", file=sys.stderr)
+        return False
+    return True
+
+
+def main() -> int:
+    archives = [Path(arg) for arg in sys.argv[1:]] or sorted(BUILD.glob("*.zip"))
+    if not archives:
+        print(f"no function packages in {BUILD}/: run `make package`", file=sys.stderr)
         return 1
-    return 0
+    results = [report(archive) for archive in archives]
+    return 0 if all(results) else 1
 
 
 if __name__ == "__main__":

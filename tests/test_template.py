@@ -4,21 +4,56 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from scripts.localgw import load_routes
+from scripts.localgw import build_event, load_routes
 from scripts.package_report import LAMBDA_UNZIPPED_LIMIT, unzipped_size
 from tests.conftest import ROOT
 
 BUILD = ROOT / ".serverless"
 TEMPLATE = BUILD / "cloudformation-template-update-stack.json"
-ARCHIVE = BUILD / "ctscan-store.zip"
 HTTP_FUNCTIONS = {"upload", "images", "scans", "auth"}
 OPS_FUNCTIONS = {"migrate", "admin"}
+FUNCTIONS = sorted(HTTP_FUNCTIONS | OPS_FUNCTIONS)
+# The imaging stack, by import name: only the upload function may carry it.
+IMAGING_PACKAGES = ("numpy", "PIL", "cc3d", "pydicom", "pylibjpeg", "openjpeg", "rle", "jpeg_ls", "imagecodecs")
+# Everything these distributions put at the top of a zip (packages, *.libs, extension modules, *.dist-info),
+# lower-cased up to the first "." or "-", without a leading underscore.
+IMAGING_TOP_LEVEL = {
+    *(name.lower() for name in IMAGING_PACKAGES),
+    "pillow",
+    "connected_components_3d",
+    "pylibjpeg_openjpeg",
+    "pylibjpeg_rle",
+    "pyjpegls",
+    "charls",
+}
+DEV_TOOLS = (
+    "tests/",
+    "scripts/",
+    "infra/",
+    "node_modules/",
+    ".venv/",
+    "bin/",
+    "pgserver/",
+    "psutil/",
+    "pydicom_data/",
+    "yaml/",
+    "_pytest/",
+    "pytest/",
+    "moto/",
+    "boto3/",
+    "botocore/",
+    "ruff/",
+    "cfnlint/",
+    "mypy/",
+)
+CPYTHON_312_MAGIC = (3531).to_bytes(2, "little") + b"\r\n"
 SECRET_ARN = {"Fn::GetAtt": ["Database", "MasterUserSecret.SecretArn"]}
 
 if not TEMPLATE.exists():
@@ -165,72 +200,249 @@ def test_outputs_name_the_api_url_and_database_endpoint(template: dict[str, Any]
     assert {"HttpApiUrl", "DatabaseEndpoint", "DatabaseProxyEndpoint"} <= set(template["Outputs"])
 
 
-def test_package_is_under_lambdas_unzipped_limit_and_holds_the_code() -> None:
-    size = unzipped_size(ARCHIVE)
-    assert size < LAMBDA_UNZIPPED_LIMIT, f"{size / 1e6:.1f} MB"
-    with zipfile.ZipFile(ARCHIVE) as zipped:
-        names = set(zipped.namelist())
+def archive(name: str) -> Path:
+    return BUILD / f"{name}.zip"
+
+
+def top_level(names: set[str]) -> set[str]:
+    return {name.split("/", 1)[0] for name in names}
+
+
+def zip_names(name: str) -> set[str]:
+    with zipfile.ZipFile(archive(name)) as zipped:
+        return set(zipped.namelist())
+
+
+def test_each_function_deploys_its_own_zip(template: dict[str, Any]) -> None:
+    functions = resources(template, "AWS::Lambda::Function")
+    for name in FUNCTIONS:
+        code = functions[function_logical_id(name)]["Properties"]["Code"]
+        assert code["S3Key"].endswith(f"/{name}.zip"), (name, code)
+        assert archive(name).is_file(), name
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_package_is_under_lambdas_unzipped_limit_and_holds_its_code(name: str) -> None:
+    size = unzipped_size(archive(name))
+    assert size < LAMBDA_UNZIPPED_LIMIT, f"{name}: {size / 1e6:.1f} MB"
+    names = zip_names(name)
     for required in (
-        "functions/images/handler.py",
+        f"functions/{name}/handler.py",
+        "functions/__init__.py",
         "shared/db.py",
         "migrations/001_create_scans.sql",
         "pg8000/native.py",
         "mangum/adapter.py",
-        "PIL/Image.py",
-        "cc3d/__init__.py",
     ):
-        assert any(n == required or n.startswith(required) for n in names), required
-    # Development tools never deploy.
-    for forbidden in ("tests/", "scripts/", "pgserver/", "pytest/", "moto/", ".venv/", "node_modules/"):
-        assert not any(n.startswith(forbidden) for n in names), forbidden
+        assert required in names, (name, required)
+    # Keep *.dist-info: scramp reads its own version from its metadata at import time.
+    assert any(n.startswith("scramp-") and n.endswith(".dist-info/METADATA") for n in names), name
+    others = {f"functions/{other}/" for other in FUNCTIONS if other != name}
+    assert not any(n.startswith(tuple(others)) for n in names), f"{name} carries another function's handler"
+    for forbidden in DEV_TOOLS:
+        assert not any(n.startswith(forbidden) for n in names), (name, forbidden)
+    # Left out on purpose (scripts/build_lambda_packages.py, OMIT): FastAPI imports it only to reject v1 models.
+    assert not any(n.startswith("pydantic/v1/") for n in names), name
 
 
-def test_package_paths_exist() -> None:
-    assert Path(TEMPLATE).is_file() and Path(ARCHIVE).is_file()
+@pytest.mark.parametrize("name", sorted(set(FUNCTIONS) - {"upload"}))
+def test_only_the_upload_function_carries_the_imaging_stack(name: str) -> None:
+    tops = top_level(zip_names(name))
+    imaging = {top for top in tops if top.lstrip("_").lower().split(".")[0].split("-")[0] in IMAGING_TOP_LEVEL}
+    assert not imaging, f"{name} carries {sorted(imaging)}"
+    # Only upload parses multipart bodies; starlette imports python_multipart only if it is there.
+    assert not tops & {"python_multipart", "multipart"}, name
 
 
-SMOKE = """
-import io, sys, time
-sys.path.insert(0, '.')
-started = time.perf_counter()
-import functions.images.handler, functions.scans.handler, functions.auth.handler
-import functions.upload.handler, functions.migrate.handler, functions.admin.handler
-assert 'PIL' not in sys.modules or 'functions.upload.handler' in sys.modules
-from PIL import Image
-from shared.imaging import analyze_scan
-picture = Image.new('L', (64, 64), 20)
-picture.paste(200, (10, 10, 30, 40))
-out = io.BytesIO()
-picture.save(out, format='PNG')
-result = analyze_scan(out.getvalue())
-assert result.content_type == 'image/png' and result.thumbnail_jpeg[:2] == b'\\xff\\xd8', result
-print('ok', sys.version_info[:2], sys.flags.dont_write_bytecode)
-"""
+def test_the_upload_function_carries_the_imaging_stack() -> None:
+    names = zip_names("upload")
+    for package in (*IMAGING_PACKAGES, "python_multipart"):
+        assert f"{package}/__init__.py" in names, package
+    assert any(n.startswith("numpy.libs/") for n in names)  # numpy's OpenBLAS, never stripped
 
 
-def test_package_imports_and_analyzes_under_the_lambda_python(tmp_path: Path) -> None:
-    """The artifact itself, not the dev venv: stripped or missing files only show up here."""
-    import subprocess
+def compiled_name(source: str) -> str:
+    folder, _, module = source.rpartition("/")
+    return f"{folder}/__pycache__/{module[:-3]}.cpython-312.pyc".removeprefix("/")
 
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_package_carries_cpython_312_bytecode_for_every_module(name: str) -> None:
+    """Checked-hash .pyc for our code (an edit is never masked), unchecked-hash for the pinned libraries.
+
+    Every module, top-level ones too: typing_extensions.py once shipped without its .pyc and cost each
+    cold start ~25 ms of compiling.
+    """
+    with zipfile.ZipFile(archive(name)) as zipped:
+        names = set(zipped.namelist())
+        sources = sorted(n for n in names if n.endswith(".py"))
+        assert not [s for s in sources if compiled_name(s) not in names]
+        for source in [s for s in sources if s.startswith(("functions/", "shared/"))] + ["typing_extensions.py"]:
+            header = zipped.read(compiled_name(source))[:8]
+            checked = source.startswith(("functions/", "shared/"))
+            assert header[:4] == CPYTHON_312_MAGIC, source
+            assert int.from_bytes(header[4:8], "little") == (0b11 if checked else 0b01), source
+
+
+def lambda_python() -> str:
     python = subprocess.run(
         [str(ROOT / "scripts" / "find-lambda-python.sh")], capture_output=True, text=True, check=True
     ).stdout.strip()
     if not python:
         if os.environ.get("CI"):
-            raise AssertionError("no CPython 3.12 on the CI machine to import the package with")
-        pytest.skip("no CPython 3.12 here to import the Lambda package with")
-    with zipfile.ZipFile(ARCHIVE) as zipped:
-        zipped.extractall(tmp_path)
+            raise AssertionError("no CPython 3.12 on the CI machine to import the packages with")
+        pytest.skip("no CPython 3.12 here to import the Lambda packages with")
+    return python
+
+
+# Runs inside one function's unpacked zip under CPython 3.12: imports the handler, checks that our
+# bytecode is current (it is what Lambda will run), and calls the handler with a request that needs no
+# database (401: no token), so Mangum, FastAPI and our error handling run from the package too.
+SMOKE = """
+import importlib, importlib.util, json, sys
+sys.path.insert(0, '.')
+name, event = sys.argv[1], json.loads(sys.argv[2])
+module = importlib.import_module(f'functions.{name}.handler')
+stale = []
+for loaded in list(sys.modules.values()):
+    if getattr(loaded, '__name__', '').startswith(('shared', 'functions')) and getattr(loaded, '__file__', None):
+        source = open(loaded.__file__, 'rb').read()
+        header = open(loaded.__cached__, 'rb').read()[:16]
+        if header[:4] != importlib.util.MAGIC_NUMBER or header[8:16] != importlib.util.source_hash(source):
+            stale.append(loaded.__name__)
+class Context:
+    function_name, aws_request_id, memory_limit_in_mb = name, 'smoke', 1024
+    def get_remaining_time_in_millis(self): return 10_000
+result = module.handler(event, Context()) if event is not None else None
+heavy = sorted(m for m in ('numpy', 'PIL', 'pydicom', 'cc3d', 'imagecodecs', 'python_multipart') if m in sys.modules)
+print(json.dumps({'python': list(sys.version_info[:2]), 'no_pyc_written': sys.flags.dont_write_bytecode,
+                  'stale': stale, 'result': result, 'heavy': heavy}))
+"""
+
+# The upload function's own analysis, from its zip: a PNG, and a DICOM CT slice built here, stored
+# uncompressed and with each lossless codec we ship, so every codec's native library loads from the zip.
+ANALYZE = """
+import io, sys
+sys.path.insert(0, '.')
+import imagecodecs
+import numpy as np
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import (CTImageStorage, ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless,
+                         RLELossless, generate_uid)
+from shared.imaging import analyze_upload
+
+picture = Image.new('L', (64, 64), 20)
+picture.paste(200, (10, 10, 30, 40))
+out = io.BytesIO()
+picture.save(out, format='PNG')
+png = analyze_upload(out.getvalue())
+assert png.content_type == 'image/png' and png.thumbnail_jpeg[:2] == b'\\xff\\xd8', png.content_type
+
+def ct_slice(syntax):
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = CTImageStorage, meta.MediaStorageSOPInstanceUID, 'CT'
+    ds.Rows = ds.Columns = 64
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, 'MONOCHROME2'
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+    levels = np.full((64, 64), 24, dtype=np.uint16)  # air, -1000 HU
+    levels[8:56, 8:56] = 1064  # soft tissue, 40 HU
+    levels[20:30, 20:34] = 2024  # bone, 1000 HU
+    ds.PixelData = levels.tobytes()
+    if syntax == JPEGLosslessSV1:  # no pydicom encoder: the (pruned) imagecodecs' libjpeg-turbo writes it
+        ds.PixelData = encapsulate([imagecodecs.jpeg8_encode(levels, lossless=True, predictor=1, bitspersample=16)])
+        ds['PixelData'].VR = 'OB'
+        ds.file_meta.TransferSyntaxUID = syntax
+    elif syntax != ExplicitVRLittleEndian:
+        ds.compress(syntax)  # RLE: pylibjpeg-rle, JPEG-LS: pyjpegls, JPEG 2000: pylibjpeg-openjpeg
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+findings = {}
+for syntax in (ExplicitVRLittleEndian, RLELossless, JPEGLSLossless, JPEG2000Lossless, JPEGLosslessSV1):
+    dicom = analyze_upload(ct_slice(syntax))
+    assert dicom.content_type == 'application/dicom', (syntax.name, dicom.content_type)
+    assert dicom.thumbnail_jpeg[:2] == dicom.preview_jpeg[:2] == b'\\xff\\xd8', syntax.name
+    findings[syntax.name] = dicom.results['findings']
+uncompressed = findings[ExplicitVRLittleEndian.name]
+assert uncompressed and all(found == uncompressed for found in findings.values()), findings  # lossless: same pixels
+print('ok', png.content_type, dicom.content_type, len(findings))
+"""
+
+
+# A request each function answers without a database: no token (401), or an admin call without an action.
+REQUESTS: dict[str, tuple[str, str] | dict[str, Any] | None] = {
+    "upload": ("POST", "/api/v1/scans/analyze"),
+    "images": ("GET", "/api/v1/scans/image/scan_smoke/thumbnail"),
+    "scans": ("GET", "/api/v1/scans"),
+    "auth": ("DELETE", "/api/v1/auth/sessions/current"),
+    "admin": {},
+    "migrate": None,  # connects to the database at once: import only
+}
+
+
+def smoke_event(name: str) -> dict[str, Any] | None:
+    request = REQUESTS[name]
+    if not isinstance(request, tuple):
+        return request
+    method, path = request
+    route = next(r for r in load_routes(ROOT / "serverless.yml") if r.function_name == name and r.method == method)
+    return build_event(
+        method=method,
+        raw_path=path,
+        raw_query="",
+        headers=[("host", "smoke.example.test")],
+        body=b"",
+        source_ip="127.0.0.1",
+        route=route,
+        path_params={},
+    )
+
+
+def run_in_package(python: str, directory: Path, code: str, *args: str) -> subprocess.CompletedProcess[str]:
     # -B -I: like Lambda, nothing may be written next to the code and no user site is used.
-    result = subprocess.run(
-        [python, "-B", "-I", "-c", SMOKE],
-        cwd=tmp_path,
+    return subprocess.run(
+        [python, "-B", "-I", "-c", code, *args],
+        cwd=directory,
         capture_output=True,
         text=True,
         env={"PATH": "/usr/bin:/bin"},
         timeout=120,
     )
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_package_imports_and_answers_under_the_lambda_python(name: str, tmp_path: Path) -> None:
+    """Each function from its own zip, not the dev venv: a missing library or file only shows up here."""
+    python = lambda_python()
+    with zipfile.ZipFile(archive(name)) as zipped:
+        zipped.extractall(tmp_path)
+    result = run_in_package(python, tmp_path, SMOKE, name, json.dumps(smoke_event(name)))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.startswith("ok (3, 12)")
-    compiled = [p for p in tmp_path.rglob("*.cpython-312.pyc") if p.parts[len(tmp_path.parts)] in ("shared", "fastapi")]
-    assert compiled, "the package carries no CPython 3.12 bytecode: every cold start would compile from source"
+    report = json.loads(result.stdout)
+    assert report["python"] == [3, 12] and report["no_pyc_written"] == 1
+    assert not report["stale"], f"bytecode does not match its source: {report['stale']}"
+    if name != "upload":
+        assert report["heavy"] == [], report["heavy"]
+    if name in HTTP_FUNCTIONS:
+        assert report["result"]["statusCode"] == 401, report["result"]
+        assert json.loads(report["result"]["body"])["error"]["code"] == "not_authenticated"
+    elif name == "admin":
+        assert report["result"]["ok"] is False
+
+
+def test_upload_package_analyzes_png_and_dicom_under_the_lambda_python(tmp_path: Path) -> None:
+    python = lambda_python()
+    with zipfile.ZipFile(archive("upload")) as zipped:
+        zipped.extractall(tmp_path)
+    result = run_in_package(python, tmp_path, ANALYZE)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("ok image/png application/dicom 5"), result.stdout
