@@ -5,9 +5,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench migrate user token package clean-data
+.PHONY: run test lint bench migrate user token package sample clean-data
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-upload.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $(STAMP)
@@ -33,15 +33,19 @@ migrate: $(STAMP)
 
 # Offline: no AWS credentials are needed (or used) to package and lint the stack.
 TEMPLATE := .serverless/cloudformation-template-update-stack.json
-# CPython 3.12, the Lambda runtime's version, to precompile bytecode into the package.
+# CPython 3.12, the Lambda runtime's version, to precompile bytecode into the packages.
 LAMBDA_PYTHON ?= $(shell scripts/find-lambda-python.sh)
 export LAMBDA_PYTHON
+# osls runs scripts/build_lambda_packages.py (infra/plugins/python-packages.js) with this Python:
+# one zip per function in .serverless/, each with only its own libraries.
+BUILD_PYTHON ?= $(PY)
+export BUILD_PYTHON
 package: $(STAMP)
 	npm ci --no-audit --no-fund --loglevel=error
 	env -u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY -u AWS_SESSION_TOKEN -u AWS_PROFILE \
 		npx --no-install osls package --stage ci
 	$(VENV)/bin/cfn-lint $(TEMPLATE) -i W3005
-	$(PY) scripts/package_report.py .serverless/ctscan-store.zip
+	$(PY) scripts/package_report.py .serverless/*.zip
 
 user: $(STAMP)
 	@test -n "$(NAME)" || { echo "usage: make user NAME=alice PASSWORD=..."; exit 2; }
@@ -50,3 +54,12 @@ user: $(STAMP)
 token: $(STAMP)
 	@test -n "$(NAME)" || { echo "usage: make token NAME=alice"; exit 2; }
 	@$(PY) scripts/manage.py token '$(NAME)'
+
+# A small synthetic CT series (DICOM, with known dense regions), generated here: nothing is downloaded.
+sample: $(STAMP)
+	$(PY) scripts/sample.py samples
+
+# Stop the embedded PostgreSQL servers and delete their data (dev and test): the next run starts fresh.
+clean-data: $(STAMP)
+	$(PY) scripts/devdb.py stop $${PGDATA_DIR:-.data/pg} .data/test-pg
+	rm -rf .data

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -145,3 +146,22 @@ def _is_root() -> bool:
     import os
 
     return os.geteuid() == 0
+
+
+def main(argv: list[str]) -> int:
+    """`python scripts/devdb.py stop DIR...`: stop the embedded servers in those data directories."""
+    if len(argv) < 2 or argv[0] != "stop":
+        print("usage: devdb.py stop PGDATA...", file=sys.stderr)
+        return 2
+    for directory in argv[1:]:
+        pgdata = Path(directory)
+        if pgdata.is_dir():
+            stop_server(pgdata)
+            print(
+                f"stopped the embedded PostgreSQL in {pgdata}" if not _can_connect(pgdata) else f"{pgdata} still runs"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

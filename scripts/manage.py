@@ -16,6 +16,7 @@ from env import migrate, prepare_database  # type: ignore[import-not-found]
 
 from shared import auth, db
 from shared.config import get_settings
+from shared.errors import DomainError
 
 
 def create_user(username: str, password: str) -> None:
@@ -41,7 +42,15 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("name")
     commands.add_parser("migrate", help="apply pending migrations")
     args = parser.parse_args(argv)
+    try:
+        return run(parser, args)
+    except DomainError as error:
+        # A user's mistake (a short password, say) deserves one clear line, not a traceback.
+        print(f"{parser.prog} {args.command}: {error.message}", file=sys.stderr)
+        return 2
 
+
+def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     prepare_database()
     if args.command == "migrate":
         print(json.dumps(migrate(), indent=2))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,7 +169,10 @@ def test_wrong_secret_is_a_clear_503_and_never_logged(
     assert result.error_code == "database_unavailable"
     printed = caplog.text + "".join(capsys.readouterr())
     assert "not-the-password" not in printed and "not-the-password" not in result.body.decode()
-    assert "28P01" in caplog.text  # the log says why, without the secret
+    # The log says that connecting failed and where to, without the secret. pg8000 reports the refusal
+    # as SQLSTATE 28P01 or, when the server closes the socket as it answers, as a network error; which
+    # one comes back is a race in the driver, so the test accepts both wordings of our own log line.
+    assert re.search(r"database (refused connection: SQLSTATE 28P01|connect failed: \w+) \(", caplog.text), caplog.text
 
 
 def test_missing_secret_is_a_503(secret: dict[str, Any], token: str, monkeypatch: pytest.MonkeyPatch) -> None:

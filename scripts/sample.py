@@ -1,0 +1,38 @@
+"""`make sample`: write a small synthetic CT series to samples/ so every README example runs as written.
+
+Nothing is downloaded: the phantom (scripts/phantom.py) is a body of soft tissue and fat in air with
+bone discs of known size and density, in Hounsfield units, as real DICOM files. Also writes
+slice.png, the middle slice's stored values as a 16-bit PNG (what a viewer's raw export looks like).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pydicom.uid import JPEGLosslessSV1
+
+from scripts.phantom import ct_series, dicom_bytes, stored_png16
+
+SLICES = 5
+
+
+def main(argv: list[str]) -> int:
+    target = Path(argv[0] if argv else "samples")
+    series_dir = target / "series"
+    series_dir.mkdir(parents=True, exist_ok=True)
+    slices = ct_series(SLICES, size=512)
+    for dataset in slices:
+        number = int(dataset.InstanceNumber)
+        # JPEG Lossless, the most common CT compression, for the first slice; the rest uncompressed.
+        syntax = JPEGLosslessSV1 if number == 1 else dataset.file_meta.TransferSyntaxUID
+        (series_dir / f"slice_{number:03d}.dcm").write_bytes(dicom_bytes(dataset, syntax))
+    (target / "slice.png").write_bytes(stored_png16(slices[len(slices) // 2]))
+    print(f"wrote {SLICES} DICOM slices to {series_dir}/ and {target / 'slice.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
