@@ -1,12 +1,14 @@
-"""FastAPI plumbing every HTTP function shares: the app factory, JSON errors, auth, image responses."""
+"""FastAPI plumbing the HTTP functions share: the app factory, validation errors, auth dependency, uploads.
+
+The Starlette-only parts (error map, image responses) live in shared.responses, which the images
+function uses without FastAPI.
+"""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Mapping
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
@@ -14,58 +16,22 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared import auth, db
 from shared.config import get_settings
-from shared.errors import (
-    DatabaseUnavailable,
-    DomainError,
-    InvalidCredentials,
-    InvalidImage,
-    InvalidParameter,
-    InvalidRequest,
-    InvalidToken,
-    InvalidUpload,
-    NotAuthenticated,
-    ScanNotFound,
-    UnsupportedMediaType,
-    UploadTooLarge,
-    UserExists,
+from shared.errors import DomainError, InvalidImage, InvalidUpload, UnsupportedMediaType, UploadTooLarge
+from shared.responses import (
+    domain_error,
+    error_response,
+    etag_matches,
+    http_error,
+    image_response,
+    request_owner,
+    unexpected_error,
 )
 
-log = logging.getLogger(__name__)
+# Re-exported for the FastAPI functions: one import site for HTTP plumbing.
+__all__ = ["Owner", "base_url", "create_app", "current_owner", "error_response", "etag_matches", "image_response"]
 
-STATUS_FOR: dict[type[DomainError], int] = {
-    InvalidRequest: 400,
-    InvalidUpload: 400,
-    NotAuthenticated: 401,
-    InvalidCredentials: 401,
-    ScanNotFound: 404,
-    UserExists: 409,
-    UploadTooLarge: 413,
-    UnsupportedMediaType: 415,
-    InvalidImage: 422,
-    InvalidParameter: 422,
-    DatabaseUnavailable: 503,
-}
-IMMUTABLE_CACHE = "private, max-age=31536000, immutable"
 # Room for the multipart framing around the file itself.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
-
-
-def error_response(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    """The one JSON error shape: {"error": {"code", "message"}}."""
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
-
-
-async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, DomainError)
-    status = next((s for kind, s in STATUS_FOR.items() if isinstance(exc, kind)), 400)
-    headers: dict[str, str] = {}
-    if status == 401:
-        headers["WWW-Authenticate"] = 'Bearer realm="ctscan"'
-        if isinstance(exc, InvalidToken):
-            headers["WWW-Authenticate"] += ', error="invalid_token"'
-    if status == 503:
-        headers["Retry-After"] = "2"
-    return error_response(status, exc.code, exc.message, headers)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -77,25 +43,13 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(422, "invalid_request", "; ".join(problems) or "Invalid request.")
 
 
-async def _http_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, StarletteHTTPException)
-    codes = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
-    return error_response(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail), exc.headers)
-
-
-async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    # Type only: messages can carry patient data or SQL parameters.
-    log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.scope.get("route_path", "?"))
-    return error_response(500, "internal_error", "Internal server error.")
-
-
 def create_app(name: str) -> FastAPI:
     """A FastAPI app with our error map; no docs routes and no lifespan work (Mangum runs it per call)."""
     app = FastAPI(title=f"ctscan-store {name}", docs_url=None, redoc_url=None, openapi_url=None)
-    app.add_exception_handler(DomainError, _domain_error)
+    app.add_exception_handler(DomainError, domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(Exception, _unexpected_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected_error)
     return app
 
 
@@ -104,8 +58,7 @@ async def current_owner(request: Request) -> db.Owner:
 
     async so FastAPI runs it on the invoking thread, whose connection the handler reuses.
     """
-    token = auth.parse_bearer(request.headers.get("authorization"))
-    return db.call(auth.authenticate, token=token)
+    return request_owner(request)
 
 
 Owner = Annotated[db.Owner, Depends(current_owner)]
@@ -124,30 +77,6 @@ def base_url(request: Request) -> str:
     scheme = request.headers.get("x-forwarded-proto", request.url.scheme).split(",")[0].strip()
     host = request.headers.get("host") or request.url.netloc
     return f"{scheme}://{host}"
-
-
-def image_response(image: db.StoredImage, request: Request) -> Response:
-    """The stored bytes with a strong ETag; 304 when If-None-Match matches, headers only for HEAD."""
-    etag = f'"{image.sha256}"'
-    headers = {
-        "ETag": etag,
-        "Cache-Control": IMMUTABLE_CACHE,
-        "X-Content-Type-Options": "nosniff",
-    }
-    if etag_matches(request.headers.get("if-none-match"), etag):
-        return Response(status_code=304, headers=headers)
-    headers["Content-Length"] = str(image.size)
-    body = b"" if request.method == "HEAD" or image.data is None else image.data
-    return Response(content=body, media_type=image.content_type, headers=headers)
-
-
-def etag_matches(if_none_match: str | None, etag: str) -> bool:
-    """RFC 9110 weak comparison of an If-None-Match header against our ETag."""
-    if not if_none_match:
-        return False
-    if if_none_match.strip() == "*":
-        return True
-    return any(candidate.strip().removeprefix("W/") == etag for candidate in if_none_match.split(","))
 
 
 async def read_upload(request: Request, *, field: str = "file") -> tuple[str, bytes]:

@@ -11,9 +11,11 @@ import pg8000.native
 import pytest
 from PIL import Image
 
+from scripts.localgw import build_event
+from shared import db
 from tests import images
 from tests.conftest import ROOT, User
-from tests.lambda_client import LambdaClient, multipart
+from tests.lambda_client import ROUTES, LambdaClient, multipart
 
 IMMUTABLE = "private, max-age=31536000, immutable"
 
@@ -151,10 +153,12 @@ def test_expired_token_is_401(
     assert result.error_code == "not_authenticated"
 
 
-def test_images_handler_does_not_import_pillow_or_numpy() -> None:
+def test_images_handler_does_not_import_pillow_numpy_pydicom_or_fastapi() -> None:
+    # Cold start: FastAPI alone costs ~250 ms; the images function is plain Starlette.
     code = (
         "import sys; import functions.images.handler; "
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('PIL', 'numpy', 'cc3d')); "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('PIL', 'numpy', 'cc3d', 'pydicom', 'imagecodecs', 'fastapi', 'pydantic')); "
         "print(','.join(bad))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
@@ -169,3 +173,40 @@ def test_unknown_token_says_invalid_token_and_missing_token_does_not(
     missing = api.request("GET", path(scan["id"], "original"))
     assert 'error="invalid_token"' in unknown.headers["www-authenticate"]
     assert "error=" not in missing.headers["www-authenticate"]
+
+
+def test_an_unexpected_error_is_a_500_that_says_nothing(
+    api: LambdaClient, alice: User, scan: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def explode(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("secret detail")
+
+    monkeypatch.setattr(db, "get_scan_image", explode)
+
+    result = api.request("GET", path(scan["id"], "original"), token=alice.token)
+
+    assert result.status == 500
+    assert result.error_code == "internal_error"
+    assert "secret detail" not in result.body.decode()
+
+
+@pytest.mark.parametrize("method", ["POST", "DELETE"])
+def test_other_methods_are_a_json_405(api: LambdaClient, alice: User, scan: dict[str, object], method: str) -> None:
+    # API Gateway routes only GET and HEAD here; should another method reach the app, it still answers JSON.
+    route = next(r for r in ROUTES if r.function_name == "images")
+    raw_path = path(scan["id"], "original")
+    event = build_event(
+        method=method,
+        raw_path=raw_path,
+        raw_query="",
+        headers=[("host", "api.example.test"), ("authorization", f"Bearer {alice.token}")],
+        body=b"",
+        source_ip="203.0.113.9",
+        route=route,
+        path_params={"scan_id": str(scan["id"]), "image_type": "original"},
+    )
+
+    result = api.invoke("images", event)
+
+    assert result.status == 405
+    assert result.error_code == "method_not_allowed"

@@ -254,6 +254,12 @@ def test_only_the_upload_function_carries_the_imaging_stack(name: str) -> None:
     assert not tops & {"python_multipart", "multipart"}, name
 
 
+def test_the_images_function_carries_neither_fastapi_nor_pydantic() -> None:
+    # The hot read path is plain Starlette: FastAPI's import alone is most of a cold start.
+    assert not top_level(zip_names("images")) & {"fastapi", "pydantic", "pydantic_core"}
+    assert "starlette/applications.py" in zip_names("images")
+
+
 def test_the_upload_function_carries_the_imaging_stack() -> None:
     names = zip_names("upload")
     for package in (*IMAGING_PACKAGES, "python_multipart"):
