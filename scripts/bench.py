@@ -16,16 +16,26 @@ import threading
 import time
 from collections.abc import Callable
 from http.client import HTTPConnection
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 from env import ROOT, prepare_database  # type: ignore[import-not-found]
 from PIL import Image
+from pydicom.uid import JPEGLosslessSV1
 
+from scripts import bench_orthanc, phantom
 from shared import auth, config, db
 
 RESULTS = ROOT / "bench-results.json"
-TARGETS = {"warm_get_ratio": 2.0, "images_import_ms": 250.0, "bytes_per_scan_ratio": 1.1}
+TARGETS = {
+    "upload_dicom_p50_ms": 12.0,
+    "upload_dicom_vs_png_p50": 1.0,
+    "warm_get_ratio": 2.0,
+    "images_import_ms": 250.0,
+    "package_import_images_ms_py312": 200.0,
+    "bytes_per_scan_ratio": 1.1,
+}
 
 
 def ct_image(size: int, seed: int, *, bits: int = 16, fmt: str = "PNG", noise: float = 0.01) -> bytes:
@@ -46,6 +56,33 @@ def ct_image(size: int, seed: int, *, bits: int = 16, fmt: str = "PNG", noise: f
         options = {"quality": 90} if fmt == "JPEG" else {}
         Image.fromarray((image * 255).astype(np.uint8)).save(out, format=fmt, **options)
     return out.getvalue()
+
+
+def analysis_step_figures(dataset: object) -> dict[str, object]:
+    """Where an uncompressed 512x512 CT upload's time goes outside the database: analysis and rendering."""
+    from shared.imaging import analyze_upload
+
+    data = phantom.dicom_bytes(dataset)  # type: ignore[arg-type]
+    analyze_upload(data)
+    samples = timed(lambda: analyze_upload(data), 50)
+    return {"analyze_dicom_512_p50_ms": round(statistics.median(samples), 2)}
+
+
+def orthanc_figures(server_url: str, files: list[bytes]) -> dict[str, object]:
+    """The same DICOM files POSTed to Orthanc with its PostgreSQL plugins, on the same server, if installed."""
+    if not bench_orthanc.available():
+        print("(Orthanc not installed: `apt-get install orthanc orthanc-postgresql` to compare side by side)")
+        return {}
+    url = fresh_database(server_url, "orthanc_bench")
+    params = config.parse_database_url(url)
+    host = params.host if params.unix_sock is None else str(Path(params.unix_sock).parent)
+    samples = bench_orthanc.upload_timings(
+        files, host=host or "localhost", port=params.port, database=params.database, user=params.user
+    )
+    return {
+        "orthanc_pg_store_dicom_p50_ms": round(percentile(samples, 50), 2),
+        "orthanc_pg_store_dicom_p95_ms": round(percentile(samples, 95), 2),
+    }
 
 
 def percentile(samples: list[float], p: float) -> float:
@@ -109,19 +146,19 @@ print(json.dumps({'status': result['statusCode'], 'rss_before_mb': before,
 
 
 def package_import_figures() -> dict[str, object]:
-    """Cold import of each handler from the built Lambda package under CPython 3.12, if both exist."""
-    archive = ROOT / ".serverless" / "ctscan-store.zip"
+    """Cold import of each handler from its own built Lambda package under CPython 3.12, if both exist."""
+    archives = {name: ROOT / ".serverless" / f"{name}.zip" for name in ("images", "upload")}
     python = subprocess.run([str(ROOT / "scripts" / "find-lambda-python.sh")], capture_output=True, text=True)
-    if not archive.exists() or not python.stdout.strip():
-        print("(no built package or no CPython 3.12: run `make package` for the package import figures)")
+    if not all(archive.exists() for archive in archives.values()) or not python.stdout.strip():
+        print("(no built packages or no CPython 3.12: run `make package` for the package import figures)")
         return {}
     import tempfile
     import zipfile
 
     figures: dict[str, object] = {}
-    with tempfile.TemporaryDirectory() as unpacked:
-        zipfile.ZipFile(archive).extractall(unpacked)
-        for name in ("images", "upload"):
+    for name, archive in archives.items():
+        with tempfile.TemporaryDirectory() as unpacked:
+            zipfile.ZipFile(archive).extractall(unpacked)
             code = (
                 "import sys, time; sys.path.insert(0, '.'); t = time.perf_counter(); "
                 f"import functions.{name}.handler; print((time.perf_counter() - t) * 1000)"
@@ -136,9 +173,13 @@ def package_import_figures() -> dict[str, object]:
                         check=True,
                     ).stdout
                 )
-                for _ in range(5)
+                for _ in range(9)
             ]
             figures[f"package_import_{name}_ms_py312"] = round(statistics.median(samples), 1)
+    for archive in sorted((ROOT / ".serverless").glob("*.zip")):
+        with zipfile.ZipFile(archive) as zipped:
+            unzipped = sum(info.file_size for info in zipped.infolist())
+        figures[f"zip_{archive.stem}_mb"] = f"{archive.stat().st_size / 1e6:.1f} / {unzipped / 1e6:.1f}"
     return figures
 
 
@@ -160,13 +201,21 @@ def main() -> int:
     api = LambdaClient()
     figures: dict[str, object] = {}
 
-    # Sequential uploads, each a distinct image (identical bytes would be deduplicated).
+    # Sequential uploads, each a distinct image (identical bytes would be deduplicated). The CT slice
+    # is one phantom (scripts/phantom.py), 512x512, 12 bits stored: as uncompressed DICOM, as JPEG
+    # Lossless DICOM and as a 16-bit PNG of the same stored values, each timed in this same run.
     runs = 30
-    for label, make in (
-        ("png16", lambda seed: ct_image(512, seed)),
-        ("jpeg", lambda seed: ct_image(512, seed, bits=8, fmt="JPEG")),
-    ):
-        bodies = [multipart({"file": (f"{label}.img", make(1000 + i), "image/png")}) for i in range(runs + 2)]
+    slices = [phantom.ct_slice_dataset(512, seed=1000 + i, instance_number=i + 1) for i in range(runs + 2)]
+    dicom_files = [phantom.dicom_bytes(ds) for ds in slices]
+    makers: dict[str, Callable[[int], bytes]] = {
+        "dicom": lambda i: dicom_files[i],
+        "dicom_jpeg_lossless": lambda i: phantom.dicom_bytes(slices[i], JPEGLosslessSV1),
+        "ct_png16": lambda i: phantom.stored_png16(slices[i]),
+        "png16": lambda i: ct_image(512, 1000 + i),
+        "jpeg": lambda i: ct_image(512, 1000 + i, bits=8, fmt="JPEG"),
+    }
+    for label, make in makers.items():
+        bodies = [multipart({"file": (f"{label}.img", make(i), "application/octet-stream")}) for i in range(runs + 2)]
         for body, ctype in bodies[:2]:  # warm-up
             api.request("POST", "/api/v1/scans/analyze", token=token, body=body, headers={"content-type": ctype})
         samples = []
@@ -179,6 +228,12 @@ def main() -> int:
             assert result.status == 201, result.body
         figures[f"upload_{label}_p50_ms"] = round(percentile(samples, 50), 2)
         figures[f"upload_{label}_p95_ms"] = round(percentile(samples, 95), 2)
+    figures["upload_dicom_vs_png_p50"] = round(
+        figures["upload_dicom_p50_ms"] / figures["upload_ct_png16_p50_ms"],  # type: ignore[operator]
+        2,
+    )
+    figures.update(analysis_step_figures(slices[0]))
+    figures.update(orthanc_figures(server_url, dicom_files))
 
     # Warm GET of a ~512 KB original versus a raw pg8000 SELECT of the same bytea.
     big = ct_image(544, 7, noise=0.012)
@@ -258,8 +313,8 @@ def main() -> int:
     con.run("VACUUM ANALYZE scans")
     total, count, image_bytes = con.run(
         "SELECT pg_total_relation_size('scans'), count(*), "
-        "sum(octet_length(original_image_data) + octet_length(annotated_image_data) "
-        "+ octet_length(thumbnail_image_data)) FROM scans"
+        "sum(octet_length(original_image_data) + octet_length(preview_image_data) "
+        "+ octet_length(annotated_image_data) + octet_length(thumbnail_image_data)) FROM scans"
     )[0]
     con.close()
     figures["scans_stored"] = count

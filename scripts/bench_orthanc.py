@@ -1,0 +1,111 @@
+"""Orthanc with its PostgreSQL plugins, on the same PostgreSQL server, as a yardstick for `make bench`.
+
+Used only when Debian's `orthanc` and `orthanc-postgresql` packages are installed (they are not a
+dependency of this project: `apt-get install orthanc orthanc-postgresql` to compare). Orthanc runs
+on loopback with its index and its file storage in PostgreSQL, like our store keeps everything in
+PostgreSQL, and the same DICOM files are POSTed to its /instances, one at a time, over a kept-alive
+connection.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from http.client import HTTPConnection
+from pathlib import Path
+
+ORTHANC = Path("/usr/sbin/Orthanc")
+PLUGINS = Path("/usr/share/orthanc/plugins")
+INDEX_PLUGIN = PLUGINS / "libOrthancPostgreSQLIndex.so"
+STORAGE_PLUGIN = PLUGINS / "libOrthancPostgreSQLStorage.so"
+
+
+def available() -> bool:
+    """Orthanc and both PostgreSQL plugins are installed."""
+    return ORTHANC.exists() and INDEX_PLUGIN.exists() and STORAGE_PLUGIN.exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def upload_timings(
+    files: list[bytes], *, host: str, port: int, database: str, user: str, warmup: int = 2
+) -> list[float]:
+    """Milliseconds per POST /instances for each file after `warmup` files, Orthanc on PostgreSQL."""
+    workdir = Path(tempfile.mkdtemp(prefix="orthanc-bench-"))
+    http_port = _free_port()
+    config = {
+        "Name": "bench",
+        "HttpPort": http_port,
+        "DicomServerEnabled": False,
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "StorageDirectory": str(workdir / "storage"),
+        "IndexDirectory": str(workdir / "index"),
+        "StorageCompression": False,
+        "Plugins": [str(INDEX_PLUGIN), str(STORAGE_PLUGIN)],
+        "PostgreSQL": {
+            "EnableIndex": True,
+            "EnableStorage": True,
+            "Host": host,
+            "Port": port,
+            "Database": database,
+            "Username": user,
+            "Password": "",
+            "Lock": False,
+        },
+    }
+    (workdir / "orthanc.json").write_text(json.dumps(config))
+    process = subprocess.Popen(
+        [str(ORTHANC), str(workdir / "orthanc.json")],
+        stdout=subprocess.DEVNULL,
+        stderr=(workdir / "orthanc.log").open("wb"),
+    )
+    try:
+        _wait_until_up(http_port, process, workdir)
+        connection = HTTPConnection("127.0.0.1", http_port, timeout=60)
+        samples = []
+        for number, data in enumerate(files):
+            start = time.perf_counter()
+            connection.request("POST", "/instances", body=data, headers={"Content-Type": "application/dicom"})
+            response = connection.getresponse()
+            answer = json.loads(response.read())
+            elapsed = (time.perf_counter() - start) * 1000
+            if response.status != 200 or answer.get("Status") != "Success":
+                raise RuntimeError(f"Orthanc refused file {number}: {response.status} {answer}")
+            if number >= warmup:
+                samples.append(elapsed)
+        connection.close()
+        return samples
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _wait_until_up(http_port: int, process: subprocess.Popen[bytes], workdir: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            log = (workdir / "orthanc.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"Orthanc exited with {process.returncode}: {log}")
+        try:
+            connection = HTTPConnection("127.0.0.1", http_port, timeout=2)
+            connection.request("GET", "/system")
+            if connection.getresponse().status == 200:
+                connection.close()
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError("Orthanc did not answer within 60 s")
