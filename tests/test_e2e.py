@@ -199,3 +199,59 @@ def test_make_user_and_make_token(service: Service) -> None:
         headers={"Content-Type": "application/json"},
     )
     assert status == 201
+
+
+def readme_block(heading: str) -> str:
+    """The first ```sh block after a README heading."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text[text.index(heading) :]
+    start = section.index("```sh\n") + len("```sh\n")
+    return section[start : section.index("```", start)]
+
+
+def test_the_readme_api_examples_run_as_written(service: Service) -> None:
+    # Given `make run` (here: its entry point on a free port and its own embedded PostgreSQL)
+    service.start()
+    script = readme_block("## Using the API").replace("127.0.0.1:3000", f"127.0.0.1:{service.port}")
+    written = [ROOT / "preview.jpg", ROOT / "original.dcm"]
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env["PGDATA_DIR"] = str(service.pgdata)
+
+    # When the README's commands run in a shell, as a reader would paste them
+    try:
+        result = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script + '\necho "SCAN=$SCAN SERIES=$SERIES"\n'],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        preview, original = (path.read_bytes() if path.exists() else b"" for path in written)
+    finally:
+        for path in written:
+            path.unlink(missing_ok=True)
+
+    # Then every step worked: five slices stored, the series listed in order, images fetched
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    for number in range(1, 6):
+        assert f"201 samples/series/slice_{number:03d}.dcm" in out, out[-3000:]
+    scan = out.rsplit("SCAN=", 1)[1].split()[0]
+    assert scan.startswith("scan_")
+    assert original == (ROOT / "samples" / "series" / "slice_003.dcm").read_bytes()
+    assert preview[:3] == b"\xff\xd8\xff"
+    # curl prints each JSON answer without a newline: take the listings out of the stream.
+    decoder = json.JSONDecoder()
+    listings = [decoder.raw_decode(out, start)[0] for start in _find_all(out, '{"items":')]
+    newest_first, in_series = listings
+    assert len(newest_first["items"]) == 6  # the PNG and the five slices
+    assert [item["dicom"]["instanceNumber"] for item in in_series["items"]] == [1, 2, 3, 4, 5]
+
+
+def _find_all(text: str, needle: str) -> list[int]:
+    found, start = [], text.find(needle)
+    while start != -1:
+        found.append(start)
+        start = text.find(needle, start + 1)
+    return found
