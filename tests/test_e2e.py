@@ -200,6 +200,14 @@ def test_make_user_and_make_token(service: Service) -> None:
     )
     assert status == 201
 
+    # A short password is refused in one clear line, not a traceback
+    short = subprocess.run(
+        ["make", "-s", "user", "NAME=dave", "PASSWORD=short"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert short.returncode != 0
+    assert "password must be at least 12 characters" in short.stderr
+    assert "Traceback" not in short.stderr + short.stdout
+
 
 def readme_block(heading: str) -> str:
     """The first ```sh block after a README heading."""
