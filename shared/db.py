@@ -25,6 +25,7 @@ from pg8000 import native as pg8000_native
 from pg8000.exceptions import DatabaseError, InterfaceError
 
 from shared.config import DatabaseParams, Settings, get_settings
+from shared.dicom_index import DicomIndex
 from shared.errors import DatabaseUnavailable, InvalidRequest, ScanNotFound, UserExists
 
 log = logging.getLogger(__name__)
@@ -344,27 +345,6 @@ def delete_expired_sessions(con: Connection, *, user_id: int) -> int:
 
 
 # ---------------------------------------------------------------- scans
-
-
-@dataclass(frozen=True)
-class DicomIndex:
-    """The PHI-free DICOM attributes kept in their own columns (None for PNG and JPEG scans)."""
-
-    modality: str | None
-    study_instance_uid: str | None
-    series_instance_uid: str | None
-    sop_instance_uid: str | None
-    instance_number: int | None
-    slice_position: float | None
-    pixel_spacing_mm: tuple[float, float] | None
-    slice_thickness_mm: float | None
-    rows: int
-    columns: int
-    frame_count: int
-    frame_analyzed: int
-    transfer_syntax_uid: str
-    photometric_interpretation: str
-    bits_stored: int
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from shared import db
+from shared.dicom_index import DicomIndex
 from shared.errors import InvalidParameter
 
 SCAN_ID_PREFIX = "scan_"
@@ -34,27 +35,9 @@ def image_urls(base_url: str, scan_id: str) -> dict[str, str]:
     }
 
 
-def dicom_public(dicom: db.DicomIndex | None) -> dict[str, Any] | None:
+def dicom_public(dicom: DicomIndex | None) -> dict[str, Any] | None:
     """The PHI-free DICOM attributes as the API shows them; None for PNG and JPEG scans."""
-    if dicom is None:
-        return None
-    return {
-        "modality": dicom.modality,
-        "studyInstanceUid": dicom.study_instance_uid,
-        "seriesInstanceUid": dicom.series_instance_uid,
-        "sopInstanceUid": dicom.sop_instance_uid,
-        "instanceNumber": dicom.instance_number,
-        "slicePosition": dicom.slice_position,
-        "pixelSpacingMm": list(dicom.pixel_spacing_mm) if dicom.pixel_spacing_mm else None,
-        "sliceThicknessMm": dicom.slice_thickness_mm,
-        "rows": dicom.rows,
-        "columns": dicom.columns,
-        "frameCount": dicom.frame_count,
-        "frameAnalyzed": dicom.frame_analyzed,
-        "transferSyntaxUid": dicom.transfer_syntax_uid,
-        "photometricInterpretation": dicom.photometric_interpretation,
-        "bitsStored": dicom.bits_stored,
-    }
+    return None if dicom is None else dicom.to_json()
 
 
 def iso(moment: datetime) -> str:

@@ -5,6 +5,7 @@ Only the upload function imports this module (it pulls in Pillow and numpy via s
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -53,14 +54,14 @@ def store_upload(
 def _new_scan(
     *, owner_id: int, filename: str, data: bytes, file_hash: str, analyzed: imaging.AnalyzedScan
 ) -> db.NewScan:
-    dicom = None
-    if analyzed.dicom is not None:
-        values = {name: getattr(analyzed.dicom, name) for name in db.DICOM_FIELDS}
+    dicom = analyzed.dicom
+    if dicom is not None:
         # A NaN or infinite position would sort unpredictably in a series: treat it as absent.
-        for name in ("slice_position", "slice_thickness_mm"):
-            if values[name] is not None and not math.isfinite(values[name]):
-                values[name] = None
-        dicom = db.DicomIndex(**values)
+        dicom = dataclasses.replace(
+            dicom,
+            slice_position=_finite(dicom.slice_position),
+            slice_thickness_mm=_finite(dicom.slice_thickness_mm),
+        )
     return db.NewScan(
         id=new_scan_id(),
         owner_id=owner_id,
@@ -79,3 +80,7 @@ def _new_scan(
         thumbnail_hash=hashlib.sha256(analyzed.thumbnail_jpeg).hexdigest(),
         dicom=dicom,
     )
+
+
+def _finite(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else value

@@ -11,10 +11,13 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, UnidentifiedImageError
 
+from shared.dicom_index import DicomIndex
 from shared.errors import InvalidImage
 from shared.imaging import integrity
 
 ACCEPTED_FORMATS: dict[str, str] = {"PNG": "image/png", "JPEG": "image/jpeg"}
+# The header attributes a decoded DICOM file contributes to the index (one dataclass for imaging, db and API).
+DicomInfo = DicomIndex
 DICOM_CONTENT_TYPE = "application/dicom"
 
 Unit = Literal["HU", "intensity"]
@@ -44,47 +47,6 @@ class Window:
             "width": round(self.width, 4),
             "function": self.function,
             "source": self.source,
-        }
-
-
-@dataclass(frozen=True)
-class DicomInfo:
-    """Whitelisted, PHI-free DICOM attributes; None when absent."""
-
-    modality: str | None
-    study_instance_uid: str | None
-    series_instance_uid: str | None
-    sop_instance_uid: str | None
-    instance_number: int | None
-    slice_position: float | None
-    pixel_spacing_mm: tuple[float, float] | None
-    slice_thickness_mm: float | None
-    rows: int
-    columns: int
-    frame_count: int
-    frame_analyzed: int
-    transfer_syntax_uid: str
-    photometric_interpretation: str
-    bits_stored: int
-
-    def to_json(self) -> dict[str, Any]:
-        """camelCase JSON for the API and the index."""
-        return {
-            "modality": self.modality,
-            "studyInstanceUid": self.study_instance_uid,
-            "seriesInstanceUid": self.series_instance_uid,
-            "sopInstanceUid": self.sop_instance_uid,
-            "instanceNumber": self.instance_number,
-            "slicePosition": self.slice_position,
-            "pixelSpacingMm": None if self.pixel_spacing_mm is None else list(self.pixel_spacing_mm),
-            "sliceThicknessMm": self.slice_thickness_mm,
-            "rows": self.rows,
-            "columns": self.columns,
-            "frameCount": self.frame_count,
-            "frameAnalyzed": self.frame_analyzed,
-            "transferSyntaxUid": self.transfer_syntax_uid,
-            "photometricInterpretation": self.photometric_interpretation,
-            "bitsStored": self.bits_stored,
         }
 
 
