@@ -85,6 +85,29 @@ def orthanc_figures(server_url: str, files: list[bytes]) -> dict[str, object]:
     }
 
 
+def keepalive_figures(port: int, path: str, token: str) -> dict[str, object]:
+    """GET of a small image over one kept-alive connection, with Nagle's algorithm on (as the gateway
+    was before) and off (as it is now), in this same run."""
+    from scripts.localgw import RequestHandler
+
+    figures: dict[str, object] = {}
+    default = RequestHandler.disable_nagle_algorithm
+    for label, nodelay in (("nagle_on", False), ("nodelay", True)):
+        RequestHandler.disable_nagle_algorithm = nodelay  # read when a connection is accepted
+        conn = HTTPConnection("127.0.0.1", port, timeout=60)
+        samples = []
+        for _ in range(40):
+            start = time.perf_counter()
+            conn.request("GET", path, headers={"Authorization": f"Bearer {token}"})
+            response = conn.getresponse()
+            size = len(response.read())
+            samples.append((time.perf_counter() - start) * 1000)
+        conn.close()
+        figures[f"gateway_keepalive_get_{size // 1000}kb_{label}_p50_ms"] = round(statistics.median(samples[5:]), 2)
+    RequestHandler.disable_nagle_algorithm = default
+    return figures
+
+
 def percentile(samples: list[float], p: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
@@ -214,20 +237,27 @@ def main() -> int:
         "png16": lambda i: ct_image(512, 1000 + i),
         "jpeg": lambda i: ct_image(512, 1000 + i, bits=8, fmt="JPEG"),
     }
-    for label, make in makers.items():
-        bodies = [multipart({"file": (f"{label}.img", make(i), "application/octet-stream")}) for i in range(runs + 2)]
-        for body, ctype in bodies[:2]:  # warm-up
-            api.request("POST", "/api/v1/scans/analyze", token=token, body=body, headers={"content-type": ctype})
-        samples = []
-        for body, ctype in bodies[2:]:
+    # Interleaved, one of each kind in turn, so that drift (checkpoints, autovacuum, a busy core)
+    # weighs on every kind alike and the ratios compare like with like.
+    bodies = {
+        label: [multipart({"file": (f"{label}.img", make(i), "application/octet-stream")}) for i in range(runs + 2)]
+        for label, make in makers.items()
+    }
+    samples: dict[str, list[float]] = {label: [] for label in makers}
+    for i in range(runs + 2):
+        for label in makers:
+            body, ctype = bodies[label][i]
             start = time.perf_counter()
             result = api.request(
                 "POST", "/api/v1/scans/analyze", token=token, body=body, headers={"content-type": ctype}
             )
-            samples.append((time.perf_counter() - start) * 1000)
+            elapsed = (time.perf_counter() - start) * 1000
             assert result.status == 201, result.body
-        figures[f"upload_{label}_p50_ms"] = round(percentile(samples, 50), 2)
-        figures[f"upload_{label}_p95_ms"] = round(percentile(samples, 95), 2)
+            if i >= 2:  # the first two of each are warm-up
+                samples[label].append(elapsed)
+    for label, values in samples.items():
+        figures[f"upload_{label}_p50_ms"] = round(percentile(values, 50), 2)
+        figures[f"upload_{label}_p95_ms"] = round(percentile(values, 95), 2)
     figures["upload_dicom_vs_png_p50"] = round(
         figures["upload_dicom_p50_ms"] / figures["upload_ct_png16_p50_ms"],  # type: ignore[operator]
         2,
@@ -296,6 +326,7 @@ def main() -> int:
     for thread in threads:
         thread.join()
     elapsed = time.perf_counter() - start
+    figures.update(keepalive_figures(port, f"/api/v1/scans/image/{scan_id}/thumbnail", token))
     server.shutdown()
     server.server_close()
     assert not failures, failures[:5]

@@ -439,3 +439,36 @@ def test_load_routes_reads_cloudformation_short_forms(tmp_path: Path) -> None:
         "    events:\n      - httpApi: {method: GET, path: /x}\n"
     )
     assert [r.route_key for r in localgw.load_routes(config)] == ["GET /x"]
+
+
+def test_gateway_sockets_send_without_nagle_delay_and_keep_alive() -> None:
+    # Given a gateway that records the sockets it accepts
+    accepted: list[socket.socket] = []
+    srv = localgw.make_server("127.0.0.1", 0, serverless_yml=FIXTURE_YML, containers=1)
+    original = srv.get_request
+
+    def get_request() -> tuple[socket.socket, Any]:
+        connection, address = original()
+        accepted.append(connection)
+        return connection, address
+
+    srv.get_request = get_request  # type: ignore[method-assign]
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        # When a client makes several requests on one kept-alive connection
+        conn = http.client.HTTPConnection("127.0.0.1", srv.server_address[1], timeout=30)
+        for _ in range(3):
+            conn.request("GET", "/echo/small")
+            reply = conn.getresponse()
+            reply.read()
+            assert reply.status == 200
+        # Then one connection served them all, with Nagle's algorithm off (no delayed-ACK stall)
+        assert len(accepted) == 1
+        assert accepted[0].getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        assert srv.request_queue_size >= 128
+        conn.close()
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(timeout=5)
