@@ -5,26 +5,36 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import functools
 import importlib
 import json
 import os
 import re
+import socket
 import sys
 import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import parse_qsl, unquote
 
+import h11
+import uvicorn
 import yaml
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+try:  # SIMD base64: a 4.5 MB image body is encoded and decoded on every request
+    from pybase64 import b64decode as _b64decode
+    from pybase64 import b64encode as _b64encode
+except ImportError:  # pragma: no cover - binascii is the stdlib's own fast path
+    from base64 import b64decode as _b64decode
+    from base64 import b64encode as _b64encode
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 if str(PROJECT_ROOT) not in sys.path:
@@ -32,15 +42,29 @@ if str(PROJECT_ROOT) not in sys.path:
 
 LAMBDA_PAYLOAD_LIMIT = 6_291_456  # synchronous Invoke: request and response, after base64
 MAX_REQUEST_BODY = 10 * 1024 * 1024  # HTTP API payload quota: larger bodies never reach Lambda
+# Past the quota the rest of a body is read and dropped, up to this much, so that the client reads
+# the 413 instead of a reset (closing a socket with unread data sends RST); beyond it we just close.
+DISCARD_LIMIT = 64 * 1024 * 1024
 TEXT_TYPES = frozenset({"application/json", "application/javascript", "application/xml"})
 JSON_HEADERS = [("Content-Type", "application/json")]
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+OPENAPI_FILE = "openapi.json"
 
 Handler = Callable[[dict[str, Any], Any], Any]
 HttpResponse = tuple[int, list[tuple[str, str]], bytes]
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
 
 
-def error(status: int, message: str) -> HttpResponse:
-    return status, list(JSON_HEADERS), json.dumps({"message": message}, separators=(",", ":")).encode()
+def error_body(code: str, message: str) -> bytes:
+    """The project's one error shape: {"error": {"code", "message"}}."""
+    return json.dumps({"error": {"code": code, "message": message}}, separators=(",", ":")).encode()
+
+
+def error(status: int, code: str, message: str) -> HttpResponse:
+    return status, list(JSON_HEADERS), error_body(code, message)
 
 
 @dataclass(frozen=True)
@@ -103,9 +127,14 @@ def _cloudformation_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -
 _CloudFormationLoader.add_multi_constructor("!", _cloudformation_tag)
 
 
+def _read_config(serverless_yml: Path) -> dict[str, Any]:
+    config = yaml.load(serverless_yml.read_text(encoding="utf-8"), Loader=_CloudFormationLoader) or {}
+    return cast(dict[str, Any], config)
+
+
 def load_routes(serverless_yml: Path) -> list[Route]:
     """Every httpApi route of every function; `${...}` variables stay plain strings."""
-    config = yaml.load(serverless_yml.read_text(encoding="utf-8"), Loader=_CloudFormationLoader) or {}
+    config = _read_config(serverless_yml)
     provider = config.get("provider") or {}
     routes: list[Route] = []
     for name, spec in (config.get("functions") or {}).items():
@@ -192,7 +221,7 @@ def build_event(
             except UnicodeDecodeError:
                 text = None
         is_base64 = text is None
-        event["body"] = base64.b64encode(body).decode("ascii") if text is None else text
+        event["body"] = _b64encode(body).decode("ascii") if text is None else text
     if path_params:
         event["pathParameters"] = path_params
     event["isBase64Encoded"] = is_base64
@@ -218,6 +247,24 @@ class LambdaContext:
         return max(0, int((self._deadline - time.monotonic()) * 1000))
 
 
+# --- Lambda's payload limits and the result's shape ---------------------------------------------
+
+
+def _json_size(value: Any) -> int:
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode())
+
+
+def payload_size(payload: Any) -> int:
+    """Bytes of a request event or a result as Lambda counts them (their JSON), without dumping and
+    re-reading a multi-megabyte body: a base64 body is ASCII that JSON never escapes."""
+    body = payload.get("body") if isinstance(payload, dict) else None
+    if not isinstance(body, str):
+        return _json_size(payload)
+    rest = {k: v for k, v in payload.items() if k != "body"}
+    body_size = len(body) + 2 if payload.get("isBase64Encoded") else _json_size(body)
+    return _json_size(rest) + len(',"body":') + body_size
+
+
 def to_http_response(result: Any) -> HttpResponse:
     """How HTTP API turns a payload 2.0 Lambda result into an HTTP response."""
     if not (isinstance(result, dict) and "statusCode" in result):
@@ -226,7 +273,9 @@ def to_http_response(result: Any) -> HttpResponse:
     headers = [(str(k), str(v)) for k, v in (result.get("headers") or {}).items()]
     headers += [("Set-Cookie", str(c)) for c in result.get("cookies") or []]
     raw = result.get("body") or ""
-    body = base64.b64decode(raw, validate=True) if result.get("isBase64Encoded") else str(raw).encode()
+    if not isinstance(raw, str):
+        raise TypeError(f"a result's body must be a string, not {type(raw).__name__}")
+    body = _b64decode(raw, validate=True) if result.get("isBase64Encoded") else raw.encode()
     return int(result["statusCode"]), headers, body
 
 
@@ -276,31 +325,46 @@ class Gateway:
         context = LambdaContext(route, event["requestContext"]["requestId"])
         return self._handler(route)(event, context)
 
-    def invoke(self, route: Route, event: dict[str, Any]) -> HttpResponse:
-        """Send one event through Lambda's payload limits to the function and shape its answer."""
-        if len(json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode()) > LAMBDA_PAYLOAD_LIMIT:
-            return error(413, "Request Entity Too Large")
+    def _submit(self, route: Route, event: dict[str, Any]) -> Future[Any] | HttpResponse:
+        if payload_size(event) > LAMBDA_PAYLOAD_LIMIT:
+            return error(413, "payload_too_large", "Request Entity Too Large")
+        return self._pool(route.function_name).submit(self._run, route, event)
+
+    def _shape(self, route: Route, future: Future[Any]) -> HttpResponse:
         try:
-            result = self._pool(route.function_name).submit(self._run, route, event).result()
-            encoded = json.dumps(result, separators=(",", ":"))
+            result = future.result()
+            size = payload_size(result)
         except Exception:
             traceback.print_exc(file=sys.stderr)
-            return error(502, "Internal Server Error")
-        if len(encoded.encode()) > LAMBDA_PAYLOAD_LIMIT:
+            return error(502, "bad_gateway", "Internal Server Error")
+        if size > LAMBDA_PAYLOAD_LIMIT:
             print(f"{route.function_name}: response exceeds {LAMBDA_PAYLOAD_LIMIT} bytes", file=sys.stderr)
-            return error(413, "Payload Too Large")
+            return error(413, "payload_too_large", "Payload Too Large")
         try:
-            return to_http_response(json.loads(encoded))
-        except (ValueError, TypeError, AttributeError):
+            return to_http_response(result)
+        except (ValueError, TypeError, AttributeError):  # binascii.Error is a ValueError
             traceback.print_exc(file=sys.stderr)
-            return error(502, "Internal Server Error")
+            return error(502, "bad_gateway", "Internal Server Error")
+
+    def invoke(self, route: Route, event: dict[str, Any]) -> HttpResponse:
+        """Send one event through Lambda's payload limits to the function and shape its answer."""
+        submitted = self._submit(route, event)
+        return submitted if isinstance(submitted, tuple) else self._shape(route, submitted)
+
+    async def invoke_async(self, route: Route, event: dict[str, Any]) -> HttpResponse:
+        """invoke() for an event loop: the loop waits for the container without blocking."""
+        submitted = self._submit(route, event)
+        if isinstance(submitted, tuple):
+            return submitted
+        await asyncio.wait({asyncio.wrap_future(submitted)})
+        return self._shape(route, submitted)
 
     def handle(
         self, *, method: str, raw_path: str, raw_query: str, headers: list[tuple[str, str]], body: bytes, source_ip: str
     ) -> HttpResponse:
         found = self.match(method, raw_path)
         if found is None:
-            return error(404, "Not Found")
+            return error(404, "not_found", "Not Found")
         route, params = found
         event = build_event(
             method=method,
@@ -319,105 +383,538 @@ class Gateway:
             pool.shutdown(wait=True, cancel_futures=True)
         for loop in self._loops:
             loop.close()
+        # The containers' database connections outlive their threads: close them as Lambda would.
+        database = sys.modules.get("shared.db")
+        if database is not None:
+            database.close_all_connections()
 
 
-class BodyTooLarge(Exception):
-    """The request body is over the HTTP API payload quota."""
+# --- CORS, as HTTP API applies provider.httpApi.cors ----------------------------------------------
+
+# What the serverless framework configures for `httpApi: {cors: true}`.
+DEFAULT_CORS_HEADERS = (
+    "Content-Type",
+    "X-Amz-Date",
+    "Authorization",
+    "X-Api-Key",
+    "X-Amz-Security-Token",
+    "X-Amz-User-Agent",
+    "X-Amzn-Trace-Id",
+)
+DEFAULT_CORS_METHODS = ("OPTIONS", "GET", "POST", "PUT", "DELETE", "PATCH")
 
 
-class GatewayServer(ThreadingHTTPServer):
-    daemon_threads = True
+@dataclass(frozen=True)
+class Cors:
+    """provider.httpApi.cors: API Gateway answers preflights itself and sets the CORS headers of every
+    response, replacing any the function sent."""
+
+    allowed_origins: tuple[str, ...]
+    allowed_headers: tuple[str, ...] = DEFAULT_CORS_HEADERS
+    allowed_methods: tuple[str, ...] = DEFAULT_CORS_METHODS
+    exposed_headers: tuple[str, ...] = ()
+    max_age: int | None = None
+    allow_credentials: bool = False
+
+    def _allowed_origin(self, origin: str) -> str | None:
+        if origin in self.allowed_origins:
+            return origin
+        if "*" in self.allowed_origins:
+            return origin if self.allow_credentials else "*"
+        return None
+
+    def _common(self, allowed: str) -> list[tuple[str, str]]:
+        headers = [("Access-Control-Allow-Origin", allowed)]
+        if self.allow_credentials:
+            headers.append(("Access-Control-Allow-Credentials", "true"))
+        return headers
+
+    def preflight(self, origin: str, method: str, requested_headers: str) -> list[tuple[str, str]]:
+        """The headers of the 204 answering a preflight: none unless origin, method and headers are allowed."""
+        allowed = self._allowed_origin(origin)
+        methods = {m.upper() for m in self.allowed_methods}
+        asked = {h.strip().lower() for h in requested_headers.split(",") if h.strip()}
+        if (
+            allowed is None
+            or ("*" not in methods and method.upper() not in methods)
+            or ("*" not in self.allowed_headers and not asked <= {h.lower() for h in self.allowed_headers})
+        ):
+            return []
+        headers = self._common(allowed)
+        headers.append(("Access-Control-Allow-Methods", ",".join(self.allowed_methods)))
+        if self.allowed_headers:
+            headers.append(("Access-Control-Allow-Headers", ",".join(self.allowed_headers)))
+        if self.max_age is not None:
+            headers.append(("Access-Control-Max-Age", str(self.max_age)))
+        if allowed != "*":
+            headers.append(("Vary", "Origin"))
+        return headers
+
+    def apply(self, origin: str | None, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """A response's headers: the function's own CORS headers dropped, the configured ones added."""
+        kept = [(n, v) for n, v in headers if not n.lower().startswith("access-control-")]
+        allowed = None if origin is None else self._allowed_origin(origin)
+        if allowed is None:
+            return kept
+        kept += self._common(allowed)
+        if self.exposed_headers:
+            kept.append(("Access-Control-Expose-Headers", ",".join(self.exposed_headers)))
+        if allowed != "*":
+            vary = [i for i, (n, _) in enumerate(kept) if n.lower() == "vary"]
+            if not vary:
+                kept.append(("Vary", "Origin"))
+            elif "origin" not in kept[vary[0]][1].lower() and kept[vary[0]][1].strip() != "*":
+                kept[vary[0]] = (kept[vary[0]][0], f"{kept[vary[0]][1]}, Origin")
+        return kept
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    return tuple(str(v) for v in value) if isinstance(value, list) else (str(value),)
+
+
+def load_cors(serverless_yml: Path, *, stage: str = "dev") -> Cors | None:
+    """provider.httpApi.cors with `${param:...}` resolved for the stage (params.<stage> over params.default)."""
+    config = _read_config(serverless_yml)
+    spec = ((config.get("provider") or {}).get("httpApi") or {}).get("cors")
+    if not spec:
+        return None
+    if spec is True:
+        return Cors(allowed_origins=("*",))
+    all_params = config.get("params") or {}
+    params = {**(all_params.get("default") or {}), **(all_params.get(stage) or {})}
+
+    def resolve(value: Any) -> Any:
+        found = re.fullmatch(r"\$\{param:(\w+)\}", value) if isinstance(value, str) else None
+        if found is None:
+            return value
+        if found.group(1) not in params:
+            raise ValueError(f"{serverless_yml}: {value} has no value for stage {stage!r}")
+        return params[found.group(1)]
+
+    max_age = resolve(spec.get("maxAge"))
+    return Cors(
+        allowed_origins=_strings(resolve(spec.get("allowedOrigins"))) or ("*",),
+        allowed_headers=_strings(resolve(spec.get("allowedHeaders"))) or DEFAULT_CORS_HEADERS,
+        allowed_methods=_strings(resolve(spec.get("allowedMethods"))) or DEFAULT_CORS_METHODS,
+        exposed_headers=_strings(resolve(spec.get("exposedResponseHeaders"))),
+        max_age=None if max_age is None else int(max_age),
+        allow_credentials=bool(resolve(spec.get("allowCredentials", False))),
+    )
+
+
+# --- Host: API Gateway forwards only its own domain -----------------------------------------------
+
+_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::(\d{1,5}))?")
+
+
+@dataclass(frozen=True)
+class AllowedHosts:
+    """Host values the gateway answers: its own names on its own port, plus LOCALGW_ALLOWED_HOSTS
+    entries (`name` for any port, `name:port` for one). The functions copy Host into image URLs."""
+
+    with_port: frozenset[str]
+    any_port: frozenset[str]
+
+    @classmethod
+    def for_address(cls, host: str, port: int, extra: Iterable[str] = ()) -> AllowedHosts:
+        names = {*LOCAL_HOSTS, f"[{host}]" if ":" in host else host}
+        if host in ("0.0.0.0", "::", ""):
+            names.add(socket.gethostname())
+        with_port = {f"{name.lower()}:{port}" for name in names}
+        if port == 80:
+            with_port |= {name.lower() for name in names}
+        entries = [e.strip().lower() for e in extra if e.strip()]
+        with_port |= {e for e in entries if _HOST.fullmatch(e) and _HOST.fullmatch(e).group(2)}  # type: ignore[union-attr]
+        any_port = {e for e in entries if e not in with_port}
+        return cls(frozenset(with_port), frozenset(any_port))
+
+    def problem(self, values: list[str]) -> str | None:
+        """Why these Host header values are refused, or None."""
+        if len(values) != 1:
+            return "exactly one Host header is required"
+        found = _HOST.fullmatch(values[0])
+        if found is None or (found.group(2) is not None and not 0 < int(found.group(2)) < 65536):
+            return "malformed Host header"
+        host = values[0].lower()
+        if host not in self.with_port and found.group(1).lower() not in self.any_port:
+            return f"this gateway does not serve host {values[0]!r} (see LOCALGW_ALLOWED_HOSTS)"
+        return None
+
+
+# --- /openapi.json and /docs ----------------------------------------------------------------------
+
+SWAGGER_ASSETS = {
+    "swagger-ui.css": "text/css; charset=utf-8",
+    "swagger-ui-bundle.js": "text/javascript; charset=utf-8",
+    "favicon-32x32.png": "image/png",
+}
+SWAGGER_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>CT scan store API</title>
+<link rel="icon" href="/docs/favicon-32x32.png"><link rel="stylesheet" href="/docs/swagger-ui.css"></head>
+<body><div id="swagger-ui"></div><script src="/docs/swagger-ui-bundle.js"></script>
+<script>window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui", deepLinking: true});</script>
+</body></html>
+"""
+# Without the swagger-ui-bundle package: a page that lists the operations, with nothing to download.
+PLAIN_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>CT scan store API</title>
+<style>body{font:15px system-ui,sans-serif;margin:2em}code{font-weight:bold}li{margin:.3em 0}</style></head>
+<body><h1 id="title">API</h1><ul id="ops"></ul><script>
+fetch("/openapi.json").then(r => r.json()).then(spec => {
+  document.getElementById("title").textContent = spec.info.title + " " + spec.info.version;
+  const list = document.getElementById("ops");
+  for (const [path, item] of Object.entries(spec.paths))
+    for (const [method, op] of Object.entries(item)) {
+      const li = document.createElement("li");
+      li.innerHTML = "<code></code> ";
+      li.firstChild.textContent = method.toUpperCase() + " " + path;
+      li.append(op.summary || op.operationId || "");
+      list.append(li);
+    }
+});
+</script></body></html>
+"""
+
+
+def _swagger_dir() -> Path | None:
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:
+        return None
+    return Path(str(swagger_ui_path))
+
+
+class Docs:
+    """The checked-in OpenAPI document and a page that renders it: local only, never deployed."""
+
+    def __init__(self, root: Path) -> None:
+        self.openapi = root / OPENAPI_FILE
+        self.assets = _swagger_dir()
+
+    def answer(self, method: str, raw_path: str) -> HttpResponse | None:
+        if method not in ("GET", "HEAD"):
+            return None
+        if raw_path == "/openapi.json":
+            try:
+                return 200, [*JSON_HEADERS, ("Cache-Control", "no-cache")], self.openapi.read_bytes()
+            except FileNotFoundError:
+                return error(404, "not_found", f"{OPENAPI_FILE} is missing from the repository root")
+        html = [("Content-Type", "text/html; charset=utf-8")]
+        if raw_path in ("/docs", "/docs/"):
+            return 200, html, (PLAIN_PAGE if self.assets is None else SWAGGER_PAGE).encode()
+        name = raw_path.removeprefix("/docs/")
+        if self.assets is not None and name in SWAGGER_ASSETS:
+            return 200, [("Content-Type", SWAGGER_ASSETS[name])], (self.assets / name).read_bytes()
+        return None
+
+
+# --- the server: uvicorn (h11) around an ASGI app that only translates ----------------------------
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How long a client may take and how many may connect, as API Gateway bounds them."""
+
+    header_timeout: float = 10.0  # from connecting (or the last response) to a complete request head
+    body_timeout: float = 60.0  # for the whole body
+    keep_alive_timeout: int = 5  # idle kept-alive connection
+    max_connections: int = 512
+    max_header_bytes: int = 10_240  # HTTP API: request line and headers together
+
+
+def raw_error(status: int, code: str, message: str) -> bytes:
+    """A whole JSON error response that closes the connection, for answers given outside h11's cycle."""
+    body = error_body(code, message)
+    phrase = HTTPStatus(status).phrase
+    head = (
+        f"HTTP/1.1 {status} {phrase}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+class GatewayProtocol(H11Protocol):
+    """uvicorn's h11 connection plus what it leaves out: a deadline for the request head (uvicorn's
+    keep-alive timer restarts on every byte, so a slow head would hold a connection forever), a cap
+    on connections, and JSON for the errors it answers itself."""
+
+    limits = Limits()
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        if len(self.connections) >= self.limits.max_connections:
+            self.transport = transport
+            transport.write(raw_error(503, "service_unavailable", "Too many connections"))
+            transport.close()
+            return
+        super().connection_made(transport)
+        # TCP_NODELAY: asyncio sets it only on sockets whose proto is IPPROTO_TCP, and accepted ones
+        # say 0. With Nagle on, a kept-alive response under ~64 KB waits ~40 ms for a delayed ACK.
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def _arm_head_timer(self) -> None:
+        self._cancel_head_timer()
+        self._head_timer = self.loop.call_later(self.limits.header_timeout, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+            return
+        if self.conn.trailing_data[0]:  # part of a request head arrived: say why we hang up
+            self.transport.write(raw_error(408, "request_timeout", "Request head not received in time"))
+        self.transport.close()
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self.conn.their_state is not h11.IDLE:
+            self._cancel_head_timer()
+
+    def on_response_complete(self) -> None:
+        self._arm_head_timer()  # before a pipelined request, whose head is then already in
+        super().on_response_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        self._cancel_head_timer()
+        if len(self.conn.trailing_data[0]) > self.limits.max_header_bytes:  # h11 gave up on a long head
+            self.transport.write(raw_error(431, "headers_too_large", "Request Header Fields Too Large"))
+        else:
+            self.transport.write(raw_error(400, "bad_request", "Malformed HTTP request"))
+        self.transport.close()
+
+
+class _Refused(Exception):
+    def __init__(self, response: HttpResponse, *, close: bool = True) -> None:
+        self.response, self.close = response, close
+
+
+class GatewayApp:
+    """The ASGI app: route → v2 event → handler in the function's container → HTTP, with CORS,
+    Host checks and the body limits as API Gateway applies them."""
+
+    def __init__(
+        self, server: GatewayServer, *, cors: Cors | None, allowed_hosts: AllowedHosts, docs: Docs, limits: Limits
+    ) -> None:
+        self.server, self.cors, self.allowed_hosts, self.docs, self.limits = server, cors, allowed_hosts, docs, limits
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        started = time.monotonic()
+        method: str = scope["method"]
+        raw_path = scope["raw_path"].decode("latin-1")
+        headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in scope["headers"]]
+        close = False
+        try:
+            head_size = len(method) + len(scope["raw_path"]) + len(scope["query_string"]) + 12
+            if head_size + sum(len(n) + len(v) + 4 for n, v in headers) > self.limits.max_header_bytes:
+                raise _Refused(error(431, "headers_too_large", "Request Header Fields Too Large"))
+            body = await self._read_body(receive, headers)
+            status, out, payload = await self._respond(scope, method, raw_path, headers, body)
+        except _Refused as refused:
+            (status, out, payload), close = refused.response, refused.close
+        except Exception:
+            traceback.print_exc(file=sys.stderr)
+            (status, out, payload), close = error(500, "internal_error", "Internal Server Error"), True
+        await self._send(send, method, status, out, payload, close=close)
+        if self.server.access_log:
+            elapsed_ms = (time.monotonic() - started) * 1000
+            print(f"{method} {raw_path} {status} {elapsed_ms:.1f}ms", file=sys.stderr, flush=True)
+
+    async def _read_body(self, receive: Receive, headers: list[tuple[str, str]]) -> bytes:
+        too_large = error(413, "payload_too_large", "Request Entity Too Large")
+        declared = next((int(v) for n, v in headers if n == "content-length" and v.isdigit()), 0)
+        waiting = any(n == "expect" and v.lower() == "100-continue" for n, v in headers)
+        if declared > MAX_REQUEST_BODY and (waiting or declared > DISCARD_LIMIT):
+            raise _Refused(too_large)  # nothing sent yet, or more than we are willing to drain
+        deadline = time.monotonic() + self.limits.body_timeout
+        chunks: list[bytes] = []
+        total, more = 0, True
+        while more:
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                raise _Refused(error(408, "request_timeout", "Request body not received in time")) from None
+            if message["type"] == "http.disconnect":
+                raise _Refused(error(400, "bad_request", "Client disconnected"))
+            data: bytes = message.get("body", b"")
+            total += len(data)
+            if total > DISCARD_LIMIT:
+                raise _Refused(too_large)
+            if total <= MAX_REQUEST_BODY:
+                chunks.append(data)
+            more = message.get("more_body", False)
+        if total > MAX_REQUEST_BODY:
+            raise _Refused(too_large, close=False)  # drained: the connection is clean
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def _respond(
+        self, scope: Scope, method: str, raw_path: str, headers: list[tuple[str, str]], body: bytes
+    ) -> HttpResponse:
+        problem = self.allowed_hosts.problem([v for n, v in headers if n == "host"])
+        if problem is not None:
+            raise _Refused(error(400, "invalid_host", problem), close=False)
+        origin = next((v for n, v in headers if n == "origin"), None)
+        requested = next((v for n, v in headers if n == "access-control-request-method"), None)
+        if self.cors is not None and method == "OPTIONS" and origin is not None and requested is not None:
+            asked = ",".join(v for n, v in headers if n == "access-control-request-headers")
+            return 204, self.cors.preflight(origin, requested, asked), b""
+        found = self.server.gateway.match(method, raw_path)
+        if found is None:
+            response = self.docs.answer(method, raw_path) or error(404, "not_found", "Not Found")
+        else:
+            route, params = found
+            client = scope.get("client") or ("127.0.0.1", 0)
+            event = build_event(
+                method=method,
+                raw_path=raw_path,
+                raw_query=scope["query_string"].decode("latin-1"),
+                headers=self._forwarded(headers, client[0]),
+                body=body,
+                source_ip=client[0],
+                route=route,
+                path_params=params,
+            )
+            response = await self.server.gateway.invoke_async(route, event)
+        if self.cors is None:
+            return response
+        return response[0], self.cors.apply(origin, response[1]), response[2]
+
+    def _forwarded(self, headers: list[tuple[str, str]], client_ip: str) -> list[tuple[str, str]]:
+        forwarded = ("x-forwarded-for", "x-forwarded-port", "x-forwarded-proto")
+        kept = [(n, v) for n, v in headers if n not in forwarded]
+        chain = [v for n, v in headers if n == "x-forwarded-for"] + [client_ip]
+        port = str(self.server.server_address[1])
+        return [*kept, ("x-forwarded-for", ", ".join(chain)), ("x-forwarded-port", port), ("x-forwarded-proto", "http")]
+
+    async def _send(
+        self, send: Send, method: str, status: int, headers: list[tuple[str, str]], body: bytes, *, close: bool
+    ) -> None:
+        out: list[tuple[bytes, bytes]] = []
+        declared = None
+        for name, value in headers:
+            lower = name.lower()
+            if lower == "content-length":
+                declared = value
+            elif lower not in ("transfer-encoding", "connection"):
+                out.append((name.encode("latin-1"), value.encode("latin-1")))
+        if method == "HEAD" or status == 304:
+            length = declared if declared is not None else (None if status == 304 else str(len(body)))
+        else:
+            length = None if status == 204 or status < 200 else str(len(body))
+        if length is not None:
+            out.append((b"Content-Length", length.encode()))
+        if close:
+            out.append((b"Connection", b"close"))
+        await send({"type": "http.response.start", "status": status, "headers": out})
+        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
+
+
+class GatewayServer:
+    """The local gateway on one listening socket: serve_forever(), shutdown() and server_close() as
+    socketserver has them, so scripts and tests can run it in a thread."""
+
     access_log = True
-    # socketserver's default backlog is 5: a burst of browser connections stalled 1-3 s and reset.
+    # socketserver's default backlog was 5: a burst of browser connections stalled 1-3 s and reset.
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], gateway: Gateway) -> None:
-        super().__init__(address, RequestHandler)
+    def __init__(
+        self,
+        address: tuple[str, int],
+        gateway: Gateway,
+        *,
+        cors: Cors | None = None,
+        limits: Limits = Limits(),
+        allowed_hosts: Iterable[str] = (),
+        docs_root: Path = PROJECT_ROOT,
+    ) -> None:
         self.gateway = gateway
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.socket = socket.socket(family, socket.SOCK_STREAM)
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self.socket.bind(address)
+            self.socket.listen(self.request_queue_size)
+        except OSError:
+            self.socket.close()
+            raise
+        self.server_address: tuple[str, int] = self.socket.getsockname()[:2]
+        hosts = AllowedHosts.for_address(address[0], self.server_address[1], allowed_hosts)
+        app = GatewayApp(self, cors=cors, allowed_hosts=hosts, docs=Docs(docs_root), limits=limits)
+        protocol = type("GatewayConnection", (GatewayProtocol,), {"limits": limits})
+        config = uvicorn.Config(
+            app,
+            http=protocol,
+            ws="none",
+            lifespan="off",
+            proxy_headers=False,  # X-Forwarded-* are the client's; the event says who connected
+            server_header=False,
+            date_header=True,
+            access_log=False,  # ours leaves out the query string, which may hold tokens
+            log_config=None,
+            log_level="warning",
+            backlog=self.request_queue_size,
+            timeout_keep_alive=limits.keep_alive_timeout,
+            timeout_graceful_shutdown=5,
+            # h11 refuses a head this large only while it is incomplete; the app checks whole ones.
+            h11_max_incomplete_event_size=limits.max_header_bytes + 1024,
+        )
+        self._server = uvicorn.Server(config)
+        self._started = threading.Event()
+        self._stopped = threading.Event()
+
+    def serve_forever(self) -> None:
+        self._started.set()
+        try:
+            self._server.run(sockets=[self.socket])
+        finally:
+            self._stopped.set()
+
+    def shutdown(self) -> None:
+        """Stop serve_forever() (from another thread) and wait until it has returned."""
+        self._server.should_exit = True
+        if self._started.is_set():
+            self._stopped.wait()
 
     def server_close(self) -> None:
-        super().server_close()
+        self.socket.close()
         self.gateway.close()
 
 
-class RequestHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    # TCP_NODELAY: headers and body go out in two writes; with Nagle on, the body of every response
-    # under ~64 KB waited for the client's delayed ACK, ~40 ms on each kept-alive request.
-    disable_nagle_algorithm = True
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Silenced: the default lines carry the query string, which may hold tokens."""
-
-    def _read_body(self) -> bytes:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            chunks: list[bytes] = []
-            total = 0
-            while (size := int(self.rfile.readline(1024).split(b";", 1)[0].strip() or b"0", 16)) > 0:
-                total += size
-                if total > MAX_REQUEST_BODY:
-                    raise BodyTooLarge
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline(1024)
-            while self.rfile.readline(8192) not in (b"\r\n", b"\n", b""):
-                pass  # trailers
-            return b"".join(chunks)
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_REQUEST_BODY:
-            raise BodyTooLarge
-        return self.rfile.read(length) if length > 0 else b""
-
-    def _forwarded_headers(self) -> list[tuple[str, str]]:
-        forwarded = ("x-forwarded-for", "x-forwarded-port", "x-forwarded-proto")
-        kept = [(n, v) for n, v in self.headers.items() if n.lower() not in forwarded]
-        chain = [v for n, v in self.headers.items() if n.lower() == "x-forwarded-for"] + [self.client_address[0]]
-        port = str(cast(GatewayServer, self.server).server_port)
-        return [*kept, ("x-forwarded-for", ", ".join(chain)), ("x-forwarded-port", port), ("x-forwarded-proto", "http")]
-
-    def _handle(self) -> None:
-        started = time.monotonic()
-        raw_path, _, raw_query = self.path.partition("?")
-        try:
-            body = self._read_body()
-        except (BodyTooLarge, ValueError) as exc:
-            self.close_connection = True  # the unread body must not be parsed as the next request
-            response = (
-                error(413, "Request Entity Too Large") if isinstance(exc, BodyTooLarge) else error(400, "Bad Request")
-            )
-        else:
-            gateway = cast(GatewayServer, self.server).gateway
-            response = gateway.handle(
-                method=self.command,
-                raw_path=raw_path,
-                raw_query=raw_query,
-                headers=self._forwarded_headers(),
-                body=body,
-                source_ip=self.client_address[0],
-            )
-        self._send(*response)
-        elapsed_ms = (time.monotonic() - started) * 1000
-        if cast(GatewayServer, self.server).access_log:
-            print(f"{self.command} {raw_path} {response[0]} {elapsed_ms:.1f}ms", file=sys.stderr, flush=True)
-
-    def _send(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
-        self.send_response(status)
-        declared = [v for n, v in headers if n.lower() == "content-length"]
-        for name, value in headers:
-            if name.lower() not in ("content-length", "transfer-encoding", "connection"):
-                self.send_header(name, value)
-        head = self.command == "HEAD"
-        self.send_header("Content-Length", declared[0] if head and declared else str(len(body)))
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if not head:
-            self.wfile.write(body)
-
-    do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _handle
-
-
-def make_server(host: str, port: int, *, serverless_yml: Path, containers: int = 4) -> ThreadingHTTPServer:
-    return GatewayServer((host, port), Gateway(load_routes(serverless_yml), containers=containers))
+def make_server(
+    host: str,
+    port: int,
+    *,
+    serverless_yml: Path,
+    containers: int = 4,
+    stage: str = "dev",
+    limits: Limits = Limits(),
+    allowed_hosts: Iterable[str] | None = None,
+) -> GatewayServer:
+    """The gateway for serverless.yml's routes and CORS; extra Host names from LOCALGW_ALLOWED_HOSTS."""
+    if allowed_hosts is None:
+        allowed_hosts = os.environ.get("LOCALGW_ALLOWED_HOSTS", "").split(",")
+    return GatewayServer(
+        (host, port),
+        Gateway(load_routes(serverless_yml), containers=containers),
+        cors=load_cors(serverless_yml, stage=stage),
+        limits=limits,
+        allowed_hosts=allowed_hosts,
+        docs_root=serverless_yml.parent,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -426,11 +923,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "3000")))
     parser.add_argument("--containers", type=int, default=4, help="concurrent requests per function")
     parser.add_argument("--config", type=Path, default=PROJECT_ROOT / "serverless.yml")
+    parser.add_argument("--stage", default="dev", help="whose params (CORS origins) to use")
     args = parser.parse_args(argv)
-    server = make_server(args.host, args.port, serverless_yml=args.config, containers=args.containers)
+    server = make_server(args.host, args.port, serverless_yml=args.config, containers=args.containers, stage=args.stage)
     print(f"Local gateway on http://{args.host}:{server.server_address[1]}")
-    for route in cast(GatewayServer, server).gateway.routes:
+    for route in server.gateway.routes:
         print(f"  {route.route_key:<56} -> {route.function_name}")
+    print(f"  {'GET /openapi.json, GET /docs':<56} -> the gateway (local only)")
     sys.stdout.flush()
     try:
         server.serve_forever()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import http.client
 import json
@@ -26,6 +27,7 @@ from tests.gateway_fixtures import echo
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_YML = ROOT / "tests" / "gateway_fixtures" / "serverless.yml"
 CONTAINERS = 3
+TOO_LARGE = {"error": {"code": "payload_too_large", "message": "Request Entity Too Large"}}
 
 
 class Reply:
@@ -66,7 +68,7 @@ def call(
 ) -> Reply:
     conn = http.client.HTTPConnection(*server, timeout=30)
     try:
-        conn.putrequest(method, path)
+        conn.putrequest(method, path, skip_host=any(n.lower() == "host" for n, _ in headers or []))
         for name, value in headers or []:
             conn.putheader(name, value)
         if chunks is not None:
@@ -278,8 +280,9 @@ def test_gateway_binary_response_byte_exact_with_cookies(server: tuple[str, int]
 def test_gateway_head_sends_headers_without_body(server: tuple[str, int]) -> None:
     # Given a HEAD and a GET pipelined on one connection: stray HEAD body bytes would precede the GET's status line
     with socket.create_connection(server, timeout=10) as sock:
+        host = f"Host: 127.0.0.1:{server[1]}\r\n".encode()
         sock.sendall(
-            b"HEAD /binary HTTP/1.1\r\nHost: x\r\n\r\nGET /plain HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            b"HEAD /binary HTTP/1.1\r\n" + host + b"\r\nGET /plain HTTP/1.1\r\n" + host + b"Connection: close\r\n\r\n"
         )
         received = b""
         while chunk := sock.recv(65536):
@@ -303,7 +306,7 @@ def test_gateway_unknown_route_is_404_json(server: tuple[str, int], method: str,
     assert (reply.status, reply.header("Content-Type"), reply.json()) == (
         404,
         "application/json",
-        {"message": "Not Found"},
+        {"error": {"code": "not_found", "message": "Not Found"}},
     )
 
 
@@ -312,7 +315,7 @@ def test_gateway_oversize_event_is_413_without_calling_handler(server: tuple[str
     payload = b"\x89" * 4_800_000
     before = len(echo.calls)
     reply = call(server, "POST", "/echo", body=payload, headers=[("Content-Type", "image/png")])
-    assert (reply.status, reply.json()) == (413, {"message": "Request Entity Too Large"})
+    assert (reply.status, reply.json()) == (413, TOO_LARGE)
     assert len(echo.calls) == before
 
 
@@ -322,26 +325,45 @@ def test_gateway_largest_event_under_limit_reaches_handler(server: tuple[str, in
     assert base64.b64decode(event["body"]) == payload
 
 
-def test_gateway_body_over_http_api_quota_rejected_before_reading(server: tuple[str, int]) -> None:
+def test_gateway_upload_over_quota_is_read_out_and_answered_413(server: tuple[str, int]) -> None:
+    # Given a 20 MB upload sent whole (over the 10 MB HTTP API quota), then a second request on the connection
+    conn = http.client.HTTPConnection(*server, timeout=30)
+    try:
+        conn.request("POST", "/echo", body=b"\x89" * 20_000_000, headers={"Content-Type": "image/png"})
+        reply = Reply(conn.getresponse())
+        # Then the client reads the JSON 413 (no reset), and the drained connection serves on
+        assert (reply.status, reply.json()) == (413, TOO_LARGE)
+        conn.request("GET", "/plain")
+        assert Reply(conn.getresponse()).status == 200
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    "extra", [b"Content-Length: 20000000\r\nExpect: 100-continue\r\n", b"Content-Length: 900000000\r\n"]
+)
+def test_gateway_body_over_quota_refused_before_reading(server: tuple[str, int], extra: bytes) -> None:
+    # Given a client waiting for 100 Continue, or declaring more than the gateway will drain
     with socket.create_connection(server, timeout=10) as sock:
-        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 20000000\r\n\r\n")
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n%s\r\n" % (server[1], extra))
         response = http.client.HTTPResponse(sock)
         response.begin()
-        assert response.status == 413
-        assert json.loads(response.read()) == {"message": "Request Entity Too Large"}
+        # Then the 413 comes at once, and the connection is closed
+        assert (response.status, response.getheader("Connection")) == (413, "close")
+        assert json.loads(response.read()) == TOO_LARGE
 
 
 def test_gateway_oversize_response_is_413(server: tuple[str, int]) -> None:
     reply = call(server, "GET", "/huge")
     assert (reply.status, reply.header("Content-Type")) == (413, "application/json")
-    assert "message" in reply.json()
+    assert reply.json()["error"]["code"] == "payload_too_large"
 
 
 def test_gateway_handler_exception_is_502_with_traceback_on_stderr(
     server: tuple[str, int], capsys: pytest.CaptureFixture[str]
 ) -> None:
     reply = call(server, "GET", "/boom")
-    assert (reply.status, reply.json()) == (502, {"message": "Internal Server Error"})
+    assert (reply.status, reply.json()) == (502, {"error": {"code": "bad_gateway", "message": "Internal Server Error"}})
     assert "RuntimeError: fixture handler failed on purpose" in capsys.readouterr().err
 
 
@@ -441,21 +463,40 @@ def test_load_routes_reads_cloudformation_short_forms(tmp_path: Path) -> None:
     assert [r.route_key for r in localgw.load_routes(config)] == ["GET /x"]
 
 
-def test_gateway_sockets_send_without_nagle_delay_and_keep_alive() -> None:
-    # Given a gateway that records the sockets it accepts
-    accepted: list[socket.socket] = []
-    srv = localgw.make_server("127.0.0.1", 0, serverless_yml=FIXTURE_YML, containers=1)
-    original = srv.get_request
-
-    def get_request() -> tuple[socket.socket, Any]:
-        connection, address = original()
-        accepted.append(connection)
-        return connection, address
-
-    srv.get_request = get_request  # type: ignore[method-assign]
+@contextlib.contextmanager
+def running(yml: Path = FIXTURE_YML, **options: Any) -> Iterator[localgw.GatewayServer]:
+    """A gateway of its own, for tests that change its limits or hosts."""
+    srv = localgw.make_server("127.0.0.1", 0, serverless_yml=yml, containers=1, **options)
+    srv.access_log = False
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(timeout=10)
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    received = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received
+
+
+def test_gateway_sockets_send_without_nagle_delay_and_keep_alive(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a gateway that records the sockets it accepts
+    accepted: list[socket.socket] = []
+    original = localgw.GatewayProtocol.connection_made
+
+    def connection_made(self: localgw.GatewayProtocol, transport: Any) -> None:
+        accepted.append(transport.get_extra_info("socket"))
+        original(self, transport)
+
+    monkeypatch.setattr(localgw.GatewayProtocol, "connection_made", connection_made)
+    with running() as srv:
         # When a client makes several requests on one kept-alive connection
         conn = http.client.HTTPConnection("127.0.0.1", srv.server_address[1], timeout=30)
         for _ in range(3):
@@ -468,7 +509,289 @@ def test_gateway_sockets_send_without_nagle_delay_and_keep_alive() -> None:
         assert accepted[0].getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
         assert srv.request_queue_size >= 128
         conn.close()
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        thread.join(timeout=5)
+
+
+# --- CORS as HTTP API applies it ------------------------------------------------------------------
+
+ORIGIN = "http://localhost:5173"
+
+
+def test_load_cors_resolves_stage_params_from_real_serverless_yml() -> None:
+    dev = localgw.load_cors(ROOT / "serverless.yml")
+    assert dev is not None
+    assert dev.allowed_origins == ("http://localhost:5173", "http://127.0.0.1:5173")
+    assert "Authorization" in dev.allowed_headers and "GET" in dev.allowed_methods
+    assert "ETag" in dev.exposed_headers and dev.max_age == 3600
+    prod = localgw.load_cors(ROOT / "serverless.yml", stage="prod")
+    assert prod is not None and "*" not in prod.allowed_origins and prod.allowed_origins != dev.allowed_origins
+
+
+def test_gateway_preflight_from_allowed_origin_answered_without_function(server: tuple[str, int]) -> None:
+    before = len(echo.calls)
+    reply = call(
+        server,
+        "OPTIONS",
+        "/echo",
+        headers=[
+            ("Origin", ORIGIN),
+            ("Access-Control-Request-Method", "POST"),
+            ("Access-Control-Request-Headers", "authorization, content-type"),
+        ],
+    )
+    assert (reply.status, reply.body) == (204, b"")
+    assert reply.header("Access-Control-Allow-Origin") == ORIGIN
+    assert reply.header("Access-Control-Allow-Methods") == "GET,POST"
+    assert reply.header("Access-Control-Allow-Headers") == "Authorization,Content-Type"
+    assert reply.header("Access-Control-Max-Age") == "600"
+    assert reply.header("Vary") == "Origin"
+    assert len(echo.calls) == before
+
+
+@pytest.mark.parametrize(
+    ("origin", "method", "asked"),
+    [
+        ("http://evil.example", "POST", ""),
+        (ORIGIN, "DELETE", ""),
+        (ORIGIN, "POST", "x-not-allowed"),
+    ],
+)
+def test_gateway_preflight_not_allowed_gets_no_cors_headers(
+    server: tuple[str, int], origin: str, method: str, asked: str
+) -> None:
+    headers = [("Origin", origin), ("Access-Control-Request-Method", method)]
+    if asked:
+        headers.append(("Access-Control-Request-Headers", asked))
+    reply = call(server, "OPTIONS", "/echo", headers=headers)
+    assert reply.status == 204
+    assert not [n for n, _ in reply.headers if n.lower().startswith("access-control-")]
+
+
+def test_gateway_request_from_allowed_origin_gets_cors_and_exposed_headers(server: tuple[str, int]) -> None:
+    reply = call(server, "GET", "/own-cors", headers=[("Origin", ORIGIN)])
+    assert reply.status == 200
+    # The function's own "*" is replaced by the configured answer, as API Gateway does
+    assert reply.all("Access-Control-Allow-Origin") == [ORIGIN]
+    assert reply.header("Access-Control-Expose-Headers") == "ETag,X-Scan-Id"
+    assert reply.header("Vary") == "Accept-Encoding, Origin"
+    assert (reply.header("ETag"), reply.header("X-Scan-Id")) == ('"v1"', "scan_1")
+
+
+@pytest.mark.parametrize("origin", ["http://evil.example", None])
+def test_gateway_request_from_other_origin_gets_no_cors_headers(server: tuple[str, int], origin: str | None) -> None:
+    reply = call(server, "GET", "/own-cors", headers=[("Origin", origin)] if origin else [])
+    assert reply.status == 200
+    assert not [n for n, _ in reply.headers if n.lower().startswith("access-control-")]
+
+
+def test_gateway_without_cors_config_passes_function_headers(tmp_path: Path) -> None:
+    yml = tmp_path / "serverless.yml"
+    yml.write_text(
+        "functions:\n  cors:\n    handler: tests/gateway_fixtures/echo.own_cors\n"
+        "    events:\n      - httpApi: {method: GET, path: /own-cors}\n"
+    )
+    with running(yml) as srv:
+        reply = call(srv.server_address, "GET", "/own-cors", headers=[("Origin", ORIGIN)])
+    assert reply.header("Access-Control-Allow-Origin") == "*"
+
+
+# --- Host: only the gateway's own names -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "host_lines",
+    [
+        [b"Host: a:b"],
+        [b"Host: "],
+        [b"Host: 127.0.0.1:1", b"Host: 127.0.0.1:2"],
+        [b"Host: evil.example"],
+        [b"Host: localhost:1"],  # our name, another port: image URLs would point elsewhere
+        [],
+    ],
+)
+def test_gateway_bad_host_is_400_json_before_any_function(server: tuple[str, int], host_lines: list[bytes]) -> None:
+    before = len(echo.calls)
+    with socket.create_connection(server, timeout=10) as sock:
+        sock.sendall(b"GET /echo/x HTTP/1.1\r\n" + b"".join(line + b"\r\n" for line in host_lines) + b"\r\n")
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        assert (response.status, response.getheader("Content-Type")) == (400, "application/json")
+        assert json.loads(response.read())["error"]["code"] in ("invalid_host", "bad_request")
+    assert len(echo.calls) == before
+
+
+@pytest.mark.parametrize("host", ["localhost", "127.0.0.1", "[::1]"])
+def test_gateway_accepts_its_own_host_names(server: tuple[str, int], host: str) -> None:
+    event = echoed(call(server, "GET", "/echo/x", headers=[("Host", f"{host}:{server[1]}")]))
+    assert event["headers"]["host"] == f"{host}:{server[1]}"
+
+
+def test_gateway_allowed_hosts_extend_the_defaults() -> None:
+    with running(allowed_hosts=["dev.example.test", "api.example.test:8443"]) as srv:
+        for host, status in [
+            ("dev.example.test:9999", 200),
+            ("api.example.test:8443", 200),
+            ("api.example.test:8444", 400),
+        ]:
+            reply = call(srv.server_address, "GET", "/echo/x", headers=[("Host", host)])
+            assert reply.status == status, host
+
+
+# --- malformed and slow clients -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"NONSENSE\r\n\r\n",
+        b"GET /echo/x HTTP/1.1\r\nHost: 127.0.0.1\r\nBad Header Line\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: nope\r\n\r\n",
+    ],
+)
+def test_gateway_malformed_request_is_json_400_without_banner(server: tuple[str, int], raw: bytes) -> None:
+    with socket.create_connection(server, timeout=10) as sock:
+        sock.sendall(raw)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        assert (response.status, response.getheader("Content-Type")) == (400, "application/json")
+        assert json.loads(response.read())["error"]["code"] == "bad_request"
+        assert response.getheader("Server") is None
+
+
+@pytest.mark.parametrize("path", ["/echo/x", "/nowhere", "/binary"])
+def test_gateway_responses_carry_no_server_banner(server: tuple[str, int], path: str) -> None:
+    reply = call(server, "GET", path)
+    assert reply.header("Server") is None
+    assert reply.header("Date")
+
+
+def test_gateway_slow_request_head_is_cut_off() -> None:
+    # Given a gateway that allows half a second for a request head
+    with (
+        running(limits=localgw.Limits(header_timeout=0.5)) as srv,
+        socket.create_connection(srv.server_address, timeout=20) as sock,
+    ):
+        # When a client sends part of its head and then dawdles
+        started = time.monotonic()
+        sock.sendall(b"GET /echo/x HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        for _ in range(3):
+            time.sleep(0.2)
+            with contextlib.suppress(OSError):
+                sock.sendall(b"X-Drip: 1\r\n")
+        # Then the gateway answers 408 and closes, long before the client would have finished
+        received = read_until_closed(sock)
+        assert time.monotonic() - started < 15
+    assert received.startswith(b"HTTP/1.1 408 "), received[:200]
+    assert received.endswith(b'"code":"request_timeout","message":"Request head not received in time"}}')
+
+
+def test_gateway_idle_connection_is_closed() -> None:
+    with (
+        running(limits=localgw.Limits(header_timeout=0.5)) as srv,
+        socket.create_connection(srv.server_address, timeout=20) as sock,
+    ):
+        # A connection that never sends anything is closed, without an answer
+        assert read_until_closed(sock) == b""
+
+
+def test_gateway_slow_body_is_408() -> None:
+    # Given a gateway that allows half a second for a body
+    with (
+        running(limits=localgw.Limits(body_timeout=0.5)) as srv,
+        socket.create_connection(srv.server_address, timeout=20) as sock,
+    ):
+        # When a client declares 100 bytes and sends 10
+        sock.sendall(
+            b"POST /echo HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Length: 100\r\n\r\n" % srv.server_address[1]
+        )
+        sock.sendall(b"0123456789")
+        received = read_until_closed(sock)
+    # Then it is answered 408 and the connection closed
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), received[:200]
+    assert json.loads(body)["error"]["code"] == "request_timeout"
+
+
+def test_gateway_connections_are_bounded() -> None:
+    # Given a gateway that takes two connections, both held open
+    with running(limits=localgw.Limits(max_connections=2)) as srv:
+        held = [socket.create_connection(srv.server_address, timeout=10) for _ in range(2)]
+        try:
+            time.sleep(0.2)
+            # When a third connects, it is told so and closed
+            with socket.create_connection(srv.server_address, timeout=10) as third:
+                received = read_until_closed(third)
+            assert received.startswith(b"HTTP/1.1 503 "), received[:200]
+            assert b'"code":"service_unavailable"' in received
+        finally:
+            for sock in held:
+                sock.close()
+        # And once they are gone, new connections are served again
+        time.sleep(0.2)
+        assert call(srv.server_address, "GET", "/echo/x").status == 200
+
+
+@pytest.mark.parametrize("size", [12_000, 70_000])
+def test_gateway_oversize_request_head_is_431_json(server: tuple[str, int], size: int) -> None:
+    # HTTP API's quota: 10240 bytes of request line and headers
+    before = len(echo.calls)
+    with socket.create_connection(server, timeout=10) as sock:
+        sock.sendall(b"GET /echo/x HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nX-Big: %s\r\n\r\n" % (server[1], b"a" * size))
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        assert (response.status, response.getheader("Content-Type")) == (431, "application/json")
+        assert json.loads(response.read())["error"]["code"] == "headers_too_large"
+    assert len(echo.calls) == before
+
+
+# --- payload sizes without a JSON round trip ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"statusCode": 200, "headers": {"a": "b"}, "body": "aGVsbG8=", "isBase64Encoded": True},
+        {"statusCode": 200, "body": 'Zoë "quoted"\n', "isBase64Encoded": False},
+        {"statusCode": 204},
+        {"hello": "wörld"},
+        "plain string",
+    ],
+)
+def test_payload_size_is_the_json_length(payload: Any) -> None:
+    expected = len(json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode())
+    assert localgw.payload_size(payload) == expected
+
+
+def test_gateway_response_with_bad_base64_is_502() -> None:
+    with pytest.raises(ValueError):
+        localgw.to_http_response({"statusCode": 200, "body": "not base64!", "isBase64Encoded": True})
+
+
+# --- /openapi.json and /docs ----------------------------------------------------------------------
+
+
+def test_gateway_serves_openapi_json_and_docs(server: tuple[str, int]) -> None:
+    spec = call(server, "GET", "/openapi.json")
+    assert (spec.status, spec.header("Content-Type")) == (200, "application/json")
+    assert spec.body == (FIXTURE_YML.parent / "openapi.json").read_bytes()
+    page = call(server, "GET", "/docs")
+    assert (page.status, page.header("Content-Type")) == (200, "text/html; charset=utf-8")
+    assert b"/openapi.json" in page.body
+    # Every script and stylesheet the page names is served by the gateway itself (no CDN)
+    for asset in re.findall(rb'(?:src|href)="(/docs/[^"]+)"', page.body):
+        assert call(server, "GET", asset.decode()).status == 200, asset
+
+
+def test_gateway_missing_openapi_json_is_404_json(tmp_path: Path) -> None:
+    yml = tmp_path / "serverless.yml"
+    yml.write_text("functions: {}\n")
+    with running(yml) as srv:
+        reply = call(srv.server_address, "GET", "/openapi.json")
+    assert (reply.status, reply.json()["error"]["code"]) == (404, "not_found")
+
+
+def test_real_openapi_json_is_served_from_repository_root() -> None:
+    if not (ROOT / "openapi.json").exists():
+        pytest.skip("openapi.json not written yet")
+    with running(ROOT / "serverless.yml") as srv:
+        reply = call(srv.server_address, "GET", "/openapi.json")
+    assert reply.status == 200 and "paths" in reply.json()
