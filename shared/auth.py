@@ -120,6 +120,31 @@ def authenticate(con: db.Connection, *, token: str) -> db.Owner:
     return owner
 
 
+def read_image_part(
+    con: db.Connection,
+    *,
+    token: str,
+    scan_id: str,
+    image_type: db.ImageType,
+    start: int = 0,
+    stop: int | None = None,
+    with_data: bool,
+) -> db.ImagePart:
+    """A span of the token owner's scan image, token and image resolved in one statement; InvalidToken otherwise."""
+    part = db.get_session_image_part(
+        con,
+        token_hash=hash_token(token),
+        scan_id=scan_id,
+        image_type=image_type,
+        start=start,
+        stop=stop,
+        with_data=with_data,
+    )
+    if part is None:
+        raise InvalidToken("Invalid or expired token.")
+    return part
+
+
 def _b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode()
 

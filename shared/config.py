@@ -7,6 +7,7 @@ import functools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -14,6 +15,8 @@ from shared.errors import ConfigurationError
 
 T = TypeVar("T", int, float)
 
+# Local runs keep their generated URL signing keys here (deployed functions read a secret instead).
+DEFAULT_IMAGE_URL_KEYS_FILE = Path(__file__).resolve().parent.parent / ".data" / "image-url-keys.json"
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 
@@ -49,6 +52,11 @@ class Settings:
     dense_hu_threshold: float
     session_ttl_seconds: int
     api_base_url: str | None
+    # Signed image URLs: valid for at least this long (and at most twice as long, see shared.signing).
+    image_url_ttl_seconds: int = 3600
+    # Deployed: the Secrets Manager secret with the signing keys. Local: a generated key file.
+    image_url_secret_arn: str | None = None
+    image_url_keys_file: Path = DEFAULT_IMAGE_URL_KEYS_FILE
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -56,6 +64,13 @@ class Settings:
         base_url = env.get("API_BASE_URL", "").strip().rstrip("/") or None
         if base_url is not None and not base_url.startswith(("http://", "https://")):
             raise ConfigurationError("API_BASE_URL must start with http:// or https://")
+        url_secret_arn = env.get("IMAGE_URL_SECRET_ARN", "").strip() or None
+        if url_secret_arn is not None and not url_secret_arn.startswith("arn:"):
+            raise ConfigurationError("IMAGE_URL_SECRET_ARN must be a Secrets Manager ARN (arn:aws:secretsmanager:...)")
+        url_ttl = _number(env, "IMAGE_URL_TTL_SECONDS", 3600, int, minimum=60)
+        if url_ttl > 7 * 86400:
+            raise ConfigurationError(f"IMAGE_URL_TTL_SECONDS must be at most 604800 (7 days), got {url_ttl}")
+        keys_file = env.get("IMAGE_URL_KEYS_FILE", "").strip()
         return cls(
             database=database_params_from_env(env),
             db_timeout_seconds=_number(env, "DB_TIMEOUT_SECONDS", 5.0, float, minimum=0.1),
@@ -64,6 +79,9 @@ class Settings:
             dense_hu_threshold=_number(env, "DENSE_HU_THRESHOLD", 300.0, float, minimum=-1024.0),
             session_ttl_seconds=_number(env, "SESSION_TTL_SECONDS", 43_200, int, minimum=60),
             api_base_url=base_url,
+            image_url_ttl_seconds=url_ttl,
+            image_url_secret_arn=url_secret_arn,
+            image_url_keys_file=Path(keys_file) if keys_file else DEFAULT_IMAGE_URL_KEYS_FILE,
         )
 
 

@@ -71,6 +71,24 @@ class InvalidToken(NotAuthenticated):
     """A bearer token was sent but is unknown or expired (RFC 6750 error="invalid_token")."""
 
 
+class InvalidSignature(DomainError):
+    """A signed image URL whose signature, key id or path does not check out."""
+
+    code = "invalid_signature"
+
+
+class UrlExpired(DomainError):
+    """A signed image URL that was genuine but is past its expiry."""
+
+    code = "url_expired"
+
+
+class SigningUnavailable(DomainError):
+    """The URL signing keys could not be read (Secrets Manager unreachable or the secret malformed)."""
+
+    code = "signing_unavailable"
+
+
 class InvalidCredentials(DomainError):
     """Username or password is wrong."""
 

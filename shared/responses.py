@@ -7,8 +7,12 @@ cold start, Starlette's ~85 ms. shared.http adds the FastAPI parts for the other
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
+from mangum import Mangum
+from starlette.applications import Starlette
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -21,12 +25,15 @@ from shared.errors import (
     InvalidImage,
     InvalidParameter,
     InvalidRequest,
+    InvalidSignature,
     InvalidToken,
     InvalidUpload,
     NotAuthenticated,
     ScanNotFound,
+    SigningUnavailable,
     UnsupportedMediaType,
     UploadTooLarge,
+    UrlExpired,
     UserExists,
 )
 
@@ -37,6 +44,8 @@ STATUS_FOR: dict[type[DomainError], int] = {
     InvalidUpload: 400,
     NotAuthenticated: 401,
     InvalidCredentials: 401,
+    InvalidSignature: 403,
+    UrlExpired: 403,
     ScanNotFound: 404,
     UserExists: 409,
     UploadTooLarge: 413,
@@ -44,6 +53,7 @@ STATUS_FOR: dict[type[DomainError], int] = {
     InvalidImage: 422,
     InvalidParameter: 422,
     DatabaseUnavailable: 503,
+    SigningUnavailable: 503,
 }
 IMMUTABLE_CACHE = "private, max-age=31536000, immutable"
 
@@ -109,3 +119,113 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
     if if_none_match.strip() == "*":
         return True
     return any(candidate.strip().removeprefix("W/") == etag for candidate in if_none_match.split(","))
+
+
+# ---------------------------------------------------------------- the images function's read path
+
+# Marks a response whose body is already base64 text; the Lambda entry point removes it and sets
+# isBase64Encoded (see lambda_handler_for_base64_bodies).
+PRE_ENCODED_HEADER = "x-ctscan-body-base64"
+MAX_RANGE_DIGITS = 18  # fits a bigint
+
+
+@dataclass(frozen=True)
+class ByteRange:
+    """One requested byte range as db.get_image_part takes it: start < 0 means the last -start bytes."""
+
+    start: int
+    stop: int | None
+
+
+def parse_range(header: str | None) -> ByteRange | None:
+    """A single `bytes=a-b`, `a-` or `-n` range; None for no Range header, or one we answer whole (RFC 9110 14.2).
+
+    Several ranges, other units and malformed headers are answered with the whole image (200), as
+    the RFC allows. `-0` asks for nothing and is unsatisfiable.
+    """
+    if not header:
+        return None
+    unit, _, spec = header.strip().partition("=")
+    first, dash, last = spec.strip().partition("-")
+    first, last = first.strip(), last.strip()
+    if unit.strip().lower() != "bytes" or not dash or "," in spec or not (first or last):
+        return None
+    if not all(part.isascii() and part.isdigit() and len(part) <= MAX_RANGE_DIGITS for part in (first, last) if part):
+        return None
+    if not first:
+        suffix = int(last)
+        return ByteRange(-suffix, None) if suffix else ByteRange(0, 0)
+    if not last:
+        return ByteRange(int(first), None)
+    if int(last) < int(first):
+        return None
+    return ByteRange(int(first), int(last) + 1)
+
+
+def if_range_allows(if_range: str | None, etag: str) -> bool:
+    """Whether to honour Range: no If-Range, or one that names our ETag (strong compare; dates never match)."""
+    return if_range is None or if_range.strip() == etag
+
+
+def image_part_response(
+    part: db.ImagePart, request: Request, *, ranged: bool, signed_until: int | None, now: float
+) -> Response:
+    """200, 206, 304 or 416 for an image read; the body goes out as the base64 text the database sent."""
+    etag = f'"{part.sha256}"'
+    headers = {
+        "ETag": etag,
+        "Cache-Control": IMMUTABLE_CACHE,
+        "X-Content-Type-Options": "nosniff",
+        "Accept-Ranges": "bytes",
+    }
+    if signed_until is not None:
+        # A signed URL must not outlive its signature in a cache, nor leak through a Referer.
+        headers["Cache-Control"] = f"private, max-age={max(0, signed_until - int(now))}, immutable"
+        headers["Referrer-Policy"] = "no-referrer"
+    if etag_matches(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers=headers)
+    status = 200
+    if ranged:
+        if part.first >= part.stop:
+            headers["Content-Range"] = f"bytes */{part.size}"
+            return error_response(416, "range_not_satisfiable", "The requested range is not in the image.", headers)
+        status = 206
+        headers["Content-Range"] = f"bytes {part.first}-{part.stop - 1}/{part.size}"
+    headers["Content-Length"] = str(part.stop - part.first if ranged else part.size)
+    if request.method == "HEAD" or part.base64 is None:
+        return Response(status_code=status, headers=headers, media_type=part.content_type)
+    headers[PRE_ENCODED_HEADER] = "1"
+    return Response(part.base64.encode("ascii"), status_code=status, headers=headers, media_type=part.content_type)
+
+
+LambdaHandler = Callable[[dict[str, Any], Any], dict[str, Any]]
+
+
+def lambda_handler_for_base64_bodies(app: Starlette) -> LambdaHandler:
+    """Mangum, except that a body marked as already base64 goes to API Gateway as it is.
+
+    Mangum base64-encodes every body whose content type is not in its text list. Here every type
+    counts as text (the empty string is in every content type): Mangum then sends a body that is
+    valid UTF-8 as text, which reaches the client as the very same bytes, and base64-encodes any
+    other. So our base64 text passes through untouched, and the marker tells us to set
+    isBase64Encoded: the image bytes are never decoded and encoded again in Python.
+    """
+    adapter = Mangum(app, lifespan="off", text_mime_types=[""])
+
+    def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        result: dict[str, Any] = adapter(event, context)
+        headers = result.get("headers") or {}
+        if headers.pop(PRE_ENCODED_HEADER, None) is not None:
+            result["isBase64Encoded"] = True
+        return without_content_type_when_empty(result)
+
+    return handler
+
+
+def without_content_type_when_empty(result: dict[str, Any]) -> dict[str, Any]:
+    """A 204 or 304 Lambda result without the Content-Type Mangum adds to every v2 response."""
+    if result.get("statusCode") in (204, 304):
+        headers = result.get("headers") or {}
+        for name in [name for name in headers if name.lower() == "content-type"]:
+            del headers[name]
+    return result

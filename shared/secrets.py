@@ -1,4 +1,4 @@
-"""Database credentials from AWS Secrets Manager, cached per warm container.
+"""Database credentials (and other secrets) from AWS Secrets Manager, cached per warm container.
 
 boto3 is imported on first use only: local runs and the cold start of a container that already
 has its credentials cached never pay for it. It comes with the Lambda Python runtime.
@@ -62,6 +62,11 @@ def get_database_credentials(secret_arn: str, *, refresh: bool = False) -> Datab
             raise DatabaseUnavailable("The database is unavailable; try again shortly.") from None
         _cache[secret_arn] = credentials
         return credentials
+
+
+def read_secret_string(secret_arn: str) -> str:
+    """A secret's current SecretString, uncached (callers cache what they parse from it); botocore errors pass."""
+    return str(_secrets_client().get_secret_value(SecretId=secret_arn)["SecretString"])
 
 
 def clear_cache() -> None:

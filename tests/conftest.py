@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pg8000.native
 import pytest
 
-from shared import auth, config, db
+from shared import auth, config, db, signing
 from tests.lambda_client import LambdaClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,6 +83,14 @@ def database_url(fresh_database: Callable[..., str]) -> str:
     report = handler({}, None)
     assert report["status"] == "ok", report
     return url
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _image_url_keys(tmp_path_factory: pytest.TempPathFactory) -> None:
+    # URL signing keys of this test session, generated on first use; never the developer's .data/ ones.
+    os.environ["IMAGE_URL_KEYS_FILE"] = str(tmp_path_factory.mktemp("signing") / "image-url-keys.json")
+    config.get_settings.cache_clear()
+    signing.clear_cache()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -148,9 +148,17 @@ def test_gateway_round_trip_over_http(service: Service) -> None:
     status, headers, raw = service.request("POST", "/api/v1/scans/analyze", body=body, headers={"Content-Type": ctype})
     assert status == 201
     result = json.loads(raw)
-    assert result["results"]["imageUrl"] == (
-        f"http://127.0.0.1:{service.port}/api/v1/scans/image/{result['scanId']}/original"
-    )
+    url, _, signature = result["results"]["imageUrl"].partition("?")
+    assert url == f"http://127.0.0.1:{service.port}/api/v1/scans/image/{result['scanId']}/original"
+    assert signature.startswith("exp=") and "&sig=" in signature
+
+    # The signed URL works with no Authorization header, as an <img> would load it
+    conn = http.client.HTTPConnection("127.0.0.1", service.port, timeout=60)
+    conn.request("GET", result["results"]["imageUrl"].removeprefix(f"http://127.0.0.1:{service.port}"))
+    signed = conn.getresponse()
+    assert (signed.status, signed.read()) == (200, data)
+    assert signed.getheader("referrer-policy") == "no-referrer"
+    conn.close()
 
     status, headers, got = service.request("GET", f"/api/v1/scans/image/{result['scanId']}/original")
     assert (status, got, headers["content-type"]) == (200, data, "image/jpeg")

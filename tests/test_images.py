@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import subprocess
 import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
 
 import pg8000.native
 import pytest
 from PIL import Image
 
 from scripts.localgw import build_event
-from shared import db
+from shared import config, db, signing
 from tests import images
 from tests.conftest import ROOT, User
-from tests.lambda_client import ROUTES, LambdaClient, multipart
+from tests.lambda_client import ROUTES, LambdaClient, Result, multipart
 
 IMMUTABLE = "private, max-age=31536000, immutable"
 
@@ -181,7 +186,7 @@ def test_an_unexpected_error_is_a_500_that_says_nothing(
     def explode(*args: object, **kwargs: object) -> None:
         raise RuntimeError("secret detail")
 
-    monkeypatch.setattr(db, "get_scan_image", explode)
+    monkeypatch.setattr(db, "get_session_image_part", explode)
 
     result = api.request("GET", path(scan["id"], "original"), token=alice.token)
 
@@ -210,3 +215,273 @@ def test_other_methods_are_a_json_405(api: LambdaClient, alice: User, scan: dict
 
     assert result.status == 405
     assert result.error_code == "method_not_allowed"
+
+
+# ---------------------------------------------------------------- signed URLs
+
+
+@pytest.fixture
+def signed(api: LambdaClient, alice: User, scan: dict[str, object]) -> dict[str, str]:
+    """The signed image URLs of Alice's scan, as GET /api/v1/scans/{id} lists them."""
+    urls: dict[str, str] = api.request("GET", f"/api/v1/scans/{scan['id']}", token=alice.token).json()["results"]
+    return urls
+
+
+def fetch(
+    api: LambdaClient, url: str, method: str = "GET", headers: dict[str, str] | None = None, token: str | None = None
+) -> Result:
+    parts = urlsplit(url)
+    return api.request(method, parts.path, query=parts.query, headers=headers, token=token)
+
+
+def with_query(url: str, change: Callable[[dict[str, str]], dict[str, str]]) -> str:
+    parts = urlsplit(url)
+    query = change(dict(parse_qsl(parts.query)))
+    return parts._replace(query="&".join(f"{k}={v}" for k, v in query.items())).geturl()
+
+
+def test_signed_url_needs_no_token_and_is_cached_until_it_expires(
+    api: LambdaClient, scan: dict[str, object], signed: dict[str, str]
+) -> None:
+    result = fetch(api, signed["imageUrl"])
+
+    assert result.status == 200
+    assert result.body == scan["data"]
+    assert result.headers["referrer-policy"] == "no-referrer"
+    exp = int(dict(parse_qsl(urlsplit(signed["imageUrl"]).query))["exp"])
+    max_age = int(result.headers["cache-control"].split("max-age=")[1].split(",")[0])
+    assert result.headers["cache-control"] == f"private, max-age={max_age}, immutable"
+    assert exp - time.time() - 5 <= max_age <= exp - time.time() + 1
+    assert 3600 <= max_age <= 7200
+
+
+def test_signed_urls_cover_every_image_type(api: LambdaClient, scan: dict[str, object], signed: dict[str, str]) -> None:
+    for key, kind in (("previewUrl", "preview"), ("annotatedImageUrl", "annotated"), ("thumbnailUrl", "thumbnail")):
+        assert urlsplit(signed[key]).path == path(scan["id"], kind)
+        assert fetch(api, signed[key]).status == 200, key
+
+
+@pytest.mark.parametrize(
+    ("tamper", "why"),
+    [
+        (lambda u: with_query(u, lambda q: {**q, "sig": q["sig"][::-1]}), "tampered sig"),
+        (lambda u: with_query(u, lambda q: {**q, "exp": str(int(q["exp"]) + 7200)}), "longer life"),
+        (lambda u: with_query(u, lambda q: {**q, "kid": "deadbeef"}), "unknown kid"),
+        (lambda u: with_query(u, lambda q: {k: v for k, v in q.items() if k != "sig"}), "no sig"),
+        (lambda u: u.replace("/original?", "/thumbnail?"), "another type"),
+    ],
+)
+def test_a_changed_signed_url_is_403_invalid_signature(
+    api: LambdaClient, signed: dict[str, str], tamper: Callable[[str], str], why: str
+) -> None:
+    result = fetch(api, tamper(signed["imageUrl"]))
+    assert result.status == 403, why
+    assert result.error_code == "invalid_signature", why
+
+
+def test_a_signed_url_for_another_scan_is_403(
+    api: LambdaClient, alice: User, scan: dict[str, object], signed: dict[str, str]
+) -> None:
+    other = images.png8(size=64, regions=())
+    body, ctype = multipart({"file": ("other.png", other, "image/png")})
+    other_id = api.request(
+        "POST", "/api/v1/scans/analyze", token=alice.token, body=body, headers={"content-type": ctype}
+    ).json()["scanId"]
+
+    result = fetch(api, signed["imageUrl"].replace(str(scan["id"]), other_id))
+
+    assert result.status == 403
+    assert result.error_code == "invalid_signature"
+
+
+def test_an_expired_signed_url_is_403_url_expired(
+    api: LambdaClient, signed: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exp = int(dict(parse_qsl(urlsplit(signed["imageUrl"]).query))["exp"])
+    monkeypatch.setattr(time, "time", lambda: float(exp))
+
+    result = fetch(api, signed["imageUrl"])
+
+    assert result.status == 403
+    assert result.error_code == "url_expired"
+
+
+def test_a_forged_signature_costs_no_query(
+    api: LambdaClient, signed: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_database(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the database was asked")
+
+    monkeypatch.setattr(db, "call", no_database)
+
+    result = fetch(api, with_query(signed["imageUrl"], lambda q: {**q, "sig": "A" * 43}))
+
+    assert result.status == 403
+
+
+def test_a_signed_url_of_a_deleted_scan_is_404(
+    api: LambdaClient, alice: User, scan: dict[str, object], signed: dict[str, str]
+) -> None:
+    assert api.request("DELETE", f"/api/v1/scans/{scan['id']}", token=alice.token).status == 204
+    result = fetch(api, signed["imageUrl"])
+    assert result.status == 404
+    assert result.error_code == "scan_not_found"
+
+
+def test_with_a_token_and_a_bad_signature_the_token_decides(
+    api: LambdaClient, alice: User, bob: User, signed: dict[str, str]
+) -> None:
+    bad = with_query(signed["imageUrl"], lambda q: {**q, "sig": "A" * 43})
+    assert fetch(api, bad, token=alice.token).status == 200
+    assert fetch(api, bad, token=bob.token).status == 404  # bob's token: not his scan
+    # A valid signature suffices even next to an unknown token.
+    assert fetch(api, signed["imageUrl"], token="not-a-real-token").status == 200
+
+
+def test_bearer_responses_keep_the_year_long_cache_and_send_no_referrer_policy(
+    api: LambdaClient, alice: User, scan: dict[str, object]
+) -> None:
+    result = api.request("GET", path(scan["id"], "original"), token=alice.token)
+    assert result.headers["cache-control"] == IMMUTABLE
+    assert "referrer-policy" not in result.headers
+
+
+def test_signed_head_and_revalidation(api: LambdaClient, signed: dict[str, str]) -> None:
+    head = fetch(api, signed["thumbnailUrl"], method="HEAD")
+    assert head.status == 200 and head.body == b"" and head.headers["referrer-policy"] == "no-referrer"
+    again = fetch(api, signed["thumbnailUrl"], headers={"if-none-match": head.headers["etag"]})
+    assert again.status == 304
+
+
+def test_rotation_keeps_old_urls_valid_while_the_old_key_is_listed(
+    api: LambdaClient, signed: dict[str, str], settings_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    old_document = signing.ensure_key_file(config.get_settings().image_url_keys_file)
+    (old,) = json.loads(old_document)["keys"]
+    new = {"kid": "newkey01", "secret": "n" * 48}
+    keys_file = tmp_path / "rotated.json"
+    settings_env.setenv("IMAGE_URL_KEYS_FILE", str(keys_file))
+    config.get_settings.cache_clear()
+    signing.clear_cache()
+    try:
+        keys_file.write_text(json.dumps({"keys": [new, old]}))
+        assert fetch(api, signed["imageUrl"]).status == 200
+        # New URLs are signed with the new key.
+        assert "kid=newkey01" in signing.signed_query(path("scan_x", "original"))
+
+        keys_file.write_text(json.dumps({"keys": [new]}))
+        signing.clear_cache()
+        result = fetch(api, signed["imageUrl"])
+        assert result.status == 403
+        assert result.error_code == "invalid_signature"
+    finally:
+        signing.clear_cache()
+
+
+# ---------------------------------------------------------------- Range
+
+
+@pytest.mark.parametrize(
+    ("header", "first", "last"),
+    [("bytes=0-99", 0, 99), ("bytes=100-", 100, None), ("bytes=-50", None, None), ("bytes=10-10", 10, 10)],
+)
+def test_range_is_206_with_exactly_those_bytes(
+    api: LambdaClient, alice: User, scan: dict[str, object], header: str, first: int | None, last: int | None
+) -> None:
+    data = scan["data"]
+    assert isinstance(data, bytes)
+    size = len(data)
+    start = size - 50 if first is None else first
+    end = size - 1 if last is None else last
+
+    result = api.request("GET", path(scan["id"], "original"), token=alice.token, headers={"range": header})
+
+    assert result.status == 206, header
+    assert result.body == data[start : end + 1]
+    assert result.headers["content-range"] == f"bytes {start}-{end}/{size}"
+    assert result.headers["content-length"] == str(end - start + 1)
+    assert result.headers["accept-ranges"] == "bytes"
+    assert result.headers["content-type"] == "image/png"
+
+
+def test_range_past_the_end_is_clipped_and_a_long_suffix_is_the_whole(
+    api: LambdaClient, alice: User, scan: dict[str, object]
+) -> None:
+    data = scan["data"]
+    assert isinstance(data, bytes)
+    size = len(data)
+    clipped = api.request("GET", path(scan["id"], "original"), token=alice.token, headers={"range": "bytes=5-99999999"})
+    assert clipped.status == 206 and clipped.body == data[5:]
+    assert clipped.headers["content-range"] == f"bytes 5-{size - 1}/{size}"
+    whole = api.request("GET", path(scan["id"], "original"), token=alice.token, headers={"range": "bytes=-99999999"})
+    assert whole.status == 206 and whole.body == data
+
+
+@pytest.mark.parametrize("header", ["bytes=99999999-", "bytes=-0"])
+def test_unsatisfiable_range_is_416_with_the_size(
+    api: LambdaClient, alice: User, scan: dict[str, object], header: str
+) -> None:
+    data = scan["data"]
+    assert isinstance(data, bytes)
+    result = api.request("GET", path(scan["id"], "original"), token=alice.token, headers={"range": header})
+    assert result.status == 416
+    assert result.headers["content-range"] == f"bytes */{len(data)}"
+    assert result.error_code == "range_not_satisfiable"
+
+
+@pytest.mark.parametrize("header", ["bytes=0-1,5-9", "items=0-9", "bytes=9-1", "bytes=x-"])
+def test_several_or_malformed_ranges_get_the_whole_image(
+    api: LambdaClient, alice: User, scan: dict[str, object], header: str
+) -> None:
+    result = api.request("GET", path(scan["id"], "original"), token=alice.token, headers={"range": header})
+    assert result.status == 200 and result.body == scan["data"]
+
+
+def test_if_range_with_the_etag_honours_range_and_a_stale_one_sends_everything(
+    api: LambdaClient, alice: User, scan: dict[str, object]
+) -> None:
+    etag = api.request("HEAD", path(scan["id"], "original"), token=alice.token).headers["etag"]
+    fresh = api.request(
+        "GET", path(scan["id"], "original"), token=alice.token, headers={"range": "bytes=0-9", "if-range": etag}
+    )
+    assert fresh.status == 206 and len(fresh.body) == 10
+    for stale in ('"other"', "Wed, 21 Oct 2015 07:28:00 GMT"):
+        result = api.request(
+            "GET", path(scan["id"], "original"), token=alice.token, headers={"range": "bytes=0-9", "if-range": stale}
+        )
+        assert result.status == 200 and result.body == scan["data"], stale
+
+
+def test_head_with_range_is_the_206_headers_without_body(
+    api: LambdaClient, alice: User, scan: dict[str, object]
+) -> None:
+    data = scan["data"]
+    assert isinstance(data, bytes)
+    result = api.request("HEAD", path(scan["id"], "original"), token=alice.token, headers={"range": "bytes=0-9"})
+    assert result.status == 206 and result.body == b""
+    assert result.headers["content-range"] == f"bytes 0-9/{len(data)}"
+    assert result.headers["content-length"] == "10"
+
+
+def test_a_signed_url_serves_ranges(api: LambdaClient, scan: dict[str, object], signed: dict[str, str]) -> None:
+    data = scan["data"]
+    assert isinstance(data, bytes)
+    result = fetch(api, signed["imageUrl"], headers={"range": "bytes=-16"})
+    assert result.status == 206 and result.body == data[-16:]
+
+
+def test_a_range_read_asks_postgresql_for_those_bytes_only(
+    api: LambdaClient, alice: User, scan: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[int] = []
+    real = db.get_session_image_part
+
+    def spy(*args: object, **kwargs: object) -> db.ImagePart | None:
+        part = real(*args, **kwargs)  # type: ignore[arg-type]
+        if part is not None and part.base64 is not None:
+            seen.append(len(part.base64))
+        return part
+
+    monkeypatch.setattr(db, "get_session_image_part", spy)
+    api.request("GET", path(scan["id"], "original"), token=alice.token, headers={"range": "bytes=0-299"})
+    assert seen == [400]  # 300 bytes as base64, not the whole image

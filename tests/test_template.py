@@ -156,16 +156,41 @@ def test_only_the_lambdas_reach_the_database_port(template: dict[str, Any]) -> N
     assert database["Properties"]["VPCSecurityGroups"] == [{"Ref": "DatabaseSecurityGroup"}]
 
 
-def test_lambda_role_may_read_only_the_database_secret(template: dict[str, Any]) -> None:
+SIGNING_SECRET = {"Ref": "ImageUrlSigningSecret"}
+# The functions that sign image URLs (upload, scans) or verify them (images).
+SIGNING_FUNCTIONS = {"upload", "scans", "images"}
+
+
+def test_lambda_role_may_read_only_the_database_secret_and_the_signing_key(template: dict[str, Any]) -> None:
     role = template["Resources"]["IamRoleLambdaExecution"]["Properties"]
     statements = [s for policy in role["Policies"] for s in policy["PolicyDocument"]["Statement"]]
     secret_statements = [s for s in statements if any(a.startswith("secretsmanager:") for a in s["Action"])]
     assert secret_statements == [
-        {"Effect": "Allow", "Action": ["secretsmanager:GetSecretValue"], "Resource": [SECRET_ARN]}
+        {"Effect": "Allow", "Action": ["secretsmanager:GetSecretValue"], "Resource": [SECRET_ARN, SIGNING_SECRET]}
     ]
     for statement in statements:
         assert statement["Resource"] != "*" and "*" not in statement["Resource"], statement
         assert not any(action.endswith(":*") or action == "*" for action in statement["Action"]), statement
+
+
+def test_image_url_signing_key_is_generated_by_the_stack_and_given_to_the_url_functions(
+    template: dict[str, Any],
+) -> None:
+    # One role for all functions (provider-level IAM): the role test above allows reading the key;
+    # only the functions that sign or verify URLs are told where it is.
+    secret = template["Resources"]["ImageUrlSigningSecret"]
+    assert secret["Type"] == "AWS::SecretsManager::Secret"
+    generated = secret["Properties"]["GenerateSecretString"]
+    assert generated["GenerateStringKey"] == "secret"
+    assert json.loads(generated["SecretStringTemplate"]) == {}
+    assert generated["PasswordLength"] >= 32  # shared.signing.MIN_SECRET_BYTES
+    assert "SecretString" not in secret["Properties"]
+    for name, function in resources(template, "AWS::Lambda::Function").items():
+        env = function["Properties"]["Environment"]["Variables"]
+        if name in {function_logical_id(n) for n in SIGNING_FUNCTIONS}:
+            assert env["IMAGE_URL_SECRET_ARN"] == SIGNING_SECRET, name
+        else:
+            assert "IMAGE_URL_SECRET_ARN" not in env, name
 
 
 def test_no_layers(template: dict[str, Any]) -> None:

@@ -1,24 +1,54 @@
-"""Serve a scan's stored images to their owner, with ETag, 304 and HEAD.
+"""Serve a scan's stored images: to a signed URL or a bearer token, with ETag, 304, HEAD and Range.
 
 This is the hot, cold-start-sensitive path. It is a plain Starlette app: FastAPI's import alone
 costs ~250 ms of a cold start and this one route needs none of it. It must not import Pillow or numpy.
+
+Authorization: a URL signature (checked before any database access) or a bearer token. When both
+are sent, either valid one suffices: the signature is checked first, and if it fails the token
+decides, so a client with a token is never locked out by a stale URL.
 """
 
 from __future__ import annotations
 
-from mangum import Mangum
+import dataclasses
+import time
+from typing import Any
+
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from shared import db
-from shared.errors import DomainError, InvalidParameter
-from shared.responses import domain_error, etag_matches, http_error, image_response, request_owner, unexpected_error
+from shared import auth, db, signing
+from shared.errors import DomainError, InvalidParameter, InvalidSignature, UrlExpired
+from shared.responses import (
+    ByteRange,
+    domain_error,
+    etag_matches,
+    http_error,
+    if_range_allows,
+    image_part_response,
+    lambda_handler_for_base64_bodies,
+    parse_range,
+    unexpected_error,
+)
+from shared.scans import IMAGE_PATH
 
-IMAGE_ROUTE = "/api/v1/scans/image/{scan_id}/{image_type}"
 _ALLOWED_TYPES = ", ".join(f"'{kind.value}'" for kind in db.ImageType)
+_SIGNATURE_PARAMS = ("exp", "kid", "sig")
+
+
+def _signed_until(request: Request, path: str, now: float) -> int | None:
+    """The verified URL's expiry; None when the request carries no signature but a token may do."""
+    if not any(name in request.query_params for name in _SIGNATURE_PARAMS):
+        return None
+    try:
+        return signing.verify_query(path, request.query_params, now=now)
+    except (InvalidSignature, UrlExpired):
+        if request.headers.get("authorization"):
+            return None
+        raise
 
 
 async def read_scan_image(request: Request) -> Response:
@@ -27,19 +57,33 @@ async def read_scan_image(request: Request) -> Response:
         image_type = db.ImageType(request.path_params["image_type"])
     except ValueError:
         raise InvalidParameter(f"image_type: Input should be one of {_ALLOWED_TYPES}") from None
-    owner = request_owner(request)
-    # Revalidations and HEAD read only the hash and size, never the image bytes.
-    if_none_match = request.headers.get("if-none-match")
-    if request.method == "HEAD" or if_none_match:
-        meta = db.call(db.get_scan_image, scan_id=scan_id, owner_id=owner.id, image_type=image_type, with_data=False)
-        if request.method == "HEAD" or etag_matches(if_none_match, f'"{meta.sha256}"'):
-            return image_response(meta, request)
-    image = db.call(db.get_scan_image, scan_id=scan_id, owner_id=owner.id, image_type=image_type)
-    return image_response(image, request)
+    now = time.time()
+    signed_until = _signed_until(request, IMAGE_PATH.format(scan_id=scan_id, image_type=image_type.value), now)
+    token = None if signed_until is not None else auth.parse_bearer(request.headers.get("authorization"))
+
+    def read(span: ByteRange | None, *, with_data: bool) -> db.ImagePart:
+        where: dict[str, Any] = {"scan_id": scan_id, "image_type": image_type, "with_data": with_data}
+        if span is not None:
+            where.update(start=span.start, stop=span.stop)
+        if token is None:  # a valid signature named this scan and type: read it by id alone
+            return db.call(db.get_image_part, **where)
+        return db.call(auth.read_image_part, token=token, **where)
+
+    headers = request.headers
+    wanted = parse_range(headers.get("range"))
+    # HEAD, revalidations and If-Range read only the hash and size first, never the image bytes.
+    if request.method == "HEAD" or "if-none-match" in headers or (wanted and "if-range" in headers):
+        part = read(wanted, with_data=False)
+        if wanted and not if_range_allows(headers.get("if-range"), f'"{part.sha256}"'):
+            wanted, part = None, dataclasses.replace(part, first=0, stop=part.size)
+        if request.method == "HEAD" or etag_matches(headers.get("if-none-match"), f'"{part.sha256}"'):
+            return image_part_response(part, request, ranged=wanted is not None, signed_until=signed_until, now=now)
+    part = read(wanted, with_data=True)
+    return image_part_response(part, request, ranged=wanted is not None, signed_until=signed_until, now=now)
 
 
 app = Starlette(
-    routes=[Route(IMAGE_ROUTE, read_scan_image, methods=["GET", "HEAD"])],
+    routes=[Route(IMAGE_PATH, read_scan_image, methods=["GET", "HEAD"])],
     exception_handlers={DomainError: domain_error, HTTPException: http_error, Exception: unexpected_error},
 )
-handler = Mangum(app, lifespan="off")
+handler = lambda_handler_for_base64_bodies(app)
