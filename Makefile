@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench migrate user token package sample clean-data
+.PHONY: run test lint bench migrate user token package sample clean-data openapi
 
 $(STAMP): requirements-images.txt requirements.txt requirements-upload.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -63,3 +63,7 @@ sample: $(STAMP)
 clean-data: $(STAMP)
 	$(PY) scripts/devdb.py stop $${PGDATA_DIR:-.data/pg} .data/test-pg
 	rm -rf .data
+
+# The OpenAPI document of every HTTP function, checked in (tests/test_openapi.py fails when it is stale).
+openapi: $(STAMP)
+	$(PY) scripts/openapi.py

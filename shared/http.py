@@ -6,13 +6,16 @@ function uses without FastAPI.
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from starlette.datastructures import UploadFile
+from mangum import Mangum
+from starlette.datastructures import MutableHeaders, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared import auth, db
 from shared.config import get_settings
@@ -25,10 +28,20 @@ from shared.responses import (
     image_response,
     request_owner,
     unexpected_error,
+    without_content_type_when_empty,
 )
 
 # Re-exported for the FastAPI functions: one import site for HTTP plumbing.
-__all__ = ["Owner", "base_url", "create_app", "current_owner", "error_response", "etag_matches", "image_response"]
+__all__ = [
+    "Owner",
+    "base_url",
+    "create_app",
+    "current_owner",
+    "error_response",
+    "etag_matches",
+    "image_response",
+    "lambda_handler",
+]
 
 # Room for the multipart framing around the file itself.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
@@ -43,9 +56,42 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(422, "invalid_request", "; ".join(problems) or "Invalid request.")
 
 
+class SecurityHeaders:
+    """ASGI middleware: nosniff on every response; JSON (scan data, tokens) is never stored by caches."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers["X-Content-Type-Options"] = "nosniff"
+                if headers.get("content-type", "").startswith("application/json"):
+                    headers.setdefault("Cache-Control", "no-store")
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def lambda_handler(app: FastAPI) -> Callable[[dict[str, Any], Any], dict[str, Any]]:
+    """The Lambda entry point for a FastAPI app: Mangum, minus the Content-Type it puts on 204s."""
+    adapter = Mangum(app, lifespan="off")
+
+    def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        return without_content_type_when_empty(adapter(event, context))
+
+    return handler
+
+
 def create_app(name: str) -> FastAPI:
     """A FastAPI app with our error map; no docs routes and no lifespan work (Mangum runs it per call)."""
     app = FastAPI(title=f"ctscan-store {name}", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(SecurityHeaders)
     app.add_exception_handler(DomainError, domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)

@@ -46,7 +46,23 @@ def test_list_items_carry_metadata_and_urls(api: LambdaClient, alice: User) -> N
     assert item["filename"] == "scan-1.png"
     assert (item["width"], item["height"]) == (96, 96)
     assert item["findingsCount"] == 0
-    assert item["thumbnailUrl"].endswith(f"/api/v1/scans/image/{scan_id}/thumbnail")
+    url, _, query = item["thumbnailUrl"].partition("?")
+    assert url.endswith(f"/api/v1/scans/image/{scan_id}/thumbnail")
+    assert query.startswith("exp=") and "&kid=" in query and "&sig=" in query
+
+
+def test_image_urls_are_signed_and_identical_across_listings_and_get_one(api: LambdaClient, alice: User) -> None:
+    scan_id = upload(api, alice, 1)
+    first = api.request("GET", "/api/v1/scans", token=alice.token).json()["items"][0]
+    second = api.request("GET", "/api/v1/scans", token=alice.token).json()["items"][0]
+    one = api.request("GET", f"/api/v1/scans/{scan_id}", token=alice.token).json()["results"]
+
+    keys = ("imageUrl", "previewUrl", "annotatedImageUrl", "thumbnailUrl")
+    # Byte-identical within the expiry bucket, so browser caches keep working.
+    assert [first[k] for k in keys] == [second[k] for k in keys] == [one[k] for k in keys]
+    path, _, query = first["imageUrl"].partition("?")
+    result = api.request("GET", path.removeprefix("https://api.example.test"), query=query)
+    assert result.status == 200  # no token: the signature is enough
 
 
 def test_list_queries_never_read_image_columns() -> None:
@@ -117,3 +133,25 @@ def test_nul_in_an_id_is_a_400_not_a_500(api: LambdaClient, alice: User, method:
     result = api.request(method, route, token=alice.token)
     assert result.status == 400
     assert result.error_code == "invalid_request"
+
+
+def test_json_with_scan_data_is_never_cached_and_never_sniffed(api: LambdaClient, alice: User) -> None:
+    listing = api.request("GET", "/api/v1/scans", token=alice.token)
+    denied = api.request("GET", "/api/v1/scans")
+
+    for result in (listing, denied):
+        assert result.headers["cache-control"] == "no-store"
+        assert result.headers["x-content-type-options"] == "nosniff"
+
+
+def test_a_204_carries_no_content_type(api: LambdaClient, alice: User) -> None:
+    body, ctype = multipart({"file": ("scan.png", images.png8(size=64, regions=()), "image/png")})
+    scan_id = api.request(
+        "POST", "/api/v1/scans/analyze", token=alice.token, body=body, headers={"content-type": ctype}
+    ).json()["scanId"]
+
+    deleted = api.request("DELETE", f"/api/v1/scans/{scan_id}", token=alice.token)
+
+    assert deleted.status == 204
+    assert "content-type" not in deleted.headers and deleted.body == b""
+    assert deleted.headers["x-content-type-options"] == "nosniff"

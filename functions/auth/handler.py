@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import Depends, Response
-from mangum import Mangum
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared import auth, db
 from shared.config import get_settings
-from shared.http import Owner, bearer_token, create_app
+from shared.http import Owner, bearer_token, create_app, lambda_handler
 from shared.scans import iso
+from shared.schemas import SessionCreated, error_responses
 
 app = create_app("auth")
 
@@ -24,7 +24,13 @@ class SessionCreate(BaseModel):
     password: str = Field(min_length=1, max_length=1024)
 
 
-@app.post("/api/v1/auth/sessions", status_code=201)
+@app.post(
+    "/api/v1/auth/sessions",
+    status_code=201,
+    response_model=None,
+    responses={201: {"model": SessionCreated}, **error_responses(400, 401, 422, 503)},
+    summary="Log in: a bearer token for a username and password",
+)
 async def create_session(credentials: SessionCreate) -> dict[str, Any]:
     session = db.call(
         auth.log_in,
@@ -35,10 +41,16 @@ async def create_session(credentials: SessionCreate) -> dict[str, Any]:
     return {"token": session.token, "expiresAt": iso(session.expires_at)}
 
 
-@app.delete("/api/v1/auth/sessions/current", status_code=204)
+@app.delete(
+    "/api/v1/auth/sessions/current",
+    status_code=204,
+    response_model=None,
+    responses=error_responses(401, 503),
+    summary="Log out: end this token's session",
+)
 async def delete_session(owner: Owner, token: str = Depends(bearer_token)) -> Response:
     db.call(db.delete_session, token_hash=auth.hash_token(token))
     return Response(status_code=204)
 
 
-handler = Mangum(app, lifespan="off")
+handler = lambda_handler(app)

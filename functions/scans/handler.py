@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import Query, Request, Response
-from mangum import Mangum
 
 from shared import db
-from shared.http import Owner, base_url, create_app
+from shared.http import Owner, base_url, create_app, lambda_handler
 from shared.scans import (
     decode_cursor,
     decode_series_cursor,
@@ -17,6 +16,7 @@ from shared.scans import (
     scan_public,
     scan_summary,
 )
+from shared.schemas import ScanPage, ScanPublic, error_responses
 
 app = create_app("scans")
 
@@ -24,7 +24,12 @@ app = create_app("scans")
 UID_PATTERN = r"^[0-9][0-9.]{0,63}$"
 
 
-@app.get("/api/v1/scans")
+@app.get(
+    "/api/v1/scans",
+    response_model=None,
+    responses={200: {"model": ScanPage}, **error_responses(400, 401, 422, 503)},
+    summary="List the caller's scans: newest first, or one series or study in reading order",
+)
 async def list_scans(
     request: Request,
     owner: Owner,
@@ -58,16 +63,27 @@ async def list_scans(
     }
 
 
-@app.get("/api/v1/scans/{scan_id}")
+@app.get(
+    "/api/v1/scans/{scan_id}",
+    response_model=None,
+    responses={200: {"model": ScanPublic}, **error_responses(400, 401, 404, 503)},
+    summary="One scan with its analysis",
+)
 async def read_scan(scan_id: str, request: Request, owner: Owner) -> dict[str, Any]:
     scan = db.call(db.get_scan, scan_id=scan_id, owner_id=owner.id)
     return scan_public(scan, base_url(request))
 
 
-@app.delete("/api/v1/scans/{scan_id}", status_code=204)
+@app.delete(
+    "/api/v1/scans/{scan_id}",
+    status_code=204,
+    response_model=None,
+    responses=error_responses(400, 401, 404, 503),
+    summary="Delete a scan and its images",
+)
 async def delete_scan(scan_id: str, owner: Owner) -> Response:
     db.call(db.delete_scan, scan_id=scan_id, owner_id=owner.id)
     return Response(status_code=204)
 
 
-handler = Mangum(app, lifespan="off")
+handler = lambda_handler(app)

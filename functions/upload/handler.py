@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
-from mangum import Mangum
 
 from shared.config import get_settings
-from shared.http import Owner, base_url, create_app, read_upload
+from shared.http import Owner, base_url, create_app, lambda_handler, read_upload
 from shared.scans import scan_public
+from shared.schemas import UploadResult, error_responses
 from shared.uploads import store_upload
 
 app = create_app("upload")
@@ -16,7 +16,31 @@ app = create_app("upload")
 
 # async def on purpose: Lambda serves one request per container, so running the blocking
 # pg8000 and Pillow work on the event-loop thread costs nothing and keeps one connection per container.
-@app.post("/api/v1/scans/analyze")
+@app.post(
+    "/api/v1/scans/analyze",
+    response_model=None,
+    responses={
+        201: {"model": UploadResult, "description": "Stored and analyzed"},
+        200: {"model": UploadResult, "description": "This owner already had the same bytes: that scan"},
+        **error_responses(400, 401, 413, 415, 422, 503),
+    },
+    status_code=201,
+    summary="Upload a scan (DICOM, PNG or JPEG): analyze it and store it with its renderings",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file"],
+                        "properties": {"file": {"type": "string", "format": "binary"}},
+                    }
+                }
+            },
+        }
+    },
+)
 async def analyze_scan(request: Request, owner: Owner) -> JSONResponse:
     filename, data = await read_upload(request)
     settings = get_settings()
@@ -31,4 +55,4 @@ async def analyze_scan(request: Request, owner: Owner) -> JSONResponse:
     return JSONResponse(body, status_code=200 if stored.duplicate else 201)
 
 
-handler = Mangum(app, lifespan="off")
+handler = lambda_handler(app)

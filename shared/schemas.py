@@ -1,0 +1,179 @@
+"""The API's JSON shapes as Pydantic models: for the OpenAPI document (and so for clients and the fuzzer).
+
+The handlers build their JSON with plain dicts (shared.scans) and FastAPI does not re-validate it
+(`response_model=None`): these models describe it, tests/test_openapi.py checks that they agree.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+
+class _Model(BaseModel):
+    # Python names in snake_case, the API's JSON (and so the OpenAPI document) in camelCase.
+    model_config = ConfigDict(extra="allow", alias_generator=to_camel, populate_by_name=True)
+
+
+class ErrorDetail(_Model):
+    """What went wrong: a stable code and a message for people."""
+
+    code: str = Field(examples=["scan_not_found"])
+    message: str
+
+
+class ErrorBody(_Model):
+    """Every error: {"error": {"code", "message"}}."""
+
+    error: ErrorDetail
+
+
+class Bbox(_Model):
+    """A bounding box in pixels, top-left origin."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+
+
+class Region(_Model):
+    """A region of the image: its box, area and statistics (HU ones for CT only)."""
+
+    bbox: Bbox
+    area_px: int
+    area_mm2: float | None = None
+    mean_intensity: float
+    mean_hu: float | None = None
+    max_hu: float | None = None
+
+
+class Finding(Region):
+    """A dense region (bone, calcification, contrast on CT)."""
+
+    id: int
+    label: str
+
+
+class Window(_Model):
+    """The VOI window the rendering used, and where it came from."""
+
+    center: float
+    width: float
+    function: Literal["LINEAR", "LINEAR_EXACT", "SIGMOID"] | None = None
+    source: Literal["file", "default-ct", "auto"]
+
+
+class Analysis(_Model):
+    """How the findings were found: method, version, thresholds, window."""
+
+    method: str
+    version: int
+    unit: Literal["HU", "intensity"] | None = None
+    body_threshold: float | None
+    dense_threshold: float | None
+    min_area_px: int
+    min_area_mm2: float | None = None
+    bit_depth: int
+    window: Window | None = None
+
+
+class ImageUrls(_Model):
+    """Absolute URLs of a scan's four images (signed where the service signs them)."""
+
+    image_url: str
+    preview_url: str
+    annotated_image_url: str
+    thumbnail_url: str
+
+
+class Results(ImageUrls):
+    """The analysis of a scan and its image URLs."""
+
+    findings: list[Finding]
+    body: Region | None
+    analysis: Analysis
+
+
+class Dicom(_Model):
+    """The PHI-free DICOM index of a scan."""
+
+    modality: str | None
+    study_instance_uid: str | None
+    series_instance_uid: str | None
+    sop_instance_uid: str | None
+    instance_number: int | None
+    slice_position: float | None
+    pixel_spacing_mm: list[float] | None
+    slice_thickness_mm: float | None
+    rows: int
+    columns: int
+    frame_count: int
+    frame_analyzed: int
+    transfer_syntax_uid: str
+    photometric_interpretation: str
+    bits_stored: int
+
+
+class ScanMetadata(_Model):
+    """What every scan shows: identity, file, geometry, hash, time, DICOM index."""
+
+    scan_id: str
+    filename: str
+    content_type: Literal["image/png", "image/jpeg", "application/dicom"]
+    width: int
+    height: int
+    file_hash: str = Field(pattern="^[0-9a-f]{64}$")
+    created_at: str
+    dicom: Dicom | None
+
+
+class ScanPublic(ScanMetadata):
+    """One scan with its analysis."""
+
+    results: Results
+
+
+class UploadResult(ScanPublic):
+    """An upload's scan; duplicate when this owner had already uploaded the same bytes."""
+
+    duplicate: bool
+
+
+class ScanSummary(ScanMetadata, ImageUrls):
+    """A scan as a list item."""
+
+    findings_count: int
+
+
+class ScanPage(_Model):
+    """One page of a listing; pass nextCursor back as ?cursor= for the next."""
+
+    items: list[ScanSummary]
+    next_cursor: str | None
+
+
+class SessionCreated(_Model):
+    """A bearer token and when it expires."""
+
+    token: str
+    expires_at: str
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entries with the JSON error body for these statuses."""
+    described = {
+        400: "Malformed request",
+        401: "No, unknown or expired bearer token",
+        403: "Invalid or expired signed URL",
+        404: "No such scan for this owner",
+        413: "File over the upload limit",
+        415: "Not multipart/form-data",
+        416: "Range not satisfiable",
+        422: "Not an image we accept, or a bad parameter",
+        429: "Too many requests",
+        503: "Database unavailable; retry after Retry-After seconds",
+    }
+    return {status: {"model": ErrorBody, "description": described[status]} for status in statuses}
