@@ -34,6 +34,7 @@ TARGETS = {
     "warm_get_ratio": 2.0,
     "images_import_ms": 250.0,
     "package_import_images_ms_py312": 200.0,
+    "gateway_205kb_get_p50_ms": 1.8,
     "bytes_per_scan_ratio": 1.1,
 }
 
@@ -98,6 +99,76 @@ def keepalive_figures(port: int, path: str, token: str) -> dict[str, object]:
         samples.append((time.perf_counter() - start) * 1000)
     conn.close()
     return {f"gateway_keepalive_get_{size // 1000}kb_nodelay_p50_ms": round(statistics.median(samples[5:]), 2)}
+
+
+def http_get_figures(port: int, path: str, headers: dict[str, str], label: str) -> dict[str, float]:
+    """p50 of a GET on one kept-alive connection, then requests/s over 16 kept-alive connections."""
+    conn = HTTPConnection("127.0.0.1", port, timeout=60)
+    samples = []
+    for _ in range(120):
+        start = time.perf_counter()
+        conn.request("GET", path, headers=headers)
+        response = conn.getresponse()
+        response.read()
+        assert response.status == 200, response.status
+        samples.append((time.perf_counter() - start) * 1000)
+    conn.close()
+    per_client, clients = 60, 16
+
+    def client() -> None:
+        connection = HTTPConnection("127.0.0.1", port, timeout=60)
+        for _ in range(per_client):
+            connection.request("GET", path, headers=headers)
+            connection.getresponse().read()
+        connection.close()
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - start
+    return {
+        f"{label}_get_p50_ms": round(statistics.median(samples[20:]), 2),
+        f"{label}_rps_16conn": round(clients * per_client / elapsed, 1),
+    }
+
+
+def read_path_figures(api: object, port: int, token: str, server_url: str) -> dict[str, object]:
+    """A ~205 KB DICOM original read through the local gateway, and the same file from Orthanc."""
+    data = phantom.dicom_bytes(phantom.ct_slice_dataset(320, seed=4242))
+    body, ctype = multipart_body(data)
+    scan_id = api.request(  # type: ignore[attr-defined]
+        "POST", "/api/v1/scans/analyze", token=token, body=body, headers={"content-type": ctype}
+    ).json()["scanId"]
+    path = f"/api/v1/scans/image/{scan_id}/original"
+    figures: dict[str, object] = {"read_original_bytes": len(data)}
+    figures.update(http_get_figures(port, path, {"Authorization": f"Bearer {token}"}, "gateway_205kb"))
+    if bench_orthanc.available():
+        url = fresh_database(server_url, "orthanc_read_bench")
+        params = config.parse_database_url(url)
+        host = params.host if params.unix_sock is None else str(Path(params.unix_sock).parent)
+        figures.update(
+            bench_orthanc.read_figures(
+                data,
+                host=host or "localhost",
+                port=params.port,
+                database=params.database,
+                user=params.user,
+                measure=lambda orthanc_port, orthanc_path: http_get_figures(
+                    orthanc_port, orthanc_path, {}, "orthanc_205kb"
+                ),
+            )
+        )
+    return figures
+
+
+def multipart_body(data: bytes) -> tuple[bytes, str]:
+    """A one-file multipart body for the upload route."""
+    from tests.lambda_client import multipart
+
+    return multipart({"file": ("read.dcm", data, "application/dicom")})
 
 
 def percentile(samples: list[float], p: float) -> float:
@@ -355,6 +426,7 @@ def main() -> int:
         thread.join()
     elapsed = time.perf_counter() - start
     figures.update(keepalive_figures(port, f"/api/v1/scans/image/{scan_id}/thumbnail", token))
+    figures.update(read_path_figures(api, port, token, server_url))
     server.shutdown()
     server.server_close()
     assert not failures, failures[:5]

@@ -9,12 +9,14 @@ connection.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from http.client import HTTPConnection
 from pathlib import Path
 
@@ -35,10 +37,9 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def upload_timings(
-    files: list[bytes], *, host: str, port: int, database: str, user: str, warmup: int = 2
-) -> list[float]:
-    """Milliseconds per POST /instances for each file after `warmup` files, Orthanc on PostgreSQL."""
+@contextlib.contextmanager
+def running(*, host: str, port: int, database: str, user: str) -> Iterator[int]:
+    """Orthanc on loopback with its index and storage in PostgreSQL; yields its HTTP port."""
     workdir = Path(tempfile.mkdtemp(prefix="orthanc-bench-"))
     http_port = _free_port()
     config = {
@@ -70,20 +71,7 @@ def upload_timings(
     )
     try:
         _wait_until_up(http_port, process, workdir)
-        connection = HTTPConnection("127.0.0.1", http_port, timeout=60)
-        samples = []
-        for number, data in enumerate(files):
-            start = time.perf_counter()
-            connection.request("POST", "/instances", body=data, headers={"Content-Type": "application/dicom"})
-            response = connection.getresponse()
-            answer = json.loads(response.read())
-            elapsed = (time.perf_counter() - start) * 1000
-            if response.status != 200 or answer.get("Status") != "Success":
-                raise RuntimeError(f"Orthanc refused file {number}: {response.status} {answer}")
-            if number >= warmup:
-                samples.append(elapsed)
-        connection.close()
-        return samples
+        yield http_port
     finally:
         process.terminate()
         try:
@@ -92,6 +80,43 @@ def upload_timings(
             process.kill()
             process.wait()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def store(connection: HTTPConnection, data: bytes) -> str:
+    """POST one DICOM file to /instances; its Orthanc id."""
+    connection.request("POST", "/instances", body=data, headers={"Content-Type": "application/dicom"})
+    response = connection.getresponse()
+    answer = json.loads(response.read())
+    if response.status != 200 or answer.get("Status") not in ("Success", "AlreadyStored"):
+        raise RuntimeError(f"Orthanc refused the file: {response.status} {answer}")
+    return str(answer["ID"])
+
+
+def upload_timings(
+    files: list[bytes], *, host: str, port: int, database: str, user: str, warmup: int = 2
+) -> list[float]:
+    """Milliseconds per POST /instances for each file after `warmup` files, Orthanc on PostgreSQL."""
+    with running(host=host, port=port, database=database, user=user) as http_port:
+        connection = HTTPConnection("127.0.0.1", http_port, timeout=60)
+        samples = []
+        for number, data in enumerate(files):
+            start = time.perf_counter()
+            store(connection, data)
+            if number >= warmup:
+                samples.append((time.perf_counter() - start) * 1000)
+        connection.close()
+        return samples
+
+
+def read_figures(
+    data: bytes, *, host: str, port: int, database: str, user: str, measure: Callable[[int, str], dict[str, float]]
+) -> dict[str, float]:
+    """Store one file, then let `measure(http_port, path)` time GETs of it from Orthanc."""
+    with running(host=host, port=port, database=database, user=user) as http_port:
+        connection = HTTPConnection("127.0.0.1", http_port, timeout=60)
+        instance = store(connection, data)
+        connection.close()
+        return measure(http_port, f"/instances/{instance}/file")
 
 
 def _wait_until_up(http_port: int, process: subprocess.Popen[bytes], workdir: Path) -> None:
