@@ -161,23 +161,39 @@ SIGNING_SECRET = {"Ref": "ImageUrlSigningSecret"}
 SIGNING_FUNCTIONS = {"upload", "scans", "images"}
 
 
-def test_lambda_role_may_read_only_the_database_secret_and_the_signing_key(template: dict[str, Any]) -> None:
-    role = template["Resources"]["IamRoleLambdaExecution"]["Properties"]
-    statements = [s for policy in role["Policies"] for s in policy["PolicyDocument"]["Statement"]]
+def role_statements(template: dict[str, Any], logical_id: str) -> list[dict[str, Any]]:
+    role = template["Resources"][logical_id]["Properties"]
+    return [s for policy in role["Policies"] for s in policy["PolicyDocument"]["Statement"]]
+
+
+@pytest.mark.parametrize(
+    ("role", "secrets"),
+    [("IamRoleLambdaExecution", [SECRET_ARN]), ("UrlSigningLambdaRole", [SECRET_ARN, SIGNING_SECRET])],
+)
+def test_each_lambda_role_may_read_only_its_secrets(
+    template: dict[str, Any], role: str, secrets: list[dict[str, Any]]
+) -> None:
+    statements = role_statements(template, role)
     secret_statements = [s for s in statements if any(a.startswith("secretsmanager:") for a in s["Action"])]
-    assert secret_statements == [
-        {"Effect": "Allow", "Action": ["secretsmanager:GetSecretValue"], "Resource": [SECRET_ARN, SIGNING_SECRET]}
-    ]
+    assert secret_statements == [{"Effect": "Allow", "Action": ["secretsmanager:GetSecretValue"], "Resource": secrets}]
     for statement in statements:
         assert statement["Resource"] != "*" and "*" not in statement["Resource"], statement
         assert not any(action.endswith(":*") or action == "*" for action in statement["Action"]), statement
+    managed = json.dumps(template["Resources"][role]["Properties"]["ManagedPolicyArns"])
+    assert "AWSLambdaVPCAccessExecutionRole" in managed  # ENIs in the private subnets, and logs
+
+
+def test_only_the_functions_that_sign_or_verify_urls_run_with_the_signing_role(template: dict[str, Any]) -> None:
+    for name, function in resources(template, "AWS::Lambda::Function").items():
+        signing = name in {function_logical_id(n) for n in SIGNING_FUNCTIONS}
+        expected = "UrlSigningLambdaRole" if signing else "IamRoleLambdaExecution"
+        assert function["Properties"]["Role"] == {"Fn::GetAtt": [expected, "Arn"]}, name
 
 
 def test_image_url_signing_key_is_generated_by_the_stack_and_given_to_the_url_functions(
     template: dict[str, Any],
 ) -> None:
-    # One role for all functions (provider-level IAM): the role test above allows reading the key;
-    # only the functions that sign or verify URLs are told where it is.
+    # Only the functions that sign or verify URLs may read the key (their role) and are told where it is.
     secret = template["Resources"]["ImageUrlSigningSecret"]
     assert secret["Type"] == "AWS::SecretsManager::Secret"
     generated = secret["Properties"]["GenerateSecretString"]
