@@ -14,6 +14,7 @@ import pytest
 
 from scripts import localgw, openapi
 from shared import db, schemas
+from shared.dicom_index import DicomIndex
 from tests import images
 from tests.conftest import ROOT, User
 from tests.lambda_client import LambdaClient, multipart
@@ -145,3 +146,10 @@ def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_schema(
     print(result.stdout[-3000:])  # the summary, in pytest's output with -s or on failure
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert report.exists() and report.stat().st_size > 0
+
+
+def test_the_dicom_model_and_the_dicom_index_name_the_same_fields() -> None:
+    # shared.schemas.Dicom documents what shared.dicom_index.DicomIndex.to_json() answers.
+    index = DicomIndex(None, None, None, None, None, None, None, None, 1, 1, 1, 1, "1.2.840.10008.1.2.1", "RGB", 8)
+    assert set(schemas.Dicom.model_json_schema(by_alias=True)["properties"]) == set(index.to_json())
+    schemas.Dicom.model_validate(index.to_json())
