@@ -398,16 +398,6 @@ class NewScan:
     dicom: DicomIndex | None
 
 
-@dataclass(frozen=True)
-class StoredImage:
-    """One stored rendering: bytes (None for metadata-only reads), type and SHA-256."""
-
-    data: bytes | None
-    content_type: str
-    sha256: str
-    size: int
-
-
 DICOM_FIELDS = tuple(DicomIndex.__dataclass_fields__)
 SCAN_COLUMNS = "id, owner_id, filename, content_type, width, height, file_hash, results, created_at, " + ", ".join(
     DICOM_FIELDS
@@ -458,15 +448,6 @@ SELECT_STUDY_PAGE = f"""
     ORDER BY {_SERIES_KEY}, {_INSTANCE_KEY}, {_POSITION_KEY}, id LIMIT :limit
 """
 DELETE_SCAN = "DELETE FROM scans WHERE id = :scan_id AND owner_id = :owner_id"
-# {data}, {hash} and {ctype} come from IMAGE_COLUMNS, never from the request.
-SELECT_SCAN_IMAGE = """
-    SELECT {data}, {ctype}, {hash}, octet_length({data})
-    FROM scans WHERE id = :scan_id AND owner_id = :owner_id
-"""
-SELECT_SCAN_IMAGE_META = """
-    SELECT {ctype}, {hash}, octet_length({data})
-    FROM scans WHERE id = :scan_id AND owner_id = :owner_id
-"""
 
 
 def _scan(row: list[Any]) -> Scan:
@@ -600,26 +581,6 @@ def delete_scan(con: Connection, *, scan_id: str, owner_id: int) -> None:
     con.run(DELETE_SCAN, scan_id=scan_id, owner_id=owner_id)
     if not con.row_count:
         raise ScanNotFound("No scan with this id.")
-
-
-def get_scan_image(
-    con: Connection, *, scan_id: str, owner_id: int, image_type: ImageType, with_data: bool = True
-) -> StoredImage:
-    """One stored rendering of this owner's scan; with_data=False reads only its type, hash and size."""
-    columns = IMAGE_COLUMNS[image_type]
-    names = {"data": columns.data, "hash": columns.sha256, "ctype": columns.content_type}
-    if with_data:
-        rows = con.run(SELECT_SCAN_IMAGE.format(**names), scan_id=scan_id, owner_id=owner_id)
-        if not rows or rows[0][0] is None:
-            raise ScanNotFound("No scan with this id.")
-        data, content_type, digest, size = rows[0]
-    else:
-        rows = con.run(SELECT_SCAN_IMAGE_META.format(**names), scan_id=scan_id, owner_id=owner_id)
-        if not rows or rows[0][2] is None:
-            raise ScanNotFound("No scan with this id.")
-        data = None
-        content_type, digest, size = rows[0]
-    return StoredImage(data=data, content_type=content_type, sha256=digest, size=int(size))
 
 
 # ---------------------------------------------------------------- image reads (the images function)

@@ -23,9 +23,7 @@ from shared.errors import DomainError, InvalidImage, InvalidUpload, UnsupportedM
 from shared.responses import (
     domain_error,
     error_response,
-    etag_matches,
     http_error,
-    image_response,
     request_owner,
     unexpected_error,
     without_content_type_when_empty,
@@ -38,8 +36,6 @@ __all__ = [
     "create_app",
     "current_owner",
     "error_response",
-    "etag_matches",
-    "image_response",
     "lambda_handler",
 ]
 

@@ -97,21 +97,6 @@ def request_owner(request: Request) -> db.Owner:
     return db.call(auth.authenticate, token=token)
 
 
-def image_response(image: db.StoredImage, request: Request) -> Response:
-    """The stored bytes with a strong ETag; 304 when If-None-Match matches, headers only for HEAD."""
-    etag = f'"{image.sha256}"'
-    headers = {
-        "ETag": etag,
-        "Cache-Control": IMMUTABLE_CACHE,
-        "X-Content-Type-Options": "nosniff",
-    }
-    if etag_matches(request.headers.get("if-none-match"), etag):
-        return Response(status_code=304, headers=headers)
-    headers["Content-Length"] = str(image.size)
-    body = b"" if request.method == "HEAD" or image.data is None else image.data
-    return Response(content=body, media_type=image.content_type, headers=headers)
-
-
 def etag_matches(if_none_match: str | None, etag: str) -> bool:
     """RFC 9110 weak comparison of an If-None-Match header against our ETag."""
     if not if_none_match:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import shutil
 import threading
@@ -148,16 +149,12 @@ def test_scans_stored_before_004_show_their_original_as_preview(
 
         # Then its preview is its original, with the original's type and ETag, data or not
         for with_data in (True, False):
-            image = db.get_scan_image(
-                con,
-                scan_id="scan_AAAAAAAAAAAAAAAAAAAAAA",
-                owner_id=user_id,
-                image_type=db.ImageType.preview,
-                with_data=with_data,
+            image = db.get_image_part(
+                con, scan_id="scan_AAAAAAAAAAAAAAAAAAAAAA", image_type=db.ImageType.preview, with_data=with_data
             )
             assert image.content_type == "image/png" and image.size == len(png)
             assert image.sha256 == hashlib.sha256(png).hexdigest()
-            assert image.data == (png if with_data else None)
+            assert (base64.b64decode(image.base64) if image.base64 else None) == (png if with_data else None)
         scan = db.get_scan(con, scan_id="scan_AAAAAAAAAAAAAAAAAAAAAA", owner_id=user_id)
         assert scan.dicom is None
     finally:
