@@ -110,6 +110,18 @@ def settings_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch
 
 
 @pytest.fixture
+def fake_aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Test credentials and a region, set before moto or boto3 make any client."""
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "eu-central-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.fixture
 def pg(database_url: str) -> Iterator[pg8000.native.Connection]:
     """A connection to the clean, migrated test database (tables truncated before each test)."""
     con = admin_connection(database_url)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,3 +61,13 @@ def jpeg(size: int = 512, regions: tuple[Region, ...] = DEFAULT_REGIONS, seed: i
     out = io.BytesIO()
     Image.fromarray(array).save(out, format="JPEG", quality=quality)
     return out.getvalue()
+
+
+def randomly_damaged(data: bytes, *, seed: int, copies: int, max_bytes: int) -> Iterator[bytes]:
+    """Copies of data with 1 to max_bytes random bytes overwritten each; seeded, so the same every run."""
+    rng = np.random.default_rng(seed)
+    for _ in range(copies):
+        damaged = bytearray(data)
+        for position in rng.integers(0, len(data), int(rng.integers(1, max_bytes + 1))):
+            damaged[position] = int(rng.integers(0, 256))
+        yield bytes(damaged)

@@ -24,6 +24,7 @@ from pydicom.data import get_testdata_file
 from scripts.phantom import ct_slice_dataset, dicom_bytes, stored_png16
 from shared.errors import InvalidImage
 from shared.imaging import ACCEPTED_FORMATS, THUMBNAIL_MAX_SIDE, AnalyzedScan, analyze_upload
+from tests.images import randomly_damaged
 
 Pixels = NDArray[np.float64]
 Mask = NDArray[np.bool_]
@@ -713,14 +714,10 @@ def test_analyze_upload_randomly_damaged_png_or_jpeg_only_raises_invalid_image(
     encoder: Callable[[Pixels], bytes],
 ) -> None:
     data = encoder(build_phantom(width=64, height=64).pixels)
-    rng = np.random.default_rng(23)
 
-    for _ in range(40):
-        damaged = bytearray(data)
-        for position in rng.integers(0, len(data), int(rng.integers(1, 8))):
-            damaged[position] = int(rng.integers(0, 256))
+    for damaged in randomly_damaged(data, seed=23, copies=40, max_bytes=7):
         try:
-            analyze_upload(bytes(damaged))
+            analyze_upload(damaged)
         except InvalidImage as error:
             assert error.message
 

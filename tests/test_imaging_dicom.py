@@ -54,6 +54,7 @@ from shared.errors import InvalidImage, NoImageData, UnsupportedTransferSyntax
 from shared.imaging import DICOM_CONTENT_TYPE, AnalyzedScan, DicomInfo, analyze_upload, integrity
 from shared.imaging.decode import Window
 from shared.imaging.render import apply_window, grey_display
+from tests.images import randomly_damaged
 
 ROOT = Path(__file__).resolve().parent.parent
 SPACING = (0.7, 0.7)
@@ -883,15 +884,11 @@ def test_float_pixel_data_is_refused_plainly() -> None:
 def test_randomly_damaged_dicom_only_ever_raises_invalid_image(transfer_syntax: str) -> None:
     # Given a valid file with random bytes overwritten (seeded: the same damage every run)
     data = dicom_bytes(ct_slice_dataset(size=64), transfer_syntax)
-    rng = np.random.default_rng(17)
 
-    for _ in range(60):
-        damaged = bytearray(data)
-        for position in rng.integers(0, len(data), int(rng.integers(1, 12))):
-            damaged[position] = int(rng.integers(0, 256))
+    for damaged in randomly_damaged(data, seed=17, copies=60, max_bytes=11):
         # Then it is either read or refused as InvalidImage: no other exception escapes
         try:
-            analyze_upload(bytes(damaged))
+            analyze_upload(damaged)
         except InvalidImage as error:
             assert_plain_message(error)
 

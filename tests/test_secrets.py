@@ -62,15 +62,10 @@ def password_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Passwo
 
 
 @pytest.fixture
-def secret(password_server: PasswordServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+def secret(
+    password_server: PasswordServer, monkeypatch: pytest.MonkeyPatch, fake_aws_credentials: None
+) -> Iterator[dict[str, Any]]:
     """A Secrets Manager secret (moto) as RDS manages it, and the env a deployed function gets."""
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": "eu-central-1",
-    }.items():
-        monkeypatch.setenv(name, value)
     con = password_server.superuser()
     try:  # every test starts from the same password, whatever the last one rotated it to
         con.run(f"ALTER ROLE {APP_ROLE} PASSWORD 'first-password'")

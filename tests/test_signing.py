@@ -131,15 +131,8 @@ def test_ttl_setting_is_validated() -> None:
 
 
 @pytest.fixture
-def key_secret(settings_env: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+def key_secret(settings_env: pytest.MonkeyPatch, fake_aws_credentials: None) -> Iterator[dict[str, Any]]:
     """The stack's signing key secret as CloudFormation generates it, and the env the functions get."""
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": "eu-central-1",
-    }.items():
-        settings_env.setenv(name, value)
     with mock_aws():
         secrets.clear_cache()
         signing.clear_cache()
