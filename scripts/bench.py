@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from http.client import HTTPConnection
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -86,21 +85,6 @@ def orthanc_figures(server_url: str, files: list[bytes]) -> dict[str, object]:
     }
 
 
-def keepalive_figures(port: int, path: str, token: str) -> dict[str, object]:
-    """GET of a small image over one kept-alive connection. The gateway sets TCP_NODELAY on every
-    connection (a test checks it): before that, Nagle plus delayed ACK added ~40 ms to each such GET."""
-    conn = HTTPConnection("127.0.0.1", port, timeout=60)
-    samples = []
-    for _ in range(40):
-        start = time.perf_counter()
-        conn.request("GET", path, headers={"Authorization": f"Bearer {token}"})
-        response = conn.getresponse()
-        size = len(response.read())
-        samples.append((time.perf_counter() - start) * 1000)
-    conn.close()
-    return {f"gateway_keepalive_get_{size // 1000}kb_nodelay_p50_ms": round(statistics.median(samples[5:]), 2)}
-
-
 HTTP_LOAD_CODE = """
 import json, statistics, sys, threading, time
 from http.client import HTTPConnection
@@ -116,11 +100,15 @@ for _ in range(120):
     samples.append((time.perf_counter() - start) * 1000)
 conn.close()
 per_client, clients = 60, 16
+failures = []
 def client():
     connection = HTTPConnection("127.0.0.1", port, timeout=60)
     for _ in range(per_client):
         connection.request("GET", path, headers=headers)
-        connection.getresponse().read()
+        response = connection.getresponse()
+        response.read()
+        if response.status != 200:
+            failures.append(response.status)
     connection.close()
 threads = [threading.Thread(target=client) for _ in range(clients)]
 start = time.perf_counter()
@@ -129,6 +117,7 @@ for thread in threads:
 for thread in threads:
     thread.join()
 elapsed = time.perf_counter() - start
+assert not failures, failures[:5]
 print(json.dumps({label + "_get_p50_ms": round(statistics.median(samples[20:]), 2),
                   label + "_rps_16conn": round(clients * per_client / elapsed, 1)}))
 """
@@ -414,40 +403,20 @@ def main() -> int:
     figures["warm_get_ratio"] = round(figures["warm_get_p50_ms"] / figures["raw_select_p50_ms"], 2)  # type: ignore[operator]
     figures.update(range_figures(api, token))
 
-    # Throughput through the local gateway over HTTP, 16 concurrent keep-alive connections.
-
+    # Through the local gateway over HTTP: latency on one kept-alive connection, throughput over 16.
     server = make_server("127.0.0.1", 0, serverless_yml=ROOT / "serverless.yml", containers=4)
     server.access_log = False
     port = server.server_address[1]
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    per_client, clients = 60, 16
-    failures: list[int] = []
-
-    def client() -> None:
-        conn = HTTPConnection("127.0.0.1", port, timeout=60)
-        for _ in range(per_client):
-            conn.request("GET", path, headers={"Authorization": f"Bearer {token}"})
-            response = conn.getresponse()
-            response.read()
-            if response.status != 200:
-                failures.append(response.status)
-        conn.close()
-
-    threading.Thread(target=client).run()  # warm every container's import and connection once
-    start = time.perf_counter()
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - start
-    figures.update(keepalive_figures(port, f"/api/v1/scans/image/{scan_id}/thumbnail", token))
+    bearer = {"Authorization": f"Bearer {token}"}
+    thumbnail = f"/api/v1/scans/image/{scan_id}/thumbnail"
+    figures.update(http_get_figures(port, thumbnail, bearer, "gateway_thumbnail"))
+    original = http_get_figures(port, path, bearer, "gateway_504kb")
+    figures.update(original)
+    figures["gateway_504kb_mb_per_s"] = round(original["gateway_504kb_rps_16conn"] * len(big) / 1e6, 1)
     figures.update(read_path_figures(api, port, token, server_url))
     server.shutdown()
     server.server_close()
-    assert not failures, failures[:5]
-    figures["gateway_get_rps_16conn"] = round(clients * per_client / elapsed, 1)
-    figures["gateway_get_mb_per_s"] = round(clients * per_client * len(big) / elapsed / 1e6, 1)
 
     # Cold-start import time of each handler module (fresh interpreter, median of 5).
     for name in ("images", "scans", "auth", "upload", "migrate"):
