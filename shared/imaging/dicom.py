@@ -79,18 +79,16 @@ def register_plugins() -> None:
 
 
 register_plugins()
-# Never validate header values while reading, in this whole process: pydicom's WARN mode quotes the
-# offending value (possibly PHI) in a warning and a log line. Set once here rather than only around
-# each read, because the per-read switch below is a process-wide flag that another thread (the local
-# gateway runs containers as threads) could restore mid-read.
-config.settings.reading_validation_mode = config.IGNORE
 
 
 def decode_dicom(data: bytes, *, max_pixels: int, bare: bool) -> Pixels:
     """Decode the middle frame of a DICOM file (bare: a dataset without the Part 10 header) into Pixels."""
+    # pydicom's WARN mode quotes a header value that fails validation (possibly PHI) in a warning and
+    # a log line: never validate while reading. Set, never restored: pydicom's own switch for this
+    # is a process-wide flag that another thread (the local gateway's containers) could restore mid-read.
+    config.settings.reading_validation_mode = config.IGNORE
     try:
-        # pydicom warns (and logs) when a value fails validation, quoting the value: that could be PHI.
-        with warnings.catch_warnings(), config.disable_value_validation():
+        with warnings.catch_warnings():
             # Nor do its other warnings about harmless oddities change what we accept.
             warnings.simplefilter("ignore")
             return _decode(data, max_pixels=max_pixels, bare=bare)
