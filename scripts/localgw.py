@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import importlib
 import json
 import os
 import re
+import signal
 import socket
 import sys
 import threading
@@ -823,6 +825,19 @@ class GatewayApp:
         await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
 
 
+def listening_socket(address: tuple[str, int], backlog: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(backlog)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class GatewayServer:
     """The local gateway on one listening socket: serve_forever(), shutdown() and server_close() as
     socketserver has them, so scripts and tests can run it in a thread."""
@@ -840,17 +855,10 @@ class GatewayServer:
         limits: Limits = Limits(),
         allowed_hosts: Iterable[str] = (),
         docs_root: Path = PROJECT_ROOT,
+        listener: socket.socket | None = None,
     ) -> None:
         self.gateway = gateway
-        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        self.socket = socket.socket(family, socket.SOCK_STREAM)
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            self.socket.bind(address)
-            self.socket.listen(self.request_queue_size)
-        except OSError:
-            self.socket.close()
-            raise
+        self.socket = listening_socket(address, self.request_queue_size) if listener is None else listener
         self.server_address: tuple[str, int] = self.socket.getsockname()[:2]
         hosts = AllowedHosts.for_address(address[0], self.server_address[1], allowed_hosts)
         app = GatewayApp(self, cors=cors, allowed_hosts=hosts, docs=Docs(docs_root), limits=limits)
@@ -903,6 +911,7 @@ def make_server(
     stage: str = "dev",
     limits: Limits = Limits(),
     allowed_hosts: Iterable[str] | None = None,
+    listener: socket.socket | None = None,
 ) -> GatewayServer:
     """The gateway for serverless.yml's routes and CORS; extra Host names from LOCALGW_ALLOWED_HOSTS."""
     if allowed_hosts is None:
@@ -914,30 +923,142 @@ def make_server(
         limits=limits,
         allowed_hosts=allowed_hosts,
         docs_root=serverless_yml.parent,
+        listener=listener,
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "3000")))
-    parser.add_argument("--containers", type=int, default=4, help="concurrent requests per function")
-    parser.add_argument("--config", type=Path, default=PROJECT_ROOT / "serverless.yml")
-    parser.add_argument("--stage", default="dev", help="whose params (CORS origins) to use")
-    args = parser.parse_args(argv)
-    server = make_server(args.host, args.port, serverless_yml=args.config, containers=args.containers, stage=args.stage)
-    print(f"Local gateway on http://{args.host}:{server.server_address[1]}")
-    for route in server.gateway.routes:
-        print(f"  {route.route_key:<56} -> {route.function_name}")
-    print(f"  {'GET /openapi.json, GET /docs':<56} -> the gateway (local only)")
-    sys.stdout.flush()
+def _serve(server: GatewayServer) -> None:
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
         server.server_close()
-    return 0
+
+
+def _die_with(parent: int) -> None:
+    """End this worker when the watching process is gone, even by SIGKILL: an orphan would hold the
+    port and the next `make run` would find it in use."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    else:  # pragma: no cover - no prctl: look for the parent twice a second
+
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(0.5)
+            os._exit(1)
+
+        threading.Thread(target=watch, name="localgw-parent-watch", daemon=True).start()
+    if os.getppid() != parent:  # it died before we asked
+        os._exit(1)
+
+
+def serve_in_workers(make: Callable[[socket.socket], GatewayServer], listener: socket.socket, workers: int) -> int:
+    """Pre-fork: `workers` processes accept on one listening socket, each a whole gateway with its
+    own function containers, as Lambda runs each container in a process of its own (one gateway
+    process is bound by one GIL). This process only watches them: a worker that dies is replaced,
+    and SIGINT or SIGTERM stops them all."""
+    children: set[int] = set()
+    stopping = False
+    parent = os.getpid()
+
+    def spawn() -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker: a fresh gateway on the inherited socket
+            code = 0
+            try:
+                _die_with(parent)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                _serve(make(listener))
+            except BaseException:  # a worker must never return into the parent's code
+                traceback.print_exc(file=sys.stderr)
+                code = 1
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        children.add(pid)
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGTERM)
+
+    # Nothing that a worker must not share may be open now: no threads, no database connections.
+    database = sys.modules.get("shared.db")
+    if database is not None:
+        database.close_all_connections()
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for _ in range(workers):
+        spawn()
+    status = 0
+    while children:
+        try:
+            pid, code = os.wait()
+        except ChildProcessError:
+            break
+        children.discard(pid)
+        if not stopping:
+            print(f"local gateway: worker {pid} exited ({code}); starting another", file=sys.stderr, flush=True)
+            status = 1
+            spawn()
+    listener.close()
+    return 0 if stopping else status
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "3000")))
+    parser.add_argument("--containers", type=int, default=4, help="concurrent requests per function and worker")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=int(os.environ.get("LOCALGW_WORKERS", "0")) or default_workers(),
+        help="gateway processes sharing the port (default: LOCALGW_WORKERS, else up to 2 by CPU count)",
+    )
+    parser.add_argument("--config", type=Path, default=PROJECT_ROOT / "serverless.yml")
+    parser.add_argument("--stage", default="dev", help="whose params (CORS origins) to use")
+    parser.add_argument("--no-access-log", action="store_true", help="no line per request on stderr")
+    args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    listener = listening_socket((args.host, args.port), GatewayServer.request_queue_size)
+
+    def make(sock: socket.socket) -> GatewayServer:
+        made = make_server(
+            args.host,
+            args.port,
+            serverless_yml=args.config,
+            containers=args.containers,
+            stage=args.stage,
+            listener=sock,
+        )
+        made.access_log = not args.no_access_log
+        return made
+
+    server = make(listener)
+    workers = f", {args.workers} worker processes" if args.workers > 1 else ""
+    print(f"Local gateway on http://{args.host}:{server.server_address[1]}{workers}")
+    for route in server.gateway.routes:
+        print(f"  {route.route_key:<56} -> {route.function_name}")
+    print(f"  {'GET /openapi.json, GET /docs':<56} -> the gateway (local only)")
+    sys.stdout.flush()
+    if args.workers == 1:
+        _serve(server)
+        return 0
+    return serve_in_workers(make, listener, args.workers)
+
+
+def default_workers() -> int:
+    return max(1, min(2, os.cpu_count() or 1))
 
 
 if __name__ == "__main__":

@@ -129,6 +129,7 @@ def read_image_part(
     start: int = 0,
     stop: int | None = None,
     with_data: bool,
+    known_sha256: str | None = None,
 ) -> db.ImagePart:
     """A span of the token owner's scan image, token and image resolved in one statement; InvalidToken otherwise."""
     part = db.get_session_image_part(
@@ -139,6 +140,7 @@ def read_image_part(
         start=start,
         stop=stop,
         with_data=with_data,
+        known_sha256=known_sha256,
     )
     if part is None:
         raise InvalidToken("Invalid or expired token.")

@@ -57,6 +57,8 @@ class Settings:
     # Deployed: the Secrets Manager secret with the signing keys. Local: a generated key file.
     image_url_secret_arn: str | None = None
     image_url_keys_file: Path = DEFAULT_IMAGE_URL_KEYS_FILE
+    # A warm images container keeps whole images it served, up to this many MB (0: none).
+    image_cache_mb: int = 64
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -82,6 +84,7 @@ class Settings:
             image_url_ttl_seconds=url_ttl,
             image_url_secret_arn=url_secret_arn,
             image_url_keys_file=Path(keys_file) if keys_file else DEFAULT_IMAGE_URL_KEYS_FILE,
+            image_cache_mb=_number(env, "IMAGE_CACHE_MB", 64, int, minimum=0),
         )
 
 

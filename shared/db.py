@@ -22,7 +22,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, TypeVar
 
+from pg8000 import core as pg8000_core
 from pg8000 import native as pg8000_native
+from pg8000.converters import make_params
 from pg8000.exceptions import DatabaseError, InterfaceError
 
 from shared.config import DatabaseParams, Settings, get_settings
@@ -79,22 +81,66 @@ def _to_statement(sql: str) -> tuple[str, Callable[[dict[str, Any]], tuple[Any, 
     return pg8000_native.to_statement(sql)  # type: ignore[no-any-return]
 
 
-class Connection(pg8000_native.Connection):  # type: ignore[misc]  # pg8000 ships no types
-    """pg8000's native connection, with its `:name` to `$n` translation cached per SQL text.
+_DESCRIBE_UNNAMED_PORTAL = pg8000_core._create_message(pg8000_core.DESCRIBE, pg8000_core.PORTAL + pg8000_core.NULL_BYTE)
+_BIND_HEAD = pg8000_core.NULL_BYTE * 2 + pg8000_core.H_pack(0)  # unnamed portal and statement, params as text
 
-    pg8000 re-parses the SQL character by character on every run(): ~0.5 ms for our INSERT, on
-    every request. Our SQL is a fixed set of module constants, so each is translated once. The body
-    is pg8000 1.31's own run() (pinned in requirements.txt) with the cached translation.
+
+class Connection(pg8000_native.Connection):  # type: ignore[misc]  # pg8000 ships no types
+    """pg8000's native connection: one network round trip per statement, `:name` translation cached.
+
+    pg8000's run() takes three round trips for a statement with parameters (Parse + Sync, then
+    Describe + Sync, then Bind + Execute + Sync), each a wait on the server. Here Parse, Bind,
+    Describe (portal), Execute and Sync go out together, as libpq's PQexecParams sends them, and the
+    answers come back in one read: ParseComplete, BindComplete, RowDescription (or NoData), the
+    rows, CommandComplete, ReadyForQuery. The statement stays unnamed: named prepared statements
+    would pin every client session to one database connection on RDS Proxy.
+
+    pg8000 also re-parses the SQL character by character on every run(): ~0.5 ms for our INSERT.
+    Our SQL is a fixed set of module constants, so each is translated once. This leans on pg8000
+    1.31's message helpers (pinned in requirements.txt); tests/test_connection.py holds it to
+    pg8000's own results and errors.
     """
 
     def run(self, sql: str, stream: Any = None, types: Any = None, **params: Any) -> Any:
         """Run one statement; `:name` parameters as in pg8000.native."""
-        if not params and stream is None:
-            return super().run(sql, stream=stream, types=types)
+        if (not params and stream is None) or stream is not None:
+            return super().run(sql, stream=stream, types=types, **params)
         statement, make_vals = _to_statement(sql)
         oids = () if types is None else make_vals(defaultdict(lambda: None, types))
-        self._context = self.execute_unnamed(statement, make_vals(params), oids=oids, stream=stream)
+        self._context = self._execute_in_one_trip(statement, make_vals(params), oids)
         return self._context.rows
+
+    def _execute_in_one_trip(self, statement: str, values: tuple[Any, ...], oids: Any) -> Any:
+        context = pg8000_core.Context(statement)
+        parse = bytearray(pg8000_core.NULL_BYTE)
+        parse.extend(statement.encode(self._client_encoding) + pg8000_core.NULL_BYTE)
+        parse.extend(pg8000_core.H_pack(len(oids)))
+        for oid in oids:
+            parse.extend(pg8000_core.i_pack(0 if oid == -1 else oid))
+        bind = bytearray(_BIND_HEAD)
+        params = make_params(self.py_types, values)
+        bind.extend(pg8000_core.H_pack(len(params)))
+        for value in params:
+            if value is None:
+                bind.extend(pg8000_core.i_pack(-1))
+            else:
+                encoded = value.encode(self._client_encoding)
+                bind.extend(pg8000_core.i_pack(len(encoded)))
+                bind.extend(encoded)
+        bind.extend(pg8000_core.H_pack(0))  # every result column as text
+        try:
+            self._send_message(pg8000_core.PARSE, parse)
+            self._send_message(pg8000_core.BIND, bind)
+            pg8000_core._write(self._sock, _DESCRIBE_UNNAMED_PORTAL)
+            pg8000_core._write(self._sock, pg8000_core.EXECUTE_MSG)
+            pg8000_core._write(self._sock, pg8000_core.SYNC_MSG)
+            pg8000_core._flush(self._sock)
+        except AttributeError:
+            if self._sock is None:
+                raise InterfaceError("connection is closed") from None
+            raise
+        self.handle_messages(context)
+        return context
 
 
 def _ssl_context(sslmode: str) -> ssl.SSLContext | bool | None:
@@ -611,6 +657,7 @@ class ImagePart:
 _PART_COLUMNS = """
     img.content_type, img.sha256, img.size, span.first, span.stop,
     CASE WHEN CAST(:with_data AS boolean) AND span.first < span.stop
+              AND img.sha256 IS DISTINCT FROM CAST(:known_sha256 AS text)
          THEN encode(substring(img.data FROM span.first + 1 FOR span.stop - span.first), 'base64')
     END
 """
@@ -657,11 +704,26 @@ def _image_part(row: list[Any]) -> ImagePart:
 
 
 def get_image_part(
-    con: Connection, *, scan_id: str, image_type: ImageType, start: int = 0, stop: int | None = None, with_data: bool
+    con: Connection,
+    *,
+    scan_id: str,
+    image_type: ImageType,
+    start: int = 0,
+    stop: int | None = None,
+    with_data: bool,
+    known_sha256: str | None = None,
 ) -> ImagePart:
-    """A span of any scan's image, by id alone: call only after a valid URL signature named this scan."""
+    """A span of any scan's image, by id alone: call only after a valid URL signature named this scan.
+
+    When the image's hash is `known_sha256` (the caller holds those bytes), no bytes come back.
+    """
     rows = con.run(
-        _image_sql(SELECT_IMAGE_PART, image_type), scan_id=scan_id, start=start, stop=stop, with_data=with_data
+        _image_sql(SELECT_IMAGE_PART, image_type),
+        scan_id=scan_id,
+        start=start,
+        stop=stop,
+        with_data=with_data,
+        known_sha256=known_sha256,
     )
     if not rows:
         raise ScanNotFound("No scan with this id.")
@@ -677,6 +739,7 @@ def get_session_image_part(
     start: int = 0,
     stop: int | None = None,
     with_data: bool,
+    known_sha256: str | None = None,
 ) -> ImagePart | None:
     """A span of the session owner's scan image; None when there is no such unexpired session."""
     rows = con.run(
@@ -686,6 +749,7 @@ def get_session_image_part(
         start=start,
         stop=stop,
         with_data=with_data,
+        known_sha256=known_sha256,
     )
     if not rows:
         return None

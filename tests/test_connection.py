@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 
+import pg8000.core
 import pg8000.native
 import pytest
 
@@ -97,3 +98,65 @@ def test_connection_is_reused_between_requests(api: LambdaClient, alice: User) -
     first = db.call(lambda con: con.run("SELECT pg_backend_pid()")[0][0])
     api.request("GET", "/api/v1/scans", token=alice.token)
     assert db.call(lambda con: con.run("SELECT pg_backend_pid()")[0][0]) == first
+
+
+# ---------------------------------------------------------------- one round trip per statement
+
+
+def test_a_statement_with_parameters_takes_one_round_trip(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    flushes: list[int] = []
+    real_flush = pg8000.core._flush
+    monkeypatch.setattr(pg8000.core, "_flush", lambda sock: (flushes.append(1), real_flush(sock)))
+    con = db.connect(db.get_settings().database, timeout=10)
+    try:
+        flushes.clear()
+        rows = con.run(
+            "SELECT CAST(:a AS integer) + 1, CAST(:b AS text), CAST(:c AS bytea)", a=41, b="x", c=b"\x00\xff"
+        )
+        assert flushes == [1]
+        assert rows == [[42, "x", b"\x00\xff"]]
+        assert [column["name"] for column in con.columns] == ["?column?", "text", "bytea"]
+    finally:
+        con.close()
+
+
+def test_one_trip_statements_behave_as_pg8000s_own(database_url: str) -> None:
+    con = db.connect(db.get_settings().database, timeout=10)
+    plain = pg8000.native.Connection.run  # pg8000's three-trip run(), the reference
+    try:
+        con.run("CREATE TEMP TABLE t (id integer PRIMARY KEY, note text)")
+        for run in (plain, db.Connection.run):
+            con.run("TRUNCATE t")
+            assert run(con, "INSERT INTO t VALUES (:id, :note)", id=1, note="a") is None
+            assert con.row_count == 1
+            assert run(con, "UPDATE t SET note = :note WHERE id > :id", note="b", id=0) is None
+            assert con.row_count == 1
+            assert run(con, "SELECT id, note FROM t WHERE id = :id", id=99) == []
+            assert run(con, "SELECT note, CAST(:n AS text) FROM t WHERE id = :id", id=1, n=None) == [["b", None]]
+            with pytest.raises(pg8000.native.DatabaseError) as duplicate:
+                run(con, "INSERT INTO t VALUES (:id, :note)", id=1, note="again")
+            assert duplicate.value.args[0]["C"] == "23505"
+            with pytest.raises(pg8000.native.DatabaseError) as syntax:
+                run(con, "SELEC :id", id=1)
+            assert syntax.value.args[0]["C"] == "42601"
+            # After each error the connection is ready for the next statement.
+            assert run(con, "SELECT count(*) FROM t WHERE id >= :id", id=0) == [[1]]
+    finally:
+        con.close()
+
+
+def test_a_failed_statement_inside_a_transaction_rolls_back_cleanly(database_url: str) -> None:
+    con = db.connect(db.get_settings().database, timeout=10)
+    try:
+        con.run("CREATE TEMP TABLE u (id integer PRIMARY KEY)")
+        con.run("START TRANSACTION")
+        con.run("INSERT INTO u VALUES (:id)", id=1)
+        with pytest.raises(pg8000.native.DatabaseError):
+            con.run("INSERT INTO u VALUES (:id)", id=1)
+        with pytest.raises(pg8000.native.DatabaseError) as aborted:
+            con.run("SELECT count(*) FROM u WHERE id = :id", id=1)
+        assert aborted.value.args[0]["C"] == "25P02"  # in_failed_sql_transaction
+        con.run("ROLLBACK")
+        assert con.run("SELECT count(*) FROM u WHERE id >= :id", id=0) == [[0]]
+    finally:
+        con.close()

@@ -18,6 +18,8 @@ from PIL import Image
 
 from scripts.localgw import build_event
 from shared import config, db, signing
+from shared import image_cache as image_cache_module
+from shared.image_cache import image_cache
 from tests import images
 from tests.conftest import ROOT, User
 from tests.lambda_client import ROUTES, LambdaClient, Result, multipart
@@ -485,3 +487,95 @@ def test_a_range_read_asks_postgresql_for_those_bytes_only(
     monkeypatch.setattr(db, "get_session_image_part", spy)
     api.request("GET", path(scan["id"], "original"), token=alice.token, headers={"range": "bytes=0-299"})
     assert seen == [400]  # 300 bytes as base64, not the whole image
+
+
+# ---------------------------------------------------------------- the warm container's image cache
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str | None, bool]]:
+    """Every token-authorised image read: the hash the handler said it holds, and whether bytes came back."""
+    seen: list[tuple[str | None, bool]] = []
+    real = db.get_session_image_part
+
+    def spy(*args: object, **kwargs: object) -> db.ImagePart | None:
+        part = real(*args, **kwargs)  # type: ignore[arg-type]
+        seen.append((kwargs.get("known_sha256"), part is not None and part.base64 is not None))  # type: ignore[arg-type]
+        return part
+
+    monkeypatch.setattr(db, "get_session_image_part", spy)
+    return seen
+
+
+def test_a_repeated_read_asks_the_database_but_gets_no_bytes_back(
+    api: LambdaClient, alice: User, scan: dict[str, object], reads: list[tuple[str | None, bool]]
+) -> None:
+    first = api.request("GET", path(scan["id"], "original"), token=alice.token)
+    second = api.request("GET", path(scan["id"], "original"), token=alice.token)
+    digest = hashlib.sha256(scan["data"]).hexdigest()  # type: ignore[arg-type]
+    assert reads == [(None, True), (digest, False)]
+    assert first.status == second.status == 200
+    assert second.body == first.body == scan["data"]
+    assert second.headers == first.headers
+
+
+def test_a_cached_image_of_a_deleted_scan_is_404_and_forgotten(
+    api: LambdaClient, alice: User, scan: dict[str, object]
+) -> None:
+    assert api.request("GET", path(scan["id"], "original"), token=alice.token).status == 200
+    assert image_cache().get((str(scan["id"]), "original")) is not None
+    assert api.request("DELETE", f"/api/v1/scans/{scan['id']}", token=alice.token).status == 204
+    result = api.request("GET", path(scan["id"], "original"), token=alice.token)
+    assert result.status == 404 and result.error_code == "scan_not_found"
+    assert image_cache().get((str(scan["id"]), "original")) is None
+
+
+def test_a_cached_image_is_still_404_to_another_owner_and_401_to_an_ended_session(
+    api: LambdaClient, alice: User, bob: User, scan: dict[str, object], pg: pg8000.native.Connection
+) -> None:
+    assert api.request("GET", path(scan["id"], "original"), token=alice.token).status == 200
+    assert api.request("GET", path(scan["id"], "original"), token=bob.token).status == 404
+    pg.run("UPDATE sessions SET expires_at = now() - interval '1 second' WHERE user_id = :id", id=alice.id)
+    assert api.request("GET", path(scan["id"], "original"), token=alice.token).status == 401
+
+
+def test_ranges_and_heads_bypass_the_cache(
+    api: LambdaClient, alice: User, scan: dict[str, object], reads: list[tuple[str | None, bool]]
+) -> None:
+    api.request("GET", path(scan["id"], "original"), token=alice.token)
+    ranged = api.request("GET", path(scan["id"], "original"), token=alice.token, headers={"range": "bytes=0-9"})
+    assert ranged.status == 206 and ranged.body == scan["data"][:10]  # type: ignore[index]
+    assert reads[1] == (None, True)
+
+
+def test_image_cache_mb_0_turns_the_cache_off(
+    api: LambdaClient,
+    alice: User,
+    scan: dict[str, object],
+    settings_env: pytest.MonkeyPatch,
+    reads: list[tuple[str | None, bool]],
+) -> None:
+    settings_env.setenv("IMAGE_CACHE_MB", "0")
+    image_cache_module.reset()
+    try:
+        for _ in range(2):
+            assert api.request("GET", path(scan["id"], "original"), token=alice.token).body == scan["data"]
+        assert reads == [(None, True), (None, True)]
+    finally:
+        image_cache_module.reset()
+
+
+def test_the_cache_keeps_the_most_recently_used_within_its_budget() -> None:
+    cache = image_cache_module.ImageCache(max_bytes=800)
+    entry = image_cache_module.CachedImage
+    for n in range(9):
+        cache.put((f"scan{n}", "thumbnail"), entry(f"h{n}", "x" * 100))
+    assert len(cache) == 8 and cache.size_bytes == 800
+    assert cache.get(("scan0", "thumbnail")) is None  # the oldest went
+    assert cache.get(("scan1", "thumbnail")) is not None  # now the most recent
+    cache.put(("scan9", "thumbnail"), entry("h9", "x" * 100))
+    assert cache.get(("scan1", "thumbnail")) is not None and cache.get(("scan2", "thumbnail")) is None
+    cache.put(("big", "original"), entry("hb", "x" * 101))  # over an eighth of the budget: not kept
+    assert cache.get(("big", "original")) is None
+    cache.discard(("scan1", "thumbnail"))
+    assert cache.get(("scan1", "thumbnail")) is None and cache.size_bytes == 700

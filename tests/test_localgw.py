@@ -7,7 +7,9 @@ import contextlib
 import hashlib
 import http.client
 import json
+import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -438,6 +440,7 @@ def test_gateway_mangum_app_binary_response_and_head(server: tuple[str, int]) ->
 @pytest.mark.slow
 def test_main_runs_as_script_from_project_root() -> None:
     command = [sys.executable, "scripts/localgw.py", "--port", "0", "--containers", "2", "--config", str(FIXTURE_YML)]
+    command += ["--workers", "1"]
     with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) as process:
         try:
             assert process.stdout is not None
@@ -450,6 +453,79 @@ def test_main_runs_as_script_from_project_root() -> None:
             assert event["pathParameters"] == {"item": "cli"}
         finally:
             process.terminate()
+
+
+def worker_pids(pid: int) -> set[int]:
+    return {int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+
+
+def wait_for(condition: Any, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads worker processes from /proc")
+def test_main_with_workers_serves_from_each_replaces_a_dead_one_and_stops_on_sigint() -> None:
+    command = [sys.executable, "scripts/localgw.py", "--port", "0", "--containers", "2", "--config", str(FIXTURE_YML)]
+    command += ["--workers", "2", "--no-access-log"]
+    with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+        try:
+            assert process.stdout is not None
+            banner = process.stdout.readline()
+            found = re.fullmatch(r"Local gateway on http://127\.0\.0\.1:(\d+), 2 worker processes\n", banner)
+            assert found, banner
+            address = ("127.0.0.1", int(found.group(1)))
+            wait_for(lambda: len(worker_pids(process.pid)) == 2)
+            workers = worker_pids(process.pid)
+            served = {echoed_pid(call(address, "GET", f"/echo/w{n}")) for n in range(20)}
+            assert served and served <= workers
+
+            victim = next(iter(workers))
+            os.kill(victim, signal.SIGKILL)
+            wait_for(lambda: len(worker_pids(process.pid)) == 2 and victim not in worker_pids(process.pid))
+            replacements = worker_pids(process.pid)
+            served = {echoed_pid(call(address, "GET", f"/echo/r{n}")) for n in range(20)}
+            assert served and served <= replacements
+
+            process.send_signal(signal.SIGINT)
+            assert process.wait(timeout=20) == 0
+            assert process.stderr is not None
+            assert f"worker {victim} exited" in process.stderr.read()
+            for worker in replacements:
+                with pytest.raises(ProcessLookupError):
+                    os.kill(worker, 0)
+        finally:
+            if process.poll() is None:
+                process.kill()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads worker processes from /proc")
+def test_workers_end_with_their_parent_even_on_sigkill() -> None:
+    command = [sys.executable, "scripts/localgw.py", "--port", "0", "--config", str(FIXTURE_YML), "--workers", "2"]
+    with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) as process:
+        assert process.stdout is not None
+        process.stdout.readline()
+        wait_for(lambda: len(worker_pids(process.pid)) == 2)
+        workers = worker_pids(process.pid)
+        process.kill()
+        process.wait(timeout=10)
+
+        def gone(pid: int) -> bool:
+            try:
+                return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
+            except FileNotFoundError:
+                return True
+
+        wait_for(lambda: all(gone(pid) for pid in workers))
+
+
+def echoed_pid(reply: Reply) -> int:
+    assert reply.status == 200, reply.body
+    return int(reply.json()["pid"])
 
 
 def test_load_routes_reads_cloudformation_short_forms(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import threading
 import time
 from typing import Any
@@ -26,6 +27,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             "aws_request_id": context.aws_request_id,
             "remaining_ms": context.get_remaining_time_in_millis(),
         },
+        "pid": os.getpid(),
     }
     return {"statusCode": 200, "headers": {"content-type": "application/json"}, "body": json.dumps(reply)}
 
