@@ -15,7 +15,7 @@ import pytest
 from shared import config, db
 from shared.migrations import MIGRATIONS_DIR, MigrationError, load_migrations, run_migrations
 
-EXPECTED = ["001_create_scans", "002_add_image_storage", "003_scan_integrity", "004_dicom_and_preview"]
+EXPECTED = ["001_create_scans", "002_add_image_storage", "003_scan_integrity", "004_dicom_and_preview", "005_audit_and_login_throttle"]
 
 
 def run_on(url: str, directory: Path = MIGRATIONS_DIR) -> dict[str, Any]:
@@ -144,8 +144,8 @@ def test_scans_stored_before_004_show_their_original_as_preview(
             jpeg=jpeg,
         )
 
-        # When 004 is applied
-        assert run_on(url)["applied"] == ["004_dicom_and_preview"]
+        # When 004 (and what follows it) is applied
+        assert run_on(url)["applied"] == ["004_dicom_and_preview", "005_audit_and_login_throttle"]
 
         # Then its preview is its original, with the original's type and ETag, data or not
         for with_data in (True, False):
