@@ -70,7 +70,7 @@ def test_five_concurrent_runs_apply_everything_exactly_once(fresh_database: Call
     con = db.connect(config.parse_database_url(url), timeout=30)
     try:
         versions = [r[0] for r in con.run("SELECT version FROM schema_migrations ORDER BY version")]
-        assert versions == ["001", "002", "003", "004"]
+        assert versions == ["001", "002", "003", "004", "005"]
     finally:
         con.close()
 
