@@ -1,0 +1,147 @@
+"""The audit trail: who did what to which scan, when, from where, and how it ended.
+
+One row in `audit_events` (migration 005) per image read (200, 206, 304), scan delete, login
+(success, failure, throttled), logout, password change and admin action. A row holds ids, the
+action, the outcome, the source IP as the gateway saw it and the request id: never a token, a
+password, a file name or anything from a DICOM header. Image reads write their row in the same
+statement that reads the image (see shared.db); everything else calls record().
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from shared import db
+
+
+class Action(StrEnum):
+    image_read = "image.read"
+    scan_delete = "scan.delete"
+    login_success = "login.success"
+    login_failure = "login.failure"
+    login_throttled = "login.throttled"
+    logout = "logout"
+    logout_all = "logout.all"
+    password_change = "password.change"  # noqa: S105
+    admin_create_user = "admin.create_user"
+    admin_reset_password = "admin.reset_password"  # noqa: S105
+    admin_audit = "admin.audit"
+
+
+class Via(StrEnum):
+    token = "token"  # noqa: S105 - how a request was authorised, not a secret
+    signature = "signature"
+    password = "password"  # noqa: S105
+    admin = "admin"
+
+
+MAX_SOURCE_IP = 64
+MAX_REQUEST_ID = 128
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a request came from, as API Gateway reports it: the source IP and its request id."""
+
+    source_ip: str | None
+    request_id: str | None
+
+    @classmethod
+    def of_scope(cls, scope: Any) -> Origin:
+        """From an ASGI scope that Mangum built (it carries the Lambda event as `aws.event`)."""
+        event = scope.get("aws.event") if isinstance(scope, dict) else None
+        return cls.of_event(event)
+
+    @classmethod
+    def of_event(cls, event: Any) -> Origin:
+        context = event.get("requestContext") if isinstance(event, dict) else None
+        if not isinstance(context, dict):
+            return cls(None, None)
+        http = context.get("http")
+        source_ip = http.get("sourceIp") if isinstance(http, dict) else None
+        request_id = context.get("requestId")
+        return cls(
+            source_ip[:MAX_SOURCE_IP] if isinstance(source_ip, str) and source_ip else None,
+            request_id[:MAX_REQUEST_ID] if isinstance(request_id, str) and request_id else None,
+        )
+
+
+NOWHERE = Origin(None, None)
+
+INSERT_AUDIT_EVENT = """
+    INSERT INTO audit_events (user_id, action, scan_id, image_type, via, status, source_ip, request_id)
+    VALUES (:user_id, :action, :scan_id, :image_type, :via, :status, :source_ip, :request_id)
+"""
+
+
+def record(
+    con: db.Connection,
+    *,
+    action: Action,
+    status: int,
+    origin: Origin = NOWHERE,
+    user_id: int | None = None,
+    scan_id: str | None = None,
+    image_type: str | None = None,
+    via: Via | None = None,
+) -> None:
+    """Append one event to the trail (in the caller's transaction, if any)."""
+    con.run(
+        INSERT_AUDIT_EVENT,
+        user_id=user_id,
+        action=action.value,
+        scan_id=scan_id,
+        image_type=image_type,
+        via=None if via is None else via.value,
+        status=status,
+        source_ip=origin.source_ip,
+        request_id=origin.request_id,
+    )
+
+
+@dataclass(frozen=True)
+class Event:
+    """One row of the trail, for `make audit` and the admin function."""
+
+    at: datetime
+    user_id: int | None
+    username: str | None
+    action: str
+    scan_id: str | None
+    image_type: str | None
+    via: str | None
+    status: int
+    source_ip: str | None
+    request_id: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "at": self.at.isoformat(),
+            "userId": self.user_id,
+            "username": self.username,
+            "action": self.action,
+            "scanId": self.scan_id,
+            "imageType": self.image_type,
+            "via": self.via,
+            "status": self.status,
+            "sourceIp": self.source_ip,
+            "requestId": self.request_id,
+        }
+
+
+SELECT_RECENT_EVENTS = """
+    SELECT e.at, e.user_id, u.username, e.action, e.scan_id, e.image_type, e.via, e.status, e.source_ip, e.request_id
+    FROM audit_events e LEFT JOIN users u ON u.id = e.user_id
+    WHERE (CAST(:username AS text) IS NULL OR u.username = CAST(:username AS text))
+    ORDER BY e.at DESC, e.id DESC
+    LIMIT :limit
+"""
+
+
+def recent(con: db.Connection, *, username: str | None = None, limit: int = 50) -> list[Event]:
+    """The newest events first, of one user or of everyone."""
+    rows = con.run(SELECT_RECENT_EVENTS, username=username, limit=limit)
+    return [Event(*row) for row in rows]
