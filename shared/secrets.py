@@ -43,7 +43,14 @@ def _secrets_client() -> Any:
         for name in ("botocore", "boto3"):
             logging.getLogger(name).setLevel(logging.INFO)
 
-        _client = boto3.client("secretsmanager")
+        from botocore.config import Config
+
+        # botocore's defaults (60 s to connect, 60 s to read, retries) would outlast every
+        # function's timeout; a request would end in the platform's timeout instead of our 503.
+        _client = boto3.client(
+            "secretsmanager",
+            config=Config(connect_timeout=1, read_timeout=2, retries={"total_max_attempts": 2, "mode": "standard"}),
+        )
     return _client
 
 

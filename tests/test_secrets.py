@@ -215,3 +215,14 @@ def test_rotation_is_handled_even_when_the_refusal_looks_like_a_network_error(
 
     assert api.request("GET", "/api/v1/scans", token=token).status == 200
     assert backend_user() == APP_ROLE
+
+
+def test_secrets_manager_calls_give_up_well_within_a_functions_timeout(fake_aws_credentials: None) -> None:
+    secrets.clear_cache()
+    try:
+        client_config = secrets._secrets_client().meta.config
+        assert client_config.connect_timeout == 1 and client_config.read_timeout == 2
+        # At most two attempts of at most 1 s to connect and 2 s to read: ~6 s in the worst case.
+        assert client_config.retries["total_max_attempts"] == 2 and client_config.retries["mode"] == "standard"
+    finally:
+        secrets.clear_cache()
