@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench migrate user token package sample clean-data openapi
+.PHONY: run test lint bench migrate user token audit package sample clean-data openapi
 
 $(STAMP): requirements-images.txt requirements.txt requirements-upload.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,10 @@ user: $(STAMP)
 token: $(STAMP)
 	@test -n "$(NAME)" || { echo "usage: make token NAME=alice"; exit 2; }
 	@$(PY) scripts/manage.py token '$(NAME)'
+
+# The audit trail, newest first: make audit [NAME=alice] [LIMIT=50]
+audit: $(STAMP)
+	@$(PY) scripts/manage.py audit $(if $(NAME),--name '$(NAME)') --limit '$(or $(LIMIT),50)'
 
 # A small synthetic CT series (DICOM, with known dense regions), generated here: nothing is downloaded.
 sample: $(STAMP)

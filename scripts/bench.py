@@ -6,7 +6,9 @@ Runs on a fresh database `ctscan_bench` on the embedded server (or DATABASE_URL'
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import functools
 import io
 import json
 import os
@@ -14,6 +16,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -161,6 +164,10 @@ def gateway_process(database_url: str, *, workers: int | None = None, **env: str
         assert process.stdout is not None
         banner = process.stdout.readline()
         port = int(banner.split("http://", 1)[1].split(",")[0].split()[0].rsplit(":", 1)[1])
+        # Read and drop the functions' log lines and metrics (one or two per request), as CloudWatch
+        # takes them off a Lambda: a full pipe would stall the gateway mid-measurement.
+        drain = functools.partial(collections.deque, process.stdout, maxlen=0)
+        threading.Thread(target=drain, name="gateway-stdout", daemon=True).start()
         yield port
     finally:
         process.send_signal(signal.SIGINT)

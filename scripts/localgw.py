@@ -10,6 +10,7 @@ import functools
 import importlib
 import json
 import os
+import queue
 import re
 import signal
 import socket
@@ -19,7 +20,8 @@ import time
 import traceback
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
+from concurrent.futures import wait as wait_for
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -245,6 +247,11 @@ class LambdaContext:
         self.client_context = None
         self._deadline = time.monotonic() + route.timeout_s
 
+    @property
+    def deadline(self) -> float:
+        """When the invocation times out, in time.monotonic() seconds."""
+        return self._deadline
+
     def get_remaining_time_in_millis(self) -> int:
         return max(0, int((self._deadline - time.monotonic()) * 1000))
 
@@ -281,16 +288,133 @@ def to_http_response(result: Any) -> HttpResponse:
     return int(result["statusCode"]), headers, body
 
 
+class Containers:
+    """One function's containers: threads that each run one invocation at a time, with an event loop
+    (and a database connection) of their own, started on demand up to `size` as Lambda starts sandboxes.
+
+    An invocation that outlives the function's timeout loses its container: Lambda stops it and
+    discards the sandbox. A thread cannot be stopped, so it is left to finish on its own and then
+    ends without serving again (its database connection closed); a new container takes its place
+    at once, so a stuck handler never holds the function's capacity.
+    """
+
+    def __init__(self, name: str, size: int) -> None:
+        self.name = name
+        self.size = size
+        self._work: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._live: set[threading.Thread] = set()  # containers that may still serve
+        self._lost: set[threading.Thread] = set()  # still running an invocation that timed out
+        self._running: dict[Future[Any], threading.Thread] = {}
+        self._idle = 0  # live containers that no queued invocation has claimed
+        self._unclaimed = 0  # queued invocations that no container has claimed
+        self._started = 0
+        self._closed = False
+
+    def submit(self, fn: Callable[[], Any]) -> Future[Any]:
+        """Run fn() in a free container, a new one while there are fewer than `size`, else the next free."""
+        future: Future[Any] = Future()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"the containers of {self.name} are shut down")
+            self._work.put((future, fn))
+            if self._idle:
+                self._idle -= 1
+            elif len(self._live) < self.size:
+                self._start()
+            else:
+                self._unclaimed += 1
+        return future
+
+    def lose(self, future: Future[Any]) -> bool:
+        """The invocation of `future` timed out: its container never serves again and another takes
+        its place. False if it has finished after all."""
+        with self._lock:
+            thread = self._running.get(future)
+            if thread is None or future.done():
+                return False
+            self._lost.add(thread)
+            self._live.discard(thread)
+            if self._unclaimed and not self._closed:
+                self._unclaimed -= 1
+                self._start()
+            return True
+
+    def shutdown(self) -> None:
+        """Cancel queued invocations and wait for running ones, except in lost containers."""
+        with self._lock:
+            self._closed = True
+            live = list(self._live)
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    item = self._work.get_nowait()
+                    if item is not None:
+                        item[0].cancel()
+            for _ in live:
+                self._work.put(None)
+        for thread in live:
+            while thread.is_alive() and thread not in self._lost:
+                thread.join(0.1)
+
+    def _start(self) -> None:  # with the lock held: the new container claims one queued invocation
+        self._started += 1
+        thread = threading.Thread(target=self._serve, name=f"lambda-{self.name}-{self._started}", daemon=True)
+        self._live.add(thread)
+        thread.start()
+
+    def _serve(self) -> None:
+        me = threading.current_thread()
+        # Mangum calls asyncio.get_event_loop(), which raises in a thread that has no loop.
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            while (item := self._work.get()) is not None:
+                future, fn = item
+                if future.set_running_or_notify_cancel():
+                    with self._lock:
+                        self._running[future] = me
+                    try:
+                        result = fn()
+                    except BaseException as exc:
+                        future.set_exception(exc)
+                    else:
+                        future.set_result(result)
+                    with self._lock:
+                        del self._running[future]
+                with self._lock:
+                    lost = me in self._lost
+                    if lost:
+                        self._lost.discard(me)
+                    elif self._unclaimed:
+                        self._unclaimed -= 1
+                    else:
+                        self._idle += 1
+                if lost:  # Lambda discards the sandbox, and its database connection with it
+                    database = sys.modules.get("shared.db")
+                    if database is not None:
+                        database.close_connection()
+                    return
+        finally:
+            loop.close()
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """An event on its way through a function: its result, and its deadline once a container runs it."""
+
+    result: Future[Any]
+    deadline: Future[float]  # time.monotonic() seconds, set as the handler starts
+
+
 class Gateway:
-    """Routes requests to handlers, each function with its own pool of single-request containers."""
+    """Routes requests to handlers, each function with its own containers (see Containers)."""
 
     def __init__(self, routes: list[Route], *, containers: int = 4) -> None:
         self.routes = routes
         self._by_specificity = sorted(routes, key=_specificity)
         self.containers = containers
-        self._pools: dict[str, ThreadPoolExecutor] = {}
+        self._functions: dict[str, Containers] = {}
         self._handlers: dict[str, Handler] = {}
-        self._loops: list[asyncio.AbstractEventLoop] = []
         self._lock = threading.Lock()
 
     def match(self, method: str, raw_path: str) -> tuple[Route, dict[str, str]] | None:
@@ -300,20 +424,11 @@ class Gateway:
                 return route, params
         return None
 
-    def _pool(self, function_name: str) -> ThreadPoolExecutor:
+    def _function(self, function_name: str) -> Containers:
         with self._lock:
-            if function_name not in self._pools:
-                self._pools[function_name] = ThreadPoolExecutor(
-                    self.containers, thread_name_prefix=f"lambda-{function_name}", initializer=self._start_container
-                )
-            return self._pools[function_name]
-
-    def _start_container(self) -> None:
-        # Mangum calls asyncio.get_event_loop(), which raises in a thread that has no loop.
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        with self._lock:
-            self._loops.append(loop)
+            if function_name not in self._functions:
+                self._functions[function_name] = Containers(function_name, self.containers)
+            return self._functions[function_name]
 
     def _handler(self, route: Route) -> Handler:
         with self._lock:  # the first request is the cold start: import the module then
@@ -323,14 +438,39 @@ class Gateway:
                 self._handlers[route.handler_ref] = cast(Handler, getattr(loaded, attribute))
             return self._handlers[route.handler_ref]
 
-    def _run(self, route: Route, event: dict[str, Any]) -> Any:
+    def _run(self, route: Route, event: dict[str, Any], deadline: Future[float]) -> Any:
+        # The import is Lambda's init phase, which the function's timeout does not cover.
+        handler = self._handler(route)
         context = LambdaContext(route, event["requestContext"]["requestId"])
-        return self._handler(route)(event, context)
+        deadline.set_result(context.deadline)
+        return handler(event, context)
 
-    def _submit(self, route: Route, event: dict[str, Any]) -> Future[Any] | HttpResponse:
+    def _submit(self, route: Route, event: dict[str, Any]) -> Invocation | HttpResponse:
         if payload_size(event) > LAMBDA_PAYLOAD_LIMIT:
             return error(413, "payload_too_large", "Request Entity Too Large")
-        return self._pool(route.function_name).submit(self._run, route, event)
+        deadline: Future[float] = Future()
+        result = self._function(route.function_name).submit(functools.partial(self._run, route, event, deadline))
+        return Invocation(result, deadline)
+
+    def _time_left(self, route: Route, invocation: Invocation) -> float | None:
+        """Seconds the invocation may still run; None once the function's timeout has passed."""
+        if not invocation.deadline.done():
+            return float(route.timeout_s)  # waiting for a free container: its time has not begun
+        left = invocation.deadline.result() - time.monotonic()
+        return left if left > 0 else None
+
+    def _finish(self, route: Route, invocation: Invocation) -> HttpResponse:
+        if not invocation.result.done() and self._function(route.function_name).lose(invocation.result):
+            print(
+                f"{route.function_name}: timed out after {route.timeout_s} s; its container is lost",
+                file=sys.stderr,
+                flush=True,
+            )
+            # HTTP API answers a function error, a timeout included, with 500 and {"message":"Internal
+            # Server Error"}; its 504 is for its own 30 s integration timeout, which never comes first
+            # here (serverless.yml gives HTTP functions at most 29 s). Same status, our JSON shape.
+            return error(500, "internal_error", "Internal Server Error")
+        return self._shape(route, invocation.result)
 
     def _shape(self, route: Route, future: Future[Any]) -> HttpResponse:
         try:
@@ -349,17 +489,28 @@ class Gateway:
             return error(502, "bad_gateway", "Internal Server Error")
 
     def invoke(self, route: Route, event: dict[str, Any]) -> HttpResponse:
-        """Send one event through Lambda's payload limits to the function and shape its answer."""
+        """Send one event through Lambda's payload limits and timeout to the function and shape its answer."""
         submitted = self._submit(route, event)
-        return submitted if isinstance(submitted, tuple) else self._shape(route, submitted)
+        if not isinstance(submitted, Invocation):
+            return submitted
+        left: float | None = route.timeout_s
+        while left is not None and not wait_for([submitted.result], timeout=left).done:
+            left = self._time_left(route, submitted)
+        return self._finish(route, submitted)
 
     async def invoke_async(self, route: Route, event: dict[str, Any]) -> HttpResponse:
         """invoke() for an event loop: the loop waits for the container without blocking."""
         submitted = self._submit(route, event)
-        if isinstance(submitted, tuple):
+        if not isinstance(submitted, Invocation):
             return submitted
-        await asyncio.wait({asyncio.wrap_future(submitted)})
-        return self._shape(route, submitted)
+        result = asyncio.wrap_future(submitted.result)
+        # The answer is read from the container's future: mark this copy's error as seen, so that
+        # asyncio does not report it as never retrieved.
+        result.add_done_callback(lambda done: done.cancelled() or done.exception())
+        left: float | None = route.timeout_s
+        while left is not None and not (await asyncio.wait({result}, timeout=left))[0]:
+            left = self._time_left(route, submitted)
+        return self._finish(route, submitted)
 
     def handle(
         self, *, method: str, raw_path: str, raw_query: str, headers: list[tuple[str, str]], body: bytes, source_ip: str
@@ -381,10 +532,8 @@ class Gateway:
         return self.invoke(route, event)
 
     def close(self) -> None:
-        for pool in self._pools.values():
-            pool.shutdown(wait=True, cancel_futures=True)
-        for loop in self._loops:
-            loop.close()
+        for function in self._functions.values():
+            function.shutdown()
         # The containers' database connections outlive their threads: close them as Lambda would.
         database = sys.modules.get("shared.db")
         if database is not None:
@@ -1030,6 +1179,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be at least 1")
+    # Lambda sends a function's output to CloudWatch line by line; so do we, into a pipe too: the
+    # functions' JSON log lines and EMF metrics (shared.observability) appear as each request ends.
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(line_buffering=True)
     listener = listening_socket((args.host, args.port), GatewayServer.request_queue_size)
 
     def make(sock: socket.socket) -> GatewayServer:

@@ -68,6 +68,12 @@ class Origin:
             request_id[:MAX_REQUEST_ID] if isinstance(request_id, str) and request_id else None,
         )
 
+    @classmethod
+    def of_lambda_context(cls, context: Any) -> Origin:
+        """An invocation with no HTTP request (ops): no source IP; the Lambda request id, if any."""
+        request_id = getattr(context, "aws_request_id", None)
+        return cls(None, request_id[:MAX_REQUEST_ID] if isinstance(request_id, str) and request_id else None)
+
 
 NOWHERE = Origin(None, None)
 

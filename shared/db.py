@@ -8,8 +8,10 @@ pg8000 `:name` parameters; the only formatted piece is an image column taken fro
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import logging
+import math
 import socket
 import ssl
 import threading
@@ -51,28 +53,6 @@ class ImageType(StrEnum):
     thumbnail = "thumbnail"
 
 
-@dataclass(frozen=True)
-class ImageColumns:
-    """SQL expressions (fixed, never from a request) for one image type's bytes, hash and type."""
-
-    data: str
-    sha256: str
-    content_type: str
-
-
-IMAGE_COLUMNS: dict[ImageType, ImageColumns] = {
-    ImageType.original: ImageColumns("original_image_data", "file_hash", "content_type"),
-    # Scans stored before migration 004 have no preview: their PNG or JPEG original stands in.
-    ImageType.preview: ImageColumns(
-        "COALESCE(preview_image_data, original_image_data)",
-        "COALESCE(preview_hash, file_hash)",
-        "CASE WHEN preview_image_data IS NULL THEN content_type ELSE 'image/jpeg' END",
-    ),
-    ImageType.annotated: ImageColumns("annotated_image_data", "annotated_hash", "'image/jpeg'"),
-    ImageType.thumbnail: ImageColumns("thumbnail_image_data", "thumbnail_hash", "'image/jpeg'"),
-}
-
-
 # ---------------------------------------------------------------- connections
 
 
@@ -83,6 +63,59 @@ def _to_statement(sql: str) -> tuple[str, Callable[[dict[str, Any]], tuple[Any, 
 
 _DESCRIBE_UNNAMED_PORTAL = pg8000_core._create_message(pg8000_core.DESCRIBE, pg8000_core.PORTAL + pg8000_core.NULL_BYTE)
 _BIND_HEAD = pg8000_core.NULL_BYTE * 2 + pg8000_core.H_pack(0)  # unnamed portal and statement, params as text
+
+# What an invocation keeps back from the time Lambda gives it, to answer once the database has had
+# the rest. Turning DatabaseUnavailable into the JSON 503 takes milliseconds; the margin covers what
+# can stall it (a GC pause, a slow log write, the socket timeout firing late). That work does not
+# grow with the function's timeout, so the margin is a fixed time rather than a share of it.
+ANSWER_MARGIN_SECONDS = 0.5
+
+
+class _Budget:
+    """The database time one invocation has left: DB_TIMEOUT_SECONDS of waiting, all before `deadline`."""
+
+    __slots__ = ("deadline", "seconds_left")
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.seconds_left: float | None = None  # read from the settings at the first wait
+
+    def timeout(self) -> float:
+        """The socket timeout for the next wait: all that is left; DatabaseUnavailable when nothing is."""
+        if self.seconds_left is None:
+            self.seconds_left = get_settings().db_timeout_seconds
+        left = min(self.seconds_left, self.deadline - time.monotonic())
+        if left <= 0:
+            log.warning("the invocation's database time is spent: answering 503")
+            raise DatabaseUnavailable("The database is unavailable; try again shortly.")
+        return left
+
+    def spend(self, started: float) -> None:
+        """Charge the wait that began at `started` (time.monotonic())."""
+        if self.seconds_left is not None:
+            self.seconds_left -= time.monotonic() - started
+
+
+# A contextvar, not a thread-local: Mangum runs the app in a task on the invoking thread, and
+# Starlette runs sync code in a thread pool; both copy the context, so both see the budget.
+_budget: contextvars.ContextVar[_Budget | None] = contextvars.ContextVar("database_budget", default=None)
+
+
+@contextlib.contextmanager
+def invocation_budget(remaining_ms: int | None) -> Iterator[None]:
+    """Bound every database wait of one invocation (connect, each statement, the reconnect) together.
+
+    In all they wait at most DB_TIMEOUT_SECONDS, and none goes on past the invocation's end less
+    ANSWER_MARGIN_SECONDS: a database that stops answering costs a 503 with Retry-After, never the
+    platform's timeout error. `remaining_ms` is the Lambda context's get_remaining_time_in_millis()
+    (None: no end known). Outside this block, every wait gets DB_TIMEOUT_SECONDS, as scripts want.
+    """
+    deadline = math.inf if remaining_ms is None else time.monotonic() + remaining_ms / 1000 - ANSWER_MARGIN_SECONDS
+    token = _budget.set(_Budget(deadline))
+    try:
+        yield
+    finally:
+        _budget.reset(token)
 
 
 class Connection(pg8000_native.Connection):  # type: ignore[misc]  # pg8000 ships no types
@@ -99,10 +132,34 @@ class Connection(pg8000_native.Connection):  # type: ignore[misc]  # pg8000 ship
     Our SQL is a fixed set of module constants, so each is translated once. This leans on pg8000
     1.31's message helpers (pinned in requirements.txt); tests/test_connection.py holds it to
     pg8000's own results and errors.
+
+    pg8000 sets the socket timeout once, at connect. Here each statement sets it to what the
+    invocation's budget has left (see invocation_budget), and outside one to `default_timeout`.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # The socket timeout of a statement outside any invocation's budget.
+        self.default_timeout: float | None = kwargs.get("timeout")
+        super().__init__(*args, **kwargs)
+
     def run(self, sql: str, stream: Any = None, types: Any = None, **params: Any) -> Any:
-        """Run one statement; `:name` parameters as in pg8000.native."""
+        """Run one statement; `:name` parameters as in pg8000.native. Its wait comes out of the budget."""
+        sock = self._usock
+        if sock is None:
+            raise InterfaceError("connection is closed")
+        budget = _budget.get()
+        if budget is None:
+            if sock.gettimeout() != self.default_timeout:
+                sock.settimeout(self.default_timeout)
+            return self._run(sql, stream, types, params)
+        sock.settimeout(budget.timeout())
+        started = time.monotonic()
+        try:
+            return self._run(sql, stream, types, params)
+        finally:
+            budget.spend(started)
+
+    def _run(self, sql: str, stream: Any, types: Any, params: dict[str, Any]) -> Any:
         if (not params and stream is None) or stream is not None:
             return super().run(sql, stream=stream, types=types, **params)
         statement, make_vals = _to_statement(sql)
@@ -180,21 +237,24 @@ def connect(params: DatabaseParams, *, timeout: float) -> Connection:
     connect with cached credentials fails, the secret is read again once: if it changed (it was
     rotated), we retry with the new one. pg8000 usually reports a refused password as SQLSTATE
     28P01, but now and then as a network error (the server closes the socket as it answers; seen
-    about 1 in 300 here), so the refresh does not depend on which error came back.
+    about 1 in 300 here), so the refresh does not depend on which error came back. The retry gets
+    what is left of `timeout`: it bounds the whole connect.
     """
     if params.secret_arn is None:
         return _connect(params, user=params.user, password=params.password, timeout=timeout)
     from shared.secrets import get_database_credentials
 
+    started = time.monotonic()
     cached = get_database_credentials(params.secret_arn)
     try:
         return _connect(params, user=cached.username, password=cached.password, timeout=timeout)
     except DatabaseUnavailable:
         current = get_database_credentials(params.secret_arn, refresh=True)
-        if current == cached:
+        left = timeout - (time.monotonic() - started)
+        if current == cached or left <= 0:
             raise
         log.warning("database secret changed since it was cached; connecting with the new one")
-        return _connect(params, user=current.username, password=current.password, timeout=timeout)
+        return _connect(params, user=current.username, password=current.password, timeout=left)
 
 
 def _connect(params: DatabaseParams, *, user: str, password: str | None, timeout: float) -> Connection:
@@ -250,7 +310,16 @@ def _connection(settings: Settings) -> Connection:
             close_connection()
             con = None
     if con is None:
-        con = connect(settings.database, timeout=settings.db_timeout_seconds)
+        budget = _budget.get()
+        if budget is None:
+            con = connect(settings.database, timeout=settings.db_timeout_seconds)
+        else:
+            timeout, started = budget.timeout(), time.monotonic()
+            try:
+                con = connect(settings.database, timeout=timeout)
+            finally:
+                budget.spend(started)
+        con.default_timeout = settings.db_timeout_seconds
         _holder.con = con
         _opened.add(con)
     _holder.last_used = now
@@ -261,22 +330,30 @@ def close_connection() -> None:
     """Drop this container's connection (it is reopened on next use)."""
     con, _holder.con = _holder.con, None
     if con is not None:
-        with contextlib.suppress(Exception):
-            con.close()
+        _close_without_waiting(con)
 
 
 def close_all_connections() -> None:
     """Close every container connection of this process (the local gateway's shutdown)."""
     for con in list(_opened):
-        with contextlib.suppress(Exception):
-            con.close()
+        _close_without_waiting(con)
     _opened.clear()
+
+
+def _close_without_waiting(con: Connection) -> None:
+    # pg8000 says goodbye (a Terminate message) before it closes. To a server that stopped reading,
+    # with a send buffer still full, a blocking send would wait out a whole timeout once more.
+    with contextlib.suppress(Exception):
+        con._usock.settimeout(0)
+    with contextlib.suppress(Exception):
+        con.close()
 
 
 def call(fn: Callable[..., R], /, **kwargs: Any) -> R:
     """Run fn(con, **kwargs) on this container's connection; reconnect once on a network error.
 
-    Only connection-level failures are retried. A second failure answers 503, never a hang.
+    Only connection-level failures are retried. A second failure answers 503, never a hang; so
+    does an invocation's database time running out (see invocation_budget), retry or not.
     """
     settings = get_settings()
     for attempt in (1, 2):
@@ -292,6 +369,11 @@ def call(fn: Callable[..., R], /, **kwargs: Any) -> R:
             log.warning("database network error (attempt %d): %s", attempt, type(exc).__name__)
             if attempt == 2:
                 raise DatabaseUnavailable("The database is unavailable; try again shortly.") from exc
+        except DatabaseUnavailable:
+            # The invocation's database time ran out part-way, perhaps inside a transaction: drop
+            # the connection (the server rolls back) so that the next invocation starts clean.
+            close_connection()
+            raise
     raise AssertionError("unreachable")
 
 
@@ -338,9 +420,23 @@ INSERT_USER = """
 UPDATE_USER_PASSWORD = "UPDATE users SET password_hash = :password_hash WHERE username = :username RETURNING id"  # noqa: S105
 SELECT_CREDENTIALS = "SELECT id, password_hash FROM users WHERE username = :username"
 SELECT_USER_ID = "SELECT id FROM users WHERE username = :username"
+# Held until the transaction ends: a password change or reset waits for a login that verified the
+# old password, or that login sees the new hash; and a user's sessions are created one at a time.
+LOCK_USER = "SELECT password_hash FROM users WHERE id = :user_id FOR UPDATE"
+# The new session, and in the same statement the end of the user's expired sessions and of the
+# oldest live ones beyond :max_sessions - 1 others (the DELETE sees the table without the new row).
 INSERT_SESSION = """
+    WITH ended AS (
+        DELETE FROM sessions
+        WHERE user_id = CAST(:user_id AS bigint)
+          AND (expires_at <= now() OR token_hash IN (
+              SELECT token_hash FROM sessions
+              WHERE user_id = CAST(:user_id AS bigint) AND expires_at > now()
+              ORDER BY created_at DESC, token_hash DESC
+              OFFSET CAST(:max_sessions AS integer) - 1))
+    )
     INSERT INTO sessions (token_hash, user_id, expires_at)
-    VALUES (:token_hash, :user_id, now() + make_interval(secs => :ttl_seconds))
+    VALUES (:token_hash, CAST(:user_id AS bigint), now() + make_interval(secs => :ttl_seconds))
     RETURNING expires_at
 """
 SELECT_SESSION_OWNER = """
@@ -348,7 +444,7 @@ SELECT_SESSION_OWNER = """
     WHERE s.token_hash = :token_hash AND s.expires_at > now()
 """
 DELETE_SESSION = "DELETE FROM sessions WHERE token_hash = :token_hash"
-DELETE_EXPIRED_SESSIONS = "DELETE FROM sessions WHERE user_id = :user_id AND expires_at <= now()"
+DELETE_USER_SESSIONS = "DELETE FROM sessions WHERE user_id = :user_id"
 
 
 def create_user(con: Connection, *, username: str, password_hash: str) -> int:
@@ -362,9 +458,10 @@ def create_user(con: Connection, *, username: str, password_hash: str) -> int:
     return int(rows[0][0])
 
 
-def set_user_password(con: Connection, *, username: str, password_hash: str) -> bool:
-    """Replace a user's password hash; False when there is no such user."""
-    return bool(con.run(UPDATE_USER_PASSWORD, username=username, password_hash=password_hash))
+def set_user_password(con: Connection, *, username: str, password_hash: str) -> int | None:
+    """Replace a user's password hash; the user's id, or None when there is no such user."""
+    rows = con.run(UPDATE_USER_PASSWORD, username=username, password_hash=password_hash)
+    return int(rows[0][0]) if rows else None
 
 
 def get_credentials(con: Connection, *, username: str) -> Credentials | None:
@@ -379,9 +476,18 @@ def get_user_id(con: Connection, *, username: str) -> int | None:
     return int(rows[0][0]) if rows else None
 
 
-def create_session(con: Connection, *, token_hash: str, user_id: int, ttl_seconds: int) -> datetime:
-    """Store a session by the hash of its token; returns when it expires."""
-    rows = con.run(INSERT_SESSION, token_hash=token_hash, user_id=user_id, ttl_seconds=ttl_seconds)
+def lock_user(con: Connection, *, user_id: int) -> str | None:
+    """Lock a user's row until the transaction ends; its current password hash, or None when gone."""
+    rows = con.run(LOCK_USER, user_id=user_id)
+    return str(rows[0][0]) if rows else None
+
+
+def create_session(con: Connection, *, token_hash: str, user_id: int, ttl_seconds: int, max_sessions: int) -> datetime:
+    """Store a session by the hash of its token, ending the user's expired sessions and the oldest
+    live ones beyond max_sessions; returns when the new one expires."""
+    rows = con.run(
+        INSERT_SESSION, token_hash=token_hash, user_id=user_id, ttl_seconds=ttl_seconds, max_sessions=max_sessions
+    )
     expires_at: datetime = rows[0][0]
     return expires_at
 
@@ -397,10 +503,98 @@ def delete_session(con: Connection, *, token_hash: str) -> None:
     con.run(DELETE_SESSION, token_hash=token_hash)
 
 
-def delete_expired_sessions(con: Connection, *, user_id: int) -> int:
-    """Remove a user's sessions past their expiry; returns how many."""
-    con.run(DELETE_EXPIRED_SESSIONS, user_id=user_id)
+def delete_user_sessions(con: Connection, *, user_id: int) -> int:
+    """End every session of a user; returns how many."""
+    con.run(DELETE_USER_SESSIONS, user_id=user_id)
     return int(con.row_count or 0)
+
+
+# ---------------------------------------------------------------- login throttling
+
+
+@dataclass(frozen=True)
+class LoginLimits:
+    """How many failed logins a window allows, per username and per source IP."""
+
+    window_seconds: int
+    max_per_username: int
+    max_per_source: int
+
+
+# Seconds until this username's and this source's failures in the window are back under their
+# limits (the limit-th newest leaving the window lets the next attempt through), NULL while under
+# both. :failure_id, the caller's own pending failure (or NULL), is not counted.
+_LOGIN_WAIT = """
+    SELECT CAST(ceil(extract(epoch FROM max(wait))) AS integer) AS seconds FROM (
+        (SELECT at + make_interval(secs => CAST(:window_seconds AS integer)) - now() AS wait
+         FROM login_failures
+         WHERE username_key = CAST(:username_key AS char(64))
+           AND at > now() - make_interval(secs => CAST(:window_seconds AS integer))
+           AND id IS DISTINCT FROM CAST(:failure_id AS bigint)
+         ORDER BY at DESC OFFSET CAST(:max_per_username AS integer) - 1 LIMIT 1)
+        UNION ALL
+        (SELECT at + make_interval(secs => CAST(:window_seconds AS integer)) - now() AS wait
+         FROM login_failures
+         WHERE source_ip = CAST(:source_ip AS text)
+           AND at > now() - make_interval(secs => CAST(:window_seconds AS integer))
+           AND id IS DISTINCT FROM CAST(:failure_id AS bigint)
+         ORDER BY at DESC OFFSET CAST(:max_per_source AS integer) - 1 LIMIT 1)
+    ) waits
+"""
+# Counts the window and records the attempt as a pending failure only when under both limits;
+# clears this username's and this source's failures that have left the window.
+RESERVE_LOGIN_ATTEMPT = f"""
+    WITH wait AS ({_LOGIN_WAIT}),
+    pruned AS (
+        DELETE FROM login_failures
+        WHERE (username_key = CAST(:username_key AS char(64)) OR source_ip = CAST(:source_ip AS text))
+          AND at <= now() - make_interval(secs => CAST(:window_seconds AS integer))
+    ),
+    pending AS (
+        INSERT INTO login_failures (username_key, source_ip)
+        SELECT CAST(:username_key AS char(64)), CAST(:source_ip AS text) FROM wait WHERE seconds IS NULL
+        RETURNING id
+    )
+    SELECT (SELECT id FROM pending), (SELECT seconds FROM wait)
+"""
+# Counts again once the pending failure is committed, now seeing every concurrent attempt that got
+# as far, and withdraws it when they have passed a limit together.
+CONFIRM_LOGIN_ATTEMPT = f"""
+    WITH wait AS ({_LOGIN_WAIT}),
+    withdrawn AS (
+        DELETE FROM login_failures
+        WHERE id = CAST(:failure_id AS bigint) AND (SELECT seconds FROM wait) IS NOT NULL
+    )
+    SELECT seconds FROM wait
+"""
+DELETE_LOGIN_FAILURES = "DELETE FROM login_failures WHERE username_key = :username_key"
+
+
+def reserve_login_attempt(con: Connection, *, username_key: str, source_ip: str, limits: LoginLimits) -> int | None:
+    """Count a login attempt as a failure in advance; None when it may go ahead, else seconds to wait.
+
+    Two statements, outside any transaction: the first records the pending failure only while the
+    window is under both limits; the second, once that row is committed, counts again and withdraws
+    it if concurrent attempts passed a limit meanwhile. A burst of parallel guesses thus never gets
+    more than a limit's worth through (it may be refused a little early instead). An attempt that
+    is refused is not recorded, so it does not extend the window.
+    """
+    params = {
+        "username_key": username_key,
+        "source_ip": source_ip,
+        "window_seconds": limits.window_seconds,
+        "max_per_username": limits.max_per_username,
+        "max_per_source": limits.max_per_source,
+    }
+    failure_id, seconds = con.run(RESERVE_LOGIN_ATTEMPT, failure_id=None, **params)[0]
+    if failure_id is not None:
+        seconds = con.run(CONFIRM_LOGIN_ATTEMPT, failure_id=failure_id, **params)[0][0]
+    return None if seconds is None else max(1, int(seconds))
+
+
+def delete_login_failures(con: Connection, *, username_key: str) -> None:
+    """Forget a username's failed logins (after a successful one)."""
+    con.run(DELETE_LOGIN_FAILURES, username_key=username_key)
 
 
 # ---------------------------------------------------------------- scans
@@ -493,7 +687,18 @@ SELECT_STUDY_PAGE = f"""
              CAST(:after_id AS text))
     ORDER BY {_SERIES_KEY}, {_INSTANCE_KEY}, {_POSITION_KEY}, id LIMIT :limit
 """
-DELETE_SCAN = "DELETE FROM scans WHERE id = :scan_id AND owner_id = :owner_id"
+# The delete and its audit row (204, or 404 when there was no such scan of this owner) in one statement.
+DELETE_SCAN = """
+    WITH gone AS (
+        DELETE FROM scans WHERE id = :scan_id AND owner_id = :owner_id RETURNING id
+    ), audit AS (
+        INSERT INTO audit_events (user_id, action, scan_id, via, status, source_ip, request_id)
+        SELECT :owner_id, 'scan.delete', left(CAST(:scan_id AS text), 64), 'token',
+               CASE WHEN EXISTS (SELECT FROM gone) THEN 204 ELSE 404 END,
+               CAST(:source_ip AS text), CAST(:request_id AS text)
+    )
+    SELECT count(*) FROM gone
+"""
 
 
 def _scan(row: list[Any]) -> Scan:
@@ -622,10 +827,12 @@ def list_scans_in_series(
     return [_scan(row) for row in rows]
 
 
-def delete_scan(con: Connection, *, scan_id: str, owner_id: int) -> None:
-    """Delete one of this owner's scans; ScanNotFound when there is none."""
-    con.run(DELETE_SCAN, scan_id=scan_id, owner_id=owner_id)
-    if not con.row_count:
+def delete_scan(
+    con: Connection, *, scan_id: str, owner_id: int, source_ip: str | None = None, request_id: str | None = None
+) -> None:
+    """Delete one of this owner's scans, audited in the same statement; ScanNotFound when there is none."""
+    deleted = con.run(DELETE_SCAN, scan_id=scan_id, owner_id=owner_id, source_ip=source_ip, request_id=request_id)
+    if not deleted[0][0]:
         raise ScanNotFound("No scan with this id.")
 
 
@@ -633,74 +840,93 @@ def delete_scan(con: Connection, *, scan_id: str, owner_id: int) -> None:
 
 
 @dataclass(frozen=True)
-class ImagePart:
-    """What one image read found: type, hash and size, the span [first, stop) and its bytes as base64.
+class ImageRead:
+    """What a request asks of one image, beyond which image: span, conditions, body or not.
 
-    `base64` is None when the bytes were not asked for (HEAD, revalidation) or the span is empty
-    (an unsatisfiable range: first >= stop).
+    `start`/`stop` as ByteRange has them (start < 0: the last -start bytes; stop None: to the end),
+    used only when `ranged`. `if_none_match` holds the hashes named by If-None-Match (`"*"` in it
+    matches any). `known_sha256`: the hash of bytes the caller already holds (then none come back).
+    """
+
+    with_data: bool = True
+    ranged: bool = False
+    start: int = 0
+    stop: int | None = None
+    if_range: str | None = None
+    if_none_match: tuple[str, ...] = ()
+    known_sha256: str | None = None
+
+
+WHOLE_IMAGE = ImageRead()
+
+
+@dataclass(frozen=True)
+class ImagePart:
+    """What one image read found: type, hash, size, the HTTP status it makes, the span [first, stop)
+    and its bytes as base64.
+
+    `base64` is None when the bytes were not asked for (HEAD), not needed (304, 416) or already held
+    by the caller (ImageRead.known_sha256).
     """
 
     content_type: str
     sha256: str
     size: int
+    status: int
     first: int
     stop: int
     base64: str | None
 
 
-# One statement per read. The span is worked out here, next to the size: :start < 0 asks for the
-# last -:start bytes, :stop NULL means to the end. substring() of a STORAGE EXTERNAL bytea reads
-# only the TOAST chunks of the span and octet_length() reads none. The bytes leave the server as
-# base64 text (4/3 of the size, where pg8000's hex bytea is 2x) and go to API Gateway as they are,
-# with no decoding or encoding in Python. encode() breaks lines every 76 characters; Python's
-# str.replace drops them in ~0.1 ms where SQL's replace() took ~1 ms and translate() ~9 ms (512 KB).
-_PART_COLUMNS = """
-    img.content_type, img.sha256, img.size, span.first, span.stop,
-    CASE WHEN CAST(:with_data AS boolean) AND span.first < span.stop
-              AND img.sha256 IS DISTINCT FROM CAST(:known_sha256 AS text)
-         THEN encode(substring(img.data FROM span.first + 1 FOR span.stop - span.first), 'base64')
-    END
-"""
-_PART_IMAGE = """
-    SELECT {data} AS data, {ctype} AS content_type, {hash} AS sha256, octet_length({data}) AS size
-    FROM scans WHERE id = :scan_id
-"""
-_PART_SPAN = """
-    SELECT CAST(least(CASE WHEN CAST(:start AS bigint) < 0 THEN greatest(img.size + CAST(:start AS bigint), 0)
-                           ELSE CAST(:start AS bigint) END, img.size) AS integer) AS first,
-           CAST(least(COALESCE(CAST(:stop AS bigint), img.size), img.size) AS integer) AS stop
-"""
-# {data}, {hash} and {ctype} come from IMAGE_COLUMNS, never from the request.
-SELECT_IMAGE_PART = f"""
-    SELECT {_PART_COLUMNS}
-    FROM ({_PART_IMAGE}) img CROSS JOIN LATERAL ({_PART_SPAN}) span
-"""
-# Token, owner and image in one statement: no session row -> no row; a session but no such scan of
-# its owner -> a row of NULLs after the user id. (Room for an audit CTE in front of it later.)
-SELECT_SESSION_IMAGE_PART = f"""
-    SELECT s.user_id, {_PART_COLUMNS}
-    FROM sessions s
-    LEFT JOIN LATERAL ({_PART_IMAGE} AND owner_id = s.user_id) img ON true
-    LEFT JOIN LATERAL ({_PART_SPAN}) span ON true
-    WHERE s.token_hash = :token_hash AND s.expires_at > now()
-"""
-
-
-@functools.lru_cache(maxsize=16)
-def _image_sql(template: str, image_type: ImageType) -> str:
-    columns = IMAGE_COLUMNS[image_type]
-    return (
-        template.replace("{data}", columns.data)
-        .replace("{hash}", columns.sha256)
-        .replace("{ctype}", columns.content_type)
+# One call per read, whatever the request: HEAD, revalidation (304), If-Range, Range (206 or 416)
+# or the whole image (200). read_scan_image() (migration 005) resolves the token, the owner and the
+# image, decides the status, writes the audit row and returns the span's bytes as base64, in one
+# round trip and one transaction; see its comments for why it is a PL/pgSQL function.
+READ_SCAN_IMAGE = """
+    SELECT reader, content_type, sha256, size, status, first, stop, base64
+    FROM read_scan_image(
+        CAST(:token_hash AS text), :scan_id, :image_type, :with_data, :ranged, :start, :stop,
+        CAST(:if_range AS text), CAST(:if_none_match AS text[]), CAST(:known_sha256 AS text),
+        CAST(:source_ip AS text), CAST(:request_id AS text)
     )
+"""
+
+
+def _read_image(
+    con: Connection,
+    *,
+    token_hash: str | None,
+    scan_id: str,
+    image_type: ImageType,
+    read: ImageRead,
+    source_ip: str | None,
+    request_id: str | None,
+) -> list[Any] | None:
+    rows = con.run(
+        READ_SCAN_IMAGE,
+        token_hash=token_hash,
+        scan_id=scan_id,
+        image_type=image_type.value,
+        with_data=read.with_data,
+        ranged=read.ranged,
+        start=read.start,
+        stop=read.stop,
+        if_range=read.if_range,
+        if_none_match=list(read.if_none_match),
+        known_sha256=read.known_sha256,
+        source_ip=source_ip,
+        request_id=request_id,
+    )
+    return rows[0] if rows else None
 
 
 def _image_part(row: list[Any]) -> ImagePart:
-    content_type, digest, size, first, stop, encoded = row
+    _reader, content_type, digest, size, status, first, stop, encoded = row
     if size is None:
         raise ScanNotFound("No scan with this id.")
-    return ImagePart(content_type, digest, int(size), int(first), int(stop), encoded and encoded.replace("\n", ""))
+    return ImagePart(
+        content_type, digest, int(size), int(status), int(first), int(stop), encoded and encoded.replace("\n", "")
+    )
 
 
 def get_image_part(
@@ -708,26 +934,26 @@ def get_image_part(
     *,
     scan_id: str,
     image_type: ImageType,
-    start: int = 0,
-    stop: int | None = None,
-    with_data: bool,
-    known_sha256: str | None = None,
+    read: ImageRead = WHOLE_IMAGE,
+    source_ip: str | None = None,
+    request_id: str | None = None,
 ) -> ImagePart:
-    """A span of any scan's image, by id alone: call only after a valid URL signature named this scan.
+    """An image of any scan, by id alone: call only after a valid URL signature named this scan.
 
-    When the image's hash is `known_sha256` (the caller holds those bytes), no bytes come back.
+    Audited as a read by the scan's owner via a signature, from source_ip, in the same call.
     """
-    rows = con.run(
-        _image_sql(SELECT_IMAGE_PART, image_type),
+    row = _read_image(
+        con,
+        token_hash=None,
         scan_id=scan_id,
-        start=start,
-        stop=stop,
-        with_data=with_data,
-        known_sha256=known_sha256,
+        image_type=image_type,
+        read=read,
+        source_ip=source_ip,
+        request_id=request_id,
     )
-    if not rows:
+    if row is None:
         raise ScanNotFound("No scan with this id.")
-    return _image_part(rows[0])
+    return _image_part(row)
 
 
 def get_session_image_part(
@@ -736,21 +962,19 @@ def get_session_image_part(
     token_hash: str,
     scan_id: str,
     image_type: ImageType,
-    start: int = 0,
-    stop: int | None = None,
-    with_data: bool,
-    known_sha256: str | None = None,
+    read: ImageRead = WHOLE_IMAGE,
+    source_ip: str | None = None,
+    request_id: str | None = None,
 ) -> ImagePart | None:
-    """A span of the session owner's scan image; None when there is no such unexpired session."""
-    rows = con.run(
-        _image_sql(SELECT_SESSION_IMAGE_PART, image_type),
+    """An image of the session owner's scan, audited in the same call; None when there is no such
+    unexpired session."""
+    row = _read_image(
+        con,
         token_hash=token_hash,
         scan_id=scan_id,
-        start=start,
-        stop=stop,
-        with_data=with_data,
-        known_sha256=known_sha256,
+        image_type=image_type,
+        read=read,
+        source_ip=source_ip,
+        request_id=request_id,
     )
-    if not rows:
-        return None
-    return _image_part(rows[0][1:])
+    return None if row is None else _image_part(row)

@@ -7,6 +7,8 @@ class DomainError(Exception):
     """Base for errors a client can cause or the service reports; carries a safe message."""
 
     code = "error"
+    # Seconds a client should wait before trying again (the Retry-After header), when the error says.
+    retry_after: int | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -93,6 +95,22 @@ class InvalidCredentials(DomainError):
     """Username or password is wrong."""
 
     code = "invalid_credentials"
+
+
+class TooManyAttempts(DomainError):
+    """Too many failed logins for this username or from this address within the window (429)."""
+
+    code = "too_many_attempts"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class UserNotFound(DomainError):
+    """No user with this username (ops commands only: logins never say whether a user exists)."""
+
+    code = "user_not_found"
 
 
 class ScanNotFound(DomainError):

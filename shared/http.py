@@ -6,7 +6,7 @@ function uses without FastAPI.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
@@ -17,7 +17,7 @@ from starlette.datastructures import MutableHeaders, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared import auth, db
+from shared import auth, db, observability
 from shared.config import get_settings
 from shared.errors import DomainError, InvalidImage, InvalidUpload, UnsupportedMediaType, UploadTooLarge
 from shared.responses import (
@@ -26,6 +26,7 @@ from shared.responses import (
     http_error,
     request_owner,
     unexpected_error,
+    within_time_limit,
     without_content_type_when_empty,
 )
 
@@ -74,14 +75,19 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-def lambda_handler(app: FastAPI) -> Callable[[dict[str, Any], Any], dict[str, Any]]:
-    """The Lambda entry point for a FastAPI app: Mangum, minus the Content-Type it puts on 204s."""
+def lambda_handler(
+    app: FastAPI, *, status_metrics: Mapping[int, str] | None = None
+) -> Callable[[dict[str, Any], Any], dict[str, Any]]:
+    """The Lambda entry point for a FastAPI app: Mangum, minus the Content-Type it puts on 204s.
+
+    Logged and measured by shared.observability; status_metrics names a counter per response status.
+    """
     adapter = Mangum(app, lifespan="off")
 
     def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         return without_content_type_when_empty(adapter(event, context))
 
-    return handler
+    return observability.observed(within_time_limit(handler), status_metrics=status_metrics)
 
 
 def create_app(name: str) -> FastAPI:

@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from shared import auth, db
+from shared import auth, db, observability
 from shared.errors import (
     DatabaseUnavailable,
     DomainError,
@@ -31,6 +31,7 @@ from shared.errors import (
     NotAuthenticated,
     ScanNotFound,
     SigningUnavailable,
+    TooManyAttempts,
     UnsupportedMediaType,
     UploadTooLarge,
     UrlExpired,
@@ -52,6 +53,7 @@ STATUS_FOR: dict[type[DomainError], int] = {
     UnsupportedMediaType: 415,
     InvalidImage: 422,
     InvalidParameter: 422,
+    TooManyAttempts: 429,
     DatabaseUnavailable: 503,
     SigningUnavailable: 503,
 }
@@ -72,7 +74,9 @@ async def domain_error(request: Request, exc: Exception) -> Response:
         headers["WWW-Authenticate"] = 'Bearer realm="ctscan"'
         if isinstance(exc, InvalidToken):
             headers["WWW-Authenticate"] += ', error="invalid_token"'
-    if status == 503:
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(max(1, exc.retry_after))
+    elif status == 503:
         headers["Retry-After"] = "2"
     return error_response(status, exc.code, exc.message, headers)
 
@@ -87,7 +91,8 @@ async def http_error(request: Request, exc: Exception) -> Response:
 async def unexpected_error(request: Request, exc: Exception) -> Response:
     """Exception handler: anything else is a 500 that says nothing about its cause."""
     # Type only: messages can carry patient data or SQL parameters.
-    log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.scope.get("route_path", "?"))
+    route = getattr(request.scope.get("route"), "path", "?")  # the template, never the raw path
+    log.error("unhandled %s on %s %s", type(exc).__name__, request.method, route)
     return error_response(500, "internal_error", "Internal server error.")
 
 
@@ -97,21 +102,13 @@ def request_owner(request: Request) -> db.Owner:
     return db.call(auth.authenticate, token=token)
 
 
-def etag_matches(if_none_match: str | None, etag: str) -> bool:
-    """RFC 9110 weak comparison of an If-None-Match header against our ETag."""
-    if not if_none_match:
-        return False
-    if if_none_match.strip() == "*":
-        return True
-    return any(candidate.strip().removeprefix("W/") == etag for candidate in if_none_match.split(","))
-
-
 # ---------------------------------------------------------------- the images function's read path
 
 # Marks a response whose body is already base64 text; the Lambda entry point removes it and sets
 # isBase64Encoded (see lambda_handler_for_base64_bodies).
 PRE_ENCODED_HEADER = "x-ctscan-body-base64"
 MAX_RANGE_DIGITS = 18  # fits a bigint
+MAX_ETAGS = 32  # entity tags read from one If-None-Match
 
 
 @dataclass(frozen=True)
@@ -147,15 +144,26 @@ def parse_range(header: str | None) -> ByteRange | None:
     return ByteRange(int(first), int(last) + 1)
 
 
-def if_range_allows(if_range: str | None, etag: str) -> bool:
-    """Whether to honour Range: no If-Range, or one that names our ETag (strong compare; dates never match)."""
-    return if_range is None or if_range.strip() == etag
+def if_none_match_hashes(header: str | None) -> tuple[str, ...]:
+    """The image hashes an If-None-Match names (weak comparison: W/ is ignored), "*" as itself.
+
+    Our ETags are the quoted SHA-256 hex; any other entity tag can never match one and is dropped.
+    """
+    if not header:
+        return ()
+    if header.strip() == "*":
+        return ("*",)
+    hashes = []
+    for candidate in header.split(","):
+        tag = candidate.strip().removeprefix("W/")
+        if len(tag) == 66 and tag[0] == tag[-1] == '"':
+            hashes.append(tag[1:-1])
+    return tuple(hashes[:MAX_ETAGS])
 
 
-def image_part_response(
-    part: db.ImagePart, request: Request, *, ranged: bool, signed_until: int | None, now: float
-) -> Response:
-    """200, 206, 304 or 416 for an image read; the body goes out as the base64 text the database sent."""
+def image_part_response(part: db.ImagePart, request: Request, *, signed_until: int | None, now: float) -> Response:
+    """The 200, 206, 304 or 416 the read statement decided; the body goes out as the base64 text
+    the database sent."""
     etag = f'"{part.sha256}"'
     headers = {
         "ETag": etag,
@@ -167,23 +175,36 @@ def image_part_response(
         # A signed URL must not outlive its signature in a cache, nor leak through a Referer.
         headers["Cache-Control"] = f"private, max-age={max(0, signed_until - int(now))}, immutable"
         headers["Referrer-Policy"] = "no-referrer"
-    if etag_matches(request.headers.get("if-none-match"), etag):
+    if part.status == 304:
         return Response(status_code=304, headers=headers)
-    status = 200
-    if ranged:
-        if part.first >= part.stop:
-            headers["Content-Range"] = f"bytes */{part.size}"
-            return error_response(416, "range_not_satisfiable", "The requested range is not in the image.", headers)
-        status = 206
+    if part.status == 416:
+        headers["Content-Range"] = f"bytes */{part.size}"
+        return error_response(416, "range_not_satisfiable", "The requested range is not in the image.", headers)
+    if part.status == 206:
         headers["Content-Range"] = f"bytes {part.first}-{part.stop - 1}/{part.size}"
-    headers["Content-Length"] = str(part.stop - part.first if ranged else part.size)
+    headers["Content-Length"] = str(part.stop - part.first)
     if request.method == "HEAD" or part.base64 is None:
-        return Response(status_code=status, headers=headers, media_type=part.content_type)
+        return Response(status_code=part.status, headers=headers, media_type=part.content_type)
     headers[PRE_ENCODED_HEADER] = "1"
-    return Response(part.base64.encode("ascii"), status_code=status, headers=headers, media_type=part.content_type)
+    return Response(part.base64.encode("ascii"), status_code=part.status, headers=headers, media_type=part.content_type)
 
 
 LambdaHandler = Callable[[dict[str, Any], Any], dict[str, Any]]
+
+
+def within_time_limit(handler: LambdaHandler) -> LambdaHandler:
+    """A Lambda entry point whose database waits end in time to answer before the function times out.
+
+    Each invocation gets its own budget from the context's remaining time (db.invocation_budget),
+    cleared when it returns: a database that stops answering is a JSON 503, not Lambda's timeout.
+    """
+
+    def bounded(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        remaining = getattr(context, "get_remaining_time_in_millis", None)
+        with db.invocation_budget(remaining() if callable(remaining) else None):
+            return handler(event, context)
+
+    return bounded
 
 
 def lambda_handler_for_base64_bodies(app: Starlette) -> LambdaHandler:
@@ -194,6 +215,8 @@ def lambda_handler_for_base64_bodies(app: Starlette) -> LambdaHandler:
     valid UTF-8 as text, which reaches the client as the very same bytes, and base64-encodes any
     other. So our base64 text passes through untouched, and the marker tells us to set
     isBase64Encoded: the image bytes are never decoded and encoded again in Python.
+
+    It is the images function's entry point: shared.observability logs it and sums the image bytes served.
     """
     adapter = Mangum(app, lifespan="off", text_mime_types=[""])
 
@@ -204,7 +227,7 @@ def lambda_handler_for_base64_bodies(app: Starlette) -> LambdaHandler:
             result["isBase64Encoded"] = True
         return without_content_type_when_empty(result)
 
-    return handler
+    return observability.observed(within_time_limit(handler), bytes_metric=observability.IMAGE_BYTES_SERVED)
 
 
 def without_content_type_when_empty(result: dict[str, Any]) -> dict[str, Any]:

@@ -173,7 +173,18 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         415: "Not multipart/form-data",
         416: "Range not satisfiable",
         422: "Not an image we accept, or a bad parameter",
-        429: "Too many requests",
+        429: "Too many failed logins for this username or from this address (code too_many_attempts); "
+        "retry after Retry-After seconds",
         503: "Database unavailable; retry after Retry-After seconds",
     }
-    return {status: {"model": ErrorBody, "description": described[status]} for status in statuses}
+    responses: dict[int | str, dict[str, Any]] = {
+        status: {"model": ErrorBody, "description": described[status]} for status in statuses
+    }
+    if 429 in responses:
+        responses[429]["headers"] = {
+            "Retry-After": {
+                "description": "Seconds (at least 1) until the window lets the next attempt through",
+                "schema": {"type": "integer"},
+            }
+        }
+    return responses

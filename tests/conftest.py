@@ -7,8 +7,10 @@ migrate function, and drops the database at the end.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import secrets
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pg8000.native
 import pytest
 
-from shared import auth, config, db, signing
+from shared import auth, config, db, observability, signing
 from tests.lambda_client import LambdaClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,6 +93,25 @@ def _image_url_keys(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["IMAGE_URL_KEYS_FILE"] = str(tmp_path_factory.mktemp("signing") / "image-url-keys.json")
     config.get_settings.cache_clear()
     signing.clear_cache()
+
+
+class CurrentStdout:
+    """Writes to whatever sys.stdout is at the time."""
+
+    def write(self, text: str) -> int:
+        return sys.stdout.write(text)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _function_logs_to_current_stdout() -> None:
+    # The functions' log handler (Powertools) keeps the sys.stdout it was made with; pytest swaps
+    # sys.stdout per test (capsys, capfd, its own capture): write where print() and the EMF metrics do.
+    handler = observability.logger.registered_handler
+    assert isinstance(handler, logging.StreamHandler)
+    handler.setStream(CurrentStdout())
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -52,6 +52,7 @@ class LambdaClient:
         headers: Mapping[str, str] | None = None,
         body: bytes = b"",
         query: str = "",
+        source_ip: str = "203.0.113.9",
     ) -> Result:
         found = self.gateway.match(method, path)
         assert found is not None, f"no route in serverless.yml for {method} {path}"
@@ -59,7 +60,7 @@ class LambdaClient:
         all_headers = [
             ("host", self.host),
             ("user-agent", "pytest"),
-            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-for", source_ip),
             ("x-forwarded-port", "443"),
             ("x-forwarded-proto", "https"),
         ]
@@ -74,7 +75,7 @@ class LambdaClient:
             raw_query=query,
             headers=all_headers,
             body=body,
-            source_ip="203.0.113.9",
+            source_ip=source_ip,
             route=route,
             path_params=params,
         )

@@ -411,6 +411,46 @@ def test_gateway_pool_runs_parallel_requests_on_at_most_containers_threads(serve
     assert 1 < peak <= CONTAINERS
 
 
+def test_gateway_answers_a_handler_past_its_timeout_with_500_and_replaces_its_container(
+    server: tuple[str, int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    def timed_call(path: str) -> tuple[Reply, float]:
+        started = time.monotonic()
+        reply = call(server, "GET", path)
+        return reply, time.monotonic() - started
+
+    echo.stuck_threads.clear()
+    echo.release_stuck.clear()
+    try:
+        # Given a function with a 1 s timeout whose handler does not return: one request more
+        # than it has containers, so the last one waits for a free container first
+        with ThreadPoolExecutor(max_workers=CONTAINERS + 1) as clients:
+            replies = list(clients.map(lambda _: timed_call("/stuck"), range(CONTAINERS + 1)))
+
+        # Then each caller gets HTTP API's answer to a function timeout (status 500) at its timeout:
+        # three at 1 s, and the queued one 1 s after a container took it
+        timed_out = {"error": {"code": "internal_error", "message": "Internal Server Error"}}
+        assert [(reply.status, reply.json()) for reply, _ in replies] == [(500, timed_out)] * (CONTAINERS + 1)
+        elapsed = sorted(seconds for _, seconds in replies)
+        assert all(1.0 <= seconds < 1.8 for seconds in elapsed[:CONTAINERS]), elapsed
+        assert 2.0 <= elapsed[-1] < 2.8, elapsed
+        assert capsys.readouterr().err.count("stuck: timed out after 1 s; its container is lost") == CONTAINERS + 1
+        assert len(echo.stuck_threads) == CONTAINERS + 1
+
+        # And while every one of those handlers still runs, the function serves from new containers
+        quick, seconds = timed_call("/stuck?quick")
+        assert quick.status == 200 and seconds < 0.5, seconds
+        assert quick.json()["thread"] not in echo.stuck_threads
+        assert 0 < quick.json()["remaining_ms"] <= 1000
+    finally:
+        echo.release_stuck.set()
+
+    # And a lost container never serves again, even once its handler has returned
+    wait_for(lambda: not any(t.name in echo.stuck_threads for t in threading.enumerate()))
+    served = {call(server, "GET", "/stuck?quick").json()["thread"] for _ in range(2 * CONTAINERS)}
+    assert not served & echo.stuck_threads
+
+
 # --- end to end through Mangum and FastAPI --------------------------------------------------------
 
 

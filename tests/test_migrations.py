@@ -15,7 +15,13 @@ import pytest
 from shared import config, db
 from shared.migrations import MIGRATIONS_DIR, MigrationError, load_migrations, run_migrations
 
-EXPECTED = ["001_create_scans", "002_add_image_storage", "003_scan_integrity", "004_dicom_and_preview", "005_audit_and_login_throttle"]
+EXPECTED = [
+    "001_create_scans",
+    "002_add_image_storage",
+    "003_scan_integrity",
+    "004_dicom_and_preview",
+    "005_audit_and_login_throttle",
+]
 
 
 def run_on(url: str, directory: Path = MIGRATIONS_DIR) -> dict[str, Any]:
@@ -150,7 +156,10 @@ def test_scans_stored_before_004_show_their_original_as_preview(
         # Then its preview is its original, with the original's type and ETag, data or not
         for with_data in (True, False):
             image = db.get_image_part(
-                con, scan_id="scan_AAAAAAAAAAAAAAAAAAAAAA", image_type=db.ImageType.preview, with_data=with_data
+                con,
+                scan_id="scan_AAAAAAAAAAAAAAAAAAAAAA",
+                image_type=db.ImageType.preview,
+                read=db.ImageRead(with_data=with_data),
             )
             assert image.content_type == "image/png" and image.size == len(png)
             assert image.sha256 == hashlib.sha256(png).hexdigest()

@@ -474,7 +474,8 @@ def test_package_imports_and_answers_under_the_lambda_python(name: str, tmp_path
         zipped.extractall(tmp_path)
     result = run_in_package(python, tmp_path, SMOKE, name, json.dumps(smoke_event(name)))
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout)
+    *logged, last = result.stdout.splitlines()
+    report = json.loads(last)
     assert report["python"] == [3, 12] and report["no_pyc_written"] == 1
     assert not report["stale"], f"bytecode does not match its source: {report['stale']}"
     if name != "upload":
@@ -482,6 +483,13 @@ def test_package_imports_and_answers_under_the_lambda_python(name: str, tmp_path
     if name in HTTP_FUNCTIONS:
         assert report["result"]["statusCode"] == 401, report["result"]
         assert json.loads(report["result"]["body"])["error"]["code"] == "not_authenticated"
+        # Powertools from the zip: the request's JSON log line, then its metrics in EMF (shared.observability).
+        line, metrics = (json.loads(text) for text in logged)
+        event = smoke_event(name)
+        assert (line["message"], line["status_code"], line["function_name"]) == ("request", 401, name), line
+        assert event is not None and line["route"] == event["routeKey"] and line["cold_start"] is True, line
+        assert metrics["Responses4xx"] == [1.0], metrics
+        assert metrics["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "CtScanStore", metrics
     elif name == "admin":
         assert report["result"]["ok"] is False
 

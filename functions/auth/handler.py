@@ -1,13 +1,14 @@
-"""Sessions: log in with a username and password for a bearer token; log out."""
+"""Sessions: log in with a username and password for a bearer token; log out here or everywhere; change the password."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import Depends, Response
+from fastapi import Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared import auth, db
+from shared.audit import Origin
 from shared.config import get_settings
 from shared.http import Owner, bearer_token, create_app, lambda_handler
 from shared.scans import iso
@@ -24,21 +25,34 @@ class SessionCreate(BaseModel):
     password: str = Field(min_length=1, max_length=1024)
 
 
+class PasswordChange(BaseModel):
+    """The current password and the new one."""
+
+    model_config = ConfigDict(extra="forbid")
+    current_password: str = Field(alias="currentPassword", min_length=1, max_length=1024)
+    new_password: str = Field(alias="newPassword", min_length=auth.MIN_PASSWORD_LENGTH, max_length=1024)
+
+
+def session_json(session: auth.IssuedSession) -> dict[str, Any]:
+    return {"token": session.token, "expiresAt": iso(session.expires_at)}
+
+
 @app.post(
     "/api/v1/auth/sessions",
     status_code=201,
     response_model=None,
-    responses={201: {"model": SessionCreated}, **error_responses(400, 401, 422, 503)},
+    responses={201: {"model": SessionCreated}, **error_responses(400, 401, 422, 429, 503)},
     summary="Log in: a bearer token for a username and password",
 )
-async def create_session(credentials: SessionCreate) -> dict[str, Any]:
+async def create_session(credentials: SessionCreate, request: Request) -> dict[str, Any]:
     session = db.call(
         auth.log_in,
         username=credentials.username,
         password=credentials.password,
         ttl_seconds=get_settings().session_ttl_seconds,
+        origin=Origin.of_scope(request.scope),
     )
-    return {"token": session.token, "expiresAt": iso(session.expires_at)}
+    return session_json(session)
 
 
 @app.delete(
@@ -48,9 +62,40 @@ async def create_session(credentials: SessionCreate) -> dict[str, Any]:
     responses=error_responses(401, 503),
     summary="Log out: end this token's session",
 )
-async def delete_session(owner: Owner, token: str = Depends(bearer_token)) -> Response:
-    db.call(db.delete_session, token_hash=auth.hash_token(token))
+async def delete_session(owner: Owner, request: Request, token: str = Depends(bearer_token)) -> Response:
+    db.call(auth.log_out, owner=owner, token=token, origin=Origin.of_scope(request.scope))
     return Response(status_code=204)
+
+
+@app.delete(
+    "/api/v1/auth/sessions",
+    status_code=204,
+    response_model=None,
+    responses=error_responses(401, 503),
+    summary="Log out everywhere: end every session of this token's user",
+)
+async def delete_all_sessions(owner: Owner, request: Request) -> Response:
+    db.call(auth.log_out_everywhere, owner=owner, origin=Origin.of_scope(request.scope))
+    return Response(status_code=204)
+
+
+@app.post(
+    "/api/v1/auth/password",
+    status_code=201,
+    response_model=None,
+    responses={201: {"model": SessionCreated}, **error_responses(400, 401, 422, 429, 503)},
+    summary="Change the password: ends every session of the user and answers a new one",
+)
+async def change_password(change: PasswordChange, owner: Owner, request: Request) -> dict[str, Any]:
+    session = db.call(
+        auth.change_password,
+        owner=owner,
+        current_password=change.current_password,
+        new_password=change.new_password,
+        ttl_seconds=get_settings().session_ttl_seconds,
+        origin=Origin.of_scope(request.scope),
+    )
+    return session_json(session)
 
 
 handler = lambda_handler(app)

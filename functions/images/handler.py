@@ -21,14 +21,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from shared import auth, db, signing
+from shared.audit import Origin
 from shared.errors import DomainError, InvalidParameter, InvalidSignature, ScanNotFound, UrlExpired
 from shared.image_cache import CachedImage, image_cache
 from shared.responses import (
-    ByteRange,
     domain_error,
-    etag_matches,
     http_error,
-    if_range_allows,
+    if_none_match_hashes,
     image_part_response,
     lambda_handler_for_base64_bodies,
     parse_range,
@@ -62,42 +61,43 @@ async def read_scan_image(request: Request) -> Response:
     signed_until = _signed_until(request, IMAGE_PATH.format(scan_id=scan_id, image_type=image_type.value), now)
     token = None if signed_until is not None else auth.parse_bearer(request.headers.get("authorization"))
 
-    cache, key = image_cache(), (scan_id, image_type.value)
-
-    def read(span: ByteRange | None, *, with_data: bool) -> db.ImagePart:
-        where: dict[str, Any] = {"scan_id": scan_id, "image_type": image_type, "with_data": with_data}
-        if span is not None:
-            where.update(start=span.start, stop=span.stop)
-        # A whole image this container holds: the database still decides, but sends no bytes
-        # when the image's hash is still the one held (see shared.image_cache).
-        held = cache.get(key) if with_data and span is None else None
-        if held is not None:
-            where["known_sha256"] = held.sha256
-        try:
-            if token is None:  # a valid signature named this scan and type: read it by id alone
-                part = db.call(db.get_image_part, **where)
-            else:
-                part = db.call(auth.read_image_part, token=token, **where)
-        except ScanNotFound:
-            cache.discard(key)
-            raise
-        if held is not None and part.base64 is None and part.sha256 == held.sha256 and part.first < part.stop:
-            return dataclasses.replace(part, base64=held.base64)
-        if with_data and span is None and part.base64 is not None:
-            cache.put(key, CachedImage(part.sha256, part.base64))
-        return part
-
     headers = request.headers
     wanted = parse_range(headers.get("range"))
-    # HEAD, revalidations and If-Range read only the hash and size first, never the image bytes.
-    if request.method == "HEAD" or "if-none-match" in headers or (wanted and "if-range" in headers):
-        part = read(wanted, with_data=False)
-        if wanted and not if_range_allows(headers.get("if-range"), f'"{part.sha256}"'):
-            wanted, part = None, dataclasses.replace(part, first=0, stop=part.size)
-        if request.method == "HEAD" or etag_matches(headers.get("if-none-match"), f'"{part.sha256}"'):
-            return image_part_response(part, request, ranged=wanted is not None, signed_until=signed_until, now=now)
-    part = read(wanted, with_data=True)
-    return image_part_response(part, request, ranged=wanted is not None, signed_until=signed_until, now=now)
+    ask = db.ImageRead(
+        with_data=request.method != "HEAD",
+        ranged=wanted is not None,
+        start=wanted.start if wanted else 0,
+        stop=wanted.stop if wanted else None,
+        if_range=(headers.get("if-range", "").strip() or None) if wanted else None,
+        if_none_match=if_none_match_hashes(headers.get("if-none-match")),
+    )
+    # A whole image this container holds: the database still decides (and audits), but sends no
+    # bytes when the image's hash is still the one held (see shared.image_cache).
+    cache, key = image_cache(), (scan_id, image_type.value)
+    held = cache.get(key) if ask.with_data and not ask.ranged else None
+    if held is not None:
+        ask = dataclasses.replace(ask, known_sha256=held.sha256)
+    origin = Origin.of_scope(request.scope)
+    where: dict[str, Any] = {
+        "scan_id": scan_id,
+        "image_type": image_type,
+        "read": ask,
+        "source_ip": origin.source_ip,
+        "request_id": origin.request_id,
+    }
+    try:
+        if token is None:  # a valid signature named this scan and type: read it by id alone
+            part = db.call(db.get_image_part, **where)
+        else:
+            part = db.call(auth.read_image_part, token=token, **where)
+    except ScanNotFound:
+        cache.discard(key)
+        raise
+    if held is not None and part.status == 200 and part.base64 is None and part.sha256 == held.sha256:
+        part = dataclasses.replace(part, base64=held.base64)
+    elif ask.with_data and part.status == 200 and part.base64 is not None:
+        cache.put(key, CachedImage(part.sha256, part.base64))
+    return image_part_response(part, request, signed_until=signed_until, now=now)
 
 
 app = Starlette(

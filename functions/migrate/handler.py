@@ -8,8 +8,9 @@ from typing import Any
 from shared import db
 from shared.config import get_settings
 from shared.migrations import run_migrations
+from shared.observability import configure_logging
 
-logging.getLogger().setLevel(logging.INFO)
+configure_logging()  # JSON lines through Powertools, as the HTTP functions log
 log = logging.getLogger(__name__)
 
 

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import Query, Request, Response
 
 from shared import db
+from shared.audit import Origin
 from shared.http import Owner, base_url, create_app, lambda_handler
 from shared.scans import (
     decode_cursor,
@@ -81,8 +82,15 @@ async def read_scan(scan_id: str, request: Request, owner: Owner) -> dict[str, A
     responses=error_responses(400, 401, 404, 503),
     summary="Delete a scan and its images",
 )
-async def delete_scan(scan_id: str, owner: Owner) -> Response:
-    db.call(db.delete_scan, scan_id=scan_id, owner_id=owner.id)
+async def delete_scan(scan_id: str, owner: Owner, request: Request) -> Response:
+    origin = Origin.of_scope(request.scope)
+    db.call(
+        db.delete_scan,
+        scan_id=scan_id,
+        owner_id=owner.id,
+        source_ip=origin.source_ip,
+        request_id=origin.request_id,
+    )
     return Response(status_code=204)
 
 

@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse
 
 from shared.config import get_settings
 from shared.http import Owner, base_url, create_app, lambda_handler, read_upload
+from shared.observability import DUPLICATE_UPLOADS, UPLOADS
 from shared.scans import scan_public
 from shared.schemas import UploadResult, error_responses
 from shared.uploads import store_upload
@@ -55,4 +56,5 @@ async def analyze_scan(request: Request, owner: Owner) -> JSONResponse:
     return JSONResponse(body, status_code=200 if stored.duplicate else 201)
 
 
-handler = lambda_handler(app)
+# 201 stored a new scan, 200 found the owner's existing one (see analyze_scan).
+handler = lambda_handler(app, status_metrics={201: UPLOADS, 200: DUPLICATE_UPLOADS})

@@ -16,6 +16,8 @@ RESPONSE_COOKIES = ["session=abc; Path=/; HttpOnly", "theme=dark; Max-Age=60"]
 calls: list[str] = []  # request ids of the events echo received
 slow_runs: list[dict[str, Any]] = []
 _slow_lock = threading.Lock()
+stuck_threads: set[str] = set()  # names of the threads (containers) that ran stuck() past its timeout
+release_stuck = threading.Event()
 
 
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
@@ -67,3 +69,14 @@ def slow(event: dict[str, Any], context: Any) -> dict[str, Any]:
     with _slow_lock:
         slow_runs.append({"thread": threading.get_ident(), "loop": id(loop), "start": started, "end": time.monotonic()})
     return {"statusCode": 204}
+
+
+def stuck(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Outlives its function's 1 s timeout until the test releases it; with ?quick, answers at once."""
+    quick = "quick" in (event.get("queryStringParameters") or {})
+    if not quick:
+        with _slow_lock:
+            stuck_threads.add(threading.current_thread().name)
+        release_stuck.wait(30)
+    reply = {"thread": threading.current_thread().name, "remaining_ms": context.get_remaining_time_in_millis()}
+    return {"statusCode": 200, "headers": {"content-type": "application/json"}, "body": json.dumps(reply)}

@@ -1,0 +1,265 @@
+"""Never outlive the function's timeout: a frozen database costs a JSON 503 in the invocation's time.
+
+The database is frozen by a TCP proxy between the functions and the test server that stops moving
+bytes, every socket left open: to a client that is exactly a server stopped with SIGSTOP, or a dead
+network. Connects complete in the kernel's backlog, sends fill buffers, and nothing comes back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import http.client
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from urllib.parse import quote
+
+import pytest
+
+from scripts import localgw
+from shared import config, db
+from shared.config import DatabaseParams
+from tests.conftest import ROOT, User
+from tests.lambda_client import ROUTES, LambdaClient, Result
+
+SCANS = "/api/v1/scans"
+
+
+class FreezableProxy:
+    """A TCP proxy to the test database that can be frozen and thawed."""
+
+    def __init__(self, upstream: DatabaseParams) -> None:
+        self.upstream = upstream
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.05)
+        self.port: int = self.listener.getsockname()[1]
+        self._thawed = threading.Event()
+        self._thawed.set()
+        self._stopping = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    def url(self) -> str:
+        """A DATABASE_URL that reaches the test database through this proxy."""
+        who = quote(self.upstream.user) + (f":{quote(self.upstream.password)}" if self.upstream.password else "")
+        return f"postgresql://{who}@127.0.0.1:{self.port}/{self.upstream.database}?sslmode={self.upstream.sslmode}"
+
+    def freeze(self) -> None:
+        self._thawed.clear()
+
+    def thaw(self) -> None:
+        self._thawed.set()
+
+    def close(self) -> None:
+        self._stopping.set()
+        self._thawed.set()
+        for thread in self._threads:
+            thread.join(5)
+        for sock in [self.listener, *self._sockets]:
+            sock.close()
+
+    def _wait_until_thawed(self) -> bool:
+        while not self._thawed.wait(0.05):
+            pass
+        return not self._stopping.is_set()
+
+    def _accept(self) -> None:
+        while self._wait_until_thawed():
+            try:
+                client, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            # Accepted just as it froze: hold the connection until it thaws.
+            if not self._wait_until_thawed():
+                client.close()
+                return
+            if self.upstream.unix_sock:
+                server = socket.socket(socket.AF_UNIX)
+                server.connect(self.upstream.unix_sock)
+            else:
+                server = socket.create_connection((self.upstream.host or "localhost", self.upstream.port))
+            self._sockets += [client, server]
+            for source, target in ((client, server), (server, client)):
+                pump = threading.Thread(target=self._pump, args=(source, target), daemon=True)
+                self._threads.append(pump)
+                pump.start()
+
+    def _pump(self, source: socket.socket, target: socket.socket) -> None:
+        source.settimeout(0.05)
+        while self._wait_until_thawed():
+            try:
+                data = source.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            # Read just as it froze: hold the bytes until it thaws.
+            if not data or not self._wait_until_thawed():
+                break
+            try:
+                target.sendall(data)
+            except OSError:
+                break
+        for sock in (source, target):
+            sock.close()
+
+
+@pytest.fixture
+def proxy(database_url: str, settings_env: pytest.MonkeyPatch) -> Iterator[FreezableProxy]:
+    """The functions' DATABASE_URL goes through a freezable proxy; DB_TIMEOUT_SECONDS is 5 unless a test says."""
+    db.close_connection()
+    frozen = FreezableProxy(config.parse_database_url(database_url))
+    settings_env.setenv("DATABASE_URL", frozen.url())
+    settings_env.setenv("DB_TIMEOUT_SECONDS", "5")
+    yield frozen
+    frozen.thaw()
+    db.close_connection()
+    frozen.close()
+
+
+def invoke(path: str, *, token: str, function_timeout_s: int) -> tuple[Result, float]:
+    """GET path through its real handler, with a Lambda context of `function_timeout_s`; and how long it took."""
+    client = LambdaClient()
+    found = client.gateway.match("GET", path)
+    assert found is not None
+    route, params = found
+    event = localgw.build_event(
+        method="GET",
+        raw_path=path,
+        raw_query="",
+        headers=[("host", client.host), ("authorization", f"Bearer {token}")],
+        body=b"",
+        source_ip="203.0.113.9",
+        route=route,
+        path_params=params,
+    )
+    handler = client.gateway._handler(route)
+    context = localgw.LambdaContext(dataclasses.replace(route, timeout_s=function_timeout_s), "req-budget")
+    started = time.monotonic()
+    raw = handler(event, context)
+    elapsed = time.monotonic() - started
+    headers = {k.lower(): v for k, v in (raw.get("headers") or {}).items()}
+    return Result(raw["statusCode"], headers, (raw.get("body") or "").encode(), raw), elapsed
+
+
+def assert_database_unavailable(result: Result) -> None:
+    assert result.status == 503, result.body
+    assert result.headers["retry-after"] == "2"
+    assert result.error_code == "database_unavailable"
+
+
+# ---------------------------------------------------------------- through the real handler
+
+
+@pytest.mark.parametrize("connection", ["warm", "cold"])
+def test_frozen_database_answers_503_before_a_3_s_function_times_out(
+    proxy: FreezableProxy, alice: User, connection: str
+) -> None:
+    # Given a container whose connection is open (warm) or not yet (cold), and a database that freezes
+    if connection == "warm":
+        assert invoke(SCANS, token=alice.token, function_timeout_s=10)[0].status == 200
+    proxy.freeze()
+
+    # When a request comes with 3 s left to run
+    result, elapsed = invoke(SCANS, token=alice.token, function_timeout_s=3)
+
+    # Then it answers 503 once the database has had those 3 s less the margin to answer, not later
+    assert_database_unavailable(result)
+    assert 3 - db.ANSWER_MARGIN_SECONDS - 0.3 < elapsed < 3, elapsed
+
+
+def test_frozen_database_costs_db_timeout_once_not_once_per_try(proxy: FreezableProxy, alice: User) -> None:
+    # Given a warm container, DB_TIMEOUT_SECONDS=5 and a 10 s function: the database freezes
+    assert invoke(SCANS, token=alice.token, function_timeout_s=10)[0].status == 200
+    proxy.freeze()
+
+    # When a request comes
+    result, elapsed = invoke(SCANS, token=alice.token, function_timeout_s=10)
+
+    # Then the statement and the reconnect share 5 s: 503 after about 5 s, not 10
+    assert_database_unavailable(result)
+    assert 4.7 < elapsed < 6, elapsed
+
+
+def test_statements_of_an_invocation_share_one_budget(database_url: str, settings_env: pytest.MonkeyPatch) -> None:
+    # Given DB_TIMEOUT_SECONDS=1 and statements that each take 0.4 s (a slow database, not a dead one)
+    settings_env.setenv("DB_TIMEOUT_SECONDS", "1")
+    ran: list[int] = []
+
+    def slow_statements(con: db.Connection) -> None:
+        for n in range(4):
+            con.run("SELECT pg_sleep(0.4)")
+            ran.append(n)
+
+    # When one invocation runs four of them
+    started = time.monotonic()
+    with db.invocation_budget(10_000), pytest.raises(db.DatabaseUnavailable):
+        db.call(slow_statements)
+    elapsed = time.monotonic() - started
+
+    # Then the third one gets the 0.2 s left and no more: 503 after 1 s in all, not 1.6 s
+    assert ran == [0, 1]
+    assert 0.9 < elapsed < 1.4, elapsed
+
+
+def test_outside_an_invocation_every_wait_gets_db_timeout_as_before(
+    proxy: FreezableProxy, settings_env: pytest.MonkeyPatch, alice: User
+) -> None:
+    # Given DB_TIMEOUT_SECONDS=1 and a connection whose socket timeout an invocation's budget set
+    settings_env.setenv("DB_TIMEOUT_SECONDS", "1")
+    config.get_settings.cache_clear()
+    assert invoke(SCANS, token=alice.token, function_timeout_s=10)[0].status == 200
+    assert db.call(lambda con: (con.run("SELECT 1"), con._usock.gettimeout())[1]) == 1.0
+
+    # When a script's call meets the frozen database, outside any invocation
+    proxy.freeze()
+    started = time.monotonic()
+    with pytest.raises(db.DatabaseUnavailable):
+        db.call(lambda con: con.run("SELECT 1"))
+
+    # Then the statement and the reconnect each wait DB_TIMEOUT_SECONDS, as scripts always have
+    assert 1.9 < time.monotonic() - started < 3
+
+
+# ---------------------------------------------------------------- through the local gateway
+
+
+def test_local_gateway_answers_503_from_a_frozen_database_before_the_function_times_out(
+    proxy: FreezableProxy, alice: User
+) -> None:
+    # Given the local gateway with the real handlers, their functions' timeout cut to 2 s
+    routes = [dataclasses.replace(route, timeout_s=2) for route in ROUTES]
+    server = localgw.GatewayServer(("127.0.0.1", 0), localgw.Gateway(routes, containers=1), docs_root=ROOT)
+    server.access_log = False
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+
+    def get(path: str) -> tuple[int, dict[str, str], bytes, float]:
+        conn = http.client.HTTPConnection(*server.server_address, timeout=30)
+        try:
+            started = time.monotonic()
+            conn.request("GET", path, headers={"Authorization": f"Bearer {alice.token}"})
+            reply = conn.getresponse()
+            body = reply.read()
+            return reply.status, {k.lower(): v for k, v in reply.getheaders()}, body, time.monotonic() - started
+        finally:
+            conn.close()
+
+    try:
+        assert get(SCANS)[0] == 200
+        # When the database freezes under the warm container
+        proxy.freeze()
+        status, headers, body, elapsed = get(SCANS)
+    finally:
+        proxy.thaw()
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+    # Then the client gets our JSON 503 with Retry-After, before the gateway's 2 s timeout
+    assert (status, headers["retry-after"], headers["content-type"]) == (503, "2", "application/json"), body
+    assert json.loads(body)["error"]["code"] == "database_unavailable"
+    assert 2 - db.ANSWER_MARGIN_SECONDS - 0.3 < elapsed < 2, elapsed
