@@ -44,7 +44,8 @@ CREATE INDEX login_failures_source_ip_at_idx ON login_failures (source_ip, at);
 -- RFC 9110 order: If-None-Match (304), then Range when If-Range is absent or names the ETag
 -- (strong compare), 416 for a range that starts past the end. substring() of a STORAGE EXTERNAL
 -- bytea reads only the TOAST chunks of the span (the column is never assigned to a variable, which
--- would read it whole), and the bytes leave as base64, sent on to API Gateway as they are.
+-- would read it whole); the caller asks for the bytes in binary format, so they cross the wire once,
+-- as themselves.
 -- The audit row's commit does not wait for the WAL flush (synchronous_commit off for this one
 -- transaction; the setting ends with it): the row is never half written, but a crash of the
 -- database can lose the reads of its last ~0.6 s. Deletes, logins and admin actions are synchronous.
@@ -69,7 +70,7 @@ CREATE FUNCTION read_scan_image(
     status       INTEGER,
     first        INTEGER,
     stop         INTEGER,
-    base64       TEXT
+    data         BYTEA
 ) LANGUAGE plpgsql AS $$
 DECLARE
     v_ranged BOOLEAN;
@@ -122,13 +123,13 @@ BEGIN
                 status, p_source_ip, p_request_id);
     END IF;
     IF p_with_data AND status IN (200, 206) AND sha256 IS DISTINCT FROM p_known_sha256 THEN
-        SELECT encode(substring(CASE p_image_type
+        SELECT substring(CASE p_image_type
                    WHEN 'original' THEN sc.original_image_data
                    WHEN 'preview' THEN COALESCE(sc.preview_image_data, sc.original_image_data)
                    WHEN 'annotated' THEN sc.annotated_image_data
                    WHEN 'thumbnail' THEN sc.thumbnail_image_data END
-               FROM first + 1 FOR stop - first), 'base64')
-          INTO base64
+               FROM first + 1 FOR stop - first)
+          INTO data
           FROM scans sc WHERE sc.id = p_scan_id;
     END IF;
     RETURN NEXT;

@@ -59,6 +59,8 @@ class Settings:
     image_url_keys_file: Path = DEFAULT_IMAGE_URL_KEYS_FILE
     # A warm images container keeps whole images it served, up to this many MB (0: none).
     image_cache_mb: int = 64
+    # How long audit_events rows are kept (six years); the cleanup job removes older ones.
+    audit_retention_days: int = 2190
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -85,6 +87,7 @@ class Settings:
             image_url_secret_arn=url_secret_arn,
             image_url_keys_file=Path(keys_file) if keys_file else DEFAULT_IMAGE_URL_KEYS_FILE,
             image_cache_mb=_number(env, "IMAGE_CACHE_MB", 64, int, minimum=0),
+            audit_retention_days=_number(env, "AUDIT_RETENTION_DAYS", 2190, int, minimum=1),
         )
 
 

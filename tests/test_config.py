@@ -33,6 +33,9 @@ def test_defaults() -> None:
     assert settings.max_upload_bytes == 4_500_000
     assert settings.session_ttl_seconds == 43_200
     assert settings.api_base_url is None
+    assert settings.image_cache_mb == 64
+    assert settings.audit_retention_days == 2190
+    assert Settings.from_env({"AUDIT_RETENTION_DAYS": "3650", "IMAGE_CACHE_MB": "0"}).audit_retention_days == 3650
 
 
 @pytest.mark.parametrize(
@@ -41,6 +44,8 @@ def test_defaults() -> None:
         ({"MAX_UPLOAD_BYTES": "lots"}, "MAX_UPLOAD_BYTES"),
         ({"SESSION_TTL_SECONDS": "5"}, "SESSION_TTL_SECONDS"),
         ({"DB_TIMEOUT_SECONDS": "0"}, "DB_TIMEOUT_SECONDS"),
+        ({"AUDIT_RETENTION_DAYS": "0"}, "AUDIT_RETENTION_DAYS"),
+        ({"IMAGE_CACHE_MB": "-1"}, "IMAGE_CACHE_MB"),
         ({"API_BASE_URL": "ftp://x"}, "API_BASE_URL"),
         ({"DATABASE_URL": "mysql://x/y"}, "DATABASE_URL"),
         ({"DATABASE_URL": "postgresql://h/d?sslmode=sometimes"}, "sslmode"),

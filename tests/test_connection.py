@@ -160,3 +160,19 @@ def test_a_failed_statement_inside_a_transaction_rolls_back_cleanly(database_url
         assert con.run("SELECT count(*) FROM u WHERE id >= :id", id=0) == [[0]]
     finally:
         con.close()
+
+
+def test_a_bytea_column_can_arrive_raw_in_the_same_one_trip(database_url: str) -> None:
+    con = db.connect(db.get_settings().database, timeout=10)
+    try:
+        data = bytes(range(256)) * 3
+        sql = "SELECT CAST(:n AS integer), CAST(:b AS bytea), CAST(:t AS text)"
+        assert con.run_with_raw_bytes(sql, {"n": 7, "b": data, "t": "x"}, column_count=3, raw_column=1) == [
+            [7, data, "x"]
+        ]
+        assert con.run_with_raw_bytes(sql, {"n": None, "b": None, "t": None}, column_count=3, raw_column=1) == [
+            [None, None, None]
+        ]
+        assert con.run(sql, n=7, b=data, t="x") == [[7, data, "x"]]  # and text format as before
+    finally:
+        con.close()
