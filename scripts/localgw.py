@@ -466,10 +466,12 @@ class Gateway:
                 file=sys.stderr,
                 flush=True,
             )
-            # HTTP API answers a function error, a timeout included, with 500 and {"message":"Internal
-            # Server Error"}; its 504 is for its own 30 s integration timeout, which never comes first
-            # here (serverless.yml gives HTTP functions at most 29 s). Same status, our JSON shape.
-            return error(500, "internal_error", "Internal Server Error")
+            # A timeout is a function error, and API Gateway answers a function error (or a malformed
+            # result) with 502 and {"message": "Internal server error"} (AWS Lambda developer guide,
+            # "Handling Lambda errors with an API Gateway API"); its 504 is for its own 30 s
+            # integration timeout, which never comes first here (serverless.yml gives HTTP functions
+            # at most 29 s). Same status as the handler errors below, our JSON shape.
+            return error(502, "bad_gateway", "Internal Server Error")
         return self._shape(route, invocation.result)
 
     def _shape(self, route: Route, future: Future[Any]) -> HttpResponse:

@@ -427,10 +427,10 @@ def test_gateway_answers_a_handler_past_its_timeout_with_500_and_replaces_its_co
         with ThreadPoolExecutor(max_workers=CONTAINERS + 1) as clients:
             replies = list(clients.map(lambda _: timed_call("/stuck"), range(CONTAINERS + 1)))
 
-        # Then each caller gets HTTP API's answer to a function timeout (status 500) at its timeout:
+        # Then each caller gets API Gateway's answer to a function error (502) at its timeout:
         # three at 1 s, and the queued one 1 s after a container took it
-        timed_out = {"error": {"code": "internal_error", "message": "Internal Server Error"}}
-        assert [(reply.status, reply.json()) for reply, _ in replies] == [(500, timed_out)] * (CONTAINERS + 1)
+        timed_out = {"error": {"code": "bad_gateway", "message": "Internal Server Error"}}
+        assert [(reply.status, reply.json()) for reply, _ in replies] == [(502, timed_out)] * (CONTAINERS + 1)
         elapsed = sorted(seconds for _, seconds in replies)
         assert all(1.0 <= seconds < 1.8 for seconds in elapsed[:CONTAINERS]), elapsed
         assert 2.0 <= elapsed[-1] < 2.8, elapsed
