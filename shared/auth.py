@@ -316,18 +316,18 @@ def authenticate(con: db.Connection, *, token: str) -> db.Owner:
 def read_image_part(
     con: db.Connection,
     *,
-    token: str,
+    token: str | None,
     scan_id: str,
     image_type: db.ImageType,
     read: db.ImageRead = db.WHOLE_IMAGE,
     source_ip: str | None = None,
     request_id: str | None = None,
 ) -> db.ImagePart:
-    """The token owner's scan image, token and image resolved (and the read audited) in one
-    statement; InvalidToken otherwise."""
-    part = db.get_session_image_part(
+    """The token owner's scan image, token and image resolved (and the read audited) in one call;
+    InvalidToken otherwise. token None: a valid URL signature already named this scan and type."""
+    part = db.read_image(
         con,
-        token_hash=hash_token(token),
+        token_hash=None if token is None else hash_token(token),
         scan_id=scan_id,
         image_type=image_type,
         read=read,

@@ -932,16 +932,22 @@ READ_SCAN_IMAGE = """
 """
 
 
-def _read_image(
+def read_image(
     con: Connection,
     *,
     token_hash: str | None,
     scan_id: str,
     image_type: ImageType,
-    read: ImageRead,
-    source_ip: str | None,
-    request_id: str | None,
-) -> list[Any] | None:
+    read: ImageRead = WHOLE_IMAGE,
+    source_ip: str | None = None,
+    request_id: str | None = None,
+) -> ImagePart | None:
+    """A scan's image, the read audited in the same call (read_scan_image()).
+
+    With a token hash: the session owner's scan; None when there is no such unexpired session.
+    Without (None): any scan by id alone, audited as its owner's read via a signature; call it only
+    after a valid URL signature named this scan and type. ScanNotFound when there is no such scan.
+    """
     params = dict(
         token_hash=token_hash,
         scan_id=scan_id,
@@ -958,63 +964,10 @@ def _read_image(
     )
     # The image bytes (column 7) in binary format: they cross the wire once, as themselves.
     rows = con.run_with_raw_bytes(READ_SCAN_IMAGE, params, column_count=8, raw_column=7)
-    return rows[0] if rows else None
-
-
-def _image_part(row: list[Any]) -> ImagePart:
-    _reader, content_type, digest, size, status, first, stop, data = row
+    if not rows:
+        return None
+    _reader, content_type, digest, size, status, first, stop, data = rows[0]
     if size is None:
         raise ScanNotFound("No scan with this id.")
     encoded = None if data is None else _b64encode(data).decode("ascii")
     return ImagePart(content_type, digest, int(size), int(status), int(first), int(stop), encoded)
-
-
-def get_image_part(
-    con: Connection,
-    *,
-    scan_id: str,
-    image_type: ImageType,
-    read: ImageRead = WHOLE_IMAGE,
-    source_ip: str | None = None,
-    request_id: str | None = None,
-) -> ImagePart:
-    """An image of any scan, by id alone: call only after a valid URL signature named this scan.
-
-    Audited as a read by the scan's owner via a signature, from source_ip, in the same call.
-    """
-    row = _read_image(
-        con,
-        token_hash=None,
-        scan_id=scan_id,
-        image_type=image_type,
-        read=read,
-        source_ip=source_ip,
-        request_id=request_id,
-    )
-    if row is None:
-        raise ScanNotFound("No scan with this id.")
-    return _image_part(row)
-
-
-def get_session_image_part(
-    con: Connection,
-    *,
-    token_hash: str,
-    scan_id: str,
-    image_type: ImageType,
-    read: ImageRead = WHOLE_IMAGE,
-    source_ip: str | None = None,
-    request_id: str | None = None,
-) -> ImagePart | None:
-    """An image of the session owner's scan, audited in the same call; None when there is no such
-    unexpired session."""
-    row = _read_image(
-        con,
-        token_hash=token_hash,
-        scan_id=scan_id,
-        image_type=image_type,
-        read=read,
-        source_ip=source_ip,
-        request_id=request_id,
-    )
-    return None if row is None else _image_part(row)

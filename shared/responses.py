@@ -113,7 +113,7 @@ MAX_ETAGS = 32  # entity tags read from one If-None-Match
 
 @dataclass(frozen=True)
 class ByteRange:
-    """One requested byte range as db.get_image_part takes it: start < 0 means the last -start bytes."""
+    """One requested byte range as db.ImageRead takes it: start < 0 means the last -start bytes."""
 
     start: int
     stop: int | None

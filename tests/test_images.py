@@ -188,7 +188,7 @@ def test_an_unexpected_error_is_a_500_that_says_nothing(
     def explode(*args: object, **kwargs: object) -> None:
         raise RuntimeError("secret detail")
 
-    monkeypatch.setattr(db, "get_session_image_part", explode)
+    monkeypatch.setattr(db, "read_image", explode)
 
     result = api.request("GET", path(scan["id"], "original"), token=alice.token)
 
@@ -479,7 +479,7 @@ def test_a_range_read_asks_postgresql_for_those_bytes_only(
     api: LambdaClient, alice: User, scan: dict[str, object], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: list[int] = []
-    real = db.get_session_image_part
+    real = db.read_image
 
     def spy(*args: object, **kwargs: object) -> db.ImagePart | None:
         part = real(*args, **kwargs)  # type: ignore[arg-type]
@@ -487,7 +487,7 @@ def test_a_range_read_asks_postgresql_for_those_bytes_only(
             seen.append(len(part.base64))
         return part
 
-    monkeypatch.setattr(db, "get_session_image_part", spy)
+    monkeypatch.setattr(db, "read_image", spy)
     api.request("GET", path(scan["id"], "original"), token=alice.token, headers={"range": "bytes=0-299"})
     assert seen == [400]  # 300 bytes as base64, not the whole image
 
@@ -499,7 +499,7 @@ def test_a_range_read_asks_postgresql_for_those_bytes_only(
 def reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str | None, bool]]:
     """Every token-authorised image read: the hash the handler said it holds, and whether bytes came back."""
     seen: list[tuple[str | None, bool]] = []
-    real = db.get_session_image_part
+    real = db.read_image
 
     def spy(*args: object, **kwargs: object) -> db.ImagePart | None:
         part = real(*args, **kwargs)  # type: ignore[arg-type]
@@ -508,7 +508,7 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str | None, bool]]:
         seen.append((read.known_sha256, part is not None and part.base64 is not None))
         return part
 
-    monkeypatch.setattr(db, "get_session_image_part", spy)
+    monkeypatch.setattr(db, "read_image", spy)
     return seen
 
 

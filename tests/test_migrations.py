@@ -155,12 +155,14 @@ def test_scans_stored_before_004_show_their_original_as_preview(
 
         # Then its preview is its original, with the original's type and ETag, data or not
         for with_data in (True, False):
-            image = db.get_image_part(
+            image = db.read_image(
                 con,
+                token_hash=None,
                 scan_id="scan_AAAAAAAAAAAAAAAAAAAAAA",
                 image_type=db.ImageType.preview,
                 read=db.ImageRead(with_data=with_data),
             )
+            assert image is not None
             assert image.content_type == "image/png" and image.size == len(png)
             assert image.sha256 == hashlib.sha256(png).hexdigest()
             assert (base64.b64decode(image.base64) if image.base64 else None) == (png if with_data else None)
