@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import hashlib
 import importlib
 import json
 import os
@@ -43,6 +44,8 @@ except ImportError:  # pragma: no cover - binascii is the stdlib's own fast path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 if str(PROJECT_ROOT) not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT))
+
+from scripts import web_assets  # noqa: E402 - once the project root is importable
 
 LAMBDA_PAYLOAD_LIMIT = 6_291_456  # synchronous Invoke: request and response, after base64
 MAX_REQUEST_BODY = 10 * 1024 * 1024  # HTTP API payload quota: larger bodies never reach Lambda
@@ -763,6 +766,58 @@ class Docs:
         return None
 
 
+# --- the web app (web/) at /, on the API's origin ---------------------------------------------------
+
+# Locally the page and the API share this origin; the deploy writes its own config.json.
+LOCAL_WEB_CONFIG = b'{"apiBaseUrl": ""}\n'
+
+
+class WebApp:
+    """The files of web/ at /, served as the deployed CDN serves them (scripts/web_assets.py): their
+    Content-Type and Cache-Control, a strong ETag and 304, and the page's security headers (CSP and
+    the rest). Only GET and HEAD, never under /api/, never a dotfile or a kind of file not listed."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+
+    def answer(self, method: str, raw_path: str, headers: list[tuple[str, str]]) -> HttpResponse | None:
+        if method not in ("GET", "HEAD") or raw_path == "/api" or raw_path.startswith("/api/"):
+            return None
+        relative = self._relative(raw_path)
+        if relative is None or not self.root.is_dir():
+            return None
+        if relative == web_assets.CONFIG:
+            body = LOCAL_WEB_CONFIG
+        else:
+            path = (self.root / relative).resolve()
+            if not path.is_relative_to(self.root) or not path.is_file():
+                return None
+            body = path.read_bytes()  # small files, read on every request: an edit shows on reload
+        etag = f'"{hashlib.sha256(body).hexdigest()}"'
+        out = [
+            ("Content-Type", web_assets.content_type(relative) or "application/octet-stream"),
+            ("Cache-Control", web_assets.cache_control(relative)),
+            ("ETag", etag),
+            *web_assets.SECURITY_HEADERS,
+        ]
+        asked = [tag.strip() for n, v in headers if n == "if-none-match" for tag in v.split(",")]
+        if etag in asked or f"W/{etag}" in asked or "*" in asked:
+            return 304, out, b""
+        return 200, out, body
+
+    @staticmethod
+    def _relative(raw_path: str) -> str | None:
+        """The file a request path names, relative to web/; None for anything we do not serve."""
+        path = unquote(raw_path)
+        if path == "/":
+            return web_assets.INDEX
+        parts = path.removeprefix("/").split("/")
+        if any(not part or part.startswith(".") or "\\" in part or "\x00" in part for part in parts):
+            return None  # empty segments, dotfiles, . and .., backslashes, NUL
+        relative = "/".join(parts)
+        return relative if web_assets.content_type(relative) is not None else None
+
+
 # --- the server: uvicorn (h11) around an ASGI app that only translates ----------------------------
 
 
@@ -859,9 +914,17 @@ class GatewayApp:
     Host checks and the body limits as API Gateway applies them."""
 
     def __init__(
-        self, server: GatewayServer, *, cors: Cors | None, allowed_hosts: AllowedHosts, docs: Docs, limits: Limits
+        self,
+        server: GatewayServer,
+        *,
+        cors: Cors | None,
+        allowed_hosts: AllowedHosts,
+        docs: Docs,
+        limits: Limits,
+        web: WebApp | None = None,
     ) -> None:
         self.server, self.cors, self.allowed_hosts, self.docs, self.limits = server, cors, allowed_hosts, docs, limits
+        self.web = web
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -927,7 +990,11 @@ class GatewayApp:
             return 204, self.cors.preflight(origin, requested, asked), b""
         found = self.server.gateway.match(method, raw_path)
         if found is None:
-            response = self.docs.answer(method, raw_path) or error(404, "not_found", "Not Found")
+            response = (
+                self.docs.answer(method, raw_path)
+                or (self.web and self.web.answer(method, raw_path, headers))
+                or error(404, "not_found", "Not Found")
+            )
         else:
             route, params = found
             client = scope.get("client") or ("127.0.0.1", 0)
@@ -1006,13 +1073,15 @@ class GatewayServer:
         limits: Limits = Limits(),
         allowed_hosts: Iterable[str] = (),
         docs_root: Path = PROJECT_ROOT,
+        web_root: Path | None = None,
         listener: socket.socket | None = None,
     ) -> None:
         self.gateway = gateway
         self.socket = listening_socket(address, self.request_queue_size) if listener is None else listener
         self.server_address: tuple[str, int] = self.socket.getsockname()[:2]
         hosts = AllowedHosts.for_address(address[0], self.server_address[1], allowed_hosts)
-        app = GatewayApp(self, cors=cors, allowed_hosts=hosts, docs=Docs(docs_root), limits=limits)
+        web = WebApp(docs_root / "web" if web_root is None else web_root)
+        app = GatewayApp(self, cors=cors, allowed_hosts=hosts, docs=Docs(docs_root), limits=limits, web=web)
         protocol = type("GatewayConnection", (GatewayProtocol,), {"limits": limits})
         config = uvicorn.Config(
             app,
@@ -1206,6 +1275,7 @@ def main(argv: list[str] | None = None) -> int:
     for route in server.gateway.routes:
         print(f"  {route.route_key:<56} -> {route.function_name}")
     print(f"  {'GET /openapi.json, GET /docs':<56} -> the gateway (local only)")
+    print(f"  {'GET /, GET /config.json and the files of web/':<56} -> the web app: http://{args.host}:{args.port}/")
     sys.stdout.flush()
     if args.workers == 1:
         _serve(server)

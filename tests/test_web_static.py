@@ -1,0 +1,241 @@
+"""The web app's files and how the local gateway serves them; no browser needed (tests/test_web.py
+drives one)."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from scripts import localgw, vendor_web, web_assets
+from tests.conftest import ROOT
+
+WEB = ROOT / "web"
+FIRST_LOAD_LIMIT = 150_000  # bytes: the issue's budget for the page, its scripts and styles
+
+
+@pytest.fixture(scope="module")
+def gateway() -> Iterator[tuple[str, int]]:
+    """The gateway for the real serverless.yml and web/; only static files are asked for here, so
+    no handler (and no database) is ever touched."""
+    server = localgw.make_server("127.0.0.1", 0, serverless_yml=ROOT / "serverless.yml", containers=1)
+    server.access_log = False
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield "127.0.0.1", server.server_address[1]
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)
+
+
+def fetch(
+    gateway: tuple[str, int], path: str, *, method: str = "GET", headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection(*gateway, timeout=30)
+    try:
+        conn.request(method, path, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()
+
+
+# --- the files ------------------------------------------------------------------------------------
+
+
+def test_web_vendor_is_the_lockfiles_packages() -> None:
+    versions = vendor_web.locked_versions()
+    folders = sorted(p.name for p in (WEB / "vendor").iterdir() if p.is_dir())
+    assert folders == sorted(f"{name}-{version}" for name, version in versions.items())
+    if not (ROOT / "node_modules" / "preact").is_dir():
+        pytest.skip("node_modules not installed (npm ci): the vendored bytes were not compared")
+    assert vendor_web.differences(vendor_web.expected()) == []
+
+
+def test_web_vendor_rewrite_changes_only_the_bare_import() -> None:
+    original = b'import{options as n}from"preact";var t;'
+    assert vendor_web.vendored_bytes("preact", "hooks/dist/hooks.mjs", original) == (
+        b'import{options as n}from"./preact.mjs";var t;'
+    )
+    assert vendor_web.vendored_bytes("htm", "dist/htm.mjs", original) == original
+    with pytest.raises(SystemExit, match="exactly one"):
+        vendor_web.vendored_bytes("preact", "hooks/dist/hooks.mjs", b"no import here")
+
+
+def test_web_modules_import_only_files_of_web() -> None:
+    # No bare specifier (a browser would need an import map, an inline script the CSP forbids) and
+    # nothing from another origin: every import resolves to a file in web/.
+    for module in [*WEB.glob("js/*.js"), *WEB.glob("vendor/*/*.mjs")]:
+        for specifier in web_assets.module_imports(module.read_text(encoding="utf-8")):
+            assert specifier.startswith(("./", "../")), f"{module.relative_to(ROOT)} imports {specifier!r}"
+            assert (module.parent / specifier).resolve().is_file(), f"{module.relative_to(ROOT)}: {specifier}"
+
+
+def test_web_index_preloads_the_whole_module_graph_and_nothing_else() -> None:
+    # Without a bundler, each import level would be another round trip; modulepreload fetches the
+    # graph at once. A module added without its preload line (or a dead one) fails here.
+    index = (WEB / "index.html").read_text(encoding="utf-8")
+    preloaded = set(re.findall(r'<link rel="modulepreload" href="([^"]+)">', index))
+    entry = re.findall(r'<script type="module" src="([^"]+)"></script>', index)
+    graph = {f for f in web_assets.first_load_files() if f.endswith((".js", ".mjs"))}
+    assert entry == ["js/main.js"]
+    assert preloaded | set(entry) == graph
+    assert {p.relative_to(WEB).as_posix() for p in WEB.glob("js/*.js")} <= graph, "a module nothing imports"
+
+
+def test_web_page_has_no_inline_script_or_style() -> None:
+    # The Content-Security-Policy (here and deployed) allows scripts and styles from files only.
+    for page in WEB.glob("*.html"):
+        text = page.read_text(encoding="utf-8")
+        assert all("src=" in tag for tag in re.findall(r"<script\b[^>]*>", text)), page.name
+        assert "<style" not in text and " style=" not in text, page.name
+        assert not re.search(r"\son[a-z]+=", text), f"{page.name}: inline event handler"
+
+
+def test_web_first_load_is_under_150_kb() -> None:
+    sizes = {name: (WEB / name).stat().st_size for name in web_assets.first_load_files()}
+    assert sum(sizes.values()) < FIRST_LOAD_LIMIT, sizes
+
+
+def test_web_first_load_files_refuse_references_outside_web(tmp_path: Path) -> None:
+    (tmp_path / "index.html").write_text('<script type="module" src="../secret.js"></script>')
+    with pytest.raises(ValueError, match="leaves web"):
+        web_assets.first_load_files(tmp_path)
+    (tmp_path / "index.html").write_text('<script src="https://cdn.example/x.js"></script>')
+    with pytest.raises(ValueError, match="not a relative URL"):
+        web_assets.first_load_files(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("index.html", web_assets.NO_CACHE),
+        ("config.json", web_assets.NO_CACHE),
+        ("js/app.js", web_assets.NO_CACHE),
+        ("app.css", web_assets.NO_CACHE),
+        ("vendor/preact-11.2.0/preact.mjs", web_assets.IMMUTABLE),
+        ("vendor/htm-3.1.1/htm.mjs", web_assets.IMMUTABLE),
+        ("vendor/unversioned/x.mjs", web_assets.NO_CACHE),
+    ],
+)
+def test_web_cache_control_is_immutable_only_for_versioned_vendor_files(path: str, expected: str) -> None:
+    assert web_assets.cache_control(path) == expected
+
+
+# --- served by the local gateway ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "file", "content_type"),
+    [
+        ("/", "index.html", "text/html; charset=utf-8"),
+        ("/index.html", "index.html", "text/html; charset=utf-8"),
+        ("/app.css", "app.css", "text/css; charset=utf-8"),
+        ("/js/main.js", "js/main.js", "text/javascript; charset=utf-8"),
+        ("/vendor/preact-11.2.0/preact.mjs", "vendor/preact-11.2.0/preact.mjs", "text/javascript; charset=utf-8"),
+        ("/icon.svg", "icon.svg", "image/svg+xml"),
+    ],
+)
+def test_gateway_serves_web_files_with_type_cache_etag_and_security_headers(
+    gateway: tuple[str, int], path: str, file: str, content_type: str
+) -> None:
+    data = (WEB / file).read_bytes()
+    status, headers, body = fetch(gateway, path)
+    assert (status, body) == (200, data)
+    assert headers["content-type"] == content_type
+    assert headers["cache-control"] == web_assets.cache_control(file)
+    assert headers["etag"] == f'"{hashlib.sha256(data).hexdigest()}"'
+    assert headers["x-content-type-options"] == "nosniff"
+    assert headers["content-security-policy"] == web_assets.CONTENT_SECURITY_POLICY
+    assert headers["x-frame-options"] == "DENY"
+    assert headers["referrer-policy"] == "same-origin"
+
+
+def test_gateway_csp_allows_only_this_origin(gateway: tuple[str, int]) -> None:
+    csp = fetch(gateway, "/")[1]["content-security-policy"]
+    directives = dict(d.strip().split(" ", 1) for d in csp.split(";"))
+    assert directives["default-src"] == "'none'"
+    for name in ("script-src", "style-src", "connect-src"):
+        assert directives[name] == "'self'", name
+    assert directives["img-src"] == "'self' data: blob:"
+    assert directives["frame-ancestors"] == "'none'"
+    assert "unsafe" not in csp and "http" not in csp
+
+
+def test_gateway_answers_304_to_a_matching_etag_and_200_to_another(gateway: tuple[str, int]) -> None:
+    _, headers, _ = fetch(gateway, "/js/app.js")
+    status, again, body = fetch(gateway, "/js/app.js", headers={"If-None-Match": headers["etag"]})
+    assert (status, body) == (304, b"")
+    assert again["etag"] == headers["etag"] and again["cache-control"] == "no-cache"
+    assert "content-security-policy" in again
+    status, _, body = fetch(gateway, "/js/app.js", headers={"If-None-Match": '"something-else"'})
+    assert status == 200 and body
+
+
+def test_gateway_head_sends_the_headers_of_get_without_body(gateway: tuple[str, int]) -> None:
+    status, headers, body = fetch(gateway, "/", method="HEAD")
+    assert (status, body) == (200, b"")
+    assert headers["content-length"] == str(len((WEB / "index.html").read_bytes()))
+
+
+def test_gateway_generates_config_json_for_this_origin(gateway: tuple[str, int]) -> None:
+    status, headers, body = fetch(gateway, "/config.json")
+    assert status == 200 and json.loads(body) == {"apiBaseUrl": ""}
+    assert headers["content-type"] == "application/json" and headers["cache-control"] == "no-cache"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/../serverless.yml",
+        "/%2e%2e/serverless.yml",
+        "/js/..%2f..%2fserverless.yml",
+        "/js/%2e%2e/%2e%2e/README.md",
+        "/vendor/preact-11.2.0/LICENSE",  # a kind of file we do not serve
+        "/.gitignore",
+        "/js//app.js",
+        "/js/app.js%00.css",
+        "/js/missing.js",
+        "/js",
+        "/api/v1/nothing-here",
+        "/api",
+    ],
+)
+def test_gateway_serves_nothing_outside_web_and_no_page_under_api(gateway: tuple[str, int], path: str) -> None:
+    status, headers, body = fetch(gateway, path)
+    assert status == 404
+    assert headers["content-type"] == "application/json" and json.loads(body)["error"]["code"] == "not_found"
+
+
+def test_gateway_serves_web_files_to_get_and_head_only(gateway: tuple[str, int]) -> None:
+    status, _, body = fetch(gateway, "/", method="POST")
+    assert status == 404 and json.loads(body)["error"]["code"] == "not_found"
+
+
+def test_gateway_api_routes_still_win_over_web_files(gateway: tuple[str, int]) -> None:
+    status, headers, body = fetch(gateway, "/api/v1/scans")
+    assert status == 401 and json.loads(body)["error"]["code"] == "not_authenticated"
+    assert "content-security-policy" not in headers
+
+
+def test_gateway_without_a_web_folder_serves_no_page(tmp_path: Path) -> None:
+    yml = tmp_path / "serverless.yml"
+    yml.write_text("functions: {}\n")
+    server = localgw.make_server("127.0.0.1", 0, serverless_yml=yml, containers=1)
+    server.access_log = False
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        address = ("127.0.0.1", server.server_address[1])
+        assert fetch(address, "/")[0] == 404
+        assert fetch(address, "/config.json")[0] == 404
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)

@@ -1,0 +1,86 @@
+// The grid: one tile per scan, and one per DICOM series (its slices stacked), in the order of the
+// newest scan in each. Every image is the signed thumbnail URL the list already carries: loading
+// the grid costs one list request and then only the images themselves.
+import { html, useMemo } from "./preact.js";
+import { modality, plural, when } from "./format.js";
+import { scanHref, seriesHref } from "./router.js";
+
+const THUMBNAIL_SIDE = 256; // the API's thumbnails fit in 256 × 256
+
+/** Scans grouped by DICOM series (in order of first appearance); anything else stands alone. */
+export function groupBySeries(items) {
+  const groups = [];
+  const bySeries = new Map();
+  for (const scan of items) {
+    const uid = scan.dicom?.seriesInstanceUid;
+    if (uid && bySeries.has(uid)) {
+      bySeries.get(uid).scans.push(scan);
+      continue;
+    }
+    const group = { key: uid ? `series:${uid}` : `scan:${scan.scanId}`, seriesUid: uid, scans: [scan] };
+    if (uid) bySeries.set(uid, group);
+    groups.push(group);
+  }
+  for (const group of groups) {
+    if (group.scans.length > 1) group.scans.sort(readingOrder);
+  }
+  return groups;
+}
+
+function readingOrder(a, b) {
+  const key = (scan) => [scan.dicom.instanceNumber ?? Infinity, scan.dicom.slicePosition ?? Infinity];
+  const [ia, pa] = key(a);
+  const [ib, pb] = key(b);
+  return ia - ib || pa - pb || a.filename.localeCompare(b.filename, undefined, { numeric: true });
+}
+
+function thumbnailSize(scan) {
+  const scale = Math.min(1, THUMBNAIL_SIDE / Math.max(scan.width, scan.height));
+  return { width: Math.max(1, Math.round(scan.width * scale)), height: Math.max(1, Math.round(scan.height * scale)) };
+}
+
+function Thumbnail({ scan, onError }) {
+  const { width, height } = thumbnailSize(scan);
+  return html`<span class="thumb">
+    <img src=${scan.thumbnailUrl} alt=${scan.filename} width=${width} height=${height} loading="lazy" decoding="async"
+      onError=${onError} />
+  </span>`;
+}
+
+export function Grid({ items, onImageError }) {
+  const groups = useMemo(() => groupBySeries(items), [items]);
+  if (groups.length === 0) return null;
+  return html`<ul class="grid">
+    ${groups.map(
+      (group) => html`<li key=${group.key}>
+        ${group.scans.length > 1
+          ? html`<${SeriesTile} group=${group} onImageError=${onImageError} />`
+          : html`<${ScanTile} scan=${group.scans[0]} onImageError=${onImageError} />`}
+      </li>`,
+    )}
+  </ul>`;
+}
+
+function ScanTile({ scan, onImageError }) {
+  const findings = plural(scan.findingsCount, "finding");
+  const label = `${scan.filename}, ${modality(scan)}, ${findings}, uploaded ${when(scan.createdAt)}`;
+  return html`<a class="tile" href=${scanHref(scan.scanId)} aria-label=${label} data-key=${`scan:${scan.scanId}`}>
+    <${Thumbnail} scan=${scan} onError=${onImageError} />
+    <span class="tile-name" aria-hidden="true">${scan.filename}</span>
+    <span class="tile-meta" aria-hidden="true">${modality(scan)} · ${findings}</span>
+  </a>`;
+}
+
+function SeriesTile({ group, onImageError }) {
+  const { scans } = group;
+  const first = scans[0];
+  const last = scans[scans.length - 1];
+  const middle = scans[Math.floor((scans.length - 1) / 2)]; // the series' middle shows most of it
+  const label = `Series of ${scans.length} slices, ${first.filename} to ${last.filename}, ${modality(first)}`;
+  return html`<a class="tile series" href=${seriesHref(group.seriesUid)} aria-label=${label} data-key=${group.key}>
+    <${Thumbnail} scan=${middle} onError=${onImageError} />
+    <span class="badge" aria-hidden="true">${plural(scans.length, "slice")}</span>
+    <span class="tile-name" aria-hidden="true">${first.filename} – ${last.filename}</span>
+    <span class="tile-meta" aria-hidden="true">${modality(first)} series</span>
+  </a>`;
+}
