@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench migrate user token audit package sample clean-data openapi
+.PHONY: run test lint bench migrate user token audit package sample clean-data openapi publish-web web-vendor
 
 $(STAMP): requirements-images.txt requirements.txt requirements-upload.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,13 @@ package: $(STAMP)
 	$(VENV)/bin/cfn-lint $(TEMPLATE) -i W3005
 	$(PY) scripts/package_report.py .serverless/*.zip
 
+# After `npx osls deploy --stage $(STAGE)`: web/ and a generated config.json to the stack's bucket, then
+# a CloudFront invalidation (scripts/publish_web.py). Needs AWS credentials; REGION defaults to AWS_REGION
+# or serverless.yml's.
+publish-web: $(STAMP)
+	@test -n "$(STAGE)" || { echo "usage: make publish-web STAGE=prod [REGION=eu-central-1]"; exit 2; }
+	$(PY) scripts/publish_web.py --stage '$(STAGE)' $(if $(REGION),--region '$(REGION)')
+
 user: $(STAMP)
 	@test -n "$(NAME)" || { echo "usage: make user NAME=alice PASSWORD=..."; exit 2; }
 	@PASSWORD='$(PASSWORD)' $(PY) scripts/manage.py user '$(NAME)'
@@ -71,3 +78,9 @@ clean-data: $(STAMP)
 # The OpenAPI document of every HTTP function, checked in (tests/test_openapi.py fails when it is stale).
 openapi: $(STAMP)
 	$(PY) scripts/openapi.py
+
+# The web app's libraries (Preact, htm), pinned in package-lock.json, copied from node_modules into
+# web/vendor/ (checked in: `make run` needs no npm). tests/test_web_static.py fails when they differ.
+web-vendor: $(STAMP)
+	npm ci --no-audit --no-fund --loglevel=error
+	$(PY) scripts/vendor_web.py

@@ -241,6 +241,155 @@ def test_outputs_name_the_api_url_and_database_endpoint(template: dict[str, Any]
     assert {"HttpApiUrl", "DatabaseEndpoint", "DatabaseProxyEndpoint"} <= set(template["Outputs"])
 
 
+# The web app (infra/web.yml): a private bucket behind CloudFront with Origin Access Control, and the
+# HTTP API under /api/* on the same distribution. CloudFront's managed policies, by their fixed ids:
+CACHING_OPTIMIZED = "658327ea-f89d-4fab-a63d-7e88639e58f6"
+CACHING_DISABLED = "4135ea2d-6df8-44a3-9df3-4b5a84be39ad"
+ALL_VIEWER_EXCEPT_HOST_HEADER = "b689b0a8-53d0-40ab-baf2-68738e2966ac"
+WEB_BUCKET_ARN = {"Fn::GetAtt": ["WebBucket", "Arn"]}
+WEB_BUCKET_OBJECTS = {"Fn::Join": ["", [WEB_BUCKET_ARN, "/*"]]}
+
+
+def distribution_config(template: dict[str, Any]) -> dict[str, Any]:
+    (distribution,) = resources(template, "AWS::CloudFront::Distribution").values()
+    config: dict[str, Any] = distribution["Properties"]["DistributionConfig"]
+    return config
+
+
+def references(value: Any) -> set[str]:
+    """Every resource a Ref or Fn::GetAtt anywhere inside value points at (pseudo parameters aside)."""
+    if isinstance(value, dict):
+        found = set().union(*(references(v) for v in value.values())) if value else set()
+        if isinstance(value.get("Ref"), str) and not value["Ref"].startswith("AWS::"):  # not pseudo parameters
+            found.add(value["Ref"])
+        if isinstance(value.get("Fn::GetAtt"), list):
+            found.add(value["Fn::GetAtt"][0])
+        return found
+    if isinstance(value, list):
+        return set().union(*(references(v) for v in value)) if value else set()
+    return set()
+
+
+def test_web_bucket_is_private_encrypted_and_owner_enforced(template: dict[str, Any]) -> None:
+    buckets = resources(template, "AWS::S3::Bucket")
+    props = buckets["WebBucket"]["Properties"]
+    assert props["PublicAccessBlockConfiguration"] == {
+        "BlockPublicAcls": True,
+        "BlockPublicPolicy": True,
+        "IgnorePublicAcls": True,
+        "RestrictPublicBuckets": True,
+    }
+    (rule,) = props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] in {"AES256", "aws:kms"}
+    assert props["OwnershipControls"]["Rules"] == [{"ObjectOwnership": "BucketOwnerEnforced"}]
+    # Not a website endpoint (plain HTTP, public by design) and no ACLs.
+    assert "WebsiteConfiguration" not in props and "AccessControl" not in props
+
+
+def test_web_bucket_policy_lets_only_this_distribution_read_and_only_over_tls(template: dict[str, Any]) -> None:
+    policies = [p["Properties"] for p in resources(template, "AWS::S3::BucketPolicy").values()]
+    (policy,) = [p for p in policies if p["Bucket"] == {"Ref": "WebBucket"}]
+    statements = policy["PolicyDocument"]["Statement"]
+    (allow,) = [s for s in statements if s["Effect"] == "Allow"]
+    assert allow["Principal"] == {"Service": "cloudfront.amazonaws.com"}
+    assert allow["Action"] in ("s3:GetObject", ["s3:GetObject"])
+    assert allow["Resource"] == WEB_BUCKET_OBJECTS
+    (source_arn,) = allow["Condition"]["StringEquals"].values()
+    assert list(allow["Condition"]["StringEquals"]) == ["AWS:SourceArn"]
+    assert references(source_arn) == {"WebDistribution"}
+    assert ":cloudfront::" in json.dumps(source_arn) and ":distribution/" in json.dumps(source_arn)
+    (deny,) = [s for s in statements if s["Effect"] == "Deny"]
+    assert deny["Principal"] == "*" and deny["Action"] == "s3:*"
+    assert deny["Resource"] == [WEB_BUCKET_ARN, WEB_BUCKET_OBJECTS]
+    assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+
+
+def test_origin_access_control_signs_every_s3_request_with_sigv4(template: dict[str, Any]) -> None:
+    (oac,) = resources(template, "AWS::CloudFront::OriginAccessControl").values()
+    config = oac["Properties"]["OriginAccessControlConfig"]
+    assert config["SigningBehavior"] == "always"
+    assert config["SigningProtocol"] == "sigv4"
+    assert config["OriginAccessControlOriginType"] == "s3"
+
+
+def test_site_origin_is_the_bucket_through_oac_not_a_legacy_oai(template: dict[str, Any]) -> None:
+    config = distribution_config(template)
+    (origin,) = [o for o in config["Origins"] if "S3OriginConfig" in o]
+    assert origin["DomainName"] == {"Fn::GetAtt": ["WebBucket", "RegionalDomainName"]}
+    assert origin["OriginAccessControlId"] == {"Fn::GetAtt": ["WebOriginAccessControl", "Id"]}
+    assert origin["S3OriginConfig"]["OriginAccessIdentity"] == ""
+    assert not resources(template, "AWS::CloudFront::CloudFrontOriginAccessIdentity")
+    default = config["DefaultCacheBehavior"]
+    assert default["TargetOriginId"] == origin["Id"]
+    assert default["CachePolicyId"] == CACHING_OPTIMIZED
+    assert default["AllowedMethods"] == ["GET", "HEAD"]
+
+
+def test_distribution_serves_index_html_over_https_only(template: dict[str, Any]) -> None:
+    config = distribution_config(template)
+    assert config["Enabled"] is True
+    assert config["DefaultRootObject"] == "index.html"
+    assert config["HttpVersion"] == "http2and3"
+    assert config["DefaultCacheBehavior"]["ViewerProtocolPolicy"] == "redirect-to-https"
+    for behavior in config.get("CacheBehaviors", []):
+        assert behavior["ViewerProtocolPolicy"] in {"redirect-to-https", "https-only"}, behavior["PathPattern"]
+    # Error pages would apply to the API's answers too.
+    assert "CustomErrorResponses" not in config
+
+
+def test_api_is_on_the_pages_origin_under_api_uncached(template: dict[str, Any]) -> None:
+    config = distribution_config(template)
+    (api,) = [b for b in config["CacheBehaviors"] if b["PathPattern"] == "/api/*"]
+    (origin,) = [o for o in config["Origins"] if o["Id"] == api["TargetOriginId"]]
+    assert references(origin["DomainName"]) == {"HttpApi"}
+    assert ".execute-api." in json.dumps(origin["DomainName"])
+    assert origin["CustomOriginConfig"]["OriginProtocolPolicy"] == "https-only"
+    assert origin["CustomOriginConfig"]["OriginReadTimeout"] >= 30  # the HTTP API's own limit
+    assert api["CachePolicyId"] == CACHING_DISABLED
+    # API Gateway needs its own Host; with caching disabled this policy also forwards Authorization.
+    assert api["OriginRequestPolicyId"] == ALL_VIEWER_EXCEPT_HOST_HEADER
+    assert {"GET", "HEAD", "OPTIONS", "POST", "DELETE"} <= set(api["AllowedMethods"])
+    assert api["ViewerProtocolPolicy"] == "https-only"  # a redirected POST would lose its body
+
+
+def test_signed_image_urls_point_at_the_distribution(template: dict[str, Any]) -> None:
+    # upload and scans build absolute image URLs (shared.http.base_url): on the page's origin, not execute-api.
+    functions = resources(template, "AWS::Lambda::Function")
+    for name in ("upload", "scans"):
+        base = functions[function_logical_id(name)]["Properties"]["Environment"]["Variables"]["API_BASE_URL"]
+        assert base == {"Fn::Join": ["", ["https://", {"Fn::GetAtt": ["WebDistribution", "DomainName"]}]]}, name
+    assert template["Outputs"]["WebUrl"]["Value"] == base
+
+
+def test_every_response_carries_the_security_headers(template: dict[str, Any]) -> None:
+    config = distribution_config(template)
+    behaviors = [config["DefaultCacheBehavior"], *config["CacheBehaviors"]]
+    (policy_id,) = {json.dumps(b["ResponseHeadersPolicyId"]) for b in behaviors}
+    (name,) = references(json.loads(policy_id))
+    headers = template["Resources"][name]["Properties"]["ResponseHeadersPolicyConfig"]["SecurityHeadersConfig"]
+    assert headers["StrictTransportSecurity"]["AccessControlMaxAgeSec"] >= 31536000
+    assert headers["ContentTypeOptions"]["Override"] is True
+    assert headers["FrameOptions"]["FrameOption"] == "DENY"
+    assert headers["ReferrerPolicy"]["ReferrerPolicy"] in {"no-referrer", "same-origin", "strict-origin"}
+    csp_parts = headers["ContentSecurityPolicy"]["ContentSecurityPolicy"]["Fn::Join"][1]
+    csp = "".join(part if isinstance(part, str) else "<ref>" for part in csp_parts)
+    directives = {d.split()[0]: d.split()[1:] for d in csp.split(";") if d.strip()}
+    assert directives["default-src"] == ["'none'"]
+    assert directives["script-src"] == ["'self'"]  # no inline script, no CDN
+    assert directives["frame-ancestors"] == ["'none'"]
+    api_origin = "https://<ref>.execute-api.<ref>.<ref>"
+    assert directives["connect-src"] == ["'self'", api_origin]
+    assert directives["img-src"][0] == "'self'" and api_origin in directives["img-src"]
+    assert references(csp_parts) == {"HttpApi"}
+
+
+def test_outputs_name_the_web_bucket_distribution_and_url(template: dict[str, Any]) -> None:
+    outputs = template["Outputs"]
+    assert outputs["WebBucketName"]["Value"] == {"Ref": "WebBucket"}
+    assert outputs["WebDistributionId"]["Value"] == {"Ref": "WebDistribution"}
+    assert references(outputs["WebUrl"]["Value"]) == {"WebDistribution"}
+
+
 def archive(name: str) -> Path:
     return BUILD / f"{name}.zip"
 
