@@ -654,6 +654,7 @@ class Scan:
     results: dict[str, Any]
     created_at: datetime
     dicom: DicomIndex | None = None
+    file_size: int = 0  # bytes of the original file
 
 
 @dataclass(frozen=True)
@@ -679,10 +680,12 @@ class NewScan:
 
 
 DICOM_FIELDS = tuple(DicomIndex.__dataclass_fields__)
-SCAN_COLUMNS = "id, owner_id, filename, content_type, width, height, file_hash, results, created_at, " + ", ".join(
-    DICOM_FIELDS
+# octet_length() of a TOAST-ed value reads its pointer, never the bytes.
+SCAN_COLUMNS = (
+    "id, owner_id, filename, content_type, width, height, file_hash, results, created_at, "
+    "octet_length(original_image_data), " + ", ".join(DICOM_FIELDS)
 )
-_BASE_FIELD_COUNT = 9
+_BASE_FIELD_COUNT = 10
 
 INSERT_SCAN = f"""
     INSERT INTO scans (id, owner_id, filename, content_type, width, height, results,
@@ -759,6 +762,7 @@ def _scan(row: list[Any]) -> Scan:
         file_hash=row[6],
         results=row[7],
         created_at=row[8],
+        file_size=int(row[9]),
         dicom=dicom,
     )
 

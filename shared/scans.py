@@ -51,6 +51,7 @@ def _metadata(scan: db.Scan) -> dict[str, Any]:
         "scanId": scan.id,
         "filename": scan.filename,
         "contentType": scan.content_type,
+        "fileSize": scan.file_size,
         "width": scan.width,
         "height": scan.height,
         "fileHash": scan.file_hash,

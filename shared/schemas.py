@@ -123,6 +123,7 @@ class ScanMetadata(_Model):
     scan_id: str
     filename: str
     content_type: Literal["image/png", "image/jpeg", "application/dicom"]
+    file_size: int = Field(ge=1, description="bytes of the original file")
     width: int
     height: int
     file_hash: str = Field(pattern="^[0-9a-f]{64}$")

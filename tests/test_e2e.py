@@ -6,8 +6,8 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,23 +24,22 @@ from tests.lambda_client import multipart
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+# The gateway's first line names the port it bound (PORT=0: the system's choice, made atomically at
+# bind time; a port probed free beforehand may be taken by the time the gateway binds it).
+BANNER = re.compile(r"^Local gateway on http://127\.0\.0\.1:(\d+)")
 
 
 class Service:
     """scripts/run.py in a subprocess, on its own embedded PostgreSQL in a temporary folder."""
 
-    def __init__(self, pgdata: Path, port: int) -> None:
-        self.pgdata, self.port = pgdata, port
+    def __init__(self, pgdata: Path) -> None:
+        self.pgdata, self.port = pgdata, 0
         self.process: subprocess.Popen[str] | None = None
         self.token = ""
 
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-        env.update(PGDATA_DIR=str(self.pgdata), PORT=str(self.port), PYTHONUNBUFFERED="1")
+        env.update(PGDATA_DIR=str(self.pgdata), PORT="0", PYTHONUNBUFFERED="1")
         self.process = subprocess.Popen(
             [sys.executable, "scripts/run.py"],
             cwd=ROOT,
@@ -59,7 +58,9 @@ class Service:
             lines.append(line)
             if line.startswith("dev token: "):
                 self.token = line.split(": ", 1)[1].strip()
-            if line.startswith("Local gateway on"):
+            bound = BANNER.match(line)
+            if bound:
+                self.port = int(bound.group(1))
                 return
         raise AssertionError("service did not start:\n" + "".join(lines))
 
@@ -94,7 +95,7 @@ class Service:
 
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[Service]:
-    svc = Service(tmp_path / "pg", free_port())
+    svc = Service(tmp_path / "pg")
     yield svc
     if svc.process and svc.process.poll() is None:
         svc.process.kill()

@@ -46,6 +46,9 @@ def test_list_items_carry_metadata_and_urls(api: LambdaClient, alice: User) -> N
     assert item["filename"] == "scan-1.png"
     assert (item["width"], item["height"]) == (96, 96)
     assert item["findingsCount"] == 0
+    original = api.request("GET", f"/api/v1/scans/image/{scan_id}/original", token=alice.token).body
+    assert item["fileSize"] == len(original)
+    assert api.request("GET", f"/api/v1/scans/{scan_id}", token=alice.token).json()["fileSize"] == len(original)
     url, _, query = item["thumbnailUrl"].partition("?")
     assert url.endswith(f"/api/v1/scans/image/{scan_id}/thumbnail")
     assert query.startswith("exp=") and "&kid=" in query and "&sig=" in query
@@ -66,8 +69,9 @@ def test_image_urls_are_signed_and_identical_across_listings_and_get_one(api: La
 
 
 def test_list_queries_never_read_image_columns() -> None:
+    # octet_length() of a TOAST-ed value reads its pointer, not its bytes: the one use allowed.
     for sql in (db.SELECT_SCANS_FIRST_PAGE, db.SELECT_SCANS_NEXT_PAGE, db.SELECT_SCAN):
-        assert "image_data" not in sql
+        assert "image_data" not in sql.replace("octet_length(original_image_data)", "")
 
 
 @pytest.mark.parametrize(

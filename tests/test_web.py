@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -45,10 +44,9 @@ IMAGE_READ = re.compile(r"\bGET /api/v1/scans/image/(scan_[\w-]+)/(original|prev
 FIRST_LOAD_LIMIT = 150_000  # bytes transferred: the page, its scripts and styles, config.json, the icon
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+# The gateway's first line names the port it bound (PORT=0: the system's choice, made atomically at
+# bind time; a port probed free beforehand may be taken by the time the gateway binds it).
+BANNER = re.compile(r"^Local gateway on http://127\.0\.0\.1:(\d+)")
 
 
 def unavailable(reason: str) -> NoReturn:
@@ -131,11 +129,10 @@ class Service:
 @pytest.fixture(scope="module")
 def service(fresh_database: Callable[..., str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     url = fresh_database("ctscan_web")
-    port = free_port()
     env = {
         **os.environ,
         "DATABASE_URL": url,
-        "PORT": str(port),
+        "PORT": "0",
         "DEV_PASSWORD": PASSWORD,
         "IMAGE_URL_KEYS_FILE": str(tmp_path_factory.mktemp("web-keys") / "keys.json"),
         # A day: the signed URLs of one test stay the same, so its second visit can hit the cache.
@@ -152,14 +149,16 @@ def service(fresh_database: Callable[..., str], tmp_path_factory: pytest.TempPat
         stderr=subprocess.STDOUT,
         text=True,
     )
-    svc = Service(port, process, url)
+    svc = Service(0, process, url)
     started = threading.Event()
 
     def drain() -> None:  # read everything, or a full pipe would stall the gateway
         assert process.stdout is not None
         for line in process.stdout:
             svc.lines.append(line.rstrip("\n"))
-            if line.startswith("Local gateway on"):
+            bound = BANNER.match(line)
+            if bound:
+                svc.port = int(bound.group(1))
                 started.set()
         started.set()
 

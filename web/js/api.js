@@ -92,13 +92,6 @@ export function createApi({ baseUrl, token, signal, onUnauthorized }) {
       return items;
     },
 
-    /** The size in bytes of an image behind a signed URL (HEAD: no bytes are sent). */
-    async imageSize(signedUrl) {
-      const response = await fetch(signedUrl, { method: "HEAD", credentials: "omit", signal });
-      const length = Number(response.headers.get("Content-Length"));
-      return response.ok && Number.isFinite(length) ? length : null;
-    },
-
     /**
      * POST /scans/analyze with XMLHttpRequest, whose upload events report progress (fetch has none):
      * onProgress(sentBytes, totalBytes). Resolves with the upload's JSON (`duplicate` says whether the

@@ -11,7 +11,6 @@ export function Viewer({ api, scanId, summary, onDeleted }) {
   const [error, setError] = useState("");
   const [annotated, setAnnotated] = useState(false);
   const [active, setActive] = useState(null);
-  const [size, setSize] = useState(null);
   const [confirming, setConfirming] = useState(false);
   const [deleting, setDeleting] = useState(false);
   const [deleteError, setDeleteError] = useState("");
@@ -36,10 +35,6 @@ export function Viewer({ api, scanId, summary, onDeleted }) {
     heading.current.focus();
   }, [load]);
 
-  const original = scan?.results.imageUrl;
-  useEffect(() => {
-    if (original) api.imageSize(original).then(setSize, () => setSize(null));
-  }, [original]);
 
   // A signed URL that has expired (the page was left open): fetch the scan again, once, for new ones.
   const imageFailed = () => {
@@ -113,7 +108,7 @@ export function Viewer({ api, scanId, summary, onDeleted }) {
             ${scan
               ? html`<${FindingsTable} results=${scan.results} active=${active} onActive=${setActive} />`
               : html`<p class="muted">Loading findings…</p>`}
-            <${Details} scan=${known} results=${scan?.results} size=${size} />
+            <${Details} scan=${known} results=${scan?.results} />
           </div>
         </div>
         <${ConfirmDialog}
@@ -146,7 +141,7 @@ function DownloadLink({ href, filename }) {
   return html`<a class="button" href=${href} download=${filename} onClick=${click}>Download original</a>`;
 }
 
-function Details({ scan, results, size }) {
+function Details({ scan, results }) {
   const dicom = scan.dicom;
   const window_ = results?.analysis?.window;
   const body = results?.body;
@@ -156,7 +151,7 @@ function Details({ scan, results, size }) {
       <h2 id="details-title">Details</h2>
       <dl>
         ${row("File name", scan.filename)}
-        ${row("File size", bytes(size))}
+        ${row("File size", bytes(scan.fileSize))}
         ${row("Dimensions", `${scan.width} × ${scan.height} px`)}
         ${row("Modality", dicom ? `${modality(scan)} (DICOM)` : `${modality(scan)} image`)}
         ${row("Uploaded", html`<time datetime=${scan.createdAt}>${when(scan.createdAt)}</time>`)}
