@@ -31,7 +31,6 @@ from urllib.parse import parse_qsl, unquote
 
 import h11
 import uvicorn
-import yaml
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 try:  # SIMD base64: a 4.5 MB image body is encoded and decoded on every request
@@ -46,6 +45,7 @@ if str(PROJECT_ROOT) not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT))
 
 from scripts import web_assets  # noqa: E402 - once the project root is importable
+from scripts.serverless_yml import read_serverless_yml  # noqa: E402
 
 LAMBDA_PAYLOAD_LIMIT = 6_291_456  # synchronous Invoke: request and response, after base64
 MAX_REQUEST_BODY = 10 * 1024 * 1024  # HTTP API payload quota: larger bodies never reach Lambda
@@ -118,30 +118,9 @@ def _as_int(value: Any, default: int) -> int:
     return int(value) if isinstance(value, int | str) and str(value).isdigit() else default
 
 
-class _CloudFormationLoader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML ships no type hints
-    """SafeLoader that reads CloudFormation short forms (!Ref, !GetAtt, !Sub …) as plain values."""
-
-
-def _cloudformation_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
-    # Only routes are read here; what a reference resolves to matters to CloudFormation, not to us.
-    if isinstance(node, yaml.ScalarNode):
-        return {suffix: loader.construct_scalar(node)}
-    if isinstance(node, yaml.SequenceNode):
-        return {suffix: loader.construct_sequence(node, deep=True)}
-    return {suffix: loader.construct_mapping(node, deep=True)}
-
-
-_CloudFormationLoader.add_multi_constructor("!", _cloudformation_tag)
-
-
-def _read_config(serverless_yml: Path) -> dict[str, Any]:
-    config = yaml.load(serverless_yml.read_text(encoding="utf-8"), Loader=_CloudFormationLoader) or {}
-    return cast(dict[str, Any], config)
-
-
 def load_routes(serverless_yml: Path) -> list[Route]:
     """Every httpApi route of every function; `${...}` variables stay plain strings."""
-    config = _read_config(serverless_yml)
+    config = read_serverless_yml(serverless_yml)
     provider = config.get("provider") or {}
     routes: list[Route] = []
     for name, spec in (config.get("functions") or {}).items():
@@ -632,7 +611,7 @@ def _strings(value: Any) -> tuple[str, ...]:
 
 def load_cors(serverless_yml: Path, *, stage: str = "dev") -> Cors | None:
     """provider.httpApi.cors with `${param:...}` resolved for the stage (params.<stage> over params.default)."""
-    config = _read_config(serverless_yml)
+    config = read_serverless_yml(serverless_yml)
     spec = ((config.get("provider") or {}).get("httpApi") or {}).get("cors")
     if not spec:
         return None

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-import yaml
 from botocore.exceptions import BotoCoreError, ClientError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,6 +33,7 @@ if str(ROOT) not in sys.path:  # run as `python scripts/publish_web.py`
     sys.path.insert(0, str(ROOT))
 
 from scripts import web_assets  # noqa: E402  # how each file of web/ is served, locally and here
+from scripts.serverless_yml import read_serverless_yml  # noqa: E402
 
 SERVERLESS_YML = ROOT / "serverless.yml"
 REQUIRED_OUTPUTS = ("WebBucketName", "WebDistributionId", "WebUrl")
@@ -80,16 +80,9 @@ def _md5_etag(body: bytes) -> str:
     return '"' + hashlib.md5(body, usedforsecurity=False).hexdigest() + '"'
 
 
-class _CloudFormationLoader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML ships no type hints
-    """SafeLoader that reads CloudFormation short forms (!Ref, !GetAtt, !Join …) as plain values."""
-
-
-_CloudFormationLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
-
-
 def stack_name(serverless_yml: Path, stage: str) -> str:
     """The stage's CloudFormation stack name as osls derives it: provider.stackName, else service-stage."""
-    config = yaml.load(serverless_yml.read_text(encoding="utf-8"), Loader=_CloudFormationLoader) or {}
+    config = read_serverless_yml(serverless_yml)
     service = config.get("service")
     name = (config.get("provider") or {}).get("stackName")
     if not name and isinstance(service, str):
@@ -104,7 +97,7 @@ def default_region(serverless_yml: Path, env: Mapping[str, str] = os.environ) ->
     for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
         if env.get(name):
             return env[name]
-    config = yaml.load(serverless_yml.read_text(encoding="utf-8"), Loader=_CloudFormationLoader) or {}
+    config = read_serverless_yml(serverless_yml)
     region = str((config.get("provider") or {}).get("region", ""))
     fallback = re.fullmatch(r"\$\{opt:region,\s*['\"]([a-z0-9-]+)['\"]\}", region)
     if fallback:
