@@ -4,6 +4,7 @@ python scripts/manage.py user NAME [--password P]   (or PASSWORD in the environm
 python scripts/manage.py token NAME                  prints a fresh token as the last line
 python scripts/manage.py migrate                     prints the migration report as JSON
 python scripts/manage.py audit [--name NAME] [--limit N]   the audit trail, newest first
+python scripts/manage.py cleanup                     the cleanup job (as the nightly function runs it): JSON report
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 
 from env import migrate, prepare_database  # type: ignore[import-not-found]
 
-from shared import audit, auth, db
+from shared import audit, auth, cleanup, db
 from shared.config import get_settings
 from shared.errors import DomainError
 
@@ -72,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     token = commands.add_parser("token", help="print a fresh bearer token for a user")
     token.add_argument("name")
     commands.add_parser("migrate", help="apply pending migrations")
+    commands.add_parser("cleanup", help="remove expired sessions, throttle and audit rows; VACUUM; print the report")
     trail = commands.add_parser("audit", help="the audit trail, newest first (this listing is audited too)")
     trail.add_argument("--name", help="only this user's events")
     trail.add_argument("--limit", type=int, default=50, choices=range(1, 10_001), metavar="1..10000")
@@ -88,6 +90,9 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     prepare_database()
     if args.command == "migrate":
         print(json.dumps(migrate(), indent=2))
+    elif args.command == "cleanup":
+        migrate()
+        print(json.dumps(cleanup.run_cleanup(get_settings()), indent=2))
     elif args.command == "audit":
         migrate()
         print_audit(args.name, args.limit)

@@ -18,7 +18,7 @@ from tests.conftest import ROOT
 BUILD = ROOT / ".serverless"
 TEMPLATE = BUILD / "cloudformation-template-update-stack.json"
 HTTP_FUNCTIONS = {"upload", "images", "scans", "auth"}
-OPS_FUNCTIONS = {"migrate", "admin"}
+OPS_FUNCTIONS = {"migrate", "admin", "cleanup"}
 FUNCTIONS = sorted(HTTP_FUNCTIONS | OPS_FUNCTIONS)
 # The imaging stack, by import name: only the upload function may carry it.
 IMAGING_PACKAGES = ("numpy", "PIL", "cc3d", "pydicom", "pylibjpeg", "openjpeg", "rle", "jpeg_ls", "imagecodecs")
@@ -116,6 +116,26 @@ def test_functions_read_database_settings_from_cloudformation_references(templat
         assert env["DB_HOST"] == {"Fn::GetAtt": ["DatabaseProxy", "Endpoint"]}, name
         assert env["DB_SSLMODE"] == "verify-full", name
         assert "DATABASE_URL" not in env and "PGPASSWORD" not in env
+
+
+def test_cleanup_runs_nightly_on_a_schedule_and_has_time_for_a_vacuum(template: dict[str, Any]) -> None:
+    function = template["Resources"][function_logical_id("cleanup")]["Properties"]
+    assert function["Timeout"] == 900 and function["MemorySize"] == 256
+    target = {"Fn::GetAtt": [function_logical_id("cleanup"), "Arn"]}
+    rules = [
+        rule["Properties"]
+        for rule in resources(template, "AWS::Events::Rule").values()
+        if any(t["Arn"] == target for t in rule["Properties"]["Targets"])
+    ]
+    assert [(r["ScheduleExpression"], r["State"]) for r in rules] == [("cron(30 3 * * ? *)", "ENABLED")]
+    permissions = [
+        p["Properties"]
+        for p in resources(template, "AWS::Lambda::Permission").values()
+        if p["Properties"]["FunctionName"] == target
+    ]
+    assert [p["Principal"] for p in permissions] == ["events.amazonaws.com"]
+    # Only cleanup runs on a schedule.
+    assert len(resources(template, "AWS::Events::Rule")) == 1
 
 
 def test_database_is_encrypted_private_and_its_password_lives_in_secrets_manager(template: dict[str, Any]) -> None:
@@ -582,6 +602,7 @@ REQUESTS: dict[str, tuple[str, str] | dict[str, Any] | None] = {
     "auth": ("DELETE", "/api/v1/auth/sessions/current"),
     "admin": {},
     "migrate": None,  # connects to the database at once: import only
+    "cleanup": None,  # likewise
 }
 
 

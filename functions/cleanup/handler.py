@@ -1,0 +1,32 @@
+"""Ops-invoked and scheduled function (no HTTP route): the nightly cleanup job; returns its report.
+
+npx osls invoke -f cleanup --stage prod      # run it now; prints the report (shared.cleanup)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from shared import cleanup
+from shared.config import get_settings
+from shared.observability import configure_logging
+
+configure_logging()  # JSON lines through Powertools, as the HTTP functions log
+log = logging.getLogger(__name__)
+
+
+def handler(event: dict[str, Any] | None, context: Any) -> dict[str, Any]:
+    """Lambda entry point (the EventBridge schedule's event is ignored): clean up and report."""
+    remaining_ms = getattr(context, "get_remaining_time_in_millis", None)
+    deadline = None if remaining_ms is None else time.monotonic() + remaining_ms() / 1000
+    report = cleanup.run_cleanup(get_settings(), deadline=deadline)
+    log.info(
+        "cleanup %s removed=%s reclaimed=%d took_ms=%d",
+        report["status"],
+        report["removed"],
+        report["bytesReclaimed"],
+        report["tookMs"],
+    )
+    return report
