@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench migrate user token audit package sample clean-data openapi publish-web web-vendor
+.PHONY: run test lint bench bench-scale migrate cleanup user token audit package sample clean-data openapi publish-web web-vendor
 
 $(STAMP): requirements-images.txt requirements.txt requirements-upload.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,8 +28,17 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) scripts/bench.py
 
+# The scan routes at 10,000 and 100,000 scans in one database (fresh `ctscan_bench_scale`), 100k/10k ratios.
+bench-scale: $(STAMP)
+	$(PY) scripts/bench_scale.py
+
 migrate: $(STAMP)
 	$(PY) scripts/manage.py migrate
+
+# The nightly cleanup function's job, here and now (expired sessions, old throttle and audit rows,
+# VACUUM when dead rows pass the threshold): prints its JSON report.
+cleanup: $(STAMP)
+	$(PY) scripts/manage.py cleanup
 
 # Offline: no AWS credentials are needed (or used) to package and lint the stack.
 TEMPLATE := .serverless/cloudformation-template-update-stack.json
