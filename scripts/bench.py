@@ -382,19 +382,27 @@ def web_asset_figures() -> dict[str, object]:
     return figures
 
 
-def main() -> int:
-    if sys.argv[1:] == ["--web"]:  # the web app's sizes alone, in a second
-        print_table(web_asset_figures())
-        return 0
-    sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the whole run; the handlers' log lines
+def bench_database(name: str) -> tuple[str, str]:
+    """A fresh database `name` on the bench server, migrated by the migrate function and made this
+    process's DATABASE_URL: (the server's URL, the database's). From here on the handlers' log lines
+    and metrics (written to stdout, as in Lambda) go to /dev/null; the tables go to REPORT."""
+    sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the whole run
     server_url = prepare_database()
-    url = fresh_database(server_url, "ctscan_bench")
+    url = fresh_database(server_url, name)
     os.environ["DATABASE_URL"] = url
     config.get_settings.cache_clear()
     asyncio.set_event_loop(asyncio.new_event_loop())
     from functions.migrate.handler import handler as migrate
 
     migrate({}, None)
+    return server_url, url
+
+
+def main() -> int:
+    if sys.argv[1:] == ["--web"]:  # the web app's sizes alone, in a second
+        print_table(web_asset_figures())
+        return 0
+    server_url, url = bench_database("ctscan_bench")
     sys.path.insert(0, str(ROOT))
     from scripts.localgw import LambdaContext, build_event
     from tests.lambda_client import LambdaClient, multipart

@@ -8,15 +8,12 @@ then every figure is measured through the real handlers in process (tests/lambda
 
 from __future__ import annotations
 
-import asyncio
-import os
 import random
 import sys
 import time
 from typing import Any
 
-from bench import ct_image, fresh_database, percentile, timed  # type: ignore[import-not-found]
-from env import prepare_database  # type: ignore[import-not-found]
+from bench import bench_database, ct_image, percentile, timed  # type: ignore[import-not-found]
 
 from shared import auth, config, db
 from shared.scans import decode_cursor
@@ -204,15 +201,7 @@ RATIO_FIGURES = (
 
 def main() -> int:
     started = time.perf_counter()
-    sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the whole run; the handlers' log lines
-    server_url = prepare_database()
-    url = fresh_database(server_url, "ctscan_bench_scale")
-    os.environ["DATABASE_URL"] = url
-    config.get_settings.cache_clear()
-    asyncio.set_event_loop(asyncio.new_event_loop())
-    from functions.migrate.handler import handler as migrate
-
-    migrate({}, None)
+    _, url = bench_database("ctscan_bench_scale")
     from tests.lambda_client import LambdaClient, multipart
 
     owners = [
