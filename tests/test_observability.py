@@ -205,21 +205,26 @@ def test_each_request_logs_one_line_counts_its_metrics_and_nothing_secret(
         assert secret not in output.text, f"{secret!r} was logged"
 
 
-def test_request_ids_come_from_the_lambda_context_and_the_gateway_event(read_output: Reader) -> None:
-    # Given a request to a function whose Lambda request id is not the gateway's
-    from functions.scans.handler import handler
-
-    route = next(r for r in ROUTES if r.route_key == "GET /api/v1/scans")
-    event = build_event(
+def get_event(route: Route, raw_path: str, raw_query: str = "") -> dict[str, Any]:
+    """The HTTP API event of a GET on a route without path parameters, as API Gateway builds it."""
+    return build_event(
         method="GET",
-        raw_path="/api/v1/scans",
-        raw_query="limit=5",
+        raw_path=raw_path,
+        raw_query=raw_query,
         headers=[("host", "api.example.test")],
         body=b"",
         source_ip="203.0.113.9",
         route=route,
         path_params={},
     )
+
+
+def test_request_ids_come_from_the_lambda_context_and_the_gateway_event(read_output: Reader) -> None:
+    # Given a request to a function whose Lambda request id is not the gateway's
+    from functions.scans.handler import handler
+
+    route = next(r for r in ROUTES if r.route_key == "GET /api/v1/scans")
+    event = get_event(route, "/api/v1/scans", "limit=5")
     read_output()
 
     # When it is invoked twice
@@ -260,16 +265,7 @@ async def fail() -> None:
 def test_stdlib_logs_and_tracebacks_come_out_as_one_json_line_each_without_the_message(read_output: Reader) -> None:
     # Given a function built by the shared entry point whose route raises
     route = Route("GET", "/fail", "failing", "tests/test_observability.handler", 10)
-    event = build_event(
-        method="GET",
-        raw_path="/fail",
-        raw_query="",
-        headers=[("host", "api.example.test")],
-        body=b"",
-        source_ip="203.0.113.9",
-        route=route,
-        path_params={},
-    )
+    event = get_event(route, "/fail")
     read_output()
 
     # When it is invoked
