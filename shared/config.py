@@ -5,10 +5,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, overload
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from shared.errors import ConfigurationError
@@ -17,6 +18,7 @@ T = TypeVar("T", int, float)
 
 # Local runs keep their generated URL signing keys here (deployed functions read a secret instead).
 DEFAULT_IMAGE_URL_KEYS_FILE = Path(__file__).resolve().parent.parent / ".data" / "image-url-keys.json"
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 
@@ -61,6 +63,12 @@ class Settings:
     image_cache_mb: int = 64
     # How long audit_events rows are kept (six years); the cleanup job removes older ones.
     audit_retention_days: int = 2190
+    # The S3 tier (shared/storage.py): the bucket (None: PostgreSQL only, no presigned uploads), and
+    # the size from which an image goes there (None: only images Lambda could not answer whole).
+    images_bucket: str | None = None
+    storage_tier_s3_min_bytes: int | None = None
+    # The largest file a presigned upload (POST /api/v1/scans/uploads) may send to the bucket.
+    max_direct_upload_bytes: int = 500_000_000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -88,10 +96,27 @@ class Settings:
             image_url_keys_file=Path(keys_file) if keys_file else DEFAULT_IMAGE_URL_KEYS_FILE,
             image_cache_mb=_number(env, "IMAGE_CACHE_MB", 64, int, minimum=0),
             audit_retention_days=_number(env, "AUDIT_RETENTION_DAYS", 2190, int, minimum=1),
+            images_bucket=_bucket_name(env.get("IMAGES_BUCKET", "")),
+            storage_tier_s3_min_bytes=_number(env, "STORAGE_TIER_S3_MIN_BYTES", None, int, minimum=1),
+            max_direct_upload_bytes=_number(env, "MAX_DIRECT_UPLOAD_BYTES", 500_000_000, int, minimum=1),
         )
 
 
-def _number(env: Mapping[str, str], name: str, default: T, kind: type[T], *, minimum: T) -> T:
+def _bucket_name(raw: str) -> str | None:
+    """An S3 bucket name (3-63 lower-case letters, digits, dots, hyphens), or None when unset."""
+    name = raw.strip()
+    if not name:
+        return None
+    if not _BUCKET_NAME.fullmatch(name):
+        raise ConfigurationError(f"IMAGES_BUCKET must be an S3 bucket name, got {name!r}")
+    return name
+
+
+@overload
+def _number(env: Mapping[str, str], name: str, default: T, kind: type[T], *, minimum: T) -> T: ...
+@overload
+def _number(env: Mapping[str, str], name: str, default: None, kind: type[T], *, minimum: T) -> T | None: ...
+def _number(env: Mapping[str, str], name: str, default: T | None, kind: type[T], *, minimum: T) -> T | None:
     raw = env.get(name, "").strip()
     if not raw:
         return default

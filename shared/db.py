@@ -677,23 +677,30 @@ class NewScan:
     annotated_hash: str
     thumbnail_hash: str
     dicom: DicomIndex | None
+    # The images whose bytes are already in the S3 tier (their bytes here give only their size).
+    in_s3: frozenset[ImageType] = frozenset()
 
 
 DICOM_FIELDS = tuple(DicomIndex.__dataclass_fields__)
-# octet_length() of a TOAST-ed value reads its pointer, never the bytes.
+# octet_length() of a TOAST-ed value reads its pointer, never the bytes; an S3 original's size is in the row.
 SCAN_COLUMNS = (
     "id, owner_id, filename, content_type, width, height, file_hash, results, created_at, "
-    "octet_length(original_image_data), " + ", ".join(DICOM_FIELDS)
+    "COALESCE(original_size, octet_length(original_image_data)), " + ", ".join(DICOM_FIELDS)
 )
 _BASE_FIELD_COUNT = 10
 
 INSERT_SCAN = f"""
     INSERT INTO scans (id, owner_id, filename, content_type, width, height, results,
                        original_image_data, preview_image_data, annotated_image_data, thumbnail_image_data,
-                       file_hash, preview_hash, annotated_hash, thumbnail_hash, {", ".join(DICOM_FIELDS)})
+                       file_hash, preview_hash, annotated_hash, thumbnail_hash,
+                       original_storage, preview_storage, annotated_storage, thumbnail_storage,
+                       original_size, preview_size, annotated_size, thumbnail_size, {", ".join(DICOM_FIELDS)})
     VALUES (:id, :owner_id, :filename, :content_type, :width, :height, CAST(:results AS jsonb),
             :original, :preview, :annotated, :thumbnail,
             :file_hash, :preview_hash, :annotated_hash, :thumbnail_hash,
+            :original_storage, :preview_storage, :annotated_storage, :thumbnail_storage,
+            CAST(:original_size AS bigint), CAST(:preview_size AS bigint), CAST(:annotated_size AS bigint),
+            CAST(:thumbnail_size AS bigint),
             {", ".join(f":{name}" for name in DICOM_FIELDS)})
     ON CONFLICT (owner_id, file_hash) DO NOTHING
     RETURNING {SCAN_COLUMNS}
@@ -776,6 +783,17 @@ def insert_scan(con: Connection, *, scan: NewScan) -> Scan | None:
     )
     if dicom["pixel_spacing_mm"] is not None:
         dicom["pixel_spacing_mm"] = list(dicom["pixel_spacing_mm"])
+    images: dict[str, Any] = {}
+    for kind, data in (
+        (ImageType.original, scan.original),
+        (ImageType.preview, scan.preview),
+        (ImageType.annotated, scan.annotated),
+        (ImageType.thumbnail, scan.thumbnail),
+    ):
+        in_s3 = kind in scan.in_s3
+        images[kind.value] = None if in_s3 else data
+        images[f"{kind.value}_storage"] = "s3" if in_s3 else "postgres"
+        images[f"{kind.value}_size"] = len(data) if in_s3 else None
     rows = con.run(
         INSERT_SCAN,
         id=scan.id,
@@ -785,10 +803,7 @@ def insert_scan(con: Connection, *, scan: NewScan) -> Scan | None:
         width=scan.width,
         height=scan.height,
         results=scan.results_json,
-        original=scan.original,
-        preview=scan.preview,
-        annotated=scan.annotated,
-        thumbnail=scan.thumbnail,
+        **images,
         file_hash=scan.file_hash,
         preview_hash=scan.preview_hash,
         annotated_hash=scan.annotated_hash,
@@ -920,6 +935,10 @@ class ImagePart:
     first: int
     stop: int
     base64: str | None
+    # Where the bytes live: "postgres" (then `base64` holds them when asked for) or "s3" (the
+    # caller fetches them from the object at shared.storage.object_key(owner_id, sha256)).
+    storage: str = "postgres"
+    owner_id: int = 0
 
 
 # One call per read, whatever the request: HEAD, revalidation (304), If-Range, Range (206 or 416)
@@ -927,7 +946,7 @@ class ImagePart:
 # image, decides the status, writes the audit row and returns the span's bytes as base64, in one
 # round trip and one transaction; see its comments for why it is a PL/pgSQL function.
 READ_SCAN_IMAGE = """
-    SELECT reader, content_type, sha256, size, status, first, stop, data
+    SELECT reader, content_type, sha256, size, status, first, stop, storage, data
     FROM read_scan_image(
         CAST(:token_hash AS text), :scan_id, :image_type, :with_data, :ranged, :start, :stop,
         CAST(:if_range AS text), CAST(:if_none_match AS text[]), CAST(:known_sha256 AS text),
@@ -966,12 +985,12 @@ def read_image(
         source_ip=source_ip,
         request_id=request_id,
     )
-    # The image bytes (column 7) in binary format: they cross the wire once, as themselves.
-    rows = con.run_with_raw_bytes(READ_SCAN_IMAGE, params, column_count=8, raw_column=7)
+    # The image bytes (column 8) in binary format: they cross the wire once, as themselves.
+    rows = con.run_with_raw_bytes(READ_SCAN_IMAGE, params, column_count=9, raw_column=8)
     if not rows:
         return None
-    _reader, content_type, digest, size, status, first, stop, data = rows[0]
+    reader, content_type, digest, size, status, first, stop, storage, data = rows[0]
     if size is None:
         raise ScanNotFound("No scan with this id.")
     encoded = None if data is None else _b64encode(data).decode("ascii")
-    return ImagePart(content_type, digest, int(size), int(status), int(first), int(stop), encoded)
+    return ImagePart(content_type, digest, int(size), int(status), int(first), int(stop), encoded, storage, int(reader))

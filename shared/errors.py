@@ -131,5 +131,11 @@ class DatabaseUnavailable(DomainError):
     code = "database_unavailable"
 
 
+class StorageUnavailable(DomainError):
+    """The S3 images bucket could not be read or written in time (or refused)."""
+
+    code = "storage_unavailable"
+
+
 class ConfigurationError(Exception):
     """A setting is missing or malformed; the message names it."""

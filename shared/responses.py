@@ -31,6 +31,7 @@ from shared.errors import (
     NotAuthenticated,
     ScanNotFound,
     SigningUnavailable,
+    StorageUnavailable,
     TooManyAttempts,
     UnsupportedMediaType,
     UploadTooLarge,
@@ -56,6 +57,7 @@ STATUS_FOR: dict[type[DomainError], int] = {
     TooManyAttempts: 429,
     DatabaseUnavailable: 503,
     SigningUnavailable: 503,
+    StorageUnavailable: 503,
 }
 IMMUTABLE_CACHE = "private, max-age=31536000, immutable"
 

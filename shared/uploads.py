@@ -11,7 +11,8 @@ import json
 import math
 from dataclasses import dataclass
 
-from shared import db, imaging
+from shared import db, imaging, storage
+from shared.config import get_settings
 from shared.scans import new_scan_id
 
 
@@ -34,8 +35,18 @@ def store_upload(
 
     analyzed = imaging.analyze_upload(data, max_pixels=max_pixels, dense_hu_threshold=dense_hu_threshold)
     new_scan = _new_scan(owner_id=owner_id, filename=filename, data=data, file_hash=file_hash, analyzed=analyzed)
-    # One INSERT is one implicit transaction: the row and all four images are written whole or not at all.
-    scan = db.call(db.insert_scan, scan=new_scan)
+    settings = get_settings()
+    new_scan = dataclasses.replace(
+        new_scan,
+        in_s3=frozenset(
+            kind for kind, image in _images(new_scan) if storage.tier_for(len(image.data), settings) == storage.S3
+        ),
+    )
+    if new_scan.in_s3:
+        scan = db.call(insert_scan_with_objects, scan=new_scan)
+    else:
+        # One INSERT is one implicit transaction: the row and all four images are written whole or not at all.
+        scan = db.call(db.insert_scan, scan=new_scan)
     if scan is not None:
         return StoredUpload(scan, duplicate=False)
     # A concurrent upload of the same file by the same owner won the unique index.
@@ -49,6 +60,50 @@ def store_upload(
             dense_hu_threshold=dense_hu_threshold,
         )
     return StoredUpload(winner, duplicate=True)
+
+
+@dataclass(frozen=True)
+class _Image:
+    data: bytes
+    sha256: str
+    content_type: str
+
+
+def _images(scan: db.NewScan) -> list[tuple[db.ImageType, _Image]]:
+    return [
+        (db.ImageType.original, _Image(scan.original, scan.file_hash, scan.content_type)),
+        (db.ImageType.preview, _Image(scan.preview, scan.preview_hash, "image/jpeg")),
+        (db.ImageType.annotated, _Image(scan.annotated, scan.annotated_hash, "image/jpeg")),
+        (db.ImageType.thumbnail, _Image(scan.thumbnail, scan.thumbnail_hash, "image/jpeg")),
+    ]
+
+
+def insert_scan_with_objects(con: db.Connection, *, scan: db.NewScan) -> db.Scan | None:
+    """insert_scan for a scan with images in the S3 tier (scan.in_s3): write them, then the row.
+
+    The keys go on the orphan list first (committed), so a failure or a kill from here on leaves
+    nothing the cleanup job does not know about. Then one transaction holds the keys' locks,
+    writes the objects (S3 checks each against its SHA-256), inserts the row and takes the keys
+    off the list: the row commits only with its objects in place, and no cleanup can delete an
+    object between its write and the commit. None, as insert_scan, when this owner already has the
+    file: its keys stay listed, and the cleanup job drops them, as that scan refers to them.
+    """
+    store = storage.object_store()
+    if store is None:
+        raise AssertionError("images in the S3 tier need IMAGES_BUCKET")
+    objects = {
+        storage.object_key(scan.owner_id, image.sha256): image for kind, image in _images(scan) if kind in scan.in_s3
+    }
+    keys = sorted(objects)
+    storage.record_orphans(con, keys)
+    with db.transaction(con):
+        storage.lock_keys(con, keys)
+        for key, image in objects.items():
+            store.put(key, image.data, content_type=image.content_type, sha256=image.sha256)
+        stored = db.insert_scan(con, scan=scan)
+        if stored is not None:
+            storage.forget_orphans(con, keys)
+    return stored
 
 
 def _new_scan(

@@ -146,7 +146,7 @@ def fake_aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
 def pg(database_url: str) -> Iterator[pg8000.native.Connection]:
     """A connection to the clean, migrated test database (tables truncated before each test)."""
     con = admin_connection(database_url)
-    con.run("TRUNCATE scans, sessions, users, audit_events, login_failures RESTART IDENTITY CASCADE")
+    con.run("TRUNCATE scans, sessions, users, audit_events, login_failures, storage_orphans RESTART IDENTITY CASCADE")
     try:
         yield con
     finally:

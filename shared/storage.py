@@ -1,0 +1,263 @@
+"""The S3 tier: where an image's bytes go, the object store, and the key lock every tier change holds.
+
+An image lives in PostgreSQL (its bytea column) or in the images bucket under
+`scans/<owner_id>/<sha256>` (migration 007). The key follows from the owner and the bytes, never
+from a file name: the same owner storing the same bytes again reuses the object; two owners never
+share one, so deleting one's scan never touches the other's.
+
+The rule that keeps the bucket and the table in step (migration 007, storage_orphans): every write
+that makes a scan refer to a key writes (or verifies) the object while it holds
+`pg_advisory_xact_lock` on that key, in the transaction that commits the reference; every delete
+of an object holds the same lock and first checks that no scan refers to the key. Writes to S3 that
+might not get their row are recorded in storage_orphans first, so a crash leaves a row the cleanup
+job finds, never an object nobody knows about.
+
+boto3 is imported on first use: a container that never touches S3 (no bucket, or only PostgreSQL
+images) never pays for it. It comes with the Lambda Python runtime.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import logging
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from shared import db
+from shared.config import Settings, get_settings
+from shared.errors import StorageUnavailable
+
+log = logging.getLogger(__name__)
+
+POSTGRES = "postgres"
+S3 = "s3"
+# The most bytes a function answers in its body: API Gateway's 6 MB Lambda response limit holds the
+# base64 text (4/3 of the bytes) and the headers. A larger S3 image (or span) is a 302 to a
+# presigned GET instead; and while a bucket is configured, a larger image never goes to PostgreSQL.
+MAX_INLINE_BYTES = 4_400_000
+# How long a presigned GET that a 302 points at stays valid: enough to follow the redirect.
+PRESIGNED_GET_SECONDS = 60
+READ_CHUNK_BYTES = 1024 * 1024
+
+LOCK_KEY = "SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"
+RECORD_ORPHANS = """
+    INSERT INTO storage_orphans (key) SELECT unnest(CAST(:keys AS text[]))
+    ON CONFLICT (key) DO UPDATE SET since = now()
+"""
+FORGET_ORPHANS = "DELETE FROM storage_orphans WHERE key = ANY(CAST(:keys AS text[]))"
+KEY_IN_USE = "SELECT s3_key_in_use(:owner_id, :sha256)"
+
+
+def object_key(owner_id: int, sha256: str) -> str:
+    """The bucket key of an owner's image with this SHA-256 (hex)."""
+    return f"scans/{owner_id}/{sha256}"
+
+
+def parse_object_key(key: str) -> tuple[int, str]:
+    """(owner_id, sha256) of a `scans/` key; ValueError for any other key."""
+    prefix, owner, sha256 = key.split("/")
+    if prefix != "scans" or not owner.isdigit() or len(sha256) != 64:
+        raise ValueError(f"not an image key: {key!r}")
+    return int(owner), sha256
+
+
+def tier_for(size: int, settings: Settings) -> str:
+    """Where an image of this many bytes is written: S3 at or above STORAGE_TIER_S3_MIN_BYTES,
+    and always when Lambda could not answer it whole, provided a bucket is configured."""
+    if settings.images_bucket is None:
+        return POSTGRES
+    threshold = settings.storage_tier_s3_min_bytes
+    if (threshold is not None and size >= threshold) or size > MAX_INLINE_BYTES:
+        return S3
+    return POSTGRES
+
+
+def sha256_base64(digest_hex: str) -> str:
+    """The base64 form of a hex SHA-256, as S3's x-amz-checksum-sha256 carries it."""
+    return base64.b64encode(bytes.fromhex(digest_hex)).decode("ascii")
+
+
+# ---------------------------------------------------------------- the key lock and the orphan list
+
+
+def lock_keys(con: db.Connection, keys: Iterable[str]) -> None:
+    """Hold the transaction-scoped lock of each key (sorted: two writers never deadlock)."""
+    for key in sorted(set(keys)):
+        con.run(LOCK_KEY, key=key)
+
+
+def record_orphans(con: db.Connection, keys: list[str]) -> None:
+    """Note keys about to be written (or no longer referred to): the cleanup job checks them."""
+    if keys:
+        con.run(RECORD_ORPHANS, keys=keys)
+
+
+def forget_orphans(con: db.Connection, keys: list[str]) -> None:
+    """Drop keys from the orphan list once a committed row refers to them (same transaction)."""
+    if keys:
+        con.run(FORGET_ORPHANS, keys=keys)
+
+
+def key_in_use(con: db.Connection, key: str) -> bool:
+    """Whether any scan refers to this `scans/` key."""
+    owner_id, sha256 = parse_object_key(key)
+    return bool(con.run(KEY_IN_USE, owner_id=owner_id, sha256=sha256)[0][0])
+
+
+# ---------------------------------------------------------------- the bucket
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """What S3 says about an object: its size and, when it was written with one, its SHA-256 (hex)."""
+
+    size: int
+    sha256: str | None
+
+
+class ObjectStore:
+    """The images bucket. Every call raises StorageUnavailable on an S3 or network error, with
+    the operation in the message and never a key's owner data or a URL's signature."""
+
+    def __init__(self, bucket: str, client: Any = None) -> None:
+        self.bucket = bucket
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = _s3_client()
+        return self._client
+
+    def put(self, key: str, data: bytes, *, content_type: str, sha256: str) -> None:
+        """Write an object; S3 checks the bytes against their SHA-256 and refuses a mismatch."""
+        self._call(
+            "put",
+            self.client.put_object,
+            Bucket=self.bucket,
+            Key=key,
+            Body=data,
+            ContentType=content_type,
+            ChecksumSHA256=sha256_base64(sha256),
+        )
+
+    def copy(self, source_key: str, key: str, *, content_type: str, sha256: str) -> None:
+        """Copy an object within the bucket (server side, up to 5 GB), with its SHA-256 checksum."""
+        self._call(
+            "copy",
+            self.client.copy_object,
+            Bucket=self.bucket,
+            Key=key,
+            CopySource={"Bucket": self.bucket, "Key": source_key},
+            ContentType=content_type,
+            MetadataDirective="REPLACE",
+            ChecksumAlgorithm="SHA256",
+        )
+        found = self.sha256_of(key)
+        if found != sha256:
+            raise StorageUnavailable("The copy in the images bucket does not match its SHA-256.")
+
+    def get(self, key: str, start: int | None = None, stop: int | None = None) -> bytes:
+        """The object's bytes, or those of [start, stop)."""
+        extra = {} if start is None else {"Range": f"bytes={start}-{(stop or 0) - 1}"}
+        response = self._call("get", self.client.get_object, Bucket=self.bucket, Key=key, **extra)
+        return bytes(self._call("get", response["Body"].read))
+
+    def sha256_of(self, key: str) -> str:
+        """SHA-256 (hex) of the object's bytes as S3 returns them, read in 1 MB chunks: the proof
+        that a copy is whole before the only other copy is cleared."""
+        response = self._call("get", self.client.get_object, Bucket=self.bucket, Key=key)
+        digest = hashlib.sha256()
+        body = response["Body"]
+        while chunk := self._call("get", body.read, READ_CHUNK_BYTES):
+            digest.update(chunk)
+        return digest.hexdigest()
+
+    def head(self, key: str) -> StoredObject | None:
+        """Size and SHA-256 checksum of an object; None when there is none."""
+        from botocore.exceptions import ClientError
+
+        try:
+            response = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise StorageUnavailable(f"The images bucket refused a head: {_code(exc)}.") from None
+        except Exception as exc:
+            raise StorageUnavailable(f"The images bucket is unavailable (head: {type(exc).__name__}).") from None
+        checksum = response.get("ChecksumSHA256")
+        sha256 = base64.b64decode(checksum).hex() if checksum and "-" not in checksum else None
+        return StoredObject(int(response["ContentLength"]), sha256)
+
+    def delete(self, key: str) -> None:
+        """Delete an object (deleting one that is not there is no error)."""
+        self._call("delete", self.client.delete_object, Bucket=self.bucket, Key=key)
+
+    def presigned_get(self, key: str, *, content_type: str, seconds: int = PRESIGNED_GET_SECONDS) -> str:
+        """A GET URL of the object valid for `seconds`, answering with this Content-Type."""
+        return str(
+            self._call(
+                "presign",
+                self.client.generate_presigned_url,
+                "get_object",
+                Params={"Bucket": self.bucket, "Key": key, "ResponseContentType": content_type},
+                ExpiresIn=seconds,
+            )
+        )
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return fn(*args, **kwargs)
+        except ClientError as exc:
+            log.warning("images bucket %s refused: %s", what, _code(exc))
+            raise StorageUnavailable(f"The images bucket refused a {what}: {_code(exc)}.") from None
+        except (BotoCoreError, OSError) as exc:
+            log.warning("images bucket %s failed: %s", what, type(exc).__name__)
+            raise StorageUnavailable(f"The images bucket is unavailable ({what}).") from None
+
+
+def _code(exc: Any) -> str:
+    return str(exc.response.get("Error", {}).get("Code", "error"))
+
+
+_client_lock = threading.Lock()
+
+
+def _s3_client() -> Any:
+    import boto3  # provided by the Lambda runtime; a dev dependency locally
+    from botocore.config import Config
+
+    # botocore logs request details at DEBUG (presigned URLs carry signatures): keep it at INFO.
+    for name in ("botocore", "boto3"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    with _client_lock:
+        # Short timeouts and two attempts: a stuck S3 call must end before the function does.
+        # AWS_ENDPOINT_URL_S3, when set (moto's server in tests), is honoured by boto3 itself.
+        return boto3.client(
+            "s3",
+            config=Config(
+                signature_version="s3v4",
+                connect_timeout=2,
+                read_timeout=20,
+                retries={"total_max_attempts": 2, "mode": "standard"},
+                s3={"addressing_style": "virtual"},
+            ),
+        )
+
+
+@functools.cache
+def object_store() -> ObjectStore | None:
+    """This container's images bucket; None when IMAGES_BUCKET is unset (PostgreSQL only)."""
+    bucket = get_settings().images_bucket
+    return None if bucket is None else ObjectStore(bucket)
+
+
+def clear_cache() -> None:
+    """Forget the bucket and its client (tests; settings changed)."""
+    object_store.cache_clear()
