@@ -22,6 +22,7 @@ import base64
 import functools
 import hashlib
 import logging
+import os
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -238,9 +239,16 @@ def _s3_client() -> Any:
         logging.getLogger(name).setLevel(logging.INFO)
     with _client_lock:
         # Short timeouts and two attempts: a stuck S3 call must end before the function does.
-        # AWS_ENDPOINT_URL_S3, when set (moto's server in tests), is honoured by boto3 itself.
+        # The bucket's regional host (<bucket>.s3.<region>.amazonaws.com) in every URL, presigned
+        # ones included: the global host answers a young bucket outside us-east-1 with a redirect,
+        # which a browser's CORS preflight does not follow, and the CSP names the regional host.
+        # AWS_ENDPOINT_URL_S3 (or AWS_ENDPOINT_URL), when set (moto's server in tests), wins.
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        overridden = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        regional = f"https://s3.{region}.amazonaws.com" if region and not overridden else None
         return boto3.client(
             "s3",
+            endpoint_url=regional,
             config=Config(
                 signature_version="s3v4",
                 connect_timeout=2,
