@@ -33,11 +33,13 @@ INSERT_APPLIED = "INSERT INTO schema_migrations (version, name, checksum) VALUES
 TRY_LOCK = "SELECT pg_try_advisory_lock(:key)"
 UNLOCK = "SELECT pg_advisory_unlock(:key)"
 SELECT_COLUMNS = """
-    SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attstorage, a.attnotnull
+    SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attstorage, a.attnotnull, a.attcompression
     FROM pg_attribute a
     WHERE a.attrelid = to_regclass('scans') AND a.attnum > 0 AND NOT a.attisdropped
 """
 STORAGE_NAMES = {"p": "plain", "e": "external", "m": "main", "x": "extended"}
+# Migration 009: the original is lz4-compressed (EXTENDED) where the server has lz4, else EXTERNAL.
+LZ4_ORIGINAL = ("original_image_data", "extended", "l")
 
 
 class MigrationError(Exception):
@@ -114,7 +116,8 @@ def run_migrations(
 
 
 def verify_image_columns(con: db.Connection) -> list[dict[str, Any]]:
-    """Each image column with its type and storage, and whether it is the expected bytea EXTERNAL."""
+    """Each image column with its type and storage, and whether it is the expected bytea EXTERNAL
+    (or, for the original, EXTENDED with lz4: migration 009)."""
     found = {row[0]: row for row in con.run(SELECT_COLUMNS)}
     report = []
     for name in IMAGE_COLUMNS:
@@ -127,7 +130,8 @@ def verify_image_columns(con: db.Connection) -> list[dict[str, Any]]:
                 "type": column_type,
                 "storage": storage,
                 "notNull": bool(row[3]) if row else None,
-                "ok": column_type == "bytea" and storage == "external",
+                "ok": column_type == "bytea"
+                and (storage == "external" or (name, storage, row and row[4]) == LZ4_ORIGINAL),
             }
         )
     return report
