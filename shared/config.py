@@ -69,6 +69,9 @@ class Settings:
     storage_tier_s3_min_bytes: int | None = None
     # The largest file a presigned upload (POST /api/v1/scans/uploads) may send to the bucket.
     max_direct_upload_bytes: int = 500_000_000
+    # Deployed: the secret whose value CloudFront sends as X-Origin-Verify (shared/origin.py); None:
+    # no origin check (local gateway, tests).
+    origin_verify_secret_arn: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -99,7 +102,16 @@ class Settings:
             images_bucket=_bucket_name(env.get("IMAGES_BUCKET", "")),
             storage_tier_s3_min_bytes=_number(env, "STORAGE_TIER_S3_MIN_BYTES", None, int, minimum=1),
             max_direct_upload_bytes=_number(env, "MAX_DIRECT_UPLOAD_BYTES", 500_000_000, int, minimum=1),
+            origin_verify_secret_arn=_secret_arn(env, "ORIGIN_VERIFY_SECRET_ARN"),
         )
+
+
+def _secret_arn(env: Mapping[str, str], name: str) -> str | None:
+    """A Secrets Manager ARN, or None when unset."""
+    arn = env.get(name, "").strip() or None
+    if arn is not None and not arn.startswith("arn:"):
+        raise ConfigurationError(f"{name} must be a Secrets Manager ARN (arn:aws:secretsmanager:...)")
+    return arn
 
 
 def _bucket_name(raw: str) -> str | None:

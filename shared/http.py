@@ -17,7 +17,7 @@ from starlette.datastructures import MutableHeaders, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared import auth, db, observability
+from shared import auth, db, observability, origin
 from shared.config import get_settings
 from shared.errors import DomainError, InvalidImage, InvalidUpload, UnsupportedMediaType, UploadTooLarge
 from shared.responses import (
@@ -80,11 +80,15 @@ def lambda_handler(
 ) -> Callable[[dict[str, Any], Any], dict[str, Any]]:
     """The Lambda entry point for a FastAPI app: Mangum, minus the Content-Type it puts on 204s.
 
-    Logged and measured by shared.observability; status_metrics names a counter per response status.
+    Requests that did not come through the CDN are refused first (shared.origin), before any database
+    access. Logged and measured by shared.observability; status_metrics names a counter per response status.
     """
     adapter = Mangum(app, lifespan="off")
 
     def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        refused = origin.refuse(event)
+        if refused is not None:
+            return refused
         return without_content_type_when_empty(adapter(event, context))
 
     return observability.observed(within_time_limit(handler), status_metrics=status_metrics)

@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from shared import auth, db, observability
+from shared import auth, db, observability, origin
 from shared.errors import (
     DatabaseUnavailable,
     DomainError,
@@ -174,8 +174,11 @@ def image_part_response(part: db.ImagePart, request: Request, *, signed_until: i
         "Accept-Ranges": "bytes",
     }
     if signed_until is not None:
-        # A signed URL must not outlive its signature in a cache, nor leak through a Referer.
-        headers["Cache-Control"] = f"private, max-age={max(0, signed_until - int(now))}, immutable"
+        # A signed URL must not outlive its signature in a cache, nor leak through a Referer. public:
+        # the CDN (infra/web.yml) does not cache `private`, and the URL itself is the credential, so
+        # every holder of it gets the same bytes; max-age ends with the signature, in CloudFront too.
+        # Token-authorized reads stay private (IMMUTABLE_CACHE).
+        headers["Cache-Control"] = f"public, max-age={max(0, signed_until - int(now))}, immutable"
         headers["Referrer-Policy"] = "no-referrer"
     if part.status == 304:
         return Response(status_code=304, headers=headers)
@@ -219,10 +222,15 @@ def lambda_handler_for_base64_bodies(app: Starlette) -> LambdaHandler:
     isBase64Encoded: the image bytes are never decoded and encoded again in Python.
 
     It is the images function's entry point: shared.observability logs it and sums the image bytes served.
+    Requests that did not come through the CDN are refused first, and behind the CDN an unsigned
+    request gets a 401 that says why (shared.origin), before any database access.
     """
     adapter = Mangum(app, lifespan="off", text_mime_types=[""])
 
     def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        refused = origin.refuse(event) or origin.unsigned_image_read(event)
+        if refused is not None:
+            return refused
         result: dict[str, Any] = adapter(event, context)
         headers = result.get("headers") or {}
         if headers.pop(PRE_ENCODED_HEADER, None) is not None:

@@ -254,7 +254,9 @@ def test_signed_url_needs_no_token_and_is_cached_until_it_expires(
     assert result.headers["referrer-policy"] == "no-referrer"
     exp = int(dict(parse_qsl(urlsplit(signed["imageUrl"]).query))["exp"])
     max_age = int(result.headers["cache-control"].split("max-age=")[1].split(",")[0])
-    assert result.headers["cache-control"] == f"private, max-age={max_age}, immutable"
+    # public, so the CDN caches it (CloudFront never caches `private`): the URL is the credential and
+    # every holder gets the same bytes. Token-authorized reads stay private (IMMUTABLE).
+    assert result.headers["cache-control"] == f"public, max-age={max_age}, immutable"
     # max-age = exp - int(the handler's clock), read between `before` and `after`, however slow the call.
     assert exp - after <= max_age <= exp - before + 1
     assert 3600 <= max_age <= 7200

@@ -104,7 +104,7 @@ def test_load_routes_reads_real_serverless_yml() -> None:
     assert ("images", "HEAD /api/v1/scans/image/{scan_id}/{image_type}") in keys
     assert not [r for r in routes if r.function_name == "migrate"]
     upload = next(r for r in routes if r.function_name == "upload")
-    assert (upload.handler_ref, upload.timeout_s, upload.memory_mb) == ("functions/upload/handler.handler", 29, 1769)
+    assert (upload.handler_ref, upload.timeout_s, upload.memory_mb) == ("functions/upload/handler.handler", 29, 3008)
 
 
 def test_load_routes_uses_function_timeout_over_provider() -> None:

@@ -18,7 +18,7 @@ from tests.conftest import ROOT
 BUILD = ROOT / ".serverless"
 TEMPLATE = BUILD / "cloudformation-template-update-stack.json"
 HTTP_FUNCTIONS = {"upload", "images", "scans", "auth"}
-OPS_FUNCTIONS = {"migrate", "admin", "cleanup"}
+OPS_FUNCTIONS = {"migrate", "admin", "cleanup", "tiering"}
 FUNCTIONS = sorted(HTTP_FUNCTIONS | OPS_FUNCTIONS)
 # The imaging stack, by import name: only the upload function may carry it.
 IMAGING_PACKAGES = ("numpy", "PIL", "cc3d", "pydicom", "pylibjpeg", "openjpeg", "rle", "jpeg_ls", "imagecodecs")
@@ -177,8 +177,20 @@ def test_only_the_lambdas_reach_the_database_port(template: dict[str, Any]) -> N
 
 
 SIGNING_SECRET = {"Ref": "ImageUrlSigningSecret"}
+ORIGIN_SECRET = {"Ref": "OriginVerifySecret"}
 # The functions that sign image URLs (upload, scans) or verify them (images).
 SIGNING_FUNCTIONS = {"upload", "scans", "images"}
+# Each function's role (infra/roles.yml); migrate and admin share the framework's, the database secret only.
+ROLES = {
+    "upload": "UploadLambdaRole",
+    "images": "ImagesLambdaRole",
+    "scans": "ScansLambdaRole",
+    "auth": "AuthLambdaRole",
+    "cleanup": "CleanupLambdaRole",
+    "tiering": "TieringLambdaRole",
+    "migrate": "IamRoleLambdaExecution",
+    "admin": "IamRoleLambdaExecution",
+}
 
 
 def role_statements(template: dict[str, Any], logical_id: str) -> list[dict[str, Any]]:
@@ -188,7 +200,15 @@ def role_statements(template: dict[str, Any], logical_id: str) -> list[dict[str,
 
 @pytest.mark.parametrize(
     ("role", "secrets"),
-    [("IamRoleLambdaExecution", [SECRET_ARN]), ("UrlSigningLambdaRole", [SECRET_ARN, SIGNING_SECRET])],
+    [
+        ("IamRoleLambdaExecution", [SECRET_ARN]),
+        ("UploadLambdaRole", [SECRET_ARN, SIGNING_SECRET, ORIGIN_SECRET]),
+        ("ImagesLambdaRole", [SECRET_ARN, SIGNING_SECRET, ORIGIN_SECRET]),
+        ("ScansLambdaRole", [SECRET_ARN, SIGNING_SECRET, ORIGIN_SECRET]),
+        ("AuthLambdaRole", [SECRET_ARN, ORIGIN_SECRET]),
+        ("CleanupLambdaRole", [SECRET_ARN]),
+        ("TieringLambdaRole", [SECRET_ARN]),
+    ],
 )
 def test_each_lambda_role_may_read_only_its_secrets(
     template: dict[str, Any], role: str, secrets: list[dict[str, Any]]
@@ -203,11 +223,13 @@ def test_each_lambda_role_may_read_only_its_secrets(
     assert "AWSLambdaVPCAccessExecutionRole" in managed  # ENIs in the private subnets, and logs
 
 
-def test_only_the_functions_that_sign_or_verify_urls_run_with_the_signing_role(template: dict[str, Any]) -> None:
-    for name, function in resources(template, "AWS::Lambda::Function").items():
-        signing = name in {function_logical_id(n) for n in SIGNING_FUNCTIONS}
-        expected = "UrlSigningLambdaRole" if signing else "IamRoleLambdaExecution"
-        assert function["Properties"]["Role"] == {"Fn::GetAtt": [expected, "Arn"]}, name
+def test_each_function_runs_with_its_own_role(template: dict[str, Any]) -> None:
+    functions = resources(template, "AWS::Lambda::Function")
+    assert set(functions) == {function_logical_id(n) for n in ROLES}
+    for name, role in ROLES.items():
+        assert functions[function_logical_id(name)]["Properties"]["Role"] == {"Fn::GetAtt": [role, "Arn"]}, name
+    # Every role in the stack is one of these (plus the RDS Proxy's), none left over.
+    assert set(resources(template, "AWS::IAM::Role")) == {*ROLES.values(), "DatabaseProxyRole"}
 
 
 def test_image_url_signing_key_is_generated_by_the_stack_and_given_to_the_url_functions(
@@ -398,9 +420,16 @@ def test_every_response_carries_the_security_headers(template: dict[str, Any]) -
     assert directives["script-src"] == ["'self'"]  # no inline script, no CDN
     assert directives["frame-ancestors"] == ["'none'"]
     api_origin = "https://<ref>.execute-api.<ref>.<ref>"
-    assert directives["connect-src"] == ["'self'", api_origin]
+    # The images bucket by its own regional host (302s to presigned GETs, presigned POSTs), never *.s3.
+    bucket_origin = "https://ctscan-store-ci-images-<ref>-<ref>.s3.<ref>.<ref>"
+    assert directives["connect-src"] == ["'self'", api_origin, bucket_origin]
     assert directives["img-src"][0] == "'self'" and api_origin in directives["img-src"]
+    assert bucket_origin in directives["img-src"]
     assert references(csp_parts) == {"HttpApi"}
+    bucket_name = template["Resources"]["ImagesBucket"]["Properties"]["BucketName"]
+    assert bucket_name == {
+        "Fn::Join": ["-", ["ctscan-store-ci-images", {"Ref": "AWS::AccountId"}, {"Ref": "AWS::Region"}]]
+    }
 
 
 def test_outputs_name_the_web_bucket_distribution_and_url(template: dict[str, Any]) -> None:
@@ -603,6 +632,7 @@ REQUESTS: dict[str, tuple[str, str] | dict[str, Any] | None] = {
     "admin": {},
     "migrate": None,  # connects to the database at once: import only
     "cleanup": None,  # likewise
+    "tiering": None,  # likewise
 }
 
 
@@ -671,3 +701,233 @@ def test_upload_package_analyzes_png_and_dicom_under_the_lambda_python(tmp_path:
     result = run_in_package(python, tmp_path, ANALYZE)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.startswith("ok image/png application/dicom 5"), result.stdout
+
+
+# ---------------------------------------------------------------- issue 10: the S3 tier, the CDN, the origin lock
+
+IMAGE_ROUTE = "/api/v1/scans/image/*"
+BUCKET_ARN = {"Fn::GetAtt": ["ImagesBucket", "Arn"]}
+S3_TIER_SETTINGS = {
+    "IMAGES_BUCKET": {"Ref": "ImagesBucket"},
+    "STORAGE_TIER_S3_MIN_BYTES": "1048576",
+    "MAX_DIRECT_UPLOAD_BYTES": "500000000",
+}
+S3_TIER_FUNCTIONS = {"upload", "images", "tiering", "cleanup"}
+# What each function may do in the images bucket: action -> the bucket ("") or key patterns.
+S3_ACCESS: dict[str, dict[str, set[str]]] = {
+    "upload": {
+        "s3:PutObject": {"uploads/*", "scans/*"},
+        "s3:GetObject": {"uploads/*", "scans/*"},
+        "s3:DeleteObject": {"uploads/*"},
+        "s3:ListBucket": {""},
+    },
+    "images": {"s3:GetObject": {"scans/*"}},
+    "scans": {},
+    "auth": {},
+    "migrate": {},
+    "admin": {},
+    "cleanup": {"s3:DeleteObject": {"scans/*", "uploads/*"}, "s3:ListBucket": {""}},
+    "tiering": {
+        "s3:GetObject": {"scans/*"},
+        "s3:PutObject": {"scans/*"},
+        "s3:DeleteObject": {"scans/*"},
+        "s3:ListBucket": {""},
+    },
+}
+
+
+def bucket_resource(resource: Any) -> str:
+    """ImagesBucket's ARN as "" and its object patterns as "scans/*"; anything else fails the test."""
+    if resource == BUCKET_ARN:
+        return ""
+    assert isinstance(resource, dict) and resource.get("Fn::Join", [None, []])[1][:1] == [BUCKET_ARN], resource
+    separator, (_, suffix) = resource["Fn::Join"]
+    assert separator == "" and suffix.startswith("/"), resource
+    return str(suffix[1:])
+
+
+def s3_access(template: dict[str, Any], role: str) -> dict[str, set[str]]:
+    granted: dict[str, set[str]] = {}
+    for statement in role_statements(template, role):
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        s3_actions = [a for a in actions if a.startswith("s3:")]
+        if not s3_actions:
+            continue
+        assert statement["Effect"] == "Allow" and "Condition" not in statement, statement
+        assert s3_actions == actions, statement  # S3 statements name S3 actions only
+        for action in s3_actions:
+            granted.setdefault(action, set()).update(bucket_resource(r) for r in statement["Resource"])
+    return granted
+
+
+@pytest.mark.parametrize("name", sorted(S3_ACCESS))
+def test_each_function_may_do_only_what_it_uses_in_the_images_bucket(template: dict[str, Any], name: str) -> None:
+    assert s3_access(template, ROLES[name]) == S3_ACCESS[name]
+
+
+def test_the_s3_tier_settings_reach_the_functions_that_use_them(template: dict[str, Any]) -> None:
+    for name in HTTP_FUNCTIONS | OPS_FUNCTIONS:
+        env = template["Resources"][function_logical_id(name)]["Properties"]["Environment"]["Variables"]
+        if name in S3_TIER_FUNCTIONS:
+            assert {key: env.get(key) for key in S3_TIER_SETTINGS} == S3_TIER_SETTINGS, name
+        else:
+            assert not set(S3_TIER_SETTINGS) & set(env), name
+
+
+def test_images_bucket_is_private_encrypted_unversioned_and_expires_what_is_never_finished(
+    template: dict[str, Any],
+) -> None:
+    bucket = template["Resources"]["ImagesBucket"]
+    assert bucket["Type"] == "AWS::S3::Bucket"
+    assert bucket["DeletionPolicy"] == "Retain"  # patient images outlive the stack
+    props = bucket["Properties"]
+    assert props["PublicAccessBlockConfiguration"] == {
+        "BlockPublicAcls": True,
+        "BlockPublicPolicy": True,
+        "IgnorePublicAcls": True,
+        "RestrictPublicBuckets": True,
+    }
+    assert props["BucketEncryption"]["ServerSideEncryptionConfiguration"] == [
+        {"ServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}
+    ]
+    assert props["OwnershipControls"]["Rules"] == [{"ObjectOwnership": "BucketOwnerEnforced"}]
+    assert props.get("VersioningConfiguration", {"Status": "Suspended"}) == {"Status": "Suspended"}
+    assert "WebsiteConfiguration" not in props and "AccessControl" not in props
+    rules = {rule["Id"]: rule for rule in props["LifecycleConfiguration"]["Rules"]}
+    assert rules["abort-incomplete-multipart-uploads"] == {
+        "Id": "abort-incomplete-multipart-uploads",
+        "Status": "Enabled",
+        "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
+    }
+    assert rules["expire-unfinished-uploads"] == {
+        "Id": "expire-unfinished-uploads",
+        "Status": "Enabled",
+        "Prefix": "uploads/",
+        "ExpirationInDays": 2,
+    }
+    assert len(rules) == 2  # nothing expires stored images (scans/)
+    assert template["Outputs"]["ImagesBucketName"]["Value"] == {"Ref": "ImagesBucket"}
+
+
+def test_images_bucket_allows_tls_only(template: dict[str, Any]) -> None:
+    policies = [p["Properties"] for p in resources(template, "AWS::S3::BucketPolicy").values()]
+    (policy,) = [p for p in policies if p["Bucket"] == {"Ref": "ImagesBucket"}]
+    (statement,) = policy["PolicyDocument"]["Statement"]  # no Allow: IAM roles alone grant access
+    assert statement["Effect"] == "Deny" and statement["Principal"] == "*" and statement["Action"] == "s3:*"
+    assert statement["Resource"] == [BUCKET_ARN, {"Fn::Join": ["", [BUCKET_ARN, "/*"]]}]
+    assert statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+
+
+def test_images_bucket_cors_allows_the_presigned_post_from_the_web_app_only(template: dict[str, Any]) -> None:
+    rules = template["Resources"]["ImagesBucket"]["Properties"]["CorsConfiguration"]["CorsRules"]
+    origins = [origin for rule in rules for origin in rule["AllowedOrigins"]]
+    assert {"Fn::Join": ["", ["https://", {"Fn::GetAtt": ["WebDistribution", "DomainName"]}]]} in origins
+    assert "*" not in origins
+    cors_api = template["Resources"]["HttpApi"]["Properties"]["CorsConfiguration"]["AllowOrigins"]
+    assert [o for o in origins if isinstance(o, str)] == cors_api  # the stage's other frontends, as the API's CORS
+    for rule in rules:
+        assert rule["AllowedMethods"] == ["POST"], rule
+
+
+def test_functions_reach_only_the_images_bucket_through_an_s3_gateway_endpoint(template: dict[str, Any]) -> None:
+    endpoints = resources(template, "AWS::EC2::VPCEndpoint")
+    (s3,) = [e["Properties"] for e in endpoints.values() if e["Properties"]["VpcEndpointType"] == "Gateway"]
+    assert s3["ServiceName"] == {"Fn::Sub": "com.amazonaws.${AWS::Region}.s3"}
+    assert s3["RouteTableIds"] == [{"Ref": "PrivateRouteTable"}]
+    (statement,) = s3["PolicyDocument"]["Statement"]
+    assert statement["Effect"] == "Allow"
+    assert statement["Resource"] == [BUCKET_ARN, {"Fn::Join": ["", [BUCKET_ARN, "/*"]]}]
+    assert not any(a == "s3:*" or a == "*" for a in statement["Action"])
+
+
+def test_upload_is_sized_for_a_500_mb_file_and_answers_the_presigned_upload_routes(template: dict[str, Any]) -> None:
+    upload = template["Resources"]["UploadLambdaFunction"]["Properties"]
+    assert (upload["MemorySize"], upload["Timeout"], upload["EphemeralStorage"]) == (3008, 29, {"Size": 1024})
+    integrations = resources(template, "AWS::ApiGatewayV2::Integration")
+    targets = {}
+    for route in resources(template, "AWS::ApiGatewayV2::Route").values():
+        integration_id = route["Properties"]["Target"]["Fn::Join"][1][1]["Ref"]
+        targets[route["Properties"]["RouteKey"]] = integrations[integration_id]["Properties"]["IntegrationUri"]
+    for key in (
+        "POST /api/v1/scans/analyze",
+        "POST /api/v1/scans/uploads",
+        "POST /api/v1/scans/uploads/{upload_id}/complete",
+    ):
+        assert targets[key] == {"Fn::GetAtt": ["UploadLambdaFunction", "Arn"]}, key
+
+
+def test_tiering_is_an_ops_function_with_time_for_a_batch(template: dict[str, Any]) -> None:
+    tiering = template["Resources"]["TieringLambdaFunction"]["Properties"]
+    assert tiering["Handler"] == "functions/tiering/handler.handler"
+    assert (tiering["Timeout"], tiering["MemorySize"]) == (900, 1769)
+    target = {"Fn::GetAtt": ["TieringLambdaFunction", "Arn"]}
+    assert not [
+        p for p in resources(template, "AWS::Lambda::Permission").values() if p["Properties"]["FunctionName"] == target
+    ]
+    assert not [
+        r
+        for r in resources(template, "AWS::Events::Rule").values()
+        if any(t["Arn"] == target for t in r["Properties"]["Targets"])
+    ]
+
+
+def image_behavior(config: dict[str, Any]) -> dict[str, Any]:
+    (behavior,) = [b for b in config["CacheBehaviors"] if b["PathPattern"] == IMAGE_ROUTE]
+    return behavior
+
+
+def test_the_signed_image_route_is_cached_and_matched_before_the_rest_of_the_api(template: dict[str, Any]) -> None:
+    config = distribution_config(template)
+    patterns = [b["PathPattern"] for b in config["CacheBehaviors"]]
+    assert patterns.index(IMAGE_ROUTE) < patterns.index("/api/*")  # CloudFront takes the first match
+    images = image_behavior(config)
+    (api,) = [b for b in config["CacheBehaviors"] if b["PathPattern"] == "/api/*"]
+    assert images["TargetOriginId"] == api["TargetOriginId"] == "http-api"
+    assert images["AllowedMethods"] in (["GET", "HEAD"], ["GET", "HEAD", "OPTIONS"])
+    assert images["CachedMethods"] == ["GET", "HEAD"]
+    assert images["ViewerProtocolPolicy"] == "https-only"
+    assert images["Compress"] is False
+    assert images["CachePolicyId"] == {"Ref": "ImagesCachePolicy"}
+    # Nothing but the cache key reaches the origin: no origin request policy (and none could forward Authorization).
+    assert "OriginRequestPolicyId" not in images
+    assert not resources(template, "AWS::CloudFront::OriginRequestPolicy")
+    assert not any(key in images for key in ("ForwardedValues", "MinTTL", "DefaultTTL", "MaxTTL"))
+
+
+def test_the_image_cache_key_is_the_path_and_the_signature_and_nothing_else(template: dict[str, Any]) -> None:
+    config = template["Resources"]["ImagesCachePolicy"]["Properties"]["CachePolicyConfig"]
+    key = config["ParametersInCacheKeyAndForwardedToOrigin"]
+    assert key["QueryStringsConfig"]["QueryStringBehavior"] == "whitelist"
+    assert sorted(key["QueryStringsConfig"]["QueryStrings"]) == ["exp", "kid", "sig"]
+    assert key["HeadersConfig"] == {"HeaderBehavior": "none"}  # not Accept, not Authorization
+    assert key["CookiesConfig"] == {"CookieBehavior": "none"}
+    assert key["EnableAcceptEncodingGzip"] is False and key["EnableAcceptEncodingBrotli"] is False
+    # MinTTL 0: the origin's Cache-Control decides, so `private` (a token's answer) is never cached and
+    # a signed answer's max-age (the seconds its signature has left) bounds the copy.
+    assert config["MinTTL"] == 0
+    assert config["DefaultTTL"] >= 3600 and config["MaxTTL"] >= config["DefaultTTL"]
+
+
+def test_only_requests_through_the_cdn_reach_the_http_functions(template: dict[str, Any]) -> None:
+    config = distribution_config(template)
+    (api_origin,) = [o for o in config["Origins"] if o["Id"] == "http-api"]
+    (header,) = api_origin["OriginCustomHeaders"]
+    assert header["HeaderName"] == "X-Origin-Verify"
+    # A dynamic reference, resolved by CloudFormation at deploy time: the value is never in the template.
+    assert header["HeaderValue"] == {
+        "Fn::Join": ["", ["{{resolve:secretsmanager:", ORIGIN_SECRET, ":SecretString:value}}"]]
+    }
+    (bucket_origin,) = [o for o in config["Origins"] if o["Id"] != "http-api"]
+    assert "OriginCustomHeaders" not in bucket_origin
+    secret = template["Resources"]["OriginVerifySecret"]
+    assert secret["Type"] == "AWS::SecretsManager::Secret" and "SecretString" not in secret["Properties"]
+    generated = secret["Properties"]["GenerateSecretString"]
+    assert generated["GenerateStringKey"] == "value" and json.loads(generated["SecretStringTemplate"]) == {}
+    assert generated["PasswordLength"] >= 32  # shared.origin.MIN_SECRET_LENGTH
+    assert generated["ExcludePunctuation"] is True
+    for name in HTTP_FUNCTIONS | OPS_FUNCTIONS:
+        env = template["Resources"][function_logical_id(name)]["Properties"]["Environment"]["Variables"]
+        if name in HTTP_FUNCTIONS:
+            assert env["ORIGIN_VERIFY_SECRET_ARN"] == ORIGIN_SECRET, name
+        else:
+            assert "ORIGIN_VERIFY_SECRET_ARN" not in env, name
