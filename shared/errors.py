@@ -45,6 +45,28 @@ class UploadTooLarge(DomainError):
     code = "upload_too_large"
 
 
+class DirectUploadUnavailable(DomainError):
+    """Presigned uploads need the images bucket, and this deployment has none (IMAGES_BUCKET unset).
+
+    409, not 5xx: nothing failed and retrying will not help; it is this deployment's state, and the
+    client's way on is POST /api/v1/scans/analyze (files up to MAX_UPLOAD_BYTES).
+    """
+
+    code = "direct_upload_unavailable"
+
+
+class UploadNotFound(DomainError):
+    """No presigned upload with this id for this owner, or it has expired (404, as for scans)."""
+
+    code = "upload_not_found"
+
+
+class UploadIncomplete(DomainError):
+    """An upload was completed before its file was posted to the bucket (409: post it, then complete)."""
+
+    code = "upload_incomplete"
+
+
 class UnsupportedMediaType(DomainError):
     """The request body is not of a content type this route accepts."""
 

@@ -6,7 +6,7 @@ function uses without FastAPI.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
@@ -76,7 +76,10 @@ class SecurityHeaders:
 
 
 def lambda_handler(
-    app: FastAPI, *, status_metrics: Mapping[int, str] | None = None
+    app: FastAPI,
+    *,
+    status_metrics: Mapping[int, str] | None = None,
+    status_metric_routes: Collection[str] | None = None,
 ) -> Callable[[dict[str, Any], Any], dict[str, Any]]:
     """The Lambda entry point for a FastAPI app: Mangum, minus the Content-Type it puts on 204s.
 
@@ -91,7 +94,9 @@ def lambda_handler(
             return refused
         return without_content_type_when_empty(adapter(event, context))
 
-    return observability.observed(within_time_limit(handler), status_metrics=status_metrics)
+    return observability.observed(
+        within_time_limit(handler), status_metrics=status_metrics, status_metric_routes=status_metric_routes
+    )
 
 
 def create_app(name: str) -> FastAPI:

@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.logging import Logger
@@ -82,13 +82,15 @@ def observed(
     handler: LambdaHandler,
     *,
     status_metrics: Mapping[int, str] | None = None,
+    status_metric_routes: Collection[str] | None = None,
     bytes_metric: str | None = None,
 ) -> LambdaHandler:
     """An HTTP function's Lambda handler that logs one line per invocation and flushes its metrics once.
 
     status_metrics: the counter each response status adds 1 to (the upload function: 201 is an
-    upload, 200 a duplicate). bytes_metric: the counter that sums the Content-Length of 200 and 206
-    responses to GET. Every function counts its 4xx and 5xx responses.
+    upload, 200 a duplicate), only for the route keys in status_metric_routes when given (a started
+    presigned upload answers 201 too, but is not yet an upload). bytes_metric: the counter that sums
+    the Content-Length of 200 and 206 responses to GET. Every function counts its 4xx and 5xx responses.
     """
     configure_logging()
     counted = dict(status_metrics or {})
@@ -124,7 +126,8 @@ def observed(
                     "latency_ms": round((time.perf_counter() - started) * 1000, 1),
                 },
             )
-            counters = [counted[status]] if status in counted else []
+            in_scope = status_metric_routes is None or event.get("routeKey") in status_metric_routes
+            counters = [counted[status]] if status in counted and in_scope else []
             if status >= 400:
                 counters.append(CLIENT_ERRORS if status < 500 else SERVER_ERRORS)
             served = _body_bytes(event, result) if bytes_metric and status in (200, 206) else 0

@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from shared import auth, db, observability, origin
 from shared.errors import (
     DatabaseUnavailable,
+    DirectUploadUnavailable,
     DomainError,
     InvalidCredentials,
     InvalidImage,
@@ -34,6 +35,8 @@ from shared.errors import (
     StorageUnavailable,
     TooManyAttempts,
     UnsupportedMediaType,
+    UploadIncomplete,
+    UploadNotFound,
     UploadTooLarge,
     UrlExpired,
     UserExists,
@@ -49,7 +52,10 @@ STATUS_FOR: dict[type[DomainError], int] = {
     InvalidSignature: 403,
     UrlExpired: 403,
     ScanNotFound: 404,
+    UploadNotFound: 404,
     UserExists: 409,
+    DirectUploadUnavailable: 409,
+    UploadIncomplete: 409,
     UploadTooLarge: 413,
     UnsupportedMediaType: 415,
     InvalidImage: 422,

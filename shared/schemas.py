@@ -143,6 +143,35 @@ class UploadResult(ScanPublic):
     duplicate: bool
 
 
+class UploadCreate(BaseModel):
+    """A presigned upload to ask for: the file's name and how many bytes the client will send."""
+
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)
+
+    filename: str = Field(min_length=1, max_length=1024, description="shown as the scan's filename")
+    size: int = Field(
+        ge=1,
+        strict=True,
+        description="bytes the client will post; at most MAX_DIRECT_UPLOAD_BYTES (413 upload_too_large)",
+    )
+    content_type: str | None = Field(
+        default=None,
+        max_length=127,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9.+-]*/[A-Za-z0-9][A-Za-z0-9.+-]*$",
+        description="the staged object's Content-Type (bound in the policy); the scan's is detected from the bytes",
+    )
+
+
+class DirectUpload(_Model):
+    """A presigned S3 POST: post `fields` and then `file` as multipart/form-data to `url`, then complete."""
+
+    upload_id: str = Field(pattern="^upl_[A-Za-z0-9_-]{16,}$")
+    url: str
+    fields: dict[str, str] = Field(description="form fields to send, in any order, before the file field")
+    expires_at: str = Field(description="the policy's expiry (ISO 8601): post and complete before it")
+    max_bytes: int = Field(ge=1, description="the most bytes the policy lets through: the declared size")
+
+
 class ScanSummary(ScanMetadata, ImageUrls):
     """A scan as a list item."""
 
@@ -170,6 +199,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         401: "No, unknown or expired bearer token",
         403: "Invalid or expired signed URL",
         404: "No such scan for this owner",
+        409: "The request does not fit the state of the resource or of this deployment",
         413: "File over the upload limit",
         415: "Not multipart/form-data",
         416: "Range not satisfiable",

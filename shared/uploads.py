@@ -34,13 +34,8 @@ def store_upload(
         return StoredUpload(existing, duplicate=True)
 
     analyzed = imaging.analyze_upload(data, max_pixels=max_pixels, dense_hu_threshold=dense_hu_threshold)
-    new_scan = _new_scan(owner_id=owner_id, filename=filename, data=data, file_hash=file_hash, analyzed=analyzed)
-    settings = get_settings()
-    new_scan = dataclasses.replace(
-        new_scan,
-        in_s3=frozenset(
-            kind for kind, image in _images(new_scan) if storage.tier_for(len(image.data), settings) == storage.S3
-        ),
+    new_scan = new_scan_in_tiers(
+        owner_id=owner_id, filename=filename, data=data, file_hash=file_hash, analyzed=analyzed
     )
     if new_scan.in_s3:
         scan = db.call(insert_scan_with_objects, scan=new_scan)
@@ -60,6 +55,20 @@ def store_upload(
             dense_hu_threshold=dense_hu_threshold,
         )
     return StoredUpload(winner, duplicate=True)
+
+
+def new_scan_in_tiers(
+    *, owner_id: int, filename: str, data: bytes, file_hash: str, analyzed: imaging.AnalyzedScan
+) -> db.NewScan:
+    """The row an analyzed upload makes, each image marked for the tier its size puts it in."""
+    new_scan = _new_scan(owner_id=owner_id, filename=filename, data=data, file_hash=file_hash, analyzed=analyzed)
+    settings = get_settings()
+    return dataclasses.replace(
+        new_scan,
+        in_s3=frozenset(
+            kind for kind, image in _images(new_scan) if storage.tier_for(len(image.data), settings) == storage.S3
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -88,21 +97,48 @@ def insert_scan_with_objects(con: db.Connection, *, scan: db.NewScan) -> db.Scan
     object between its write and the commit. None, as insert_scan, when this owner already has the
     file: its keys stay listed, and the cleanup job drops them, as that scan refers to them.
     """
+    storage.record_orphans(con, s3_keys(scan))
+    with db.transaction(con):
+        return write_scan_with_objects(con, scan=scan)
+
+
+def s3_keys(scan: db.NewScan) -> list[str]:
+    """The bucket keys of the scan's images in the S3 tier (scan.in_s3), sorted."""
+    return sorted(
+        {storage.object_key(scan.owner_id, image.sha256) for kind, image in _images(scan) if kind in scan.in_s3}
+    )
+
+
+def write_scan_with_objects(
+    con: db.Connection, *, scan: db.NewScan, original_source_key: str | None = None
+) -> db.Scan | None:
+    """The transaction of insert_scan_with_objects, for a caller that holds one and has recorded
+    s3_keys(scan) on the orphan list (committed): lock the keys, write the objects, insert the row,
+    take the keys off the list.
+
+    original_source_key: a bucket key already holding the original's bytes (a presigned upload's
+    staging object, shared/direct_uploads.py). The original is then copied from it server side
+    (ObjectStore.copy verifies its SHA-256) instead of put from scan.original, whose length alone
+    is used (for the size column).
+    """
     store = storage.object_store()
     if store is None:
         raise AssertionError("images in the S3 tier need IMAGES_BUCKET")
     objects = {
-        storage.object_key(scan.owner_id, image.sha256): image for kind, image in _images(scan) if kind in scan.in_s3
+        storage.object_key(scan.owner_id, image.sha256): (kind, image)
+        for kind, image in _images(scan)
+        if kind in scan.in_s3
     }
     keys = sorted(objects)
-    storage.record_orphans(con, keys)
-    with db.transaction(con):
-        storage.lock_keys(con, keys)
-        for key, image in objects.items():
+    storage.lock_keys(con, keys)
+    for key, (kind, image) in objects.items():
+        if kind == db.ImageType.original and original_source_key is not None:
+            store.copy(original_source_key, key, content_type=image.content_type, sha256=image.sha256)
+        else:
             store.put(key, image.data, content_type=image.content_type, sha256=image.sha256)
-        stored = db.insert_scan(con, scan=scan)
-        if stored is not None:
-            storage.forget_orphans(con, keys)
+    stored = db.insert_scan(con, scan=scan)
+    if stored is not None:
+        storage.forget_orphans(con, keys)
     return stored
 
 

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pg8000.native
@@ -142,11 +143,41 @@ def fake_aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(name, value)
 
 
+# The moto bucket of the `s3` fixture (tests of the S3 tier, the cleanup job).
+BUCKET = "ctscan-test-images"
+REGION = "eu-central-1"
+
+
+@pytest.fixture
+def s3(settings_env: pytest.MonkeyPatch, fake_aws_credentials: None) -> Iterator[Any]:
+    """A moto bucket the functions use as their images bucket; every image goes there (threshold 1 byte)."""
+    # Imported here: most tests never touch S3, and moto takes a while to import.
+    import boto3
+    from moto import mock_aws
+
+    from shared import storage
+    from shared.image_cache import image_cache
+
+    with mock_aws():
+        client = boto3.client("s3", region_name=REGION)
+        client.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+        settings_env.setenv("IMAGES_BUCKET", BUCKET)
+        settings_env.setenv("STORAGE_TIER_S3_MIN_BYTES", "1")
+        storage.clear_cache()
+        image_cache().clear()
+        yield client
+        storage.clear_cache()
+        image_cache().clear()
+
+
 @pytest.fixture
 def pg(database_url: str) -> Iterator[pg8000.native.Connection]:
     """A connection to the clean, migrated test database (tables truncated before each test)."""
     con = admin_connection(database_url)
-    con.run("TRUNCATE scans, sessions, users, audit_events, login_failures, storage_orphans RESTART IDENTITY CASCADE")
+    con.run(
+        "TRUNCATE scans, sessions, users, audit_events, login_failures, storage_orphans, uploads"
+        " RESTART IDENTITY CASCADE"
+    )
     try:
         yield con
     finally:

@@ -7,39 +7,18 @@ moto stands in for S3 (in process); PostgreSQL is real.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import boto3
 import pg8000.native
 import pytest
 import requests
-from moto import mock_aws
 
 from shared import storage
-from shared.image_cache import image_cache
+from shared.errors import StorageUnavailable
 from tests import images
-from tests.conftest import User
+from tests.conftest import BUCKET, User
 from tests.lambda_client import LambdaClient, multipart
-
-BUCKET = "ctscan-test-images"
-REGION = "eu-central-1"
-
-
-@pytest.fixture
-def s3(settings_env: pytest.MonkeyPatch, fake_aws_credentials: None) -> Iterator[Any]:
-    """A moto bucket the functions use as their images bucket; every image goes there (threshold 1 byte)."""
-    with mock_aws():
-        client = boto3.client("s3", region_name=REGION)
-        client.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
-        settings_env.setenv("IMAGES_BUCKET", BUCKET)
-        settings_env.setenv("STORAGE_TIER_S3_MIN_BYTES", "1")
-        storage.clear_cache()
-        image_cache().clear()
-        yield client
-        storage.clear_cache()
-        image_cache().clear()
 
 
 def upload(api: LambdaClient, user: User, data: bytes, name: str = "scan.png", ctype: str = "image/png") -> Any:
@@ -245,3 +224,23 @@ def test_object_keys_come_from_owner_and_hash_only() -> None:
     for bad in ("uploads/x", f"scans/x/{digest}", "scans/7/abc", f"scans/7/{digest}/x"):
         with pytest.raises(ValueError):
             storage.parse_object_key(bad)
+
+
+def test_a_copy_is_checked_by_the_sha256_s3_computes_without_reading_it_back(
+    s3: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = storage.ObjectStore(BUCKET)
+    data = b"staged upload " * 1000
+    s3.put_object(Bucket=BUCKET, Key="uploads/upl_aaaaaaaaaaaaaaaaaaaaaaaa", Body=data)
+
+    def no_read_back(self: storage.ObjectStore, key: str) -> str:
+        raise AssertionError("the copy was read back")
+
+    monkeypatch.setattr(storage.ObjectStore, "sha256_of", no_read_back)
+    digest = hashlib.sha256(data).hexdigest()
+    store.copy("uploads/upl_aaaaaaaaaaaaaaaaaaaaaaaa", f"scans/1/{digest}", content_type="image/png", sha256=digest)
+    assert s3.get_object(Bucket=BUCKET, Key=f"scans/1/{digest}")["Body"].read() == data
+    with pytest.raises(StorageUnavailable):
+        store.copy(
+            "uploads/upl_aaaaaaaaaaaaaaaaaaaaaaaa", f"scans/1/{'0' * 64}", content_type="image/png", sha256="0" * 64
+        )

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from fastapi import Request
+from typing import Annotated
+
+from fastapi import Path, Request
 from fastapi.responses import JSONResponse
 
 from shared.config import get_settings
-from shared.http import Owner, base_url, create_app, lambda_handler, read_upload
+from shared.direct_uploads import complete_upload, create_upload
+from shared.http import Owner, base_url, clean_filename, create_app, lambda_handler, read_upload
 from shared.observability import DUPLICATE_UPLOADS, UPLOADS
-from shared.scans import scan_public
-from shared.schemas import UploadResult, error_responses
-from shared.uploads import store_upload
+from shared.scans import iso, scan_public
+from shared.schemas import DirectUpload, ErrorBody, UploadCreate, UploadResult, error_responses
+from shared.uploads import StoredUpload, store_upload
 
 app = create_app("upload")
 
@@ -52,9 +55,81 @@ async def analyze_scan(request: Request, owner: Owner) -> JSONResponse:
         max_pixels=settings.max_image_pixels,
         dense_hu_threshold=settings.dense_hu_threshold,
     )
+    return upload_result(stored, request)
+
+
+def upload_result(stored: StoredUpload, request: Request) -> JSONResponse:
+    """201 with a new scan, or 200 with this owner's scan of the same bytes."""
     body = {"duplicate": stored.duplicate, **scan_public(stored.scan, base_url(request))}
     return JSONResponse(body, status_code=200 if stored.duplicate else 201)
 
 
-# 201 stored a new scan, 200 found the owner's existing one (see analyze_scan).
-handler = lambda_handler(app, status_metrics={201: UPLOADS, 200: DUPLICATE_UPLOADS})
+# Without IMAGES_BUCKET both routes answer 409 direct_upload_unavailable (a state of this deployment,
+# not a server fault: /analyze still takes files up to MAX_UPLOAD_BYTES).
+UNAVAILABLE = {"model": ErrorBody, "description": "No images bucket here (direct_upload_unavailable): use /analyze"}
+
+
+@app.post(
+    "/api/v1/scans/uploads",
+    response_model=None,
+    responses={
+        201: {"model": DirectUpload, "description": "Post the file to url with these fields, then complete"},
+        **error_responses(400, 401, 413, 422, 503),
+        409: UNAVAILABLE,
+    },
+    status_code=201,
+    summary="Start an upload past 4.5 MB: a presigned S3 POST for the file (needs IMAGES_BUCKET)",
+)
+async def start_upload(upload: UploadCreate, owner: Owner) -> JSONResponse:
+    presigned = create_upload(
+        owner_id=owner.id,
+        filename=clean_filename(upload.filename),
+        size=upload.size,
+        content_type=upload.content_type,
+        max_direct_upload_bytes=get_settings().max_direct_upload_bytes,
+    )
+    body = {
+        "uploadId": presigned.upload_id,
+        "url": presigned.url,
+        "fields": presigned.fields,
+        "expiresAt": iso(presigned.expires_at),
+        "maxBytes": presigned.max_bytes,
+    }
+    return JSONResponse(body, status_code=201)
+
+
+@app.post(
+    "/api/v1/scans/uploads/{upload_id}/complete",
+    response_model=None,
+    responses={
+        201: {"model": UploadResult, "description": "Stored and analyzed"},
+        200: {"model": UploadResult, "description": "This owner already had the same bytes: that scan"},
+        **error_responses(400, 401, 413, 422, 503),
+        404: {"model": ErrorBody, "description": "No such upload for this owner, or it has expired"},
+        409: {
+            "model": ErrorBody,
+            "description": "The file has not been posted yet (upload_incomplete), or no images bucket here "
+            "(direct_upload_unavailable)",
+        },
+    },
+    status_code=201,
+    summary="Finish an upload: analyze the posted file and answer exactly as /analyze does",
+)
+async def finish_upload(upload_id: Annotated[str, Path(max_length=64)], owner: Owner, request: Request) -> JSONResponse:
+    settings = get_settings()
+    stored = complete_upload(
+        owner_id=owner.id,
+        upload_id=upload_id,
+        max_pixels=settings.max_image_pixels,
+        dense_hu_threshold=settings.dense_hu_threshold,
+    )
+    return upload_result(stored, request)
+
+
+# 201 stored a new scan, 200 found the owner's existing one (see analyze_scan), on the two routes that
+# store; a started presigned upload (201 too) is not an upload yet.
+handler = lambda_handler(
+    app,
+    status_metrics={201: UPLOADS, 200: DUPLICATE_UPLOADS},
+    status_metric_routes={"POST /api/v1/scans/analyze", "POST /api/v1/scans/uploads/{upload_id}/complete"},
+)
