@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-scale migrate cleanup user token audit package sample clean-data openapi publish-web web-vendor
+.PHONY: run test lint bench bench-scale migrate cleanup move-to-s3 move-to-postgres user token audit package sample clean-data openapi publish-web web-vendor
 
 $(STAMP): requirements-images.txt requirements.txt requirements-upload.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,18 @@ migrate: $(STAMP)
 # VACUUM when dead rows pass the threshold): prints its JSON report.
 cleanup: $(STAMP)
 	$(PY) scripts/manage.py cleanup
+
+# Move existing images between the tiers, online, verified and resumable (shared/tiering.py), with
+# a progress bar on stderr and the JSON report at the end. Both need IMAGES_BUCKET and AWS credentials
+# (locally a moto server: AWS_ENDPOINT_URL_S3=http://127.0.0.1:PORT, any test credentials, AWS_REGION).
+# make move-to-s3 [OLDER_THAN=30d] [MIN_BYTES=...] [LIMIT=...]   (MIN_BYTES defaults to STORAGE_TIER_S3_MIN_BYTES)
+move-to-s3: $(STAMP)
+	@$(PY) scripts/manage.py move-to-s3 $(if $(OLDER_THAN),--older-than '$(OLDER_THAN)') \
+		$(if $(MIN_BYTES),--min-bytes '$(MIN_BYTES)') $(if $(LIMIT),--limit '$(LIMIT)')
+
+# make move-to-postgres [LIMIT=...]: images over 4.4 MB stay in S3 (the report lists them as "kept").
+move-to-postgres: $(STAMP)
+	@$(PY) scripts/manage.py move-to-postgres $(if $(LIMIT),--limit '$(LIMIT)')
 
 # Offline: no AWS credentials are needed (or used) to package and lint the stack.
 TEMPLATE := .serverless/cloudformation-template-update-stack.json

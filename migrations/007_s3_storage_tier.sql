@@ -168,14 +168,24 @@ BEGIN
                 CASE WHEN p_token_hash IS NULL THEN 'signature' ELSE 'token' END,
                 status, p_source_ip, p_request_id);
     END IF;
+    -- Each statement of this (volatile) function sees what was committed when it started: a move
+    -- to S3 (shared/tiering.py) may commit between the SELECT above and this one. So this one reads
+    -- the tier again with the bytes: an image moved meanwhile comes back as 's3' without bytes, and
+    -- the caller reads the object (written and verified before that commit). A move back to
+    -- PostgreSQL leaves its object for the cleanup job (an hour at least), for readers that saw 's3'.
     IF p_with_data AND status IN (200, 206) AND storage = 'postgres' AND sha256 IS DISTINCT FROM p_known_sha256 THEN
         SELECT substring(CASE v_kind
                    WHEN 'original' THEN sc.original_image_data
                    WHEN 'preview' THEN sc.preview_image_data
                    WHEN 'annotated' THEN sc.annotated_image_data
                    WHEN 'thumbnail' THEN sc.thumbnail_image_data END
-               FROM CAST(first + 1 AS integer) FOR CAST(stop - first AS integer))
-          INTO data
+               FROM CAST(first + 1 AS integer) FOR CAST(stop - first AS integer)),
+               CASE v_kind
+                   WHEN 'original' THEN sc.original_storage
+                   WHEN 'preview' THEN sc.preview_storage
+                   WHEN 'annotated' THEN sc.annotated_storage
+                   WHEN 'thumbnail' THEN sc.thumbnail_storage END
+          INTO data, storage
           FROM scans sc WHERE sc.id = p_scan_id;
     END IF;
     RETURN NEXT;

@@ -5,6 +5,11 @@ python scripts/manage.py token NAME                  prints a fresh token as the
 python scripts/manage.py migrate                     prints the migration report as JSON
 python scripts/manage.py audit [--name NAME] [--limit N]   the audit trail, newest first
 python scripts/manage.py cleanup                     the cleanup job (as the nightly function runs it): JSON report
+python scripts/manage.py move-to-s3 [--older-than 30d] [--min-bytes N] [--limit N]
+python scripts/manage.py move-to-postgres [--limit N]
+    move existing images between the tiers (as the tiering function does): a progress bar on
+    stderr, the JSON report on stdout. They need IMAGES_BUCKET and AWS credentials (locally, a moto
+    server: AWS_ENDPOINT_URL_S3=http://127.0.0.1:PORT with any test credentials and AWS_REGION).
 """
 
 from __future__ import annotations
@@ -13,10 +18,11 @@ import argparse
 import json
 import os
 import sys
+from typing import Any
 
 from env import migrate, prepare_database  # type: ignore[import-not-found]
 
-from shared import audit, auth, cleanup, db
+from shared import audit, auth, cleanup, db, tiering
 from shared.config import get_settings
 from shared.errors import DomainError
 
@@ -64,6 +70,56 @@ def print_audit(username: str | None, limit: int) -> None:
         print("(no events)")
 
 
+class ProgressBar:
+    """shared.tiering.Progress as a tqdm bar on stderr: images, and the bytes moved so far."""
+
+    def __init__(self, direction: str) -> None:
+        self.direction = direction
+        self.bar: Any = None
+        self.moved_bytes = 0
+
+    def begin(self, total: int) -> None:
+        from tqdm import tqdm  # a dev tool (requirements-dev.txt): only these commands need it
+
+        self.bar = tqdm(total=total, desc=self.direction, unit="image", file=sys.stderr, dynamic_ncols=True)
+
+    def step(self, moved_bytes: int) -> None:
+        self.moved_bytes += moved_bytes
+        self.bar.set_postfix_str(f"{self.moved_bytes / 1e6:.1f} MB moved", refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def check_s3_access() -> None:
+    """Exit with a clear message when the moves could not reach the images bucket."""
+    if get_settings().images_bucket is None:
+        raise SystemExit(
+            "IMAGES_BUCKET is not set: name the images bucket (and give AWS credentials; for a local "
+            "moto server also AWS_ENDPOINT_URL_S3=http://127.0.0.1:PORT and AWS_REGION)"
+        )
+    import boto3  # a dev dependency here; the Lambda runtime's own there
+
+    if boto3.Session().get_credentials() is None:
+        raise SystemExit(
+            "no AWS credentials: set AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+            "(any values for a local moto server, with AWS_ENDPOINT_URL_S3)"
+        )
+
+
+def move_images(request: tiering.MoveRequest) -> int:
+    """Run a move with a progress bar and print its report; 1 when it stopped at an error."""
+    bar = ProgressBar(request.direction)
+    try:
+        report = tiering.run(get_settings(), request, progress=bar)
+    finally:
+        bar.close()
+    print(json.dumps(report, indent=2))
+    return 1 if "error" in report else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -77,9 +133,18 @@ def main(argv: list[str] | None = None) -> int:
     trail = commands.add_parser("audit", help="the audit trail, newest first (this listing is audited too)")
     trail.add_argument("--name", help="only this user's events")
     trail.add_argument("--limit", type=int, default=50, choices=range(1, 10_001), metavar="1..10000")
+    to_s3 = commands.add_parser("move-to-s3", help="move PostgreSQL images to the S3 tier; print the report")
+    to_s3.add_argument("--older-than", help="only scans created before this: an age (30d, 12h) or ISO timestamp")
+    to_s3.add_argument("--min-bytes", type=int, help="only images of at least this many bytes (default: the threshold)")
+    to_s3.add_argument("--limit", type=int, help="move at most this many images")
+    to_postgres = commands.add_parser("move-to-postgres", help="move S3 images back into PostgreSQL; print the report")
+    to_postgres.add_argument("--limit", type=int, help="move at most this many images")
     args = parser.parse_args(argv)
     try:
         return run(parser, args)
+    except tiering.BadMoveRequest as error:
+        print(f"{parser.prog} {args.command}: {error}", file=sys.stderr)
+        return 2
     except DomainError as error:
         # A user's mistake (a short password, say) deserves one clear line, not a traceback.
         print(f"{parser.prog} {args.command}: {error.message}", file=sys.stderr)
@@ -93,6 +158,14 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     elif args.command == "cleanup":
         migrate()
         print(json.dumps(cleanup.run_cleanup(get_settings()), indent=2))
+    elif args.command in ("move-to-s3", "move-to-postgres"):
+        event: dict[str, Any] = {"direction": args.command.removeprefix("move-"), "limit": args.limit}
+        if args.command == "move-to-s3":
+            event |= {"olderThan": args.older_than, "minBytes": args.min_bytes}
+        request = tiering.MoveRequest.from_event({name: value for name, value in event.items() if value is not None})
+        check_s3_access()
+        migrate()
+        return move_images(request)
     elif args.command == "audit":
         migrate()
         print_audit(args.name, args.limit)

@@ -990,7 +990,7 @@ def read_image(
     if not rows:
         return None
     reader, content_type, digest, size, status, first, stop, storage, data = rows[0]
-    if size is None:
+    if size is None or storage is None:  # no such scan, or it was deleted while the call read it
         raise ScanNotFound("No scan with this id.")
     encoded = None if data is None else _b64encode(data).decode("ascii")
     return ImagePart(content_type, digest, int(size), int(status), int(first), int(stop), encoded, storage, int(reader))
