@@ -4,6 +4,7 @@ and is served byte for byte as uploaded, whole and by Range, through the real ha
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pg8000.native
@@ -53,10 +54,12 @@ def stored(pg: pg8000.native.Connection, scan_id: str) -> tuple[int, int, str | 
 
 
 @pytest.fixture
-def no_image_cache(settings_env: pytest.MonkeyPatch) -> None:
+def no_image_cache(settings_env: pytest.MonkeyPatch) -> Iterator[None]:
     # Every read comes from PostgreSQL (the stored, possibly compressed value), never from memory.
     settings_env.setenv("IMAGE_CACHE_MB", "0")
     image_cache_module.reset()
+    yield
+    image_cache_module.reset()  # the next test's cache is sized from its own settings, not this 0
 
 
 def test_uncompressed_dicom_is_stored_compressed_and_served_byte_identical(
