@@ -758,6 +758,8 @@ class WebApp:
 
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
+        # With IMAGES_BUCKET, the bucket's origin is in the CSP: the page posts large files there.
+        self.security_headers = web_assets.security_headers(os.environ)
 
     def answer(self, method: str, raw_path: str, headers: list[tuple[str, str]]) -> HttpResponse | None:
         if method not in ("GET", "HEAD") or raw_path == "/api" or raw_path.startswith("/api/"):
@@ -777,7 +779,7 @@ class WebApp:
             ("Content-Type", web_assets.content_type(relative) or "application/octet-stream"),
             ("Cache-Control", web_assets.cache_control(relative)),
             ("ETag", etag),
-            *web_assets.SECURITY_HEADERS,
+            *self.security_headers,
         ]
         asked = [tag.strip() for n, v in headers if n == "if-none-match" for tag in v.split(",")]
         if etag in asked or f"W/{etag}" in asked or "*" in asked:

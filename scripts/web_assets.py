@@ -5,7 +5,9 @@ deploy's upload of web/, so the page is served the same way everywhere."""
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 WEB_ROOT = ROOT / "web"
@@ -47,6 +49,33 @@ SECURITY_HEADERS = (
     ("Cross-Origin-Opener-Policy", "same-origin"),
     ("Permissions-Policy", "camera=(), microphone=(), geolocation=(), payment=(), usb=()"),
 )
+
+
+def images_bucket_origin(environ: Mapping[str, str]) -> str | None:
+    """The origin the page talks to for files past 4.5 MB (presigned POSTs) and large images (302s to
+    presigned GETs): the images bucket's, as shared/storage.py's client addresses it. None without
+    IMAGES_BUCKET. A custom endpoint (moto's server: AWS_ENDPOINT_URL_S3) is used as it is."""
+    bucket = environ.get("IMAGES_BUCKET", "").strip()
+    if not bucket:
+        return None
+    endpoint = environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        parts = urlsplit(endpoint)
+        return f"{parts.scheme}://{parts.netloc}"
+    region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION")
+    return f"https://{bucket}.s3.{region}.amazonaws.com" if region else f"https://{bucket}.s3.amazonaws.com"
+
+
+def security_headers(environ: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """SECURITY_HEADERS for a gateway with this environment: with an images bucket, its origin joins
+    img-src and connect-src (as the deployed policy names it); without one, exactly SECURITY_HEADERS."""
+    origin = images_bucket_origin(environ)
+    if origin is None:
+        return SECURITY_HEADERS
+    policy = CONTENT_SECURITY_POLICY.replace("img-src 'self' data: blob:;", f"img-src 'self' data: blob: {origin};")
+    policy = policy.replace("connect-src 'self';", f"connect-src 'self' {origin};")
+    return tuple((name, policy if name == "Content-Security-Policy" else value) for name, value in SECURITY_HEADERS)
+
 
 _LINKED = re.compile(r"""<(?:script|link)\b[^>]*?\b(?:src|href)=["']([^"'#?]+)["']""", re.IGNORECASE)
 # Static imports, in our formatted modules and in minified vendor code alike.

@@ -7,6 +7,7 @@ Without Chromium these tests are skipped with how to get it, except on CI (CI se
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import json
@@ -41,6 +42,8 @@ HOW_TO_GET_CHROMIUM = (
 )
 # The gateway's access log line: "GET /api/v1/scans/image/<id>/<type> <status> <ms>ms" (no query string)
 IMAGE_READ = re.compile(r"\bGET /api/v1/scans/image/(scan_[\w-]+)/(original|preview|annotated|thumbnail) (\d{3}) ")
+ANALYZE_LIMIT = 4_500_000  # bytes: a larger file goes through the images bucket (web/js/api.js)
+IMAGES_REGION = "eu-central-1"
 FIRST_LOAD_LIMIT = 150_000  # bytes transferred: the page, its scripts and styles, config.json, the icon
 
 
@@ -117,6 +120,41 @@ class Service:
         finally:
             con.close()
 
+    def request_headers(self, path: str) -> dict[str, str]:
+        """The headers of a GET of path (lower-case names)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        try:
+            conn.request("GET", path)
+            response = conn.getresponse()
+            response.read()
+            return {name.lower(): value for name, value in response.getheaders()}
+        finally:
+            conn.close()
+
+    def follow(self, url: str, *, expect_redirect_to: str) -> bytes:
+        """The body of a GET of url (one of ours), which answers with a 302 to expect_redirect_to."""
+        parts = urlsplit(url)
+        assert (parts.hostname, parts.port) == ("127.0.0.1", self.port), url
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        try:
+            conn.request("GET", f"{parts.path}?{parts.query}")
+            response = conn.getresponse()
+            response.read()
+            location = response.getheader("Location") or ""
+        finally:
+            conn.close()
+        assert response.status == 302 and location.startswith(expect_redirect_to + "/"), (response.status, location)
+        target = urlsplit(location)
+        conn = http.client.HTTPConnection(target.netloc, timeout=60)
+        try:
+            conn.request("GET", f"{target.path}?{target.query}")
+            response = conn.getresponse()
+            body = response.read()
+        finally:
+            conn.close()
+        assert response.status == 200, body[:300]
+        return body
+
     def image_reads_since(self, mark: int) -> list[tuple[str, str, int]]:
         """(scan id, image type, status) of each image request the gateway logged after line `mark`."""
         return [
@@ -128,15 +166,22 @@ class Service:
 
 @pytest.fixture(scope="module")
 def service(fresh_database: Callable[..., str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    url = fresh_database("ctscan_web")
+    with running_service(fresh_database("ctscan_web"), tmp_path_factory.mktemp("web-keys")) as svc:
+        yield svc
+
+
+@contextlib.contextmanager
+def running_service(url: str, keys: Path, extra_env: dict[str, str] | None = None) -> Iterator[Service]:
+    """scripts/run.py on the database at url, with this environment added (an images bucket)."""
     env = {
         **os.environ,
         "DATABASE_URL": url,
         "PORT": "0",
         "DEV_PASSWORD": PASSWORD,
-        "IMAGE_URL_KEYS_FILE": str(tmp_path_factory.mktemp("web-keys") / "keys.json"),
+        "IMAGE_URL_KEYS_FILE": str(keys / "keys.json"),
         # A day: the signed URLs of one test stay the same, so its second visit can hit the cache.
         "IMAGE_URL_TTL_SECONDS": "86400",
+        **(extra_env or {}),
     }
     # Line-buffered output (the gateway sets it up): with PYTHONUNBUFFERED a print() is two writes,
     # and the two worker processes' lines would interleave in the pipe.
@@ -290,6 +335,15 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         (series / f"slice_{number:03d}.dcm").write_bytes(phantom.dicom_bytes(dataset))
     paths["series"] = series
     return paths
+
+
+@pytest.fixture(scope="module")
+def large_scan(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CT slice of 1600 x 1600 uncompressed 16-bit pixels: past what /analyze takes (4.5 MB)."""
+    path = tmp_path_factory.mktemp("web-large") / "large_ct.dcm"
+    path.write_bytes(phantom.dicom_bytes(phantom.ct_slice_dataset(1600, seed=11)))
+    assert path.stat().st_size > ANALYZE_LIMIT
+    return path
 
 
 def dropped(page: Any, path: Path) -> Any:
@@ -654,3 +708,145 @@ def test_web_first_load_size_and_a_grid_of_100_thumbnails_a_page_by_cursor_and_t
     assert set(again.values()) == {r.split(" ", 1)[1] for r in thumbnails}, "the same signed URLs"
     assert all(request in from_cache or answered[request] == 304 for request in again), (from_cache, answered)
     assert all(status == 304 for _, _, status in service.image_reads_since(mark))
+
+
+# --- files past 4.5 MB: through the images bucket (a moto S3 server here) -------------------------------
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """The images bucket on a moto S3 server: its endpoint, name and a client of it."""
+
+    endpoint: str
+    name: str
+    client: Any
+
+
+@pytest.fixture(scope="module")
+def bucket() -> Iterator[Bucket]:
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    client = boto3.client(
+        "s3",
+        region_name=IMAGES_REGION,
+        endpoint_url=endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    name = "ctscan-web-images"
+    client.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": IMAGES_REGION})
+    try:
+        yield Bucket(endpoint, name, client)
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def bucket_service(
+    fresh_database: Callable[..., str], tmp_path_factory: pytest.TempPathFactory, bucket: Bucket
+) -> Iterator[Service]:
+    """The service with the images bucket: IMAGES_BUCKET, the moto endpoint and test credentials."""
+    env = {
+        "IMAGES_BUCKET": bucket.name,
+        "AWS_ENDPOINT_URL_S3": bucket.endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": IMAGES_REGION,
+    }
+    keys = tmp_path_factory.mktemp("web-bucket-keys")
+    with running_service(fresh_database("ctscan_web_bucket"), keys, env) as svc:
+        # As the deployed bucket's CORS (infra/storage.yml): POST from the page's origin only.
+        origin = svc.url.rstrip("/")
+        rule = {"AllowedMethods": ["POST"], "AllowedOrigins": [origin], "MaxAgeSeconds": 3600}
+        bucket.client.put_bucket_cors(Bucket=bucket.name, CORSConfiguration={"CORSRules": [rule]})
+        yield svc
+
+
+def test_web_file_past_4_5_mb_goes_through_the_images_bucket_with_progress(
+    tab: Tab, bucket_service: Service, bucket: Bucket, large_scan: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    page = tab.page
+    service = bucket_service
+    # The page's CSP names the bucket's origin (the presigned POST, the 302s of large images)
+    csp = service.request_headers("/")["content-security-policy"]
+    assert f"connect-src 'self' {bucket.endpoint};" in csp and f"blob: {bucket.endpoint};" in csp
+    log_in(tab, service, "dev")
+    token = session_token(tab)
+    posts: list[str] = []
+
+    def posted(request: Any) -> None:
+        if request.method == "POST":
+            posts.append(request.url.split("?", 1)[0])
+
+    page.on("request", posted)
+
+    # A 5 MB CT slice: the upload is started at the API, posted to the bucket, then completed
+    size = large_scan.stat().st_size
+    page.get_by_label("Upload scans").set_input_files(large_scan)
+    row = upload_row(page, "large_ct.dcm")
+    expect(row).to_contain_text("Stored", timeout=60_000)
+    api = service.url + "api/v1/scans/uploads"
+    assert posts[0] == api
+    assert posts[1] == f"{bucket.endpoint}/{bucket.name}"
+    assert re.fullmatch(re.escape(api) + r"/upl_[\w-]+/complete", posts[2]), posts
+    assert len(posts) == 3 and not any(url.endswith("/analyze") for url in posts)
+    # The row's and the overall progress bars end full, at the file's size
+    overall = page.get_by_label("All uploads finished: 1 of 1 file", exact=False)
+    expect(overall).to_have_js_property("max", size)
+    expect(overall).to_have_js_property("value", size)
+    expect(row.get_by_role("progressbar")).to_have_js_property("value", size)
+    (stored,) = service.scans(token)
+    assert stored["filename"] == "large_ct.dcm" and stored["fileSize"] == size
+    expect(page.get_by_role("link", name="large_ct.dcm").get_by_role("img")).to_have_js_property("complete", True)
+    assert bucket.client.list_objects_v2(Bucket=bucket.name, Prefix="uploads/").get("KeyCount") == 0
+    tab.shot("stored")
+
+    # The same file again: a duplicate, nothing new stored
+    page.get_by_label("Upload scans").set_input_files(large_scan)
+    expect(row).to_contain_text("Duplicate: already stored", timeout=60_000)
+    assert len(service.scans(token)) == 1
+
+    # Open it: the preview shows
+    page.get_by_role("link", name="large_ct.dcm").click()
+    expect(page.get_by_role("heading", name="large_ct.dcm", level=1)).to_be_focused()
+    image = page.locator(".frame img")
+    expect(image).to_have_js_property("complete", True)
+    assert image.evaluate("img => img.naturalWidth") > 0
+    tab.shot("viewer")
+
+    # The original reads back byte for byte: past a Lambda response, a 302 to the bucket
+    scan = service.request("GET", f"/api/v1/scans/{stored['scanId']}", token=token)[1]
+    original = service.follow(scan["results"]["imageUrl"], expect_redirect_to=bucket.endpoint)
+    assert hashlib.sha256(original).hexdigest() == scan["fileHash"]
+    assert original == large_scan.read_bytes()
+
+
+def test_web_file_past_4_5_mb_without_an_images_bucket_is_rejected_with_a_clear_message(
+    tab: Tab, service: Service, large_scan: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    page = tab.page
+    service.create_user("gina")
+    token = service.log_in("gina")
+    body = json.dumps({"filename": "large_ct.dcm", "size": large_scan.stat().st_size}).encode()
+    status, answer = service.request(
+        "POST", "/api/v1/scans/uploads", token=token, body=body, content_type="application/json"
+    )
+    assert status == 409 and answer["error"]["code"] == "direct_upload_unavailable", answer
+
+    log_in(tab, service, "gina")
+    page.get_by_label("Upload scans").set_input_files(large_scan)
+    expect(upload_row(page, "large_ct.dcm").get_by_role("alert")).to_have_text(
+        "Rejected: Files over 4.5 MB need the server's S3 bucket, which this server does not have."
+    )
+    expect(page.get_by_label("All uploads finished: 1 of 1 file", exact=False)).to_be_visible()
+    assert service.scans(token) == []
+    tab.shot("rejected")

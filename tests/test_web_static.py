@@ -168,6 +168,50 @@ def test_gateway_csp_allows_only_this_origin(gateway: tuple[str, int]) -> None:
     assert "unsafe" not in csp and "http" not in csp
 
 
+@pytest.mark.parametrize(
+    ("environ", "origin"),
+    [
+        (
+            {"IMAGES_BUCKET": "ctscan-dev-images", "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:5055/", "AWS_REGION": "x"},
+            "http://127.0.0.1:5055",
+        ),
+        ({"IMAGES_BUCKET": "ctscan-dev-images", "AWS_REGION": "eu-central-1"}, None),
+    ],
+)
+def test_gateway_csp_with_an_images_bucket_allows_its_origin_for_posts_and_redirected_images(
+    monkeypatch: pytest.MonkeyPatch, environ: dict[str, str], origin: str | None
+) -> None:
+    origin = origin or "https://ctscan-dev-images.s3.eu-central-1.amazonaws.com"
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    server = localgw.make_server("127.0.0.1", 0, serverless_yml=ROOT / "serverless.yml", containers=1)
+    server.access_log = False
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        csp = fetch(("127.0.0.1", server.server_address[1]), "/")[1]["content-security-policy"]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+    directives = dict(d.strip().split(" ", 1) for d in csp.split(";"))
+    assert directives["connect-src"] == f"'self' {origin}"
+    assert directives["img-src"] == f"'self' data: blob: {origin}"
+    # Everything else as without a bucket
+    plain = dict(d.strip().split(" ", 1) for d in web_assets.CONTENT_SECURITY_POLICY.split(";"))
+    assert {k: v for k, v in directives.items() if k not in ("connect-src", "img-src")} == {
+        k: v for k, v in plain.items() if k not in ("connect-src", "img-src")
+    }
+    assert directives.keys() == plain.keys()
+
+
+def test_csp_without_an_images_bucket_is_the_plain_policy() -> None:
+    environ = {"AWS_ENDPOINT_URL_S3": "http://127.0.0.1:5055", "AWS_REGION": "eu-central-1", "IMAGES_BUCKET": ""}
+    assert web_assets.security_headers(environ) == web_assets.SECURITY_HEADERS
+
+
 def test_gateway_answers_304_to_a_matching_etag_and_200_to_another(gateway: tuple[str, int]) -> None:
     _, headers, _ = fetch(gateway, "/js/app.js")
     status, again, body = fetch(gateway, "/js/app.js", headers={"If-None-Match": headers["etag"]})

@@ -10,6 +10,11 @@ export class ApiError extends Error {
 }
 
 const UNREACHABLE = "The service could not be reached. Check the connection and try again.";
+// POST /scans/analyze takes at most this many bytes (API Gateway's payload limit; a 413 above it):
+// a larger file goes to the images bucket with a presigned POST, then /complete analyzes it.
+export const ANALYZE_LIMIT = 4_500_000;
+const NO_BUCKET = "Files over 4.5 MB need the server's S3 bucket, which this server does not have.";
+const BUCKET_UNREACHABLE = "The file could not be sent to the image store. Check the connection and try again.";
 
 function apiUrl(baseUrl, path, query = {}) {
   const url = new URL(`${baseUrl}/api/v1${path}`, location.href);
@@ -50,6 +55,27 @@ async function send(url, { method = "GET", token, json, signal, keepalive = fals
   return body;
 }
 
+/**
+ * POST a form with XMLHttpRequest, whose upload events report progress (fetch has none):
+ * onProgress(sentBytes, totalBytes). Resolves with the XHR once answered, whatever its status.
+ */
+function postForm(url, form, { headers = {}, responseType = "", onProgress, signal, unreachable = UNREACHABLE }) {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", url);
+    for (const [name, value] of Object.entries(headers)) xhr.setRequestHeader(name, value);
+    xhr.responseType = responseType;
+    xhr.upload.addEventListener("progress", (event) => {
+      if (event.lengthComputable) onProgress(event.loaded, event.total);
+    });
+    xhr.addEventListener("load", () => resolve(xhr));
+    xhr.addEventListener("error", () => reject(new ApiError(0, "network_error", unreachable)));
+    xhr.addEventListener("abort", () => reject(new ApiError(0, "aborted", "Cancelled.")));
+    signal?.addEventListener("abort", () => xhr.abort(), { once: true });
+    xhr.send(form);
+  });
+}
+
 /** POST /auth/sessions: {token, expiresAt}. */
 export function logIn(baseUrl, username, password) {
   return send(apiUrl(baseUrl, "/auth/sessions"), { method: "POST", json: { username, password } });
@@ -68,6 +94,44 @@ export function createApi({ baseUrl, token, signal, onUnauthorized }) {
       if (error.status === 401) onUnauthorized();
       throw error;
     }
+  }
+
+  async function analyze(file, onProgress) {
+    const form = new FormData();
+    form.append("file", file, file.name);
+    const xhr = await postForm(apiUrl(baseUrl, "/scans/analyze"), form, {
+      headers: { Authorization: `Bearer ${token}` },
+      responseType: "json",
+      onProgress,
+      signal,
+    });
+    if (xhr.status === 200 || xhr.status === 201) return xhr.response;
+    if (xhr.status === 401) onUnauthorized();
+    throw errorFrom(xhr.status, xhr.response, xhr.statusText);
+  }
+
+  /**
+   * POST /scans/uploads (a presigned POST), the file straight to the bucket with the policy's
+   * fields before it (no token: the policy is the credential), then POST /scans/uploads/{id}/complete,
+   * which answers as /analyze does. S3 answers errors in XML: a short message with its status.
+   */
+  async function uploadThroughBucket(file, onProgress) {
+    let started;
+    try {
+      started = await call("/scans/uploads", { method: "POST", json: { filename: file.name, size: file.size } });
+    } catch (error) {
+      if (error.code === "direct_upload_unavailable") throw new ApiError(error.status, error.code, NO_BUCKET);
+      throw error;
+    }
+    const form = new FormData();
+    for (const [name, value] of Object.entries(started.fields)) form.append(name, value);
+    form.append("file", file, file.name); // last: S3 ignores any field after the file
+    const posted = await postForm(started.url, form, { onProgress, signal, unreachable: BUCKET_UNREACHABLE });
+    if (posted.status < 200 || posted.status >= 300) {
+      const message = `The image store refused the file (HTTP ${posted.status}). Try again.`;
+      throw new ApiError(posted.status, "storage_refused", message);
+    }
+    return call(`/scans/uploads/${encodeURIComponent(started.uploadId)}/complete`, { method: "POST" });
   }
 
   return {
@@ -93,34 +157,13 @@ export function createApi({ baseUrl, token, signal, onUnauthorized }) {
     },
 
     /**
-     * POST /scans/analyze with XMLHttpRequest, whose upload events report progress (fetch has none):
-     * onProgress(sentBytes, totalBytes). Resolves with the upload's JSON (`duplicate` says whether the
-     * file was already stored), rejects with an ApiError carrying the API's own message.
+     * Upload a file: onProgress(sentBytes, totalBytes) while its bytes go up. Resolves with the upload's
+     * JSON (`duplicate` says whether the file was already stored), rejects with an ApiError carrying
+     * the API's own message. Up to ANALYZE_LIMIT in one POST /scans/analyze; past it, through the
+     * images bucket (uploadThroughBucket), which ends in the same answer.
      */
     upload(file, onProgress) {
-      return new Promise((resolve, reject) => {
-        const xhr = new XMLHttpRequest();
-        xhr.open("POST", apiUrl(baseUrl, "/scans/analyze"));
-        xhr.setRequestHeader("Authorization", `Bearer ${token}`);
-        xhr.responseType = "json";
-        xhr.upload.addEventListener("progress", (event) => {
-          if (event.lengthComputable) onProgress(event.loaded, event.total);
-        });
-        xhr.addEventListener("load", () => {
-          if (xhr.status === 200 || xhr.status === 201) {
-            resolve(xhr.response);
-            return;
-          }
-          if (xhr.status === 401) onUnauthorized();
-          reject(errorFrom(xhr.status, xhr.response, xhr.statusText));
-        });
-        xhr.addEventListener("error", () => reject(new ApiError(0, "network_error", UNREACHABLE)));
-        xhr.addEventListener("abort", () => reject(new ApiError(0, "aborted", "Cancelled.")));
-        signal?.addEventListener("abort", () => xhr.abort(), { once: true });
-        const form = new FormData();
-        form.append("file", file, file.name);
-        xhr.send(form);
-      });
+      return file.size > ANALYZE_LIMIT ? uploadThroughBucket(file, onProgress) : analyze(file, onProgress);
     },
   };
 }
