@@ -44,6 +44,7 @@ from pg8000.native import identifier
 from shared import db, storage
 from shared.auth import LOGIN_LIMITS
 from shared.config import Settings
+from shared.deadline import Deadline
 from shared.errors import StorageUnavailable
 
 log = logging.getLogger(__name__)
@@ -157,19 +158,7 @@ def read_table_states(con: db.Connection) -> dict[str, TableState]:
     return {name: TableState(int(live), int(dead), int(total), int(toast)) for name, live, dead, total, toast in rows}
 
 
-class _Clock:
-    def __init__(self, deadline: float | None) -> None:
-        self.deadline = deadline
-
-    def left(self) -> float | None:
-        return None if self.deadline is None else self.deadline - time.monotonic()
-
-    def stopping(self) -> bool:
-        left = self.left()
-        return left is not None and left < STOP_BEFORE_DEADLINE_SECONDS
-
-
-def purge_batches(con: db.Connection, sql: str, clock: _Clock, **params: Any) -> tuple[int, bool]:
+def purge_batches(con: db.Connection, sql: str, clock: Deadline, **params: Any) -> tuple[int, bool]:
     """Run a batched DELETE until a batch comes back short; (rows removed, whether it finished)."""
     removed = 0
     while not clock.stopping():
@@ -193,7 +182,9 @@ class S3Tally:
     failed: int = 0
 
 
-def run_s3_steps(con: db.Connection, settings: Settings, clock: _Clock) -> tuple[dict[str, int], dict[str, Any], bool]:
+def run_s3_steps(
+    con: db.Connection, settings: Settings, clock: Deadline
+) -> tuple[dict[str, int], dict[str, Any], bool]:
     """Step 2: (entries for the report's "removed", its "s3" section, whether the steps finished).
 
     Without IMAGES_BUCKET nothing can be deleted: every row stays, and the orphan list's length is
@@ -223,7 +214,7 @@ def run_s3_steps(con: db.Connection, settings: Settings, clock: _Clock) -> tuple
 
 
 def for_each_due(
-    con: db.Connection, select_sql: str, clock: _Clock, tally: S3Tally, handle: Callable[[str], None]
+    con: db.Connection, select_sql: str, clock: Deadline, tally: S3Tally, handle: Callable[[str], None]
 ) -> bool:
     """handle() each key select_sql lists, a page at a time; False when the deadline stopped it.
 
@@ -297,7 +288,7 @@ def delete_object(store: storage.ObjectStore, key: str) -> int | None:
     return size
 
 
-def vacuum_table(con: db.Connection, table: str, clock: _Clock) -> str | None:
+def vacuum_table(con: db.Connection, table: str, clock: Deadline) -> str | None:
     """VACUUM (ANALYZE) one table of TABLES; None when done, else why it was not (time ran out)."""
     left = clock.left()
     if left is not None and left < STOP_BEFORE_DEADLINE_SECONDS:
@@ -323,7 +314,7 @@ def run_cleanup(settings: Settings, *, deadline: float | None = None) -> dict[st
     deadline: time.monotonic() by which the job must have answered (the Lambda's), or None.
     """
     started = time.monotonic()
-    clock = _Clock(deadline)
+    clock = Deadline(deadline, stop_before=STOP_BEFORE_DEADLINE_SECONDS)
     # A generous connect timeout, as the migrate function: the proxy may be waking a cold database.
     con = db.connect(settings.database, timeout=max(settings.db_timeout_seconds, 60.0))
     try:

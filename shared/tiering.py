@@ -38,6 +38,7 @@ from typing import Any, Protocol
 from shared import db, storage
 from shared.config import Settings
 from shared.db import ImageType
+from shared.deadline import Deadline
 from shared.errors import StorageUnavailable
 
 log = logging.getLogger(__name__)
@@ -270,18 +271,6 @@ def run(settings: Settings, request: MoveRequest, **kwargs: Any) -> dict[str, An
 # ---------------------------------------------------------------- the runs
 
 
-class _Clock:
-    def __init__(self, deadline: float | None) -> None:
-        self.deadline = deadline
-
-    def left(self) -> float | None:
-        return None if self.deadline is None else self.deadline - time.monotonic()
-
-    def stopping(self) -> bool:
-        left = self.left()
-        return left is not None and left < STOP_BEFORE_DEADLINE_SECONDS
-
-
 def move_to_s3(
     settings: Settings,
     *,
@@ -363,7 +352,7 @@ def _run(
     move: _Mover,
 ) -> dict[str, Any]:
     started = time.monotonic()
-    clock = _Clock(deadline)
+    clock = Deadline(deadline, stop_before=STOP_BEFORE_DEADLINE_SECONDS)
     moved = moved_bytes = 0
     skipped, kept = _Tally(), _Tally()
     stopped: str | None = None
