@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-scale migrate cleanup move-to-s3 move-to-postgres user token audit package sample clean-data openapi publish-web web-vendor
+.PHONY: run test lint bench bench-scale bench-large-upload migrate cleanup move-to-s3 move-to-postgres user token audit package sample clean-data openapi publish-web web-vendor
 
 $(STAMP): requirements-images.txt requirements.txt requirements-upload.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ bench: $(STAMP)
 # The scan routes at 10,000 and 100,000 scans in one database (fresh `ctscan_bench_scale`), 100k/10k ratios.
 bench-scale: $(STAMP)
 	$(PY) scripts/bench_scale.py
+
+# The largest presigned upload through the real flow against moto's S3 server: time of each step and
+# the peak memory of /complete in a process of its own (sizes the upload function): make bench-large-upload [MB=480]
+bench-large-upload: $(STAMP)
+	$(PY) scripts/bench_large_upload.py --mb '$(or $(MB),480)'
 
 migrate: $(STAMP)
 	$(PY) scripts/manage.py migrate
