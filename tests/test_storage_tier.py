@@ -6,7 +6,10 @@ moto stands in for S3 (in process); PostgreSQL is real.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import threading
+import time
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -14,7 +17,8 @@ import pg8000.native
 import pytest
 import requests
 
-from shared import storage
+from shared import config, db, storage, tiering
+from shared.config import get_settings
 from shared.errors import StorageUnavailable
 from tests import images
 from tests.conftest import BUCKET, User
@@ -244,3 +248,82 @@ def test_a_copy_is_checked_by_the_sha256_s3_computes_without_reading_it_back(
         store.copy(
             "uploads/upl_aaaaaaaaaaaaaaaaaaaaaaaa", f"scans/1/{'0' * 64}", content_type="image/png", sha256="0" * 64
         )
+
+
+def _read_while_a_move_commits(
+    api: LambdaClient, user: User, pg: pg8000.native.Connection, database_url: str, scan_id: str, move: Any
+) -> Any:
+    """Read an original while `move` commits between read_scan_image()'s look at the tier and its read
+    of the bytes: the function's audit INSERT, which comes between the two, waits on a lock this test
+    holds on audit_events until the move has committed."""
+    locker = db.connect(config.parse_database_url(database_url), timeout=30)
+    result: dict[str, Any] = {}
+    try:
+        locker.run("BEGIN")
+        locker.run("LOCK TABLE audit_events IN SHARE ROW EXCLUSIVE MODE")
+
+        def read() -> None:
+            try:
+                result["read"] = api.request("GET", path(scan_id, "original"), token=user.token)
+            except BaseException as exc:  # reported below
+                result["error"] = exc
+            finally:
+                db.close_connection()  # this thread's own, and the event loop the client gave it
+                asyncio.get_event_loop_policy().get_event_loop().close()
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        for _ in range(600):  # the reader waits on the lock: it has looked at the tier already
+            waiting = pg.run("SELECT count(*) FROM pg_locks WHERE relation = 'audit_events'::regclass AND NOT granted")[
+                0
+            ][0]
+            if waiting:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the read never reached its audit row")
+        moved = move()
+        assert moved["moved"] >= 1, moved
+        locker.run("COMMIT")
+        reader.join(timeout=60)
+        assert not reader.is_alive() and "error" not in result, result
+        return result["read"]
+    finally:
+        locker.close()
+
+
+def test_a_move_to_s3_committing_in_the_middle_of_a_read_sends_the_read_to_s3(
+    s3: Any,
+    settings_env: pytest.MonkeyPatch,
+    api: LambdaClient,
+    alice: User,
+    pg: pg8000.native.Connection,
+    database_url: str,
+) -> None:
+    settings_env.delenv("STORAGE_TIER_S3_MIN_BYTES")
+    config.get_settings.cache_clear()
+    data = images.png16()
+    scan_id = upload(api, alice, data).json()["scanId"]
+    assert tiers(pg, scan_id)["original"][0] == "postgres"
+
+    got = _read_while_a_move_commits(
+        api, alice, pg, database_url, scan_id, lambda: tiering.move_to_s3(get_settings(), min_bytes=1)
+    )
+
+    assert tiers(pg, scan_id)["original"][0] == "s3"
+    assert got.status == 200 and got.body == data
+
+
+def test_a_move_back_committing_in_the_middle_of_a_read_still_finds_the_object(
+    s3: Any, api: LambdaClient, alice: User, pg: pg8000.native.Connection, database_url: str
+) -> None:
+    data = images.png16()
+    scan_id = upload(api, alice, data).json()["scanId"]
+    assert tiers(pg, scan_id)["original"][0] == "s3"
+
+    got = _read_while_a_move_commits(
+        api, alice, pg, database_url, scan_id, lambda: tiering.move_to_postgres(get_settings())
+    )
+
+    assert tiers(pg, scan_id)["original"][0] == "postgres"
+    assert got.status == 200 and got.body == data
