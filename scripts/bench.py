@@ -272,6 +272,12 @@ from pathlib import Path
 sys.path.insert(0, '.')
 def rss_mb():
     return int(open('/proc/self/statm').read().split()[1]) * resource.getpagesize() / 2**20
+def peak_rss_mb():
+    # VmHWM: this process's own peak. ru_maxrss would report at least the bench process's resident
+    # size when it forked this one (Linux keeps the larger across fork and exec).
+    for line in open('/proc/self/status'):
+        if line.startswith('VmHWM:'):
+            return int(line.split()[1]) / 1024
 from scripts.localgw import build_event, load_routes, LambdaContext
 from tests.lambda_client import multipart
 import functions.upload.handler as upload
@@ -288,7 +294,7 @@ result = upload.handler(event, LambdaContext(route, 'bench'))
 traced_peak = tracemalloc.get_traced_memory()[1] / 2**20
 tracemalloc.stop()
 print(json.dumps({'status': result['statusCode'], 'rss_before_mb': before,
-                  'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  'peak_rss_mb': peak_rss_mb(),
                   'traced_peak_mb': traced_peak}))
 """
 
