@@ -577,9 +577,48 @@ def compression_figures(url: str) -> dict[str, object]:
     return figures
 
 
+def bytea_parameter_figures(runs: int = 40) -> dict[str, object]:
+    """Same-run A/B of the upload's bytea parameters: hex text (pg8000's way, before) against binary
+    format (shared.db.Connection, now), uploads of distinct uncompressed 512x512 CT slices interleaved."""
+    sys.path.insert(0, str(ROOT))
+    from tests.lambda_client import LambdaClient, multipart
+
+    user_id = db.call(db.create_user, username="bench-ab", password_hash=auth.hash_password("bench-ab"))
+    token = db.call(auth.issue_session, user_id=user_id, ttl_seconds=3600).token
+    api = LambdaClient()
+    binary_types = db._BYTES_TYPES
+    modes = {"hex": (), "binary": binary_types}
+    samples: dict[str, list[float]] = {mode: [] for mode in modes}
+    try:
+        for i in range(runs + 2):
+            for j, (mode, types) in enumerate(modes.items()):
+                db._BYTES_TYPES = types  # () sends every bytes parameter as pg8000 does: hex text
+                ds = phantom.ct_slice_dataset(512, seed=5000 + 2 * i + j, instance_number=i + 1)
+                body, ctype = multipart({"file": ("ab.dcm", phantom.dicom_bytes(ds), "application/dicom")})
+                start = time.perf_counter()
+                result = api.request(
+                    "POST", "/api/v1/scans/analyze", token=token, body=body, headers={"content-type": ctype}
+                )
+                elapsed = (time.perf_counter() - start) * 1000
+                assert result.status == 201, result.body
+                if i >= 2:
+                    samples[mode].append(elapsed)
+    finally:
+        db._BYTES_TYPES = binary_types
+    figures: dict[str, object] = {}
+    for mode, values in samples.items():
+        figures[f"upload_dicom_bytea_{mode}_p50_ms"] = round(percentile(values, 50), 2)
+    return figures
+
+
 def main() -> int:
     if sys.argv[1:] == ["--web"]:  # the web app's sizes alone, in a second
         print_table(web_asset_figures())
+        return 0
+    if sys.argv[1:] == ["--bytea-params"]:  # the upload's bytea parameters, hex text vs binary, alone
+        bench_database("ctscan_bench_bytea")
+        print_table(bytea_parameter_figures())
+        db.close_connection()
         return 0
     if sys.argv[1:] == ["--compression"]:  # the compression section alone, in a fresh database
         _, url = bench_database("ctscan_bench_compression")

@@ -63,7 +63,9 @@ def _to_statement(sql: str) -> tuple[str, Callable[[dict[str, Any]], tuple[Any, 
 
 
 _DESCRIBE_UNNAMED_PORTAL = pg8000_core._create_message(pg8000_core.DESCRIBE, pg8000_core.PORTAL + pg8000_core.NULL_BYTE)
-_BIND_HEAD = pg8000_core.NULL_BYTE * 2 + pg8000_core.H_pack(0)  # unnamed portal and statement, params as text
+_BIND_HEAD = pg8000_core.NULL_BYTE * 2  # unnamed portal and statement
+_BYTEA_OID = 17
+_BYTES_TYPES = (bytes, bytearray, memoryview)
 
 # What an invocation keeps back from the time Lambda gives it, to answer once the database has had
 # the rest. Turning DatabaseUnavailable into the JSON 503 takes milliseconds; the margin covers what
@@ -207,19 +209,35 @@ class Connection(pg8000_native.Connection):  # type: ignore[misc]  # pg8000 ship
         context = pg8000_core.Context(statement)
         if 1 in formats:
             context.raw_column = formats.index(1)
+        # bytes parameters go in binary format, declared bytea: the bytes themselves, where pg8000
+        # sends hex text, twice the size, encoded here and decoded by the server (an upload's ~1 MB
+        # of images: ~3.5 of ~7 ms of its INSERT). Every other parameter goes as pg8000 sends it.
+        binary = [isinstance(value, _BYTES_TYPES) for value in values]
+        if any(binary):
+            declared = list(oids) + [0] * (len(values) - len(oids))
+            oids = [_BYTEA_OID if raw else oid for oid, raw in zip(declared, binary, strict=True)]
         parse = bytearray(pg8000_core.NULL_BYTE)
         parse.extend(statement.encode(self._client_encoding) + pg8000_core.NULL_BYTE)
         parse.extend(pg8000_core.H_pack(len(oids)))
         for oid in oids:
             parse.extend(pg8000_core.i_pack(0 if oid == -1 else oid))
         bind = bytearray(_BIND_HEAD)
-        params = make_params(self.py_types, values)
+        if any(binary):
+            bind.extend(pg8000_core.H_pack(len(binary)))
+            for raw in binary:
+                bind.extend(pg8000_core.H_pack(1 if raw else 0))
+        else:
+            bind.extend(pg8000_core.H_pack(0))  # every parameter as text
+        params = make_params(self.py_types, tuple(None if raw else v for v, raw in zip(values, binary, strict=True)))
         bind.extend(pg8000_core.H_pack(len(params)))
-        for value in params:
-            if value is None:
+        for value, raw, param in zip(values, binary, params, strict=True):
+            if raw:
+                bind.extend(pg8000_core.i_pack(memoryview(value).nbytes))
+                bind += value
+            elif param is None:
                 bind.extend(pg8000_core.i_pack(-1))
             else:
-                encoded = value.encode(self._client_encoding)
+                encoded = param.encode(self._client_encoding)
                 bind.extend(pg8000_core.i_pack(len(encoded)))
                 bind.extend(encoded)
         bind.extend(pg8000_core.H_pack(len(formats)))  # none: every result column as text

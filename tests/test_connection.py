@@ -6,6 +6,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pg8000.core
 import pg8000.native
@@ -174,5 +175,37 @@ def test_a_bytea_column_can_arrive_raw_in_the_same_one_trip(database_url: str) -
             [None, None, None]
         ]
         assert con.run(sql, n=7, b=data, t="x") == [[7, data, "x"]]  # and text format as before
+    finally:
+        con.close()
+
+
+def test_bytes_parameters_go_as_themselves_and_store_what_pg8000_would(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent: list[bytes] = []
+    con = db.connect(db.get_settings().database, timeout=10)
+    real_send = con._send_message
+    monkeypatch.setattr(con, "_send_message", lambda code, data: (sent.append(bytes(data)), real_send(code, data)))
+    plain = pg8000.native.Connection.run  # pg8000's own run(): bytes as hex text, the reference
+    try:
+        con.run("CREATE TEMP TABLE b (id integer PRIMARY KEY, note text, data bytea)")
+        image = bytes(range(256)) * 4096  # 1 MiB, every byte value
+        values: list[Any] = [image, bytearray(b"\x00\x01"), memoryview(b"\xff" * 3), b"", None]
+        for i, value in enumerate(values):
+            sent.clear()
+            db.Connection.run(con, "INSERT INTO b VALUES (:id, :note, :data)", id=i, note=f"n{i}", data=value)
+            if value is image:  # the Bind carries the MiB once, not as 2 MiB of hex
+                assert len(image) < len(max(sent, key=len)) < len(image) + 1000
+            plain(con, "INSERT INTO b VALUES (:id, :note, :data)", id=100 + i, note=f"n{i}", data=value)
+        rows = con.run("SELECT id, note, data FROM b ORDER BY id")
+        ours, reference = rows[: len(values)], rows[len(values) :]
+        # pg8000's own run() stores a memoryview's repr (b"<memory at 0x...>"): ours stores its bytes.
+        assert [row[1:] for i, row in enumerate(ours) if i != 2] == [
+            row[1:] for i, row in enumerate(reference) if i != 2
+        ]
+        assert [row[2] for row in ours] == [image, b"\x00\x01", b"\xff\xff\xff", b"", None]
+        # Beside text and numbers, and where the statement casts: the same as pg8000's.
+        sql = "SELECT CAST(:b AS bytea) || CAST(:c AS bytea), length(:t), CAST(:n AS integer)"
+        assert con.run(sql, b=b"ab", c=b"\x00", t="xyz", n=5) == plain(con, sql, b=b"ab", c=b"\x00", t="xyz", n=5)
     finally:
         con.close()
