@@ -34,6 +34,7 @@ from shared import db, imaging, storage, uploads
 from shared.errors import (
     DirectUploadUnavailable,
     InvalidImage,
+    ObjectMissing,
     StorageUnavailable,
     UploadIncomplete,
     UploadNotFound,
@@ -47,7 +48,6 @@ UPLOAD_KEY_PREFIX = "uploads/"
 # How long the presigned POST (and so the upload) is valid: enough to send 500 MB on a slow line
 # (~4.5 Mbit/s), short enough that a leaked policy is soon worthless. Complete before it, too.
 UPLOAD_TTL_SECONDS = 15 * 60
-DOWNLOAD_CHUNK_BYTES = storage.READ_CHUNK_BYTES
 
 INSERT_UPLOAD = """
     INSERT INTO uploads (id, owner_id, filename, max_bytes, expires_at)
@@ -130,16 +130,7 @@ def _presigned_post(
     if content_type is not None:
         conditions.append({"Content-Type": content_type})
         fields["Content-Type"] = content_type
-    post = _s3(
-        "presign",
-        store.client.generate_presigned_post,
-        Bucket=store.bucket,
-        Key=key,
-        Fields=fields,
-        Conditions=conditions,
-        ExpiresIn=UPLOAD_TTL_SECONDS,
-    )
-    return str(post["url"]), {str(name): str(value) for name, value in post["fields"].items()}
+    return store.presigned_post(key, conditions=conditions, fields=fields, seconds=UPLOAD_TTL_SECONDS)
 
 
 def _insert_upload(
@@ -206,16 +197,19 @@ def _get_upload(con: db.Connection, *, owner_id: int, upload_id: str) -> _Upload
 
 def _download(store: storage.ObjectStore, key: str, into: IO[bytes], *, max_bytes: int) -> str:
     """Stream the staged file into `into` in 1 MB chunks; its SHA-256 (hex)."""
-    response = _s3("get", store.client.get_object, Bucket=store.bucket, Key=key)
-    body, digest, size = response["Body"], hashlib.sha256(), 0
-    while chunk := _s3("get", body.read, DOWNLOAD_CHUNK_BYTES):
-        size += len(chunk)
-        if size > max_bytes:  # replaced after the head by a larger one
-            body.close()
-            store.delete(key)
-            raise UploadTooLarge(f"The posted file is larger than the {max_bytes:,} bytes declared; post it again.")
-        digest.update(chunk)
-        into.write(chunk)
+    digest, size = hashlib.sha256(), 0
+    try:
+        for chunk in store.chunks(key):
+            size += len(chunk)
+            if size > max_bytes:  # replaced after the head by a larger one
+                break
+            digest.update(chunk)
+            into.write(chunk)
+    except ObjectMissing:
+        raise UploadIncomplete("The upload's file is no longer in the bucket: post it again.") from None
+    if size > max_bytes:
+        store.delete(key)
+        raise UploadTooLarge(f"The posted file is larger than the {max_bytes:,} bytes declared; post it again.")
     return digest.hexdigest()
 
 
@@ -268,21 +262,3 @@ def _delete_staged(store: storage.ObjectStore, key: str) -> None:
         log.warning("staging object left for the cleanup job")
         return
     db.call(storage.forget_orphans, keys=[key])
-
-
-def _s3(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Call S3 (or sign for it): a missing staging object is UploadIncomplete; any other failure is
-    StorageUnavailable, its message never carrying a key, URL or signature."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    try:
-        return fn(*args, **kwargs)
-    except ClientError as exc:
-        code = str(exc.response.get("Error", {}).get("Code", "error"))
-        if code in ("NoSuchKey", "404", "NotFound"):
-            raise UploadIncomplete("The upload's file is no longer in the bucket: post it again.") from None
-        log.warning("images bucket %s refused: %s", what, code)
-        raise StorageUnavailable(f"The images bucket refused a {what}: {code}.") from None
-    except (BotoCoreError, OSError) as exc:
-        log.warning("images bucket %s failed: %s", what, type(exc).__name__)
-        raise StorageUnavailable(f"The images bucket is unavailable ({what}).") from None

@@ -159,5 +159,9 @@ class StorageUnavailable(DomainError):
     code = "storage_unavailable"
 
 
+class ObjectMissing(StorageUnavailable):
+    """The object asked for is not in the images bucket (a 503 unless the caller knows better)."""
+
+
 class ConfigurationError(Exception):
     """A setting is missing or malformed; the message names it."""

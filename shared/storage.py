@@ -24,13 +24,13 @@ import hashlib
 import logging
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from shared import db
 from shared.config import Settings, get_settings
-from shared.errors import StorageUnavailable
+from shared.errors import ObjectMissing, StorageUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -174,13 +174,20 @@ class ObjectStore:
         response = self._call("get", self.client.get_object, Bucket=self.bucket, Key=key, **extra)
         return bytes(self._call("get", response["Body"].read))
 
+    def chunks(self, key: str) -> Iterator[bytes]:
+        """The object's bytes in 1 MB chunks, as S3 sends them (ObjectMissing when there is none)."""
+        body = self._call("get", self.client.get_object, Bucket=self.bucket, Key=key)["Body"]
+        try:
+            while chunk := self._call("get", body.read, READ_CHUNK_BYTES):
+                yield chunk
+        finally:
+            body.close()
+
     def sha256_of(self, key: str) -> str:
         """SHA-256 (hex) of the object's bytes as S3 returns them, read in 1 MB chunks: the proof
         that a copy is whole before the only other copy is cleared."""
-        response = self._call("get", self.client.get_object, Bucket=self.bucket, Key=key)
         digest = hashlib.sha256()
-        body = response["Body"]
-        while chunk := self._call("get", body.read, READ_CHUNK_BYTES):
+        for chunk in self.chunks(key):
             digest.update(chunk)
         return digest.hexdigest()
 
@@ -223,12 +230,31 @@ class ObjectStore:
             )
         )
 
+    def presigned_post(
+        self, key: str, *, conditions: list[Any], fields: dict[str, str], seconds: int
+    ) -> tuple[str, dict[str, str]]:
+        """A browser's POST of one object to exactly this key (signature v4, signed here: no request
+        to S3): the URL and the form fields to send before the file. boto3 adds the bucket, the key
+        and the x-amz-algorithm, -credential and -date conditions to `conditions`."""
+        post = self._call(
+            "presign",
+            self.client.generate_presigned_post,
+            Bucket=self.bucket,
+            Key=key,
+            Fields=fields,
+            Conditions=conditions,
+            ExpiresIn=seconds,
+        )
+        return str(post["url"]), {str(name): str(value) for name, value in post["fields"].items()}
+
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             return fn(*args, **kwargs)
         except ClientError as exc:
+            if _code(exc) in ("NoSuchKey", "404", "NotFound"):
+                raise ObjectMissing(f"The images bucket has no such object ({what}).") from None
             log.warning("images bucket %s refused: %s", what, _code(exc))
             raise StorageUnavailable(f"The images bucket refused a {what}: {_code(exc)}.") from None
         except (BotoCoreError, OSError) as exc:
