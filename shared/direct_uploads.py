@@ -157,12 +157,12 @@ def complete_upload(
     store = _object_store()
     upload = db.call(_get_upload, owner_id=owner_id, upload_id=upload_id)
     key = upload_key(upload_id)
-    staged = store.head(key)
+    staged = store.size_of(key)
     if staged is None:
         raise UploadIncomplete(
             "No file has been posted for this upload yet: POST it to the upload's url with its fields, then complete."
         )
-    if staged.size > upload.max_bytes:
+    if staged > upload.max_bytes:
         store.delete(key)
         raise UploadTooLarge(f"The posted file is larger than the {upload.max_bytes:,} bytes declared; post it again.")
     with tempfile.TemporaryFile(prefix="ctscan-upload-") as spool:

@@ -25,7 +25,6 @@ import logging
 import os
 import threading
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from shared import db
@@ -112,14 +111,6 @@ def key_in_use(con: db.Connection, key: str) -> bool:
 # ---------------------------------------------------------------- the bucket
 
 
-@dataclass(frozen=True)
-class StoredObject:
-    """What S3 says about an object: its size and, when it was written with one, its SHA-256 (hex)."""
-
-    size: int
-    sha256: str | None
-
-
 class ObjectStore:
     """The images bucket. Every call raises StorageUnavailable on an S3 or network error, with
     the operation in the message and never a key's owner data or a URL's signature."""
@@ -191,25 +182,9 @@ class ObjectStore:
             digest.update(chunk)
         return digest.hexdigest()
 
-    def head(self, key: str) -> StoredObject | None:
-        """Size and SHA-256 checksum of an object; None when there is none."""
-        from botocore.exceptions import ClientError
-
-        try:
-            response = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return None
-            raise StorageUnavailable(f"The images bucket refused a head: {_code(exc)}.") from None
-        except Exception as exc:
-            raise StorageUnavailable(f"The images bucket is unavailable (head: {type(exc).__name__}).") from None
-        checksum = response.get("ChecksumSHA256")
-        sha256 = base64.b64decode(checksum).hex() if checksum and "-" not in checksum else None
-        return StoredObject(int(response["ContentLength"]), sha256)
-
     def size_of(self, key: str) -> int | None:
-        """An object's size from a listing of its own key (ListBucket, not GetObject: the cleanup job
-        may learn what it deletes without being able to read it); None when there is none."""
+        """An object's size from a listing of its own key, None when there is none. ListBucket, not a
+        HEAD (GetObject): the cleanup job learns what it deletes without being able to read it."""
         listing = self._call("list", self.client.list_objects_v2, Bucket=self.bucket, Prefix=key, MaxKeys=2)
         sizes = [int(item["Size"]) for item in listing.get("Contents", []) if item.get("Key") == key]
         return sizes[0] if sizes else None
