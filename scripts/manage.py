@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from typing import Any
 
 from env import migrate, prepare_database  # type: ignore[import-not-found]
 
-from shared import audit, auth, cleanup, db, tiering
+from shared import audit, auth, cleanup, db, observability, tiering
 from shared.config import get_settings
 from shared.errors import DomainError
 
@@ -129,7 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     token = commands.add_parser("token", help="print a fresh bearer token for a user")
     token.add_argument("name")
     commands.add_parser("migrate", help="apply pending migrations")
-    commands.add_parser("cleanup", help="remove expired sessions, throttle and audit rows; VACUUM; print the report")
+    commands.add_parser(
+        "cleanup",
+        help="remove expired sessions, throttle and audit rows, unreferenced S3 objects and expired uploads; "
+        "VACUUM; print the report",
+    )
     trail = commands.add_parser("audit", help="the audit trail, newest first (this listing is audited too)")
     trail.add_argument("--name", help="only this user's events")
     trail.add_argument("--limit", type=int, default=50, choices=range(1, 10_001), metavar="1..10000")
@@ -152,6 +157,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    # The functions' JSON log lines (the migrate function's, for one) go to stderr here: stdout
+    # carries the command's own answer alone (a JSON report, a token), for scripts to read.
+    handler = observability.logger.registered_handler
+    if isinstance(handler, logging.StreamHandler):
+        handler.setStream(sys.stderr)
     prepare_database()
     if args.command == "migrate":
         print(json.dumps(migrate(), indent=2))

@@ -181,9 +181,8 @@ def subprocess_env(bucket: Bucket) -> dict[str, str]:
 
 
 def printed_report(stdout: str) -> Any:
-    """The JSON report manage.py prints last (indented), after the migrate function's log line."""
-    lines = stdout.splitlines()
-    return json.loads("\n".join(lines[lines.index("{") :]))
+    """The JSON report manage.py prints: its whole stdout (the functions' logs go to stderr)."""
+    return json.loads(stdout)
 
 
 def wait_until(condition: Callable[[], bool], what: str) -> None:
