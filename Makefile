@@ -45,7 +45,7 @@ migrate: $(STAMP)
 cleanup: $(STAMP)
 	$(PY) scripts/manage.py cleanup
 
-# Move existing images between the tiers, online, verified and resumable (shared/tiering.py), with
+# Move existing images between the tiers, online, verified and resumable (shared/jobs/tiering.py), with
 # a progress bar on stderr and the JSON report at the end. Both need IMAGES_BUCKET and AWS credentials
 # (locally a moto server: AWS_ENDPOINT_URL_S3=http://127.0.0.1:PORT, any test credentials, AWS_REGION).
 # make move-to-s3 [OLDER_THAN=30d] [MIN_BYTES=...] [LIMIT=...]   (MIN_BYTES defaults to STORAGE_TIER_S3_MIN_BYTES)

@@ -29,8 +29,10 @@ from PIL import Image
 from pydicom.uid import JPEGLosslessSV1
 
 from scripts import bench_orthanc, phantom, web_assets
-from shared import auth, config, db
-from shared import image_cache as image_cache_module
+from shared import auth, db
+from shared.core import config
+from shared.db import protocol
+from shared.http import image_cache as image_cache_module
 
 RESULTS = ROOT / "bench-results.json"
 # The table goes here. The handlers measured in process write their request log lines and metrics
@@ -586,13 +588,13 @@ def bytea_parameter_figures(runs: int = 40) -> dict[str, object]:
     user_id = db.call(db.create_user, username="bench-ab", password_hash=auth.hash_password("bench-ab"))
     token = db.call(auth.issue_session, user_id=user_id, ttl_seconds=3600).token
     api = LambdaClient()
-    binary_types = db._BYTES_TYPES
+    binary_types = protocol._BYTES_TYPES
     modes = {"hex": (), "binary": binary_types}
     samples: dict[str, list[float]] = {mode: [] for mode in modes}
     try:
         for i in range(runs + 2):
             for j, (mode, types) in enumerate(modes.items()):
-                db._BYTES_TYPES = types  # () sends every bytes parameter as pg8000 does: hex text
+                protocol._BYTES_TYPES = types  # () sends every bytes parameter as pg8000 does: hex text
                 ds = phantom.ct_slice_dataset(512, seed=5000 + 2 * i + j, instance_number=i + 1)
                 body, ctype = multipart({"file": ("ab.dcm", phantom.dicom_bytes(ds), "application/dicom")})
                 start = time.perf_counter()
@@ -604,7 +606,7 @@ def bytea_parameter_figures(runs: int = 40) -> dict[str, object]:
                 if i >= 2:
                     samples[mode].append(elapsed)
     finally:
-        db._BYTES_TYPES = binary_types
+        protocol._BYTES_TYPES = binary_types
     figures: dict[str, object] = {}
     for mode, values in samples.items():
         figures[f"upload_dicom_bytea_{mode}_p50_ms"] = round(percentile(values, 50), 2)

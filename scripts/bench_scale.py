@@ -15,7 +15,8 @@ from typing import Any
 
 from bench import bench_database, ct_image, percentile, timed  # type: ignore[import-not-found]
 
-from shared import auth, config, db
+from shared import auth, db
+from shared.core import config
 from shared.scans import decode_cursor
 
 REPORT = sys.stdout

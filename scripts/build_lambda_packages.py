@@ -64,7 +64,7 @@ KEEP_ONLY: dict[str, tuple[str, ...]] = {
         "_jpeg8.abi3.so",
     ),
     "imagecodecs.libs": ("libjpeg-*",),
-    # Powertools: we use its Logger and Metrics (shared/observability.py), which need what its
+    # Powertools: we use its Logger and Metrics (shared/core/observability.py), which need what its
     # __init__ imports (tracing too, without the X-Ray SDK) and the JMESPath helpers. Its event
     # handler and other utilities, 5.1 of its 5.7 MB with bytecode, no function imports; the built
     # packages' smoke test logs a request and flushes its metrics from each zip.

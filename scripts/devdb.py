@@ -114,7 +114,7 @@ def ensure_server(pgdata: Path, *, database: str = DEFAULT_DATABASE, attempts: i
 
 def create_database(admin_url: str, database: str) -> None:
     """CREATE DATABASE if it does not exist yet."""
-    from shared.config import parse_database_url
+    from shared.core.config import parse_database_url
 
     params = parse_database_url(admin_url)
     con = pg8000.native.Connection(

@@ -1232,7 +1232,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers < 1:
         parser.error("--workers must be at least 1")
     # Lambda sends a function's output to CloudWatch line by line; so do we, into a pipe too: the
-    # functions' JSON log lines and EMF metrics (shared.observability) appear as each request ends.
+    # functions' JSON log lines and EMF metrics (shared.core.observability) appear as each request ends.
     reconfigure = getattr(sys.stdout, "reconfigure", None)
     if reconfigure is not None:
         reconfigure(line_buffering=True)

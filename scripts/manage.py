@@ -23,9 +23,12 @@ from typing import Any
 
 from env import migrate, prepare_database  # type: ignore[import-not-found]
 
-from shared import audit, auth, cleanup, db, observability, tiering
-from shared.config import get_settings
-from shared.errors import DomainError
+from shared import auth, db
+from shared.core import observability
+from shared.core.config import get_settings
+from shared.core.errors import DomainError
+from shared.db import audit
+from shared.jobs import cleanup, tiering
 
 
 def create_user(username: str, password: str) -> None:
@@ -72,7 +75,7 @@ def print_audit(username: str | None, limit: int) -> None:
 
 
 class ProgressBar:
-    """shared.tiering.Progress as a tqdm bar on stderr: images, and the bytes moved so far."""
+    """shared.jobs.tiering.Progress as a tqdm bar on stderr: images, and the bytes moved so far."""
 
     def __init__(self, direction: str) -> None:
         self.direction = direction

@@ -3,7 +3,7 @@
     python scripts/openapi.py            writes openapi.json (checked in; tests/test_openapi.py fails when stale)
     python scripts/openapi.py --check    exits 1 when openapi.json is not what the code generates
 
-upload, scans and auth are FastAPI apps: their routes describe themselves (shared/schemas.py holds
+upload, scans and auth are FastAPI apps: their routes describe themselves (shared/http/schemas.py holds
 the JSON shapes). The images function is plain Starlette for its cold start, so its one route is
 described here by a FastAPI stub that is never deployed. Security schemes (bearer token, signed
 image URL) and the routes each applies to are added here, from serverless.yml's route list.
@@ -25,7 +25,7 @@ from fastapi import FastAPI, Header, Query, Response  # noqa: E402
 from fastapi import Path as PathParam  # noqa: E402
 from fastapi.openapi.utils import get_openapi  # noqa: E402
 
-from shared.schemas import error_responses  # noqa: E402
+from shared.http.schemas import error_responses  # noqa: E402
 
 OUTPUT = ROOT / "openapi.json"
 TITLE = "CT scan image store"

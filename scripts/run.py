@@ -10,7 +10,7 @@ import sys
 from env import migrate, prepare_database  # type: ignore[import-not-found]
 
 from shared import auth, db
-from shared.config import get_settings
+from shared.core.config import get_settings
 
 
 def ensure_dev_user(username: str) -> str:

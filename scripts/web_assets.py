@@ -53,7 +53,7 @@ SECURITY_HEADERS = (
 
 def images_bucket_origin(environ: Mapping[str, str]) -> str | None:
     """The origin the page talks to for files past 4.5 MB (presigned POSTs) and large images (302s to
-    presigned GETs): the images bucket's, as shared/storage.py's client addresses it. None without
+    presigned GETs): the images bucket's, as shared/storage/'s client addresses it. None without
     IMAGES_BUCKET. A custom endpoint (moto's server: AWS_ENDPOINT_URL_S3) is used as it is."""
     bucket = environ.get("IMAGES_BUCKET", "").strip()
     if not bucket:

@@ -20,7 +20,9 @@ from urllib.parse import urlsplit, urlunsplit
 import pg8000.native
 import pytest
 
-from shared import auth, config, db, observability, signing
+from shared import auth, db
+from shared.auth import signing
+from shared.core import config, observability
 from tests.lambda_client import LambdaClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -156,7 +158,7 @@ def s3(settings_env: pytest.MonkeyPatch, fake_aws_credentials: None) -> Iterator
     from moto import mock_aws
 
     from shared import storage
-    from shared.image_cache import image_cache
+    from shared.http.image_cache import image_cache
 
     with mock_aws():
         client = boto3.client("s3", region_name=REGION)

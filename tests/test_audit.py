@@ -14,7 +14,7 @@ import pg8000.native
 import pytest
 
 from functions.admin.handler import handler as admin
-from shared import audit
+from shared.db import audit
 from tests import images
 from tests.conftest import ROOT, User
 from tests.lambda_client import LambdaClient, Result, multipart

@@ -9,9 +9,9 @@ import pg8000.native
 import pytest
 
 from functions.cleanup.handler import handler
-from shared import cleanup
 from shared.auth import LOGIN_LIMITS
-from shared.cleanup import TableState, needs_vacuum
+from shared.jobs import cleanup
+from shared.jobs.cleanup import TableState, needs_vacuum
 from tests.conftest import User
 
 # Three image columns of 3 KB each: STORAGE EXTERNAL stores them uncompressed in TOAST (a row goes

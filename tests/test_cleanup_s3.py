@@ -18,8 +18,10 @@ import pg8000.native
 import pytest
 
 from functions.cleanup.handler import handler
-from shared import cleanup, db, storage
-from shared.errors import StorageUnavailable
+from shared import db, storage
+from shared.core.errors import StorageUnavailable
+from shared.jobs import cleanup
+from shared.storage.locks import RECORD_ORPHANS
 from tests import images
 from tests.conftest import BUCKET, User, admin_connection
 from tests.lambda_client import LambdaClient, multipart
@@ -497,9 +499,7 @@ def test_a_key_listed_again_while_the_cleanup_waits_stays_listed(
     keys = sorted(listed(pg))
     held = keys[1]
 
-    report = run_beside_locked_keys(
-        pg, writer, [held], recorded_deletes, lambda: pg.run(storage.RECORD_ORPHANS, keys=[held])
-    )
+    report = run_beside_locked_keys(pg, writer, [held], recorded_deletes, lambda: pg.run(RECORD_ORPHANS, keys=[held]))
 
     assert recorded_deletes == [
         "delete " + keys[0],

@@ -11,7 +11,7 @@ import pg8000.native
 import pytest
 from pydicom.data import get_testdata_file
 
-from shared import image_cache as image_cache_module
+from shared.http import image_cache as image_cache_module
 from tests import images
 from tests.conftest import User
 from tests.lambda_client import LambdaClient, Result, multipart

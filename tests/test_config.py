@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from shared.config import Settings, parse_database_url
-from shared.errors import ConfigurationError
+from shared.core.config import Settings, parse_database_url
+from shared.core.errors import ConfigurationError
 
 
 def test_database_url_with_socket_directory() -> None:

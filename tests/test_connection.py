@@ -13,6 +13,7 @@ import pg8000.native
 import pytest
 
 from shared import db
+from shared.core.config import get_settings
 from tests.conftest import User
 from tests.lambda_client import LambdaClient
 
@@ -108,7 +109,7 @@ def test_a_statement_with_parameters_takes_one_round_trip(database_url: str, mon
     flushes: list[int] = []
     real_flush = pg8000.core._flush
     monkeypatch.setattr(pg8000.core, "_flush", lambda sock: (flushes.append(1), real_flush(sock)))
-    con = db.connect(db.get_settings().database, timeout=10)
+    con = db.connect(get_settings().database, timeout=10)
     try:
         flushes.clear()
         rows = con.run(
@@ -122,7 +123,7 @@ def test_a_statement_with_parameters_takes_one_round_trip(database_url: str, mon
 
 
 def test_one_trip_statements_behave_as_pg8000s_own(database_url: str) -> None:
-    con = db.connect(db.get_settings().database, timeout=10)
+    con = db.connect(get_settings().database, timeout=10)
     plain = pg8000.native.Connection.run  # pg8000's three-trip run(), the reference
     try:
         con.run("CREATE TEMP TABLE t (id integer PRIMARY KEY, note text)")
@@ -147,7 +148,7 @@ def test_one_trip_statements_behave_as_pg8000s_own(database_url: str) -> None:
 
 
 def test_a_failed_statement_inside_a_transaction_rolls_back_cleanly(database_url: str) -> None:
-    con = db.connect(db.get_settings().database, timeout=10)
+    con = db.connect(get_settings().database, timeout=10)
     try:
         con.run("CREATE TEMP TABLE u (id integer PRIMARY KEY)")
         con.run("START TRANSACTION")
@@ -164,7 +165,7 @@ def test_a_failed_statement_inside_a_transaction_rolls_back_cleanly(database_url
 
 
 def test_a_bytea_column_can_arrive_raw_in_the_same_one_trip(database_url: str) -> None:
-    con = db.connect(db.get_settings().database, timeout=10)
+    con = db.connect(get_settings().database, timeout=10)
     try:
         data = bytes(range(256)) * 3
         sql = "SELECT CAST(:n AS integer), CAST(:b AS bytea), CAST(:t AS text)"
@@ -183,7 +184,7 @@ def test_bytes_parameters_go_as_themselves_and_store_what_pg8000_would(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sent: list[bytes] = []
-    con = db.connect(db.get_settings().database, timeout=10)
+    con = db.connect(get_settings().database, timeout=10)
     real_send = con._send_message
     monkeypatch.setattr(con, "_send_message", lambda code, data: (sent.append(bytes(data)), real_send(code, data)))
     plain = pg8000.native.Connection.run  # pg8000's own run(): bytes as hex text, the reference

@@ -17,9 +17,11 @@ import pytest
 from PIL import Image
 
 from scripts.localgw import build_event
-from shared import config, db, signing
-from shared import image_cache as image_cache_module
-from shared.image_cache import image_cache
+from shared import db
+from shared.auth import signing
+from shared.core import config
+from shared.http import image_cache as image_cache_module
+from shared.http.image_cache import image_cache
 from tests import images
 from tests.conftest import ROOT, User
 from tests.lambda_client import ROUTES, LambdaClient, Result, multipart

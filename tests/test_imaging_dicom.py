@@ -50,9 +50,9 @@ from scripts.phantom import (
     series_discs,
     write_series,
 )
-from shared.errors import InvalidImage, NoImageData, UnsupportedTransferSyntax
+from shared.core.errors import InvalidImage, NoImageData, UnsupportedTransferSyntax
 from shared.imaging import DICOM_CONTENT_TYPE, AnalyzedScan, DicomInfo, analyze_upload, integrity
-from shared.imaging.decode import Window
+from shared.imaging.pixels import Window
 from shared.imaging.render import apply_window, grey_display
 from tests.images import randomly_damaged
 

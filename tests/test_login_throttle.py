@@ -12,7 +12,8 @@ from typing import Any
 import pg8000.native
 import pytest
 
-from shared import auth, db
+from shared import db
+from shared.auth import passwords
 from tests.conftest import User
 from tests.lambda_client import LambdaClient, Result
 
@@ -132,7 +133,7 @@ def test_an_unknown_username_costs_what_a_wrong_password_costs(
     # Given a count of scrypt hashes and of database statements
     hashed: list[str] = []
     statements: list[str] = []
-    real_scrypt, real_run = auth.hashlib.scrypt, db.Connection.run
+    real_scrypt, real_run = passwords.hashlib.scrypt, db.Connection.run
 
     def scrypt(*args: Any, **kwargs: Any) -> bytes:
         hashed.append("scrypt")
@@ -142,7 +143,7 @@ def test_an_unknown_username_costs_what_a_wrong_password_costs(
         statements.append(sql)
         return real_run(self, sql, **kwargs)
 
-    monkeypatch.setattr(auth.hashlib, "scrypt", scrypt)
+    monkeypatch.setattr(passwords.hashlib, "scrypt", scrypt)
     monkeypatch.setattr(db.Connection, "run", run)
     attempt(api, "someone", WRONG, source_ip=OTHER_IP)  # the dummy hash is made once per container
     hashed.clear()

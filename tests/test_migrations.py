@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pg8000.exceptions import DatabaseError
 
-from shared import config, db
-from shared.migrations import MIGRATIONS_DIR, MigrationError, load_migrations, run_migrations
+from shared import db
+from shared.core import config
+from shared.db.migrations import MIGRATIONS_DIR, MigrationError, load_migrations, run_migrations
 
 EXPECTED = [
     "001_create_scans",
@@ -122,7 +124,7 @@ def test_a_failing_migration_rolls_back_with_its_bookkeeping(
     shutil.copytree(MIGRATIONS_DIR, copy)
     (copy / "099_broken.sql").write_text("CREATE TABLE half_done (id int);\nSELECT * FROM no_such_table;\n")
 
-    with pytest.raises(db.DatabaseError):
+    with pytest.raises(DatabaseError):
         run_on(url, copy)
 
     con = db.connect(config.parse_database_url(url), timeout=30)

@@ -1,4 +1,4 @@
-"""Logs and metrics (shared.observability): one JSON line per request, EMF counters, nothing secret."""
+"""Logs and metrics (shared.core.observability): one JSON line per request, EMF counters, nothing secret."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import pytest
 
 from scripts import phantom
 from scripts.localgw import LambdaContext, Route, build_event
-from shared.http import create_app, lambda_handler
+from shared.http.app import create_app, lambda_handler
 from tests import images
 from tests.conftest import ROOT, User
 from tests.lambda_client import ROUTES, LambdaClient, Result, multipart
@@ -275,7 +275,7 @@ def test_stdlib_logs_and_tracebacks_come_out_as_one_json_line_each_without_the_m
     # Then it is a 500, and every record is one JSON line with the invocation's ids
     assert result["statusCode"] == 500
     by_logger = {d["name"]: d for d in output.documents if "name" in d}
-    ours, mangum, request = by_logger["shared.responses"], by_logger["mangum.http"], by_logger["ctscan-store"]
+    ours, mangum, request = by_logger["shared.http.errors"], by_logger["mangum.http"], by_logger["ctscan-store"]
     assert ours["level"] == "ERROR" and ours["message"].startswith("unhandled RuntimeError on GET")
     assert {ours["function_request_id"], mangum["function_request_id"]} == {"lambda-request-500"}
     assert request["status_code"] == 500 and request["correlation_id"] == ours["correlation_id"]

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from scripts import localgw, openapi
-from shared import db, schemas
-from shared.dicom_index import DicomIndex
+from shared import db
+from shared.core.dicom_index import DicomIndex
+from shared.http import schemas
 from tests import images
 from tests.conftest import ROOT, User
 from tests.lambda_client import LambdaClient, multipart
@@ -152,7 +153,7 @@ def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_schema(
 
 
 def test_the_dicom_model_and_the_dicom_index_name_the_same_fields() -> None:
-    # shared.schemas.Dicom documents what shared.dicom_index.DicomIndex.to_json() answers.
+    # shared.http.schemas.Dicom documents what shared.core.dicom_index.DicomIndex.to_json() answers.
     index = DicomIndex(None, None, None, None, None, None, None, None, 1, 1, 1, 1, "1.2.840.10008.1.2.1", "RGB", 8)
     assert set(schemas.Dicom.model_json_schema(by_alias=True)["properties"]) == set(index.to_json())
     schemas.Dicom.model_validate(index.to_json())

@@ -1,4 +1,4 @@
-"""The origin lock (shared/origin.py): deployed, only requests carrying CloudFront's X-Origin-Verify are served.
+"""The origin lock (shared/auth/origin.py): deployed, only requests carrying CloudFront's X-Origin-Verify are served.
 
 Through the real Lambda entry points (FastAPI functions and the images function), with the secret in
 moto's Secrets Manager as the stack generates it ({"value": "..."}).
@@ -14,7 +14,9 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from shared import config, db, origin, secrets
+from shared import db
+from shared.auth import origin
+from shared.core import config, secrets
 from tests.conftest import User
 from tests.lambda_client import LambdaClient, Result
 

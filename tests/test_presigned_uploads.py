@@ -27,8 +27,10 @@ import pytest
 import requests
 from moto.server import ThreadedMotoServer
 
-from shared import direct_uploads, schemas, storage
-from shared.image_cache import image_cache
+from shared import storage
+from shared.http import schemas
+from shared.http.image_cache import image_cache
+from shared.scans import direct_uploads
 from tests import images
 from tests.conftest import User
 from tests.lambda_client import LambdaClient, Result, multipart

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pg8000.native
 import pytest
 
-from shared import db
+from shared.db.scans import SELECT_SCAN, SELECT_SCANS_FIRST_PAGE, SELECT_SCANS_NEXT_PAGE
 from tests import images
 from tests.conftest import User
 from tests.lambda_client import LambdaClient, multipart
@@ -70,7 +70,7 @@ def test_image_urls_are_signed_and_identical_across_listings_and_get_one(api: La
 
 def test_list_queries_never_read_image_columns() -> None:
     # octet_length() of a TOAST-ed value reads its pointer, not its bytes: the one use allowed.
-    for sql in (db.SELECT_SCANS_FIRST_PAGE, db.SELECT_SCANS_NEXT_PAGE, db.SELECT_SCAN):
+    for sql in (SELECT_SCANS_FIRST_PAGE, SELECT_SCANS_NEXT_PAGE, SELECT_SCAN):
         assert "image_data" not in sql.replace("octet_length(original_image_data)", "")
 
 

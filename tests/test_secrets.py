@@ -19,8 +19,11 @@ import pg8000.native
 import pytest
 from moto import mock_aws
 
-from shared import auth, config, db, secrets
-from shared.migrations import run_migrations
+from shared import auth, db
+from shared.core import config, secrets
+from shared.core.errors import DatabaseUnavailable
+from shared.db import connection
+from shared.db.migrations import run_migrations
 from tests.lambda_client import LambdaClient
 
 APP_ROLE = "ctscan_app"
@@ -198,20 +201,20 @@ def test_rotation_is_handled_even_when_the_refusal_looks_like_a_network_error(
     secret: dict[str, Any], token: str, password_server: PasswordServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # pg8000 now and then reports a refused password as "network error" instead of SQLSTATE 28P01.
-    real_connect = db._connect
+    real_connect = connection._connect
 
     def connect_like_the_race(
         params: config.DatabaseParams, *, user: str, password: str | None, timeout: float
     ) -> db.Connection:
         if password == "first-password":
-            raise db.DatabaseUnavailable("The database is unavailable; try again shortly.")
+            raise DatabaseUnavailable("The database is unavailable; try again shortly.")
         return real_connect(params, user=user, password=password, timeout=timeout)
 
     api = LambdaClient()
     assert api.request("GET", "/api/v1/scans", token=token).status == 200
     rotate(password_server, secret, "third-password")
     db.close_connection()
-    monkeypatch.setattr(db, "_connect", connect_like_the_race)
+    monkeypatch.setattr(connection, "_connect", connect_like_the_race)
 
     assert api.request("GET", "/api/v1/scans", token=token).status == 200
     assert backend_user() == APP_ROLE

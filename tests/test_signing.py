@@ -13,8 +13,9 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from shared import config, secrets, signing
-from shared.errors import InvalidSignature, SigningUnavailable, UrlExpired
+from shared.auth import signing
+from shared.core import config, secrets
+from shared.core.errors import InvalidSignature, SigningUnavailable, UrlExpired
 
 KEY = signing.SigningKey("k-new", b"n" * 32)
 OLD = signing.SigningKey("k-old", b"o" * 32)

@@ -17,9 +17,11 @@ import pg8000.native
 import pytest
 import requests
 
-from shared import config, db, storage, tiering
-from shared.config import get_settings
-from shared.errors import StorageUnavailable
+from shared import db, storage
+from shared.core import config
+from shared.core.config import get_settings
+from shared.core.errors import StorageUnavailable
+from shared.jobs import tiering
 from tests import images
 from tests.conftest import BUCKET, User
 from tests.lambda_client import LambdaClient, multipart

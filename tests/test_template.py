@@ -241,7 +241,7 @@ def test_image_url_signing_key_is_generated_by_the_stack_and_given_to_the_url_fu
     generated = secret["Properties"]["GenerateSecretString"]
     assert generated["GenerateStringKey"] == "secret"
     assert json.loads(generated["SecretStringTemplate"]) == {}
-    assert generated["PasswordLength"] >= 32  # shared.signing.MIN_SECRET_BYTES
+    assert generated["PasswordLength"] >= 32  # shared.auth.signing.MIN_SECRET_BYTES
     assert "SecretString" not in secret["Properties"]
     for name, function in resources(template, "AWS::Lambda::Function").items():
         env = function["Properties"]["Environment"]["Variables"]
@@ -468,7 +468,7 @@ def test_package_is_under_lambdas_unzipped_limit_and_holds_its_code(name: str) -
     for required in (
         f"functions/{name}/handler.py",
         "functions/__init__.py",
-        "shared/db.py",
+        "shared/db/__init__.py",
         "migrations/001_create_scans.sql",
         "pg8000/native.py",
         "mangum/adapter.py",
@@ -683,7 +683,7 @@ def test_package_imports_and_answers_under_the_lambda_python(name: str, tmp_path
     if name in HTTP_FUNCTIONS:
         assert report["result"]["statusCode"] == 401, report["result"]
         assert json.loads(report["result"]["body"])["error"]["code"] == "not_authenticated"
-        # Powertools from the zip: the request's JSON log line, then its metrics in EMF (shared.observability).
+        # Powertools from the zip: the request's JSON log line, then its metrics in EMF (shared.core.observability).
         line, metrics = (json.loads(text) for text in logged)
         event = smoke_event(name)
         assert (line["message"], line["status_code"], line["function_name"]) == ("request", 401, name), line
@@ -923,7 +923,7 @@ def test_only_requests_through_the_cdn_reach_the_http_functions(template: dict[s
     assert secret["Type"] == "AWS::SecretsManager::Secret" and "SecretString" not in secret["Properties"]
     generated = secret["Properties"]["GenerateSecretString"]
     assert generated["GenerateStringKey"] == "value" and json.loads(generated["SecretStringTemplate"]) == {}
-    assert generated["PasswordLength"] >= 32  # shared.origin.MIN_SECRET_LENGTH
+    assert generated["PasswordLength"] >= 32  # shared.auth.origin.MIN_SECRET_LENGTH
     assert generated["ExcludePunctuation"] is True
     for name in HTTP_FUNCTIONS | OPS_FUNCTIONS:
         env = template["Resources"][function_logical_id(name)]["Properties"]["Environment"]["Variables"]

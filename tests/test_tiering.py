@@ -1,4 +1,4 @@
-"""Moving existing images between PostgreSQL and S3 (shared/tiering.py): through the tiering
+"""Moving existing images between PostgreSQL and S3 (shared/jobs/tiering.py): through the tiering
 function's handler, manage.py's commands in a subprocess (one killed halfway) and the module.
 
 S3 is a moto server on a free localhost port (the subprocesses reach it as the functions would, by
@@ -28,10 +28,11 @@ import pytest
 
 from functions.cleanup.handler import handler as cleanup_handler
 from functions.tiering.handler import handler
-from shared import cleanup, storage, tiering
-from shared.config import get_settings
+from shared import storage
+from shared.core.config import get_settings
 from shared.db import ImageType
-from shared.image_cache import image_cache
+from shared.http.image_cache import image_cache
+from shared.jobs import cleanup, tiering
 from tests import images
 from tests.conftest import User
 from tests.lambda_client import LambdaClient, multipart

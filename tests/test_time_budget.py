@@ -19,8 +19,10 @@ from urllib.parse import quote
 import pytest
 
 from scripts import localgw
-from shared import config, db
-from shared.config import DatabaseParams
+from shared import db
+from shared.core import config
+from shared.core.config import DatabaseParams
+from shared.core.errors import DatabaseUnavailable
 from tests.conftest import ROOT, User
 from tests.lambda_client import ROUTES, LambdaClient, Result
 
@@ -196,7 +198,7 @@ def test_statements_of_an_invocation_share_one_budget(database_url: str, setting
 
     # When one invocation runs four of them
     started = time.monotonic()
-    with db.invocation_budget(10_000), pytest.raises(db.DatabaseUnavailable):
+    with db.invocation_budget(10_000), pytest.raises(DatabaseUnavailable):
         db.call(slow_statements)
     elapsed = time.monotonic() - started
 
@@ -217,7 +219,7 @@ def test_outside_an_invocation_every_wait_gets_db_timeout_as_before(
     # When a script's call meets the frozen database, outside any invocation
     proxy.freeze()
     started = time.monotonic()
-    with pytest.raises(db.DatabaseUnavailable):
+    with pytest.raises(DatabaseUnavailable):
         db.call(lambda con: con.run("SELECT 1"))
 
     # Then the statement and the reconnect each wait DB_TIMEOUT_SECONDS, as scripts always have

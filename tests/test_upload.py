@@ -67,7 +67,7 @@ def test_upload_stores_analyzes_and_answers(
         ("annotatedImageUrl", "annotated"),
         ("thumbnailUrl", "thumbnail"),
     ):
-        # Signed (shared/signing.py): the path, then exp, kid and sig.
+        # Signed (shared/auth/signing.py): the path, then exp, kid and sig.
         url, _, query = body["results"][key].partition("?")
         assert url == f"{base}/{kind}"
         assert [name for name, _ in parse_qsl(query)] == ["exp", "kid", "sig"]

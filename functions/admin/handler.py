@@ -13,10 +13,11 @@ import logging
 import secrets
 from typing import Any
 
-from shared import audit, auth, db
-from shared.audit import Action, Origin, Via
-from shared.errors import DomainError, UserExists
-from shared.observability import configure_logging
+from shared import auth, db
+from shared.core.errors import DomainError, UserExists
+from shared.core.observability import configure_logging
+from shared.db import audit
+from shared.db.audit import Action, Origin, Via
 
 configure_logging()  # JSON lines through Powertools, as the HTTP functions log
 log = logging.getLogger(__name__)

@@ -8,11 +8,11 @@ from fastapi import Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared import auth, db
-from shared.audit import Origin
-from shared.config import get_settings
-from shared.http import Owner, bearer_token, create_app, lambda_handler
+from shared.core.config import get_settings
+from shared.db.audit import Origin
+from shared.http.app import Owner, bearer_token, create_app, lambda_handler
+from shared.http.schemas import SessionCreated, error_responses
 from shared.scans import iso
-from shared.schemas import SessionCreated, error_responses
 
 app = create_app("auth")
 

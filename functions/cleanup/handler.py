@@ -1,9 +1,9 @@
 """Ops-invoked and scheduled function (no HTTP route): the nightly cleanup job; returns its report.
 
 PostgreSQL purges, then (with IMAGES_BUCKET) S3 objects of deleted scans and of presigned uploads
-never completed, then VACUUM: see shared.cleanup. It stops 60 s before the Lambda's time limit.
+never completed, then VACUUM: see shared.jobs.cleanup. It stops 60 s before the Lambda's time limit.
 
-npx osls invoke -f cleanup --stage prod      # run it now; prints the report (shared.cleanup)
+npx osls invoke -f cleanup --stage prod      # run it now; prints the report (shared.jobs.cleanup)
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import logging
 import time
 from typing import Any
 
-from shared import cleanup
-from shared.config import get_settings
-from shared.observability import configure_logging
+from shared.core.config import get_settings
+from shared.core.observability import configure_logging
+from shared.jobs import cleanup
 
 configure_logging()  # JSON lines through Powertools, as the HTTP functions log
 log = logging.getLogger(__name__)

@@ -21,19 +21,21 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from shared import auth, db, signing, storage
-from shared.audit import Origin
-from shared.errors import DomainError, InvalidParameter, InvalidSignature, ScanNotFound, StorageUnavailable, UrlExpired
-from shared.image_cache import CachedImage, image_cache
-from shared.responses import (
-    domain_error,
-    http_error,
-    if_none_match_hashes,
-    image_part_response,
-    lambda_handler_for_base64_bodies,
-    parse_range,
-    unexpected_error,
+from shared import auth, db, scans, storage
+from shared.auth import signing
+from shared.core.errors import (
+    DomainError,
+    InvalidParameter,
+    InvalidSignature,
+    ScanNotFound,
+    StorageUnavailable,
+    UrlExpired,
 )
+from shared.db.audit import Origin
+from shared.http.entry import lambda_handler_for_base64_bodies
+from shared.http.errors import domain_error, http_error, unexpected_error
+from shared.http.image_cache import CachedImage, image_cache
+from shared.http.image_responses import if_none_match_hashes, image_part_response, parse_range
 from shared.scans import IMAGE_PATH
 
 _ALLOWED_TYPES = ", ".join(f"'{kind.value}'" for kind in db.ImageType)
@@ -73,7 +75,7 @@ async def read_scan_image(request: Request) -> Response:
         if_none_match=if_none_match_hashes(headers.get("if-none-match")),
     )
     # A whole image this container holds: the database still decides (and audits), but sends no
-    # bytes when the image's hash is still the one held (see shared.image_cache).
+    # bytes when the image's hash is still the one held (see shared.http.image_cache).
     cache, key = image_cache(), (scan_id, image_type.value)
     held = cache.get(key) if ask.with_data and not ask.ranged else None
     if held is not None:
@@ -87,7 +89,7 @@ async def read_scan_image(request: Request) -> Response:
         "request_id": origin.request_id,
     }
     try:  # token None: a valid signature named this scan and type, which is read by id alone
-        part = db.call(auth.read_image_part, token=token, **where)
+        part = db.call(scans.read_image_part, token=token, **where)
     except ScanNotFound:
         cache.discard(key)
         raise

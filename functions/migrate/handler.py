@@ -6,9 +6,9 @@ import logging
 from typing import Any
 
 from shared import db
-from shared.config import get_settings
-from shared.migrations import run_migrations
-from shared.observability import configure_logging
+from shared.core.config import get_settings
+from shared.core.observability import configure_logging
+from shared.db.migrations import run_migrations
 
 configure_logging()  # JSON lines through Powertools, as the HTTP functions log
 log = logging.getLogger(__name__)

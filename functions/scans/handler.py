@@ -7,8 +7,9 @@ from typing import Annotated, Any
 from fastapi import Query, Request, Response
 
 from shared import db
-from shared.audit import Origin
-from shared.http import Owner, base_url, create_app, lambda_handler
+from shared.db.audit import Origin
+from shared.http.app import Owner, base_url, create_app, lambda_handler
+from shared.http.schemas import ScanPage, ScanPublic, error_responses
 from shared.scans import (
     decode_cursor,
     decode_series_cursor,
@@ -17,7 +18,6 @@ from shared.scans import (
     scan_public,
     scan_summary,
 )
-from shared.schemas import ScanPage, ScanPublic, error_responses
 
 app = create_app("scans")
 

@@ -1,5 +1,5 @@
 """Ops-invoked function (no HTTP route): move existing images between PostgreSQL and S3; returns
-the report of shared.tiering.
+the report of shared.jobs.tiering.
 
     npx osls invoke -f tiering --stage prod --data '{"direction": "to-s3", "olderThan": "30d"}'
     npx osls invoke -f tiering --stage prod --data '{"direction": "to-s3", "minBytes": 1000000, "limit": 500}'
@@ -15,9 +15,9 @@ import logging
 import time
 from typing import Any
 
-from shared import tiering
-from shared.config import get_settings
-from shared.observability import configure_logging
+from shared.core.config import get_settings
+from shared.core.observability import configure_logging
+from shared.jobs import tiering
 
 configure_logging()  # JSON lines through Powertools, as the HTTP functions log
 log = logging.getLogger(__name__)

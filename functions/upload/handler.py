@@ -7,13 +7,13 @@ from typing import Annotated
 from fastapi import Path, Request
 from fastapi.responses import JSONResponse
 
-from shared.config import get_settings
-from shared.direct_uploads import complete_upload, create_upload
-from shared.http import Owner, base_url, clean_filename, create_app, lambda_handler, read_upload
-from shared.observability import DUPLICATE_UPLOADS, UPLOADS
+from shared.core.config import get_settings
+from shared.core.observability import DUPLICATE_UPLOADS, UPLOADS
+from shared.http.app import Owner, base_url, clean_filename, create_app, lambda_handler, read_upload
+from shared.http.schemas import DirectUpload, ErrorBody, UploadCreate, UploadResult, error_responses
 from shared.scans import iso, scan_public
-from shared.schemas import DirectUpload, ErrorBody, UploadCreate, UploadResult, error_responses
-from shared.uploads import StoredUpload, store_upload
+from shared.scans.direct_uploads import complete_upload, create_upload
+from shared.scans.uploads import StoredUpload, store_upload
 
 app = create_app("upload")
 

@@ -7,7 +7,7 @@ the database. Without it, a client could skip the CDN (its cache, its security h
 rules) and call the functions directly.
 
 ORIGIN_VERIFY_SECRET_ARN unset means no check: the local gateway and the tests call the functions
-directly. The value is read once per container (boto3 on first use only, via shared.secrets) and
+directly. The value is read once per container (boto3 on first use only, via shared.core.secrets) and
 compared in constant time; it never reaches a log or a response. A secret that cannot be read is a
 503: an unreadable secret must never open the lock.
 
@@ -24,8 +24,8 @@ import logging
 import threading
 from typing import Any
 
-from shared import secrets
-from shared.config import get_settings
+from shared.core import secrets
+from shared.core.config import get_settings
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.config import Settings, get_settings
-from shared.errors import InvalidSignature, SigningUnavailable, UrlExpired
+from shared.core.config import Settings, get_settings
+from shared.core.errors import InvalidSignature, SigningUnavailable, UrlExpired
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def _read_keys(settings: Settings) -> tuple[str, tuple[SigningKey, ...]]:
     if settings.image_url_secret_arn is None:
         source = str(settings.image_url_keys_file)
         return source, parse_keys(ensure_key_file(settings.image_url_keys_file))
-    from shared.secrets import read_secret_string
+    from shared.core.secrets import read_secret_string
 
     try:
         return settings.image_url_secret_arn, parse_keys(read_secret_string(settings.image_url_secret_arn))

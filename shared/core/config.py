@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import TypeVar, overload
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from shared.errors import ConfigurationError
+from shared.core.errors import ConfigurationError
 
 T = TypeVar("T", int, float)
 
 # Local runs keep their generated URL signing keys here (deployed functions read a secret instead).
-DEFAULT_IMAGE_URL_KEYS_FILE = Path(__file__).resolve().parent.parent / ".data" / "image-url-keys.json"
+DEFAULT_IMAGE_URL_KEYS_FILE = Path(__file__).resolve().parents[2] / ".data" / "image-url-keys.json"
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
@@ -54,7 +54,7 @@ class Settings:
     dense_hu_threshold: float
     session_ttl_seconds: int
     api_base_url: str | None
-    # Signed image URLs: valid for at least this long (and at most twice as long, see shared.signing).
+    # Signed image URLs: valid for at least this long (and at most twice as long, see shared.auth.signing).
     image_url_ttl_seconds: int = 3600
     # Deployed: the Secrets Manager secret with the signing keys. Local: a generated key file.
     image_url_secret_arn: str | None = None
@@ -63,13 +63,13 @@ class Settings:
     image_cache_mb: int = 64
     # How long audit_events rows are kept (six years); the cleanup job removes older ones.
     audit_retention_days: int = 2190
-    # The S3 tier (shared/storage.py): the bucket (None: PostgreSQL only, no presigned uploads), and
+    # The S3 tier (shared/storage/): the bucket (None: PostgreSQL only, no presigned uploads), and
     # the size from which an image goes there (None: only images Lambda could not answer whole).
     images_bucket: str | None = None
     storage_tier_s3_min_bytes: int | None = None
     # The largest file a presigned upload (POST /api/v1/scans/uploads) may send to the bucket.
     max_direct_upload_bytes: int = 500_000_000
-    # Deployed: the secret whose value CloudFront sends as X-Origin-Verify (shared/origin.py); None:
+    # Deployed: the secret whose value CloudFront sends as X-Origin-Verify (shared/auth/origin.py); None:
     # no origin check (local gateway, tests).
     origin_verify_secret_arn: str | None = None
 

@@ -1,7 +1,7 @@
 """Logs and metrics the AWS way (Powertools): one JSON line per request, and EMF metrics on stdout.
 
-Each HTTP function's Lambda entry point (shared.http.lambda_handler, and
-shared.responses.lambda_handler_for_base64_bodies for the images function) is wrapped by `observed`.
+Each HTTP function's Lambda entry point (shared.http.entry.lambda_handler, and
+lambda_handler_for_base64_bodies for the images function) is wrapped by `observed`.
 After every invocation it logs one line at INFO (route template, status, latency, request ids, cold
 start) and flushes that invocation's counters as one Embedded Metric Format document, which
 CloudWatch turns into metrics. Our stdlib loggers (shared.*, functions.*) and Mangum's print through

@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from shared.errors import DatabaseUnavailable
+from shared.core.errors import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 

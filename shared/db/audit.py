@@ -4,7 +4,7 @@ One row in `audit_events` (migration 005) per image read (200, 206, 304), scan d
 (success, failure, throttled), logout, password change and admin action. A row holds ids, the
 action, the outcome, the source IP as the gateway saw it and the request id: never a token, a
 password, a file name or anything from a DICOM header. Image reads write their row in the same
-statement that reads the image (see shared.db); everything else calls record().
+statement that reads the image (shared.db.images); everything else calls record().
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from shared import db
+from shared.db.protocol import Connection
 
 
 class Action(StrEnum):
@@ -84,7 +84,7 @@ INSERT_AUDIT_EVENT = """
 
 
 def record(
-    con: db.Connection,
+    con: Connection,
     *,
     action: Action,
     status: int,
@@ -147,7 +147,7 @@ SELECT_RECENT_EVENTS = """
 """
 
 
-def recent(con: db.Connection, *, username: str | None = None, limit: int = 50) -> list[Event]:
+def recent(con: Connection, *, username: str | None = None, limit: int = 50) -> list[Event]:
     """The newest events first, of one user or of everyone."""
     rows = con.run(SELECT_RECENT_EVENTS, username=username, limit=limit)
     return [Event(*row) for row in rows]

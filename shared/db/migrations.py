@@ -12,9 +12,10 @@ from typing import Any
 
 from pg8000.exceptions import InterfaceError
 
-from shared import db
+from shared.db.connection import transaction
+from shared.db.protocol import Connection
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 FILE_PATTERN = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 # Any constant both runs agree on; "ctscan" in ASCII.
 LOCK_KEY = 0x637473636E
@@ -75,7 +76,7 @@ def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
 
 
 def run_migrations(
-    con: db.Connection, *, directory: Path = MIGRATIONS_DIR, lock_wait_seconds: float = 120.0
+    con: Connection, *, directory: Path = MIGRATIONS_DIR, lock_wait_seconds: float = 120.0
 ) -> dict[str, Any]:
     """Apply every pending migration, each with its bookkeeping row in one transaction; return a report."""
     migrations = load_migrations(directory)
@@ -92,7 +93,7 @@ def run_migrations(
                     raise MigrationError(f"{migration.name} was edited after it was applied; add a new migration")
                 already.append(migration.name)
                 continue
-            with db.transaction(con):
+            with transaction(con):
                 con.run(migration.sql)
                 con.run(INSERT_APPLIED, version=migration.version, name=migration.name, checksum=migration.checksum)
             applied.append(migration.name)
@@ -115,7 +116,7 @@ def run_migrations(
     return report
 
 
-def verify_image_columns(con: db.Connection) -> list[dict[str, Any]]:
+def verify_image_columns(con: Connection) -> list[dict[str, Any]]:
     """Each image column with its type and storage, and whether it is the expected bytea EXTERNAL
     (or, for the original, EXTENDED with lz4: migration 009)."""
     found = {row[0]: row for row in con.run(SELECT_COLUMNS)}
@@ -137,7 +138,7 @@ def verify_image_columns(con: db.Connection) -> list[dict[str, Any]]:
     return report
 
 
-def _acquire_lock(con: db.Connection, wait_seconds: float) -> None:
+def _acquire_lock(con: Connection, wait_seconds: float) -> None:
     # Polling pg_try_advisory_lock instead of blocking in pg_advisory_lock keeps every call
     # shorter than the socket timeout, and lets us give up with a clear message.
     deadline = time.monotonic() + wait_seconds

@@ -1,34 +1,26 @@
-"""FastAPI plumbing the HTTP functions share: the app factory, validation errors, auth dependency, uploads.
+"""FastAPI plumbing the HTTP functions share: the app factory, validation errors, the owner
+dependency, multipart uploads.
 
-The Starlette-only parts (error map, image responses) live in shared.responses, which the images
-function uses without FastAPI.
+The images function never imports this module (FastAPI's import is most of a cold start): its
+Starlette-only parts live beside it (shared.http.errors, entry, image_responses).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from mangum import Mangum
 from starlette.datastructures import MutableHeaders, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared import auth, db, observability, origin
-from shared.config import get_settings
-from shared.errors import DomainError, InvalidImage, InvalidUpload, UnsupportedMediaType, UploadTooLarge
-from shared.responses import (
-    domain_error,
-    error_response,
-    http_error,
-    request_owner,
-    unexpected_error,
-    within_time_limit,
-    without_content_type_when_empty,
-)
+from shared import auth, db
+from shared.core.config import get_settings
+from shared.core.errors import DomainError, InvalidImage, InvalidUpload, UnsupportedMediaType, UploadTooLarge
+from shared.http.entry import lambda_handler
+from shared.http.errors import domain_error, error_response, http_error, unexpected_error
 
 # Re-exported for the FastAPI functions: one import site for HTTP plumbing.
 __all__ = [
@@ -75,30 +67,6 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-def lambda_handler(
-    app: FastAPI,
-    *,
-    status_metrics: Mapping[int, str] | None = None,
-    status_metric_routes: Collection[str] | None = None,
-) -> Callable[[dict[str, Any], Any], dict[str, Any]]:
-    """The Lambda entry point for a FastAPI app: Mangum, minus the Content-Type it puts on 204s.
-
-    Requests that did not come through the CDN are refused first (shared.origin), before any database
-    access. Logged and measured by shared.observability; status_metrics names a counter per response status.
-    """
-    adapter = Mangum(app, lifespan="off")
-
-    def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-        refused = origin.refuse(event)
-        if refused is not None:
-            return refused
-        return without_content_type_when_empty(adapter(event, context))
-
-    return observability.observed(
-        within_time_limit(handler), status_metrics=status_metrics, status_metric_routes=status_metric_routes
-    )
-
-
 def create_app(name: str) -> FastAPI:
     """A FastAPI app with our error map; no docs routes and no lifespan work (Mangum runs it per call)."""
     app = FastAPI(title=f"ctscan-store {name}", docs_url=None, redoc_url=None, openapi_url=None)
@@ -111,11 +79,12 @@ def create_app(name: str) -> FastAPI:
 
 
 async def current_owner(request: Request) -> db.Owner:
-    """FastAPI dependency: the owner of the request's bearer token, or 401.
+    """FastAPI dependency: the owner of the request's bearer token; NotAuthenticated (401) otherwise.
 
     async so FastAPI runs it on the invoking thread, whose connection the handler reuses.
     """
-    return request_owner(request)
+    token = auth.parse_bearer(request.headers.get("authorization"))
+    return db.call(auth.authenticate, token=token)
 
 
 Owner = Annotated[db.Owner, Depends(current_owner)]

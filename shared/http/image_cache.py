@@ -17,7 +17,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from shared.config import get_settings
+from shared.core.config import get_settings
 
 
 @dataclass(frozen=True)

@@ -1,121 +1,24 @@
-"""The HTTP plumbing that needs only Starlette: JSON errors, the error map, image responses, bearer auth.
-
-The images function (the hot read path) is built on this alone: FastAPI's import costs ~250 ms of a
-cold start, Starlette's ~85 ms. shared.http adds the FastAPI parts for the other functions.
-"""
+"""The images function's HTTP: Range and If-None-Match parsed for the read, and the 200, 206, 304
+or 416 that the read decided, with its body already base64 (Starlette only)."""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
-from mangum import Mangum
-from starlette.applications import Starlette
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
-from shared import auth, db, observability, origin
-from shared.errors import (
-    DatabaseUnavailable,
-    DirectUploadUnavailable,
-    DomainError,
-    InvalidCredentials,
-    InvalidImage,
-    InvalidParameter,
-    InvalidRequest,
-    InvalidSignature,
-    InvalidToken,
-    InvalidUpload,
-    NotAuthenticated,
-    ScanNotFound,
-    SigningUnavailable,
-    StorageUnavailable,
-    TooManyAttempts,
-    UnsupportedMediaType,
-    UploadIncomplete,
-    UploadNotFound,
-    UploadTooLarge,
-    UrlExpired,
-    UserExists,
-)
+from shared import db
+from shared.http.errors import error_response
 
-log = logging.getLogger(__name__)
-
-STATUS_FOR: dict[type[DomainError], int] = {
-    InvalidRequest: 400,
-    InvalidUpload: 400,
-    NotAuthenticated: 401,
-    InvalidCredentials: 401,
-    InvalidSignature: 403,
-    UrlExpired: 403,
-    ScanNotFound: 404,
-    UploadNotFound: 404,
-    UserExists: 409,
-    DirectUploadUnavailable: 409,
-    UploadIncomplete: 409,
-    UploadTooLarge: 413,
-    UnsupportedMediaType: 415,
-    InvalidImage: 422,
-    InvalidParameter: 422,
-    TooManyAttempts: 429,
-    DatabaseUnavailable: 503,
-    SigningUnavailable: 503,
-    StorageUnavailable: 503,
-}
 IMMUTABLE_CACHE = "private, max-age=31536000, immutable"
-
-
-def error_response(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    """The one JSON error shape: {"error": {"code", "message"}}."""
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
-
-
-async def domain_error(request: Request, exc: Exception) -> Response:
-    """Exception handler: a DomainError as its status and JSON body (with WWW-Authenticate or Retry-After)."""
-    assert isinstance(exc, DomainError)
-    status = next((s for kind, s in STATUS_FOR.items() if isinstance(exc, kind)), 400)
-    headers: dict[str, str] = {}
-    if status == 401:
-        headers["WWW-Authenticate"] = 'Bearer realm="ctscan"'
-        if isinstance(exc, InvalidToken):
-            headers["WWW-Authenticate"] += ', error="invalid_token"'
-    if exc.retry_after is not None:
-        headers["Retry-After"] = str(max(1, exc.retry_after))
-    elif status == 503:
-        headers["Retry-After"] = "2"
-    return error_response(status, exc.code, exc.message, headers)
-
-
-async def http_error(request: Request, exc: Exception) -> Response:
-    """Exception handler: Starlette's 404/405/400 as our JSON errors."""
-    assert isinstance(exc, StarletteHTTPException)
-    codes = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
-    return error_response(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail), exc.headers)
-
-
-async def unexpected_error(request: Request, exc: Exception) -> Response:
-    """Exception handler: anything else is a 500 that says nothing about its cause."""
-    # Type only: messages can carry patient data or SQL parameters.
-    route = getattr(request.scope.get("route"), "path", "?")  # the template, never the raw path
-    log.error("unhandled %s on %s %s", type(exc).__name__, request.method, route)
-    return error_response(500, "internal_error", "Internal server error.")
-
-
-def request_owner(request: Request) -> db.Owner:
-    """The owner of the request's bearer token; NotAuthenticated (401) otherwise."""
-    token = auth.parse_bearer(request.headers.get("authorization"))
-    return db.call(auth.authenticate, token=token)
-
-
-# ---------------------------------------------------------------- the images function's read path
 
 # Marks a response whose body is already base64 text; the Lambda entry point removes it and sets
 # isBase64Encoded (see lambda_handler_for_base64_bodies).
 PRE_ENCODED_HEADER = "x-ctscan-body-base64"
+
 MAX_RANGE_DIGITS = 18  # fits a bigint
+
 MAX_ETAGS = 32  # entity tags read from one If-None-Match
 
 
@@ -198,58 +101,3 @@ def image_part_response(part: db.ImagePart, request: Request, *, signed_until: i
         return Response(status_code=part.status, headers=headers, media_type=part.content_type)
     headers[PRE_ENCODED_HEADER] = "1"
     return Response(part.base64.encode("ascii"), status_code=part.status, headers=headers, media_type=part.content_type)
-
-
-LambdaHandler = Callable[[dict[str, Any], Any], dict[str, Any]]
-
-
-def within_time_limit(handler: LambdaHandler) -> LambdaHandler:
-    """A Lambda entry point whose database waits end in time to answer before the function times out.
-
-    Each invocation gets its own budget from the context's remaining time (db.invocation_budget),
-    cleared when it returns: a database that stops answering is a JSON 503, not Lambda's timeout.
-    """
-
-    def bounded(event: dict[str, Any], context: Any) -> dict[str, Any]:
-        remaining = getattr(context, "get_remaining_time_in_millis", None)
-        with db.invocation_budget(remaining() if callable(remaining) else None):
-            return handler(event, context)
-
-    return bounded
-
-
-def lambda_handler_for_base64_bodies(app: Starlette) -> LambdaHandler:
-    """Mangum, except that a body marked as already base64 goes to API Gateway as it is.
-
-    Mangum base64-encodes every body whose content type is not in its text list. Here every type
-    counts as text (the empty string is in every content type): Mangum then sends a body that is
-    valid UTF-8 as text, which reaches the client as the very same bytes, and base64-encodes any
-    other. So our base64 text passes through untouched, and the marker tells us to set
-    isBase64Encoded: the image bytes are never decoded and encoded again in Python.
-
-    It is the images function's entry point: shared.observability logs it and sums the image bytes served.
-    Requests that did not come through the CDN are refused first, and behind the CDN an unsigned
-    request gets a 401 that says why (shared.origin), before any database access.
-    """
-    adapter = Mangum(app, lifespan="off", text_mime_types=[""])
-
-    def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-        refused = origin.refuse(event) or origin.unsigned_image_read(event)
-        if refused is not None:
-            return refused
-        result: dict[str, Any] = adapter(event, context)
-        headers = result.get("headers") or {}
-        if headers.pop(PRE_ENCODED_HEADER, None) is not None:
-            result["isBase64Encoded"] = True
-        return without_content_type_when_empty(result)
-
-    return observability.observed(within_time_limit(handler), bytes_metric=observability.IMAGE_BYTES_SERVED)
-
-
-def without_content_type_when_empty(result: dict[str, Any]) -> dict[str, Any]:
-    """A 204 or 304 Lambda result without the Content-Type Mangum adds to every v2 response."""
-    if result.get("statusCode") in (204, 304):
-        headers = result.get("headers") or {}
-        for name in [name for name in headers if name.lower() == "content-type"]:
-            del headers[name]
-    return result

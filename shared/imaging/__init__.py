@@ -1,7 +1,15 @@
 """Decode an uploaded scan (PNG, JPEG or DICOM), find the body and its dense regions, and render its images.
 
-decode: sniff and decode to Pixels; dicom: the DICOM pipeline (imported lazily); analysis: body and dense
-regions; render: windowing and the JPEG renderings; integrity: structural checks that refuse damaged files.
+    pixels      what every decoder produces: Pixels and its Window
+    decode      sniff the format and hand the bytes to its decoder
+    pillow      PNG and JPEG (Pillow)
+    dicom       DICOM (pydicom and its codecs; imported only for DICOM uploads), dicom_jpeg beside it
+    integrity   structural checks that refuse damaged files before a decoder sees them
+    analysis    body and dense regions, in HU when the unit is HU
+    render      windowing and the JPEG renderings
+
+Bytes in, bytes out: nothing here touches the database, S3 or HTTP. Only the upload function
+imports this package (numpy, Pillow, pydicom).
 """
 
 from __future__ import annotations
@@ -10,7 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.imaging import analysis, render
-from shared.imaging.decode import ACCEPTED_FORMATS, DICOM_CONTENT_TYPE, DicomInfo, Pixels, Window, decode_upload
+from shared.imaging.decode import decode_upload
+from shared.imaging.pillow import ACCEPTED_FORMATS
+from shared.imaging.pixels import DICOM_CONTENT_TYPE, DicomInfo, Pixels, Window
 from shared.imaging.render import THUMBNAIL_MAX_SIDE
 
 __all__ = [

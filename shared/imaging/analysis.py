@@ -10,7 +10,7 @@ import cc3d
 import numpy as np
 from numpy.typing import NDArray
 
-from shared.imaging.decode import Levels, Pixels, Window
+from shared.imaging.pixels import Levels, Pixels, Window
 
 ANALYSIS_VERSION = 2
 HU_METHOD = "hu-body+hu-dense"

@@ -32,9 +32,9 @@ from pydicom.pixels.decoders.base import (
 )
 from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, convert_color_space
 
-from shared.errors import InvalidImage, NoImageData, UnsupportedTransferSyntax
+from shared.core.errors import InvalidImage, NoImageData, UnsupportedTransferSyntax
 from shared.imaging import dicom_jpeg, integrity
-from shared.imaging.decode import DICOM_CONTENT_TYPE, DicomInfo, Levels, Pixels, Rgb, Window, too_large
+from shared.imaging.pixels import DICOM_CONTENT_TYPE, DicomInfo, Levels, Pixels, Rgb, Window, too_large
 
 # Declared uncompressed pixel data (all frames) or an inflated deflated dataset beyond this is refused unread.
 MAX_PIXEL_DATA_BYTES = 1 << 30

@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 import zlib
 
-from shared.errors import InvalidImage
+from shared.core.errors import InvalidImage
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SOI = b"\xff\xd8\xff"

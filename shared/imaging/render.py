@@ -13,7 +13,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageDraw, ImageFont
 
-from shared.imaging.decode import Levels, Rgb, Window
+from shared.imaging.pixels import Levels, Rgb, Window
 
 THUMBNAIL_MAX_SIDE = 256
 DEFAULT_CT_WINDOW = Window(center=40.0, width=400.0, function="LINEAR", source="default-ct")

@@ -11,7 +11,7 @@ its row locks for one statement only), except step 2's one short transaction per
    storage_orphans listed at least ORPHAN_GRACE_SECONDS ago, and presigned uploads expired at
    least as long ago (table uploads, object `uploads/<id>`). Each key is handled in a short
    transaction of its own that holds the key's lock (storage.lock_keys, the rule of
-   shared/storage.py) and re-reads its row under that lock: an object no scan refers to is deleted
+   shared/storage/) and re-reads its row under that lock: an object no scan refers to is deleted
    (after a HEAD for its size), then its row; a `scans/` key a scan refers to again only loses its
    row. S3 refusing one key rolls back that key's transaction (its row stays for the next night),
    is counted as failed, and the job goes on.
@@ -43,9 +43,9 @@ from pg8000.native import identifier
 
 from shared import db, storage
 from shared.auth import LOGIN_LIMITS
-from shared.config import Settings
-from shared.deadline import Deadline
-from shared.errors import StorageUnavailable
+from shared.core.config import Settings
+from shared.core.errors import StorageUnavailable
+from shared.jobs.deadline import Deadline
 
 log = logging.getLogger(__name__)
 
@@ -302,7 +302,7 @@ def vacuum_table(con: db.Connection, table: str, clock: Deadline) -> str | None:
     try:
         con.run(f"VACUUM (ANALYZE) {identifier(table)}")
     except DatabaseError as exc:
-        if db._sqlstate(exc) != QUERY_CANCELED:
+        if db.sqlstate(exc) != QUERY_CANCELED:
             raise
         return "cancelled at the time limit"
     return None

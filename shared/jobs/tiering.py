@@ -36,10 +36,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from shared import db, storage
-from shared.config import Settings
+from shared.core.config import Settings
+from shared.core.errors import StorageUnavailable
 from shared.db import ImageType
-from shared.deadline import Deadline
-from shared.errors import StorageUnavailable
+from shared.jobs.deadline import Deadline
 
 log = logging.getLogger(__name__)
 

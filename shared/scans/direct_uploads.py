@@ -5,7 +5,7 @@ to the images bucket. create_upload records an upload (table uploads, migration 
 presigned POST for `uploads/<upload_id>`: the key is ours, never from the file name; the policy
 holds the exact key, a content-length-range up to the declared size, signature v4 and a short
 expiry. complete_upload reads the staged file once, streamed to /tmp while it is hashed, and then
-does what /analyze does (shared/uploads.py): this owner's scan of the same bytes is the answer, else
+does what /analyze does (shared/scans/uploads.py): this owner's scan of the same bytes is the answer, else
 the file is analyzed and stored. An original for the S3 tier is copied within the bucket from the
 staging key (server side, verified by SHA-256) under the key lock, in the transaction that inserts
 the scan and deletes the upload row; a smaller one goes to PostgreSQL as a direct upload's would.
@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any
 
-from shared import db, imaging, storage, uploads
-from shared.errors import (
+from shared import db, imaging, storage
+from shared.core.errors import (
     DirectUploadUnavailable,
     InvalidImage,
     ObjectMissing,
@@ -40,6 +40,7 @@ from shared.errors import (
     UploadNotFound,
     UploadTooLarge,
 )
+from shared.scans import uploads
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +49,6 @@ UPLOAD_KEY_PREFIX = "uploads/"
 # How long the presigned POST (and so the upload) is valid: enough to send 500 MB on a slow line
 # (~4.5 Mbit/s), short enough that a leaked policy is soon worthless. Complete before it, too.
 UPLOAD_TTL_SECONDS = 15 * 60
-
-INSERT_UPLOAD = """
-    INSERT INTO uploads (id, owner_id, filename, max_bytes, expires_at)
-    VALUES (:id, :owner_id, :filename, :max_bytes, :expires_at)
-"""
-SELECT_UPLOAD = """
-    SELECT filename, max_bytes FROM uploads WHERE id = :id AND owner_id = :owner_id AND expires_at > now()
-"""
-DELETE_UPLOAD = "DELETE FROM uploads WHERE id = :id AND owner_id = :owner_id RETURNING id"
 
 
 @dataclass(frozen=True)
@@ -67,12 +59,6 @@ class PresignedUpload:
     url: str
     fields: dict[str, str]
     expires_at: datetime
-    max_bytes: int
-
-
-@dataclass(frozen=True)
-class _Upload:
-    filename: str
     max_bytes: int
 
 
@@ -107,7 +93,7 @@ def create_upload(
     # stage 500 MB (our memory, time and bucket), and complete_upload expects what was declared.
     url, fields = _presigned_post(store, upload_key(upload_id), max_bytes=size, content_type=content_type)
     db.call(
-        _insert_upload,
+        db.insert_upload,
         upload_id=upload_id,
         owner_id=owner_id,
         filename=filename,
@@ -131,14 +117,6 @@ def _presigned_post(
         conditions.append({"Content-Type": content_type})
         fields["Content-Type"] = content_type
     return store.presigned_post(key, conditions=conditions, fields=fields, seconds=UPLOAD_TTL_SECONDS)
-
-
-def _insert_upload(
-    con: db.Connection, *, upload_id: str, owner_id: int, filename: str, max_bytes: int, expires_at: datetime
-) -> None:
-    con.run(
-        INSERT_UPLOAD, id=upload_id, owner_id=owner_id, filename=filename, max_bytes=max_bytes, expires_at=expires_at
-    )
 
 
 # ---------------------------------------------------------------- complete
@@ -188,11 +166,11 @@ def complete_upload(
     return uploads.StoredUpload(stored, duplicate=duplicate)
 
 
-def _get_upload(con: db.Connection, *, owner_id: int, upload_id: str) -> _Upload:
-    rows = con.run(SELECT_UPLOAD, id=upload_id, owner_id=owner_id)
-    if not rows:
+def _get_upload(con: db.Connection, *, owner_id: int, upload_id: str) -> db.StagedUpload:
+    upload = db.get_upload(con, upload_id=upload_id, owner_id=owner_id)
+    if upload is None:
         raise UploadNotFound("No upload with this id (or it has expired).")
-    return _Upload(rows[0][0], int(rows[0][1]))
+    return upload
 
 
 def _download(store: storage.ObjectStore, key: str, into: IO[bytes], *, max_bytes: int) -> str:
@@ -222,7 +200,7 @@ def _insert_completed(con: db.Connection, *, scan: db.NewScan, upload_id: str) -
     with db.transaction(con):
         # One sorted lock call: the same order as every other holder of these keys.
         storage.lock_keys(con, [*scan_keys, source_key])
-        if not con.run(DELETE_UPLOAD, id=upload_id, owner_id=scan.owner_id):
+        if not db.delete_upload(con, upload_id=upload_id, owner_id=scan.owner_id):
             raise UploadNotFound("No upload with this id (or it was completed meanwhile).")
         storage.record_orphans(con, [source_key])
         if scan.in_s3:
@@ -249,7 +227,7 @@ def _delete_upload(con: db.Connection, *, owner_id: int, upload_id: str) -> None
     key = upload_key(upload_id)
     with db.transaction(con):
         storage.lock_keys(con, [key])
-        con.run(DELETE_UPLOAD, id=upload_id, owner_id=owner_id)
+        db.delete_upload(con, upload_id=upload_id, owner_id=owner_id)
         storage.record_orphans(con, [key])
 
 

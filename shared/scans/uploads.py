@@ -12,8 +12,8 @@ import math
 from dataclasses import dataclass
 
 from shared import db, imaging, storage
-from shared.config import get_settings
-from shared.scans import new_scan_id
+from shared.core.config import get_settings
+from shared.scans.public import new_scan_id
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ def write_scan_with_objects(
     take the keys off the list.
 
     original_source_key: a bucket key already holding the original's bytes (a presigned upload's
-    staging object, shared/direct_uploads.py). The original is then copied from it server side
+    staging object, shared/scans/direct_uploads.py). The original is then copied from it server side
     (ObjectStore.copy verifies its SHA-256) instead of put from scan.original, whose length alone
     is used (for the size column).
     """

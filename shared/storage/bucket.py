@@ -1,16 +1,4 @@
-"""The S3 tier: where an image's bytes go, the object store, and the key lock every tier change holds.
-
-An image lives in PostgreSQL (its bytea column) or in the images bucket under
-`scans/<owner_id>/<sha256>` (migration 007). The key follows from the owner and the bytes, never
-from a file name: the same owner storing the same bytes again reuses the object; two owners never
-share one, so deleting one's scan never touches the other's.
-
-The rule that keeps the bucket and the table in step (migration 007, storage_orphans): every write
-that makes a scan refer to a key writes (or verifies) the object while it holds
-`pg_advisory_xact_lock` on that key, in the transaction that commits the reference; every delete
-of an object holds the same lock and first checks that no scan refers to the key. Writes to S3 that
-might not get their row are recorded in storage_orphans first, so a crash leaves a row the cleanup
-job finds, never an object nobody knows about.
+"""The images bucket: put, copy (checked by SHA-256), get, stream, list, delete, presign.
 
 boto3 is imported on first use: a container that never touches S3 (no bucket, or only PostgreSQL
 images) never pays for it. It comes with the Lambda Python runtime.
@@ -24,91 +12,23 @@ import hashlib
 import logging
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
-from shared import db
-from shared.config import Settings, get_settings
-from shared.errors import ObjectMissing, StorageUnavailable
+from shared.core.config import get_settings
+from shared.core.errors import ObjectMissing, StorageUnavailable
 
 log = logging.getLogger(__name__)
 
-POSTGRES = "postgres"
-S3 = "s3"
-# The most bytes a function answers in its body: API Gateway's 6 MB Lambda response limit holds the
-# base64 text (4/3 of the bytes) and the headers. A larger S3 image (or span) is a 302 to a
-# presigned GET instead; and while a bucket is configured, a larger image never goes to PostgreSQL.
-MAX_INLINE_BYTES = 4_400_000
 # How long a presigned GET that a 302 points at stays valid: enough to follow the redirect.
 PRESIGNED_GET_SECONDS = 60
+
 READ_CHUNK_BYTES = 1024 * 1024
-
-LOCK_KEY = "SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"
-RECORD_ORPHANS = """
-    INSERT INTO storage_orphans (key) SELECT unnest(CAST(:keys AS text[]))
-    ON CONFLICT (key) DO UPDATE SET since = now()
-"""
-FORGET_ORPHANS = "DELETE FROM storage_orphans WHERE key = ANY(CAST(:keys AS text[]))"
-KEY_IN_USE = "SELECT s3_key_in_use(:owner_id, :sha256)"
-
-
-def object_key(owner_id: int, sha256: str) -> str:
-    """The bucket key of an owner's image with this SHA-256 (hex)."""
-    return f"scans/{owner_id}/{sha256}"
-
-
-def parse_object_key(key: str) -> tuple[int, str]:
-    """(owner_id, sha256) of a `scans/` key; ValueError for any other key."""
-    prefix, owner, sha256 = key.split("/")
-    if prefix != "scans" or not owner.isdigit() or len(sha256) != 64:
-        raise ValueError(f"not an image key: {key!r}")
-    return int(owner), sha256
-
-
-def tier_for(size: int, settings: Settings) -> str:
-    """Where an image of this many bytes is written: S3 at or above STORAGE_TIER_S3_MIN_BYTES,
-    and always when Lambda could not answer it whole, provided a bucket is configured."""
-    if settings.images_bucket is None:
-        return POSTGRES
-    threshold = settings.storage_tier_s3_min_bytes
-    if (threshold is not None and size >= threshold) or size > MAX_INLINE_BYTES:
-        return S3
-    return POSTGRES
 
 
 def sha256_base64(digest_hex: str) -> str:
     """The base64 form of a hex SHA-256, as S3's x-amz-checksum-sha256 carries it."""
     return base64.b64encode(bytes.fromhex(digest_hex)).decode("ascii")
-
-
-# ---------------------------------------------------------------- the key lock and the orphan list
-
-
-def lock_keys(con: db.Connection, keys: Iterable[str]) -> None:
-    """Hold the transaction-scoped lock of each key (sorted: two writers never deadlock)."""
-    for key in sorted(set(keys)):
-        con.run(LOCK_KEY, key=key)
-
-
-def record_orphans(con: db.Connection, keys: list[str]) -> None:
-    """Note keys about to be written (or no longer referred to): the cleanup job checks them."""
-    if keys:
-        con.run(RECORD_ORPHANS, keys=keys)
-
-
-def forget_orphans(con: db.Connection, keys: list[str]) -> None:
-    """Drop keys from the orphan list once a committed row refers to them (same transaction)."""
-    if keys:
-        con.run(FORGET_ORPHANS, keys=keys)
-
-
-def key_in_use(con: db.Connection, key: str) -> bool:
-    """Whether any scan refers to this `scans/` key."""
-    owner_id, sha256 = parse_object_key(key)
-    return bool(con.run(KEY_IN_USE, owner_id=owner_id, sha256=sha256)[0][0])
-
-
-# ---------------------------------------------------------------- the bucket
 
 
 class ObjectStore:

@@ -1,0 +1,45 @@
+"""Who may do what: accounts, sessions and their bearer tokens, the login throttle, signed image
+URLs and the CloudFront origin lock.
+
+    passwords  scrypt hashes
+    tokens     bearer tokens (stored as SHA-256) and the Authorization header
+    throttle   failed logins per username and source IP
+    sessions   log in, change the password, log out, the owner of a token
+    users      accounts as ops manage them (admin function, make user)
+    signing    HMAC-signed image URLs (`from shared.auth import signing`)
+    origin     only requests through CloudFront, deployed (`from shared.auth import origin`)
+"""
+
+from shared.auth.passwords import MIN_PASSWORD_LENGTH, hash_password, verify_password
+from shared.auth.sessions import (
+    IssuedSession,
+    authenticate,
+    change_password,
+    issue_session,
+    log_in,
+    log_out,
+    log_out_everywhere,
+)
+from shared.auth.throttle import LOGIN_LIMITS
+from shared.auth.tokens import hash_token, new_token, parse_bearer
+from shared.auth.users import create_or_reset_user, create_user, reset_password
+
+__all__ = [
+    "LOGIN_LIMITS",
+    "MIN_PASSWORD_LENGTH",
+    "IssuedSession",
+    "authenticate",
+    "change_password",
+    "create_or_reset_user",
+    "create_user",
+    "hash_password",
+    "hash_token",
+    "issue_session",
+    "log_in",
+    "log_out",
+    "log_out_everywhere",
+    "new_token",
+    "parse_bearer",
+    "reset_password",
+    "verify_password",
+]

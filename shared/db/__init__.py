@@ -1,0 +1,109 @@
+"""PostgreSQL: one connection per container and every query the request paths run.
+
+The front door: other packages call `db.call(db.get_scan, ...)` and never reach into a submodule,
+except for the table families that are packages' own business (`db.audit`, `db.migrations`).
+
+    budget      the database time one invocation may spend (a 503 before Lambda's timeout)
+    protocol    pg8000 extended: one round trip per statement, bytea in binary
+    connection  connect, reuse, reconnect once, transactions, SQLSTATE
+    users       users, sessions and the login throttle
+    scans       the scans table and its reading-order pages
+    images      the four image kinds and the one-call image read (read_scan_image())
+    uploads     presigned uploads in progress
+    audit       the audit trail
+    migrations  the migration runner
+
+Functions are verb_noun, take the connection first and keyword arguments after, never commit (the
+caller owns the transaction, `transaction(con)`) and return dataclasses. SQL lives in module
+constants with pg8000 `:name` parameters; the only formatted piece is a column taken from a fixed map.
+"""
+
+from shared.db.budget import ANSWER_MARGIN_SECONDS, invocation_budget
+from shared.db.connection import (
+    UNIQUE_VIOLATION,
+    call,
+    close_all_connections,
+    close_connection,
+    connect,
+    sqlstate,
+    transaction,
+)
+from shared.db.images import WHOLE_IMAGE, ImagePart, ImageRead, ImageType, read_image
+from shared.db.protocol import Connection
+from shared.db.scans import (
+    SERIES_START,
+    NewScan,
+    Scan,
+    SeriesPosition,
+    delete_scan,
+    find_scan_by_hash,
+    get_scan,
+    insert_scan,
+    list_scans_for_owner,
+    list_scans_in_series,
+    series_position,
+)
+from shared.db.uploads import StagedUpload, delete_upload, get_upload, insert_upload
+from shared.db.users import (
+    Credentials,
+    LoginLimits,
+    Owner,
+    create_session,
+    create_user,
+    delete_login_failures,
+    delete_session,
+    delete_user_sessions,
+    get_credentials,
+    get_session_owner,
+    get_user_id,
+    lock_user,
+    reserve_login_attempt,
+    set_user_password,
+)
+
+__all__ = [
+    "ANSWER_MARGIN_SECONDS",
+    "SERIES_START",
+    "UNIQUE_VIOLATION",
+    "WHOLE_IMAGE",
+    "Connection",
+    "Credentials",
+    "ImagePart",
+    "ImageRead",
+    "ImageType",
+    "LoginLimits",
+    "NewScan",
+    "Owner",
+    "Scan",
+    "SeriesPosition",
+    "StagedUpload",
+    "call",
+    "close_all_connections",
+    "close_connection",
+    "connect",
+    "create_session",
+    "create_user",
+    "delete_login_failures",
+    "delete_scan",
+    "delete_session",
+    "delete_upload",
+    "delete_user_sessions",
+    "find_scan_by_hash",
+    "get_credentials",
+    "get_scan",
+    "get_session_owner",
+    "get_upload",
+    "get_user_id",
+    "insert_scan",
+    "insert_upload",
+    "invocation_budget",
+    "list_scans_for_owner",
+    "list_scans_in_series",
+    "lock_user",
+    "read_image",
+    "reserve_login_attempt",
+    "series_position",
+    "set_user_password",
+    "sqlstate",
+    "transaction",
+]

@@ -1,0 +1,169 @@
+"""pg8000's native connection, extended: one network round trip per statement (PQexecParams' way),
+bytea parameters and results in binary, `:name` translation cached, each wait out of the budget.
+
+Built on pg8000 1.31's message helpers (pinned in requirements.txt); tests/test_connection.py holds
+it to pg8000's own results and errors.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+from pg8000 import core as pg8000_core
+from pg8000 import native as pg8000_native
+from pg8000.converters import make_params
+from pg8000.exceptions import InterfaceError
+
+from shared.db.budget import current_budget
+
+
+@functools.lru_cache(maxsize=512)
+def _to_statement(sql: str) -> tuple[str, Callable[[dict[str, Any]], tuple[Any, ...]]]:
+    return pg8000_native.to_statement(sql)  # type: ignore[no-any-return]
+
+
+_DESCRIBE_UNNAMED_PORTAL = pg8000_core._create_message(pg8000_core.DESCRIBE, pg8000_core.PORTAL + pg8000_core.NULL_BYTE)
+_BIND_HEAD = pg8000_core.NULL_BYTE * 2  # unnamed portal and statement
+_BYTEA_OID = 17
+_BYTES_TYPES = (bytes, bytearray, memoryview)
+
+
+class Connection(pg8000_native.Connection):  # type: ignore[misc]  # pg8000 ships no types
+    """pg8000's native connection: one network round trip per statement, `:name` translation cached.
+
+    pg8000's run() takes three round trips for a statement with parameters (Parse + Sync, then
+    Describe + Sync, then Bind + Execute + Sync), each a wait on the server. Here Parse, Bind,
+    Describe (portal), Execute and Sync go out together, as libpq's PQexecParams sends them, and the
+    answers come back in one read: ParseComplete, BindComplete, RowDescription (or NoData), the
+    rows, CommandComplete, ReadyForQuery. The statement stays unnamed: named prepared statements
+    would pin every client session to one database connection on RDS Proxy.
+
+    pg8000 also re-parses the SQL character by character on every run(): ~0.5 ms for our INSERT.
+    Our SQL is a fixed set of module constants, so each is translated once. This leans on pg8000
+    1.31's message helpers (pinned in requirements.txt); tests/test_connection.py holds it to
+    pg8000's own results and errors.
+
+    pg8000 sets the socket timeout once, at connect. Here each statement sets it to what the
+    invocation's budget has left (see invocation_budget), and outside one to `default_timeout`.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # The socket timeout of a statement outside any invocation's budget.
+        self.default_timeout: float | None = kwargs.get("timeout")
+        super().__init__(*args, **kwargs)
+
+    def run(self, sql: str, stream: Any = None, types: Any = None, **params: Any) -> Any:
+        """Run one statement; `:name` parameters as in pg8000.native. Its wait comes out of the budget."""
+        return self._within_budget(lambda: self._run(sql, stream, types, params))
+
+    def run_with_raw_bytes(self, sql: str, params: dict[str, Any], *, column_count: int, raw_column: int) -> Any:
+        """run(), except that the bytea column `raw_column` of the `column_count` arrives in binary
+        format, as the bytes themselves: pg8000 asks for text, in which a bytea is hex, twice its
+        size on the wire and decoded in Python (or base64 from encode(), which is slow to make)."""
+        formats = tuple(1 if i == raw_column else 0 for i in range(column_count))
+        statement, make_vals = _to_statement(sql)
+
+        def execute() -> Any:
+            self._context = self._execute_in_one_trip(statement, make_vals(params), (), formats)
+            return self._context.rows
+
+        return self._within_budget(execute)
+
+    def _within_budget(self, execute: Callable[[], Any]) -> Any:
+        sock = self._usock
+        if sock is None:
+            raise InterfaceError("connection is closed")
+        budget = current_budget()
+        if budget is None:
+            if sock.gettimeout() != self.default_timeout:
+                sock.settimeout(self.default_timeout)
+            return execute()
+        sock.settimeout(budget.timeout())
+        started = time.monotonic()
+        try:
+            return execute()
+        finally:
+            budget.spend(started)
+
+    def _run(self, sql: str, stream: Any, types: Any, params: dict[str, Any]) -> Any:
+        if (not params and stream is None) or stream is not None:
+            return super().run(sql, stream=stream, types=types, **params)
+        statement, make_vals = _to_statement(sql)
+        oids = () if types is None else make_vals(defaultdict(lambda: None, types))
+        self._context = self._execute_in_one_trip(statement, make_vals(params), oids)
+        return self._context.rows
+
+    def handle_DATA_ROW(self, data: bytes, context: Any) -> None:  # pg8000 dispatches by this name
+        raw = getattr(context, "raw_column", None)
+        if raw is None:
+            super().handle_DATA_ROW(data, context)
+            return
+        idx, row = 2, list[Any]()
+        for i, func in enumerate(context.input_funcs):
+            length = pg8000_core.i_unpack(data, idx)[0]
+            idx += 4
+            if length == -1:
+                row.append(None)
+                continue
+            value = data[idx : idx + length]
+            idx += length
+            row.append(bytes(value) if i == raw else func(str(value, encoding=self._client_encoding)))
+        context.rows.append(row)
+
+    def _execute_in_one_trip(
+        self, statement: str, values: tuple[Any, ...], oids: Any, formats: tuple[int, ...] = ()
+    ) -> Any:
+        context = pg8000_core.Context(statement)
+        if 1 in formats:
+            context.raw_column = formats.index(1)
+        # bytes parameters go in binary format, declared bytea: the bytes themselves, where pg8000
+        # sends hex text, twice the size, encoded here and decoded by the server (an upload's ~1 MB
+        # of images: ~3.5 of ~7 ms of its INSERT). Every other parameter goes as pg8000 sends it.
+        binary = [isinstance(value, _BYTES_TYPES) for value in values]
+        if any(binary):
+            declared = list(oids) + [0] * (len(values) - len(oids))
+            oids = [_BYTEA_OID if raw else oid for oid, raw in zip(declared, binary, strict=True)]
+        parse = bytearray(pg8000_core.NULL_BYTE)
+        parse.extend(statement.encode(self._client_encoding) + pg8000_core.NULL_BYTE)
+        parse.extend(pg8000_core.H_pack(len(oids)))
+        for oid in oids:
+            parse.extend(pg8000_core.i_pack(0 if oid == -1 else oid))
+        bind = bytearray(_BIND_HEAD)
+        if any(binary):
+            bind.extend(pg8000_core.H_pack(len(binary)))
+            for raw in binary:
+                bind.extend(pg8000_core.H_pack(1 if raw else 0))
+        else:
+            bind.extend(pg8000_core.H_pack(0))  # every parameter as text
+        params = make_params(self.py_types, tuple(None if raw else v for v, raw in zip(values, binary, strict=True)))
+        bind.extend(pg8000_core.H_pack(len(params)))
+        for value, raw, param in zip(values, binary, params, strict=True):
+            if raw:
+                bind.extend(pg8000_core.i_pack(memoryview(value).nbytes))
+                bind += value
+            elif param is None:
+                bind.extend(pg8000_core.i_pack(-1))
+            else:
+                encoded = param.encode(self._client_encoding)
+                bind.extend(pg8000_core.i_pack(len(encoded)))
+                bind.extend(encoded)
+        bind.extend(pg8000_core.H_pack(len(formats)))  # none: every result column as text
+        for code in formats:
+            bind.extend(pg8000_core.H_pack(code))
+        try:
+            self._send_message(pg8000_core.PARSE, parse)
+            self._send_message(pg8000_core.BIND, bind)
+            pg8000_core._write(self._sock, _DESCRIBE_UNNAMED_PORTAL)
+            pg8000_core._write(self._sock, pg8000_core.EXECUTE_MSG)
+            pg8000_core._write(self._sock, pg8000_core.SYNC_MSG)
+            pg8000_core._flush(self._sock)
+        except AttributeError:
+            if self._sock is None:
+                raise InterfaceError("connection is closed") from None
+            raise
+        self.handle_messages(context)
+        return context

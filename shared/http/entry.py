@@ -1,0 +1,94 @@
+"""Lambda entry points: Mangum around an ASGI app, the origin lock first, the invocation's database
+budget around it, logs and metrics (shared.core.observability) around that. Starlette and Mangum
+only: the images function's entry point must not import FastAPI."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping
+from typing import Any
+
+from mangum import Mangum
+from starlette.applications import Starlette
+
+from shared import db
+from shared.auth import origin
+from shared.core import observability
+from shared.http.image_responses import PRE_ENCODED_HEADER
+
+LambdaHandler = Callable[[dict[str, Any], Any], dict[str, Any]]
+
+
+def lambda_handler(
+    app: Starlette,
+    *,
+    status_metrics: Mapping[int, str] | None = None,
+    status_metric_routes: Collection[str] | None = None,
+) -> Callable[[dict[str, Any], Any], dict[str, Any]]:
+    """The Lambda entry point for an HTTP function's app (FastAPI): Mangum, minus the Content-Type it puts on 204s.
+
+    Requests that did not come through the CDN are refused first (shared.auth.origin), before any database
+    access. Logged and measured by shared.core.observability; status_metrics names a counter per response status.
+    """
+    adapter = Mangum(app, lifespan="off")
+
+    def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        refused = origin.refuse(event)
+        if refused is not None:
+            return refused
+        return without_content_type_when_empty(adapter(event, context))
+
+    return observability.observed(
+        within_time_limit(handler), status_metrics=status_metrics, status_metric_routes=status_metric_routes
+    )
+
+
+def within_time_limit(handler: LambdaHandler) -> LambdaHandler:
+    """A Lambda entry point whose database waits end in time to answer before the function times out.
+
+    Each invocation gets its own budget from the context's remaining time (db.invocation_budget),
+    cleared when it returns: a database that stops answering is a JSON 503, not Lambda's timeout.
+    """
+
+    def bounded(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        remaining = getattr(context, "get_remaining_time_in_millis", None)
+        with db.invocation_budget(remaining() if callable(remaining) else None):
+            return handler(event, context)
+
+    return bounded
+
+
+def lambda_handler_for_base64_bodies(app: Starlette) -> LambdaHandler:
+    """Mangum, except that a body marked as already base64 goes to API Gateway as it is.
+
+    Mangum base64-encodes every body whose content type is not in its text list. Here every type
+    counts as text (the empty string is in every content type): Mangum then sends a body that is
+    valid UTF-8 as text, which reaches the client as the very same bytes, and base64-encodes any
+    other. So our base64 text passes through untouched, and the marker tells us to set
+    isBase64Encoded: the image bytes are never decoded and encoded again in Python.
+
+    It is the images function's entry point: shared.core.observability logs it and sums the image bytes served.
+    Requests that did not come through the CDN are refused first, and behind the CDN an unsigned
+    request gets a 401 that says why (shared.auth.origin), before any database access.
+    """
+    adapter = Mangum(app, lifespan="off", text_mime_types=[""])
+
+    def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        refused = origin.refuse(event) or origin.unsigned_image_read(event)
+        if refused is not None:
+            return refused
+        result: dict[str, Any] = adapter(event, context)
+        headers = result.get("headers") or {}
+        if headers.pop(PRE_ENCODED_HEADER, None) is not None:
+            result["isBase64Encoded"] = True
+        return without_content_type_when_empty(result)
+
+    return observability.observed(within_time_limit(handler), bytes_metric=observability.IMAGE_BYTES_SERVED)
+
+
+def without_content_type_when_empty(result: dict[str, Any]) -> dict[str, Any]:
+    """A 204 or 304 Lambda result without the Content-Type Mangum adds to every v2 response."""
+    if result.get("statusCode") in (204, 304):
+        headers = result.get("headers") or {}
+        for name in [name for name in headers if name.lower() == "content-type"]:
+            del headers[name]
+    return result
