@@ -1,4 +1,5 @@
-"""Build one Lambda zip per function: its handler, shared/, migrations/, its own libraries, CPython 3.12 bytecode.
+"""Build one Lambda zip per function: its handler, the shared/ modules it imports, migrations/, its own
+libraries, CPython 3.12 bytecode.
 
     python3 scripts/build_lambda_packages.py --out .serverless NAME:HANDLER:REQUIREMENTS ...
 
@@ -6,6 +7,11 @@ infra/plugins/python-packages.js runs this during `osls package` and `osls deplo
 function from serverless.yml (e.g. `upload:functions/upload/handler.handler:requirements-upload.txt`),
 and points each function at `<out>/<NAME>.zip`.
 
+- Our code: the handler's directory, and of shared/ only the modules the handler imports, directly
+  or through other modules (every import statement, those inside functions too), with the
+  __init__.py of each package on the way: the images function does not carry shared/imaging/ or
+  the jobs. A module that no import statement names would be missing from the zip; the package
+  tests check that every import of ours in a zip finds its module there.
 - Libraries: `pip install --target` of the function's requirements file, Linux x86_64 wheels for
   CPython 3.12 only (no Docker, no build from source). Functions that share a requirements file share
   one install. Console scripts (bin/) are dropped; *.dist-info is kept (scramp reads its version from
@@ -21,6 +27,7 @@ and points each function at `<out>/<NAME>.zip`.
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import shutil
 import subprocess
@@ -32,8 +39,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# What every function carries besides its own handler directory (and functions/__init__.py).
-COMMON_CODE = ("shared", "migrations")
+# What every function carries besides its own handler directory (and functions/__init__.py) and the
+# modules of SHARED_PACKAGE it imports.
+COMMON_CODE = ("migrations",)
+SHARED_PACKAGE = "shared"
 PIP_TARGET_ARGS = (
     # The python3.12 runtime is Amazon Linux 2023 (glibc 2.34): manylinux_2_28 wheels run too
     # (cc3d 4.x ships only those).
@@ -151,12 +160,60 @@ def copy_code(source: Path, target: Path) -> None:
     shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo"))
 
 
+def module_file(module: str, root: Path = ROOT) -> Path | None:
+    """The source file of a dotted module name under root (a package's __init__.py), or None."""
+    base = root.joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate.relative_to(root)
+    return None
+
+
+def imported_modules(source: Path, prefix: str, root: Path = ROOT) -> set[str]:
+    """The modules under `prefix` that a source file imports, anywhere in it (in functions too).
+
+    `from pkg import name` imports pkg, and pkg.name too when that is a module of its own.
+    """
+    found: set[str] = set()
+    for node in ast.walk(ast.parse((root / source).read_text(), filename=str(source))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return {name for name in found if (name == prefix or name.startswith(prefix + ".")) and module_file(name, root)}
+
+
+def shared_closure(sources: list[Path], root: Path = ROOT) -> set[Path]:
+    """Every file of shared/ that importing `sources` loads: what they import, what that imports, and
+    the __init__.py of every package on the way (Python runs those first)."""
+    seen: set[str] = set()
+    pending = [module for source in sources for module in imported_modules(source, SHARED_PACKAGE, root)]
+    while pending:
+        module = pending.pop()
+        parts = module.split(".")
+        for depth in range(1, len(parts) + 1):
+            name = ".".join(parts[:depth])
+            if name in seen:
+                continue
+            seen.add(name)
+            file = module_file(name, root)
+            if file is not None:
+                pending.extend(imported_modules(file, SHARED_PACKAGE, root))
+    return {file for name in seen if (file := module_file(name, root)) is not None}
+
+
 def stage_code(spec: FunctionSpec, target: Path) -> None:
-    """Our code for one function: its handler directory (and parent packages' __init__.py), shared/, migrations/."""
+    """Our code for one function: its handler directory (and parent packages' __init__.py), the
+    modules of shared/ it imports, migrations/."""
     copy_code(ROOT / spec.handler_dir, target / spec.handler_dir)
     for package in spec.handler_dir.parents:
         if (ROOT / package / "__init__.py").is_file() and package != Path("."):
             shutil.copy2(ROOT / package / "__init__.py", target / package / "__init__.py")
+    handler_sources = sorted(path.relative_to(ROOT) for path in (ROOT / spec.handler_dir).rglob("*.py"))
+    for file in sorted(shared_closure(handler_sources)):
+        (target / file).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / file, target / file)
     for part in COMMON_CODE:
         copy_code(ROOT / part, target / part)
 

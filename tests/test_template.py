@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -497,6 +498,55 @@ def test_the_images_function_carries_neither_fastapi_nor_pydantic() -> None:
     # The hot read path is plain Starlette: FastAPI's import alone is most of a cold start.
     assert not top_level(zip_names("images")) & {"fastapi", "pydantic", "pydantic_core"}
     assert "starlette/applications.py" in zip_names("images")
+
+
+def test_a_function_carries_only_the_shared_modules_it_imports() -> None:
+    # scripts/build_lambda_packages.py stages the import closure of each handler, not all of shared/.
+    images, upload, migrate = zip_names("images"), zip_names("upload"), zip_names("migrate")
+    assert not any(n.startswith(("shared/imaging/", "shared/jobs/")) for n in images)
+    assert "shared/http/app.py" not in images and "shared/scans/uploads.py" not in images
+    assert "shared/imaging/dicom.py" in upload and "shared/scans/direct_uploads.py" in upload
+    assert "shared/db/migrations.py" in migrate and not any(n.startswith("shared/http/") for n in migrate)
+
+
+def _our_imports(source: str) -> list[tuple[str, str | None]]:
+    """(module, name) for each `import module` (name None) and `from module import name` of ours."""
+    found: list[tuple[str, str | None]] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, None) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found += [(node.module, alias.name) for alias in node.names]
+    return [(module, name) for module, name in found if module.split(".")[0] in ("shared", "functions")]
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_every_import_of_ours_in_a_package_finds_its_module_there(name: str) -> None:
+    """Leaving modules out of a zip must never leave an import behind that fails in Lambda (some
+    run only on one path, inside a function: a cold start would not show it)."""
+
+    def is_module(names: set[str], dotted: str) -> bool:
+        path = dotted.replace(".", "/")
+        return f"{path}.py" in names or f"{path}/__init__.py" in names
+
+    with zipfile.ZipFile(archive(name)) as zipped:
+        names = set(zipped.namelist())
+        ours = [n for n in names if n.endswith(".py") and n.startswith(("shared/", "functions/"))]
+        missing = set()
+        for source in ours:
+            for module, attribute in _our_imports(zipped.read(source).decode()):
+                if not is_module(names, module):
+                    missing.add(f"{source}: {module}")
+                elif (
+                    attribute is not None
+                    and is_module(ROOT_NAMES, f"{module}.{attribute}")
+                    and not is_module(names, f"{module}.{attribute}")
+                ):
+                    missing.add(f"{source}: {module}.{attribute}")
+    assert not missing, sorted(missing)
+
+
+ROOT_NAMES = {path.relative_to(ROOT).as_posix() for path in (ROOT / "shared").rglob("*.py")}
 
 
 def test_the_upload_function_carries_the_imaging_stack() -> None:
