@@ -65,8 +65,9 @@ class ImagePart:
 
 # One call per read, whatever the request: HEAD, revalidation (304), If-Range, Range (206 or 416)
 # or the whole image (200). read_scan_image() (migration 005) resolves the token, the owner and the
-# image, decides the status, writes the audit row and returns the span's bytes as base64, in one
-# round trip and one transaction; see its comments for why it is a PL/pgSQL function.
+# image, decides the status, writes the audit row and returns the span's bytes, in one round trip
+# and one transaction; see its comments for why it is a PL/pgSQL function. The bytes come back in
+# binary format (read_image), and are base64-encoded here for the response body.
 READ_SCAN_IMAGE = """
     SELECT reader, content_type, sha256, size, status, first, stop, storage, data
     FROM read_scan_image(
