@@ -12,9 +12,9 @@ its row locks for one statement only), except step 2's one short transaction per
    least as long ago (table uploads, object `uploads/<id>`). Each key is handled in a short
    transaction of its own that holds the key's lock (storage.lock_keys, the rule of
    shared/storage/locks.py) and re-reads its row under that lock: an object no scan refers to is
-   deleted (its size read first from a listing of its key), then its row; a `scans/` key a scan refers to again only loses its
-   row. S3 refusing one key rolls back that key's transaction (its row stays for the next night),
-   is counted as failed, and the job goes on.
+   deleted (its size read first from a listing of its key), then its row; a `scans/` key a scan
+   refers to again only loses its row. S3 refusing one key rolls back that key's transaction (its
+   row stays for the next night), is counted as failed, and the job goes on.
 3. vacuum: `VACUUM (ANALYZE)` of each table in TABLES whose dead rows pass the threshold (see
    needs_vacuum). Plain VACUUM takes no lock that blocks reads or writes; it makes the space of
    dead rows (and their TOAST chunks) reusable and gives back to the filesystem only the empty
