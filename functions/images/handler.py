@@ -14,7 +14,6 @@ import dataclasses
 import time
 from typing import Any
 
-from pybase64 import b64encode
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -28,14 +27,13 @@ from shared.core.errors import (
     InvalidParameter,
     InvalidSignature,
     ScanNotFound,
-    StorageUnavailable,
     UrlExpired,
 )
 from shared.db.audit import Origin
 from shared.http.entry import lambda_handler_for_base64_bodies
 from shared.http.errors import domain_error, http_error, unexpected_error
 from shared.http.image_cache import CachedImage, image_cache
-from shared.http.image_responses import if_none_match_hashes, image_part_response, parse_range
+from shared.http.image_responses import if_none_match_hashes, image_part_response, parse_range, redirect_response
 from shared.scans import IMAGE_PATH
 
 _ALLOWED_TYPES = ", ".join(f"'{kind.value}'" for kind in db.ImageType)
@@ -98,47 +96,12 @@ async def read_scan_image(request: Request) -> Response:
     else:
         if part.storage == storage.S3 and ask.with_data and part.status in (200, 206):
             if part.stop - part.first > storage.MAX_INLINE_BYTES:
-                return _redirect_to_s3(part)
-            part = dataclasses.replace(part, base64=_s3_bytes_base64(part))
+                # Too large for a Lambda response body: the client follows a short-lived presigned GET.
+                return redirect_response(scans.presigned_s3_get(part))
+            part = dataclasses.replace(part, base64=scans.s3_span_base64(part))
         if ask.with_data and part.status == 200 and part.base64 is not None:
             cache.put(key, CachedImage(part.sha256, part.base64))
     return image_part_response(part, request, signed_until=signed_until, now=now)
-
-
-def _bucket() -> storage.ObjectStore:
-    store = storage.object_store()
-    if store is None:  # an image moved to S3 by a stack whose settings have since lost the bucket
-        raise StorageUnavailable("This image is in the S3 tier, but no images bucket is configured.")
-    return store
-
-
-def _s3_bytes_base64(part: db.ImagePart) -> str:
-    """The span [first, stop) of an S3 image as base64 text (the whole object when it is whole)."""
-    whole = part.first == 0 and part.stop == part.size
-    key = storage.object_key(part.owner_id, part.sha256)
-    data = _bucket().get(key) if whole else _bucket().get(key, part.first, part.stop)
-    if len(data) != part.stop - part.first:
-        raise StorageUnavailable("The images bucket answered a different size than stored.")
-    return b64encode(data).decode("ascii")
-
-
-def _redirect_to_s3(part: db.ImagePart) -> Response:
-    """302 to a short-lived presigned GET of an S3 image too large for a Lambda response body.
-
-    Only a request this route already authorised (and audited) gets here. The client sends its
-    Range (if any) again to S3, which answers it. The redirect itself is never cached: it outlives
-    its presigned URL.
-    """
-    url = _bucket().presigned_get(storage.object_key(part.owner_id, part.sha256), content_type=part.content_type)
-    return Response(
-        status_code=302,
-        headers={
-            "Location": url,
-            "Cache-Control": "no-store",
-            "Referrer-Policy": "no-referrer",
-            "X-Content-Type-Options": "nosniff",
-        },
-    )
 
 
 app = Starlette(

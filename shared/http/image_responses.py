@@ -101,3 +101,17 @@ def image_part_response(part: db.ImagePart, request: Request, *, signed_until: i
         return Response(status_code=part.status, headers=headers, media_type=part.content_type)
     headers[PRE_ENCODED_HEADER] = "1"
     return Response(part.base64.encode("ascii"), status_code=part.status, headers=headers, media_type=part.content_type)
+
+
+def redirect_response(url: str) -> Response:
+    """302 to a presigned S3 GET (an image too large for a Lambda response body). Never cached: the
+    redirect would outlive its presigned URL; never in a Referer: the URL carries a signature."""
+    return Response(
+        status_code=302,
+        headers={
+            "Location": url,
+            "Cache-Control": "no-store",
+            "Referrer-Policy": "no-referrer",
+            "X-Content-Type-Options": "nosniff",
+        },
+    )

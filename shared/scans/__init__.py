@@ -13,7 +13,7 @@ submodules (`from shared.scans import uploads`).
 """
 
 from shared.scans.cursors import decode_cursor, decode_series_cursor, encode_cursor, encode_series_cursor
-from shared.scans.images import read_image_part
+from shared.scans.images import presigned_s3_get, read_image_part, s3_span_base64
 from shared.scans.public import IMAGE_PATH, SCAN_ID_PREFIX, image_urls, iso, new_scan_id, scan_public, scan_summary
 
 __all__ = [
@@ -26,7 +26,9 @@ __all__ = [
     "image_urls",
     "iso",
     "new_scan_id",
+    "presigned_s3_get",
     "read_image_part",
+    "s3_span_base64",
     "scan_public",
     "scan_summary",
 ]

@@ -1,11 +1,14 @@
 """Reading a scan's image for a request: by its owner's bearer token, or by id alone once a URL
-signature named it. Authorisation, the HTTP status and the audit row come from one database call."""
+signature named it. Authorisation, the HTTP status and the audit row come from one database call;
+the bytes come with it, or, for an image in the S3 tier, from the bucket afterwards."""
 
 from __future__ import annotations
 
-from shared import db
+from pybase64 import b64encode
+
+from shared import db, storage
 from shared.auth import hash_token
-from shared.core.errors import InvalidToken
+from shared.core.errors import InvalidToken, StorageUnavailable
 
 
 def read_image_part(
@@ -32,3 +35,29 @@ def read_image_part(
     if part is None:
         raise InvalidToken("Invalid or expired token.")
     return part
+
+
+def s3_span_base64(part: db.ImagePart) -> str:
+    """The span [first, stop) of an S3 image as base64 text (the whole object when it is whole)."""
+    whole = part.first == 0 and part.stop == part.size
+    key = storage.object_key(part.owner_id, part.sha256)
+    data = _bucket().get(key) if whole else _bucket().get(key, part.first, part.stop)
+    if len(data) != part.stop - part.first:
+        raise StorageUnavailable("The images bucket answered a different size than stored.")
+    return b64encode(data).decode("ascii")
+
+
+def presigned_s3_get(part: db.ImagePart) -> str:
+    """A short-lived presigned GET of an S3 image, for one too large for a Lambda response body.
+
+    Only a read already authorised (and audited) may ask. The client sends its Range (if any) again
+    to S3, which answers it.
+    """
+    return _bucket().presigned_get(storage.object_key(part.owner_id, part.sha256), content_type=part.content_type)
+
+
+def _bucket() -> storage.ObjectStore:
+    store = storage.object_store()
+    if store is None:  # an image moved to S3 by a stack whose settings have since lost the bucket
+        raise StorageUnavailable("This image is in the S3 tier, but no images bucket is configured.")
+    return store
