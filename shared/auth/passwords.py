@@ -8,19 +8,13 @@ import hashlib
 import hmac
 import secrets
 
-from shared.core.errors import (
-    InvalidRequest,
-)
+from shared.core.errors import InvalidRequest
 
 # scrypt cost: about 16 MiB and tens of ms a hash, slow enough to make guessing expensive.
 SCRYPT_N = 2**14
-
 SCRYPT_R = 8
-
 SCRYPT_P = 1
-
 SCRYPT_MAXMEM = 64 * 1024 * 1024
-
 MIN_PASSWORD_LENGTH = 12
 
 

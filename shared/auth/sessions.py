@@ -19,7 +19,6 @@ from shared.db import audit
 
 # A user's live sessions: issuing one more ends the oldest.
 MAX_SESSIONS_PER_USER = 20
-
 WRONG_CREDENTIALS = "Wrong username or password."
 
 

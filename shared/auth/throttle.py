@@ -5,15 +5,12 @@ from __future__ import annotations
 import hashlib
 
 from shared import db
-from shared.core.errors import (
-    TooManyAttempts,
-)
+from shared.core.errors import TooManyAttempts
 from shared.db import audit
 
 # Failed logins (wrong passwords, unknown usernames, wrong current passwords on a change) allowed in
 # a sliding window, per username and per source IP; past either, logins answer 429 until it passes.
 LOGIN_LIMITS = db.LoginLimits(window_seconds=15 * 60, max_per_username=5, max_per_source=20)
-
 # login_failures needs a source; only a call from outside API Gateway lacks one.
 UNKNOWN_SOURCE = "unknown"
 

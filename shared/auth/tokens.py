@@ -5,12 +5,9 @@ from __future__ import annotations
 import hashlib
 import secrets
 
-from shared.core.errors import (
-    NotAuthenticated,
-)
+from shared.core.errors import NotAuthenticated
 
 TOKEN_BYTES = 32
-
 MAX_TOKEN_LENGTH = 128
 
 

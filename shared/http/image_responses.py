@@ -16,9 +16,7 @@ IMMUTABLE_CACHE = "private, max-age=31536000, immutable"
 # Marks a response whose body is already base64 text; the Lambda entry point removes it and sets
 # isBase64Encoded (see lambda_handler_for_base64_bodies).
 PRE_ENCODED_HEADER = "x-ctscan-body-base64"
-
 MAX_RANGE_DIGITS = 18  # fits a bigint
-
 MAX_ETAGS = 32  # entity tags read from one If-None-Match
 
 

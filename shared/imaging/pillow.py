@@ -14,7 +14,6 @@ from shared.imaging.pixels import Pixels, too_large
 ACCEPTED_FORMATS: dict[str, str] = {"PNG": "image/png", "JPEG": "image/jpeg"}
 
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I"})
-
 _GREY_MODES = frozenset({"L", "LA", "1", "La"})
 
 

@@ -13,18 +13,13 @@ from shared.core.errors import InvalidImage
 
 # The header attributes a decoded DICOM file contributes to the index (one dataclass for imaging, db and API).
 DicomInfo = DicomIndex
-
 DICOM_CONTENT_TYPE = "application/dicom"
 
 Unit = Literal["HU", "intensity"]
-
 WindowFunction = Literal["LINEAR", "LINEAR_EXACT", "SIGMOID"]
-
 WindowSource = Literal["file", "default-ct", "auto"]
-
 # Grey levels are always 8 or 16 bits (decoders narrow anything wider), so a 65,536-entry table can map them.
 Levels = NDArray[np.uint8] | NDArray[np.int8] | NDArray[np.uint16] | NDArray[np.int16]
-
 Rgb = NDArray[np.uint8]
 
 

@@ -11,7 +11,6 @@ from shared.core.errors import InvalidParameter
 from shared.scans.public import SCAN_ID_PREFIX
 
 _INVALID_CURSOR = "cursor is not valid for this listing; use nextCursor from the previous page of the same listing."
-
 _SERIES_CURSOR = "series"
 
 

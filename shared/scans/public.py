@@ -11,7 +11,6 @@ from shared.auth import signing
 from shared.core.dicom_index import DicomIndex
 
 SCAN_ID_PREFIX = "scan_"
-
 IMAGE_PATH = "/api/v1/scans/image/{scan_id}/{image_type}"
 
 

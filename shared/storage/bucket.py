@@ -22,7 +22,6 @@ log = logging.getLogger(__name__)
 
 # How long a presigned GET that a 302 points at stays valid: enough to follow the redirect.
 PRESIGNED_GET_SECONDS = 60
-
 READ_CHUNK_BYTES = 1024 * 1024
 
 

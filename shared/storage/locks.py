@@ -16,14 +16,12 @@ from shared import db
 from shared.storage.tiers import parse_object_key
 
 LOCK_KEY = "SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"
-
 RECORD_ORPHANS = """
     INSERT INTO storage_orphans (key) SELECT unnest(CAST(:keys AS text[]))
     ON CONFLICT (key) DO UPDATE SET since = now()
 """
 
 FORGET_ORPHANS = "DELETE FROM storage_orphans WHERE key = ANY(CAST(:keys AS text[]))"
-
 KEY_IN_USE = "SELECT s3_key_in_use(:owner_id, :sha256)"
 
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 from shared.core.config import Settings
 
 POSTGRES = "postgres"
-
 S3 = "s3"
-
 # The most bytes a function answers in its body: API Gateway's 6 MB Lambda response limit holds the
 # base64 text (4/3 of the bytes) and the headers. A larger S3 image (or span) is a 302 to a
 # presigned GET instead; and while a bucket is configured, a larger image never goes to PostgreSQL.
