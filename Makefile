@@ -15,7 +15,7 @@ $(STAMP): requirements-images.txt requirements.txt requirements-upload.txt requi
 venv: $(STAMP)
 
 run: $(STAMP)
-	$(PY) scripts/run.py
+	$(PY) -m scripts.dev.run
 
 test: $(STAMP)
 	$(PY) -m pytest
@@ -27,43 +27,43 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports --no-cache
 
 bench: $(STAMP)
-	$(PY) scripts/bench.py
+	$(PY) -m scripts.bench.main
 
 # The scan routes at 10,000 and 100,000 scans in one database (fresh `ctscan_bench_scale`), 100k/10k ratios.
 bench-scale: $(STAMP)
-	$(PY) scripts/bench_scale.py
+	$(PY) -m scripts.bench.scale
 
 # The largest presigned upload through the real flow against moto's S3 server: time of each step and
 # the peak memory of /complete in a process of its own (sizes the upload function): make bench-large-upload [MB=480]
 bench-large-upload: $(STAMP)
-	$(PY) scripts/bench_large_upload.py --mb '$(or $(MB),480)'
+	$(PY) -m scripts.bench.large_upload --mb '$(or $(MB),480)'
 
 migrate: $(STAMP)
-	$(PY) scripts/manage.py migrate
+	$(PY) -m scripts.ops.manage migrate
 
 # The nightly cleanup function's job, here and now (expired sessions, old throttle and audit rows,
 # VACUUM when dead rows pass the threshold): prints its JSON report.
 cleanup: $(STAMP)
-	$(PY) scripts/manage.py cleanup
+	$(PY) -m scripts.ops.manage cleanup
 
 # Move existing images between the tiers, online, verified and resumable (shared/jobs/tiering.py), with
 # a progress bar on stderr and the JSON report at the end. Both need IMAGES_BUCKET and AWS credentials
 # (locally a moto server: AWS_ENDPOINT_URL_S3=http://127.0.0.1:PORT, any test credentials, AWS_REGION).
 # make move-to-s3 [OLDER_THAN=30d] [MIN_BYTES=...] [LIMIT=...]   (MIN_BYTES defaults to STORAGE_TIER_S3_MIN_BYTES)
 move-to-s3: $(STAMP)
-	@$(PY) scripts/manage.py move-to-s3 $(if $(OLDER_THAN),--older-than '$(OLDER_THAN)') \
+	@$(PY) -m scripts.ops.manage move-to-s3 $(if $(OLDER_THAN),--older-than '$(OLDER_THAN)') \
 		$(if $(MIN_BYTES),--min-bytes '$(MIN_BYTES)') $(if $(LIMIT),--limit '$(LIMIT)')
 
 # make move-to-postgres [LIMIT=...]: images over 4.4 MB stay in S3 (the report lists them as "kept").
 move-to-postgres: $(STAMP)
-	@$(PY) scripts/manage.py move-to-postgres $(if $(LIMIT),--limit '$(LIMIT)')
+	@$(PY) -m scripts.ops.manage move-to-postgres $(if $(LIMIT),--limit '$(LIMIT)')
 
 # Offline: no AWS credentials are needed (or used) to package and lint the stack.
 TEMPLATE := .serverless/cloudformation-template-update-stack.json
 # CPython 3.12, the Lambda runtime's version, to precompile bytecode into the packages.
-LAMBDA_PYTHON ?= $(shell scripts/find-lambda-python.sh)
+LAMBDA_PYTHON ?= $(shell scripts/build/find-lambda-python.sh)
 export LAMBDA_PYTHON
-# osls runs scripts/build_lambda_packages.py (infra/plugins/python-packages.js) with this Python:
+# osls runs scripts/build/lambda_packages.py (infra/plugins/python-packages.js) with this Python:
 # one zip per function in .serverless/, each with only its own libraries.
 BUILD_PYTHON ?= $(PY)
 export BUILD_PYTHON
@@ -72,42 +72,42 @@ package: $(STAMP)
 	env -u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY -u AWS_SESSION_TOKEN -u AWS_PROFILE \
 		npx --no-install osls package --stage ci
 	$(VENV)/bin/cfn-lint $(TEMPLATE) -i W3005
-	$(PY) scripts/package_report.py .serverless/*.zip
+	$(PY) -m scripts.build.package_report .serverless/*.zip
 
 # After `npx osls deploy --stage $(STAGE)`: web/ and a generated config.json to the stack's bucket, then
-# a CloudFront invalidation (scripts/publish_web.py). Needs AWS credentials; REGION defaults to AWS_REGION
+# a CloudFront invalidation (scripts/web/publish.py). Needs AWS credentials; REGION defaults to AWS_REGION
 # or serverless.yml's.
 publish-web: $(STAMP)
 	@test -n "$(STAGE)" || { echo "usage: make publish-web STAGE=prod [REGION=eu-central-1]"; exit 2; }
-	$(PY) scripts/publish_web.py --stage '$(STAGE)' $(if $(REGION),--region '$(REGION)')
+	$(PY) -m scripts.web.publish --stage '$(STAGE)' $(if $(REGION),--region '$(REGION)')
 
 user: $(STAMP)
 	@test -n "$(NAME)" || { echo "usage: make user NAME=alice PASSWORD=..."; exit 2; }
-	@PASSWORD='$(PASSWORD)' $(PY) scripts/manage.py user '$(NAME)'
+	@PASSWORD='$(PASSWORD)' $(PY) -m scripts.ops.manage user '$(NAME)'
 
 token: $(STAMP)
 	@test -n "$(NAME)" || { echo "usage: make token NAME=alice"; exit 2; }
-	@$(PY) scripts/manage.py token '$(NAME)'
+	@$(PY) -m scripts.ops.manage token '$(NAME)'
 
 # The audit trail, newest first: make audit [NAME=alice] [LIMIT=50]
 audit: $(STAMP)
-	@$(PY) scripts/manage.py audit $(if $(NAME),--name '$(NAME)') --limit '$(or $(LIMIT),50)'
+	@$(PY) -m scripts.ops.manage audit $(if $(NAME),--name '$(NAME)') --limit '$(or $(LIMIT),50)'
 
 # A small synthetic CT series (DICOM, with known dense regions), generated here: nothing is downloaded.
 sample: $(STAMP)
-	$(PY) scripts/sample.py samples
+	$(PY) -m scripts.dev.sample samples
 
 # Stop the embedded PostgreSQL servers and delete their data (dev and test): the next run starts fresh.
 clean-data: $(STAMP)
-	$(PY) scripts/devdb.py stop $${PGDATA_DIR:-.data/pg} .data/test-pg
+	$(PY) -m scripts.dev.devdb stop $${PGDATA_DIR:-.data/pg} .data/test-pg
 	rm -rf .data
 
 # The OpenAPI document of every HTTP function, checked in (tests/test_openapi.py fails when it is stale).
 openapi: $(STAMP)
-	$(PY) scripts/openapi.py
+	$(PY) -m scripts.build.openapi
 
 # The web app's libraries (Preact, htm), pinned in package-lock.json, copied from node_modules into
 # web/vendor/ (checked in: `make run` needs no npm). tests/test_web_static.py fails when they differ.
 web-vendor: $(STAMP)
 	npm ci --no-audit --no-fund --loglevel=error
-	$(PY) scripts/vendor_web.py
+	$(PY) -m scripts.web.vendor

@@ -46,7 +46,7 @@ def server_url() -> Iterator[str]:
     if url:
         yield url
         return
-    from scripts.devdb import ensure_server, stop_server
+    from scripts.dev.devdb import ensure_server, stop_server
 
     yield ensure_server(EMBEDDED_PGDATA, database="postgres")
     stop_server(EMBEDDED_PGDATA)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scripts.localgw import Gateway, LambdaContext, build_event, load_routes
+from scripts.dev.localgw.server import Gateway, LambdaContext, build_event, load_routes
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUTES = load_routes(ROOT / "serverless.yml")

@@ -189,7 +189,7 @@ def test_make_audit_prints_recent_events(
 ) -> None:
     image(api, scan["id"], token=alice.token)
     out = subprocess.run(
-        [sys.executable, "scripts/manage.py", "audit", "--name", "alice"],
+        [sys.executable, "-m", "scripts.ops.manage", "audit", "--name", "alice"],
         cwd=ROOT,
         capture_output=True,
         text=True,

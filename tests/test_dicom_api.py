@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
-from scripts import phantom
+from scripts.dev import phantom
 from tests.conftest import User
 from tests.lambda_client import LambdaClient, Result, multipart
 

@@ -30,7 +30,7 @@ BANNER = re.compile(r"^Local gateway on http://127\.0\.0\.1:(\d+)")
 
 
 class Service:
-    """scripts/run.py in a subprocess, on its own embedded PostgreSQL in a temporary folder."""
+    """scripts/dev/run.py in a subprocess, on its own embedded PostgreSQL in a temporary folder."""
 
     def __init__(self, pgdata: Path) -> None:
         self.pgdata, self.port = pgdata, 0
@@ -41,7 +41,7 @@ class Service:
         env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
         env.update(PGDATA_DIR=str(self.pgdata), PORT="0", PYTHONUNBUFFERED="1")
         self.process = subprocess.Popen(
-            [sys.executable, "scripts/run.py"],
+            [sys.executable, "-m", "scripts.dev.run"],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,
@@ -102,7 +102,7 @@ def service(tmp_path: Path) -> Iterator[Service]:
         svc.process.wait(10)
     if svc.process and svc.process.stdout and not svc.process.stdout.closed:
         svc.process.stdout.close()
-    from scripts.devdb import stop_server
+    from scripts.dev.devdb import stop_server
 
     stop_server(svc.pgdata)
 

@@ -21,7 +21,7 @@ from numpy.typing import NDArray
 from PIL import Image, ImageFile
 from pydicom.data import get_testdata_file
 
-from scripts.phantom import ct_slice_dataset, dicom_bytes, stored_png16
+from scripts.dev.phantom import ct_slice_dataset, dicom_bytes, stored_png16
 from shared.core.errors import InvalidImage
 from shared.imaging import ACCEPTED_FORMATS, THUMBNAIL_MAX_SIDE, AnalyzedScan, analyze_upload
 from tests.images import randomly_damaged

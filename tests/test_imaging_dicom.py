@@ -1,5 +1,5 @@
 """shared.imaging on DICOM: HU analysis of phantoms with known discs, every transfer syntax, real files, windows,
-hostile input and PHI. The phantoms come from scripts.phantom."""
+hostile input and PHI. The phantoms come from scripts.dev.phantom."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from scripts.phantom import (
+from scripts.dev.phantom import (
     DEFAULT_DISCS,
     PHI_STRINGS,
     Disc,

@@ -23,10 +23,11 @@ from typing import Any
 
 import pytest
 
-from scripts import localgw
+from scripts.dev.localgw import server as localgw
 from tests.gateway_fixtures import echo
 
 ROOT = Path(__file__).resolve().parent.parent
+LOCALGW = [sys.executable, "-m", "scripts.dev.localgw"]  # the gateway on its own, run from ROOT
 FIXTURE_YML = ROOT / "tests" / "gateway_fixtures" / "serverless.yml"
 CONTAINERS = 3
 TOO_LARGE = {"error": {"code": "payload_too_large", "message": "Request Entity Too Large"}}
@@ -479,7 +480,7 @@ def test_gateway_mangum_app_binary_response_and_head(server: tuple[str, int]) ->
 
 @pytest.mark.slow
 def test_main_runs_as_script_from_project_root() -> None:
-    command = [sys.executable, "scripts/localgw.py", "--port", "0", "--containers", "2", "--config", str(FIXTURE_YML)]
+    command = [*LOCALGW, "--port", "0", "--containers", "2", "--config", str(FIXTURE_YML)]
     command += ["--workers", "1"]
     with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) as process:
         try:
@@ -509,7 +510,7 @@ def wait_for(condition: Any, timeout: float = 15.0) -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads worker processes from /proc")
 def test_main_with_workers_serves_from_each_replaces_a_dead_one_and_stops_on_sigint() -> None:
-    command = [sys.executable, "scripts/localgw.py", "--port", "0", "--containers", "2", "--config", str(FIXTURE_YML)]
+    command = [*LOCALGW, "--port", "0", "--containers", "2", "--config", str(FIXTURE_YML)]
     command += ["--workers", "2", "--no-access-log"]
     with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
         try:
@@ -545,7 +546,7 @@ def test_main_with_workers_serves_from_each_replaces_a_dead_one_and_stops_on_sig
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads worker processes from /proc")
 def test_workers_end_with_their_parent_even_on_sigkill() -> None:
-    command = [sys.executable, "scripts/localgw.py", "--port", "0", "--config", str(FIXTURE_YML), "--workers", "2"]
+    command = [*LOCALGW, "--port", "0", "--config", str(FIXTURE_YML), "--workers", "2"]
     with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) as process:
         assert process.stdout is not None
         process.stdout.readline()

@@ -22,8 +22,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
-from scripts import phantom
-from scripts.localgw import LambdaContext, Route, build_event
+from scripts.dev import phantom
+from scripts.dev.localgw.server import LambdaContext, Route, build_event
 from shared.http.app import create_app, lambda_handler
 from tests import images
 from tests.conftest import ROOT, User
@@ -291,7 +291,7 @@ FRESH_PROCESS = """
 import asyncio, json, sys
 sys.path.insert(0, '.')
 asyncio.set_event_loop(asyncio.new_event_loop())
-from scripts.localgw import LambdaContext, build_event, load_routes
+from scripts.dev.localgw.server import LambdaContext, build_event, load_routes
 from pathlib import Path
 route = next(r for r in load_routes(Path('serverless.yml')) if r.route_key == 'GET /api/v1/scans')
 event = build_event(method='GET', raw_path='/api/v1/scans', raw_query='', headers=[('host', 'x')], body=b'',
@@ -334,7 +334,7 @@ def get(port: int, path: str, token: str) -> int:
 @pytest.mark.slow
 def test_the_local_gateway_prints_each_line_once_as_each_request_ends(database_url: str, alice: User) -> None:
     # Given the local gateway as `make run` starts it (worker processes), its stdout a pipe
-    command = [sys.executable, "scripts/localgw.py", "--port", "0", "--no-access-log"]
+    command = [sys.executable, "-m", "scripts.dev.localgw", "--port", "0", "--no-access-log"]
     env = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
     with subprocess.Popen(
         command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from scripts import localgw, openapi
+from scripts.build import openapi
+from scripts.dev.localgw import server as localgw
 from shared import db
 from shared.core.dicom_index import DicomIndex
 from shared.http import schemas
@@ -53,7 +54,7 @@ def test_every_protected_operation_names_its_security_and_the_error_shape() -> N
 
 
 def test_the_models_describe_what_the_handlers_answer(api: LambdaClient, alice: User) -> None:
-    from scripts import phantom
+    from scripts.dev import phantom
 
     # Given a PNG and a DICOM scan
     answers = []

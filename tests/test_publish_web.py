@@ -1,4 +1,4 @@
-"""scripts/publish_web.py against moto's S3 and CloudFront; DescribeStacks through botocore's Stubber.
+"""scripts/web/publish.py against moto's S3 and CloudFront; DescribeStacks through botocore's Stubber.
 
 (moto's CloudFormation needs its full extra, which would parse and "create" the stack; the script only
 reads three outputs, so a stubbed, model-validated DescribeStacks answer is the honest fake.)
@@ -17,9 +17,9 @@ import pytest
 from botocore.stub import Stubber
 from moto import mock_aws
 
-from scripts import publish_web
-from scripts.publish_web import PublishError, StackOutputs
-from scripts.web_assets import IMMUTABLE, NO_CACHE
+from scripts.web import publish as publish_web
+from scripts.web.assets import IMMUTABLE, NO_CACHE
+from scripts.web.publish import PublishError, StackOutputs
 from tests.conftest import ROOT
 
 REGION = "eu-central-1"
@@ -97,7 +97,7 @@ def test_publish_writes_the_generated_config_json_over_the_local_one(aws: dict[s
 def test_publish_sets_content_type_and_cache_control_per_file(aws: dict[str, Any], site: Path) -> None:
     report = publish_web.publish(site_dir=site, outputs=aws["outputs"], s3=aws["s3"], cloudfront=aws["cloudfront"])
 
-    # As the local gateway serves them (scripts/web_assets.py): our modules are not fingerprinted,
+    # As the local gateway serves them (scripts/web/assets.py): our modules are not fingerprinted,
     # so a browser revalidates them; a vendored library's versioned folder never changes.
     expected = {
         "index.html": ("text/html; charset=utf-8", NO_CACHE),

@@ -43,7 +43,7 @@ class PasswordServer:
 
 @pytest.fixture(scope="module")
 def password_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PasswordServer]:
-    from scripts.devdb import ensure_server, stop_server
+    from scripts.dev.devdb import ensure_server, stop_server
 
     pgdata: Path = tmp_path_factory.mktemp("secrets") / "pg"
     url = ensure_server(pgdata, database="ctscan")

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from scripts.localgw import build_event, load_routes
-from scripts.package_report import LAMBDA_UNZIPPED_LIMIT, unzipped_size
+from scripts.build.package_report import LAMBDA_UNZIPPED_LIMIT, unzipped_size
+from scripts.dev.localgw.server import build_event, load_routes
 from tests.conftest import ROOT
 
 BUILD = ROOT / ".serverless"
@@ -481,7 +481,7 @@ def test_package_is_under_lambdas_unzipped_limit_and_holds_its_code(name: str) -
     assert not any(n.startswith(tuple(others)) for n in names), f"{name} carries another function's handler"
     for forbidden in DEV_TOOLS:
         assert not any(n.startswith(forbidden) for n in names), (name, forbidden)
-    # Left out on purpose (scripts/build_lambda_packages.py, OMIT): FastAPI imports it only to reject v1 models.
+    # Left out on purpose (scripts/build/lambda_packages.py, OMIT): FastAPI imports it only to reject v1 models.
     assert not any(n.startswith("pydantic/v1/") for n in names), name
 
 
@@ -501,7 +501,7 @@ def test_the_images_function_carries_neither_fastapi_nor_pydantic() -> None:
 
 
 def test_a_function_carries_only_the_shared_modules_it_imports() -> None:
-    # scripts/build_lambda_packages.py stages the import closure of each handler, not all of shared/.
+    # scripts/build/lambda_packages.py stages the import closure of each handler, not all of shared/.
     images, upload, migrate = zip_names("images"), zip_names("upload"), zip_names("migrate")
     assert not any(n.startswith(("shared/imaging/", "shared/jobs/")) for n in images)
     assert "shared/http/app.py" not in images and "shared/scans/uploads.py" not in images
@@ -581,7 +581,7 @@ def test_package_carries_cpython_312_bytecode_for_every_module(name: str) -> Non
 
 def lambda_python() -> str:
     python = subprocess.run(
-        [str(ROOT / "scripts" / "find-lambda-python.sh")], capture_output=True, text=True, check=True
+        [str(ROOT / "scripts" / "build" / "find-lambda-python.sh")], capture_output=True, text=True, check=True
     ).stdout.strip()
     if not python:
         if os.environ.get("CI"):

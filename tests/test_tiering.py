@@ -327,11 +327,11 @@ def test_a_move_killed_halfway_loses_nothing_and_a_rerun_finishes_it(
 ) -> None:
     stored = seed(api, alice, 5)
     moved_before_kill = 7
-    # manage.py move-to-s3 itself, except that the image after the 7th stops after its object is
+    # manage.py move-to-s3 itself (scripts/ops/manage.py), except that the image after the 7th stops after its object is
     # written and before its row changes: the worst moment to die. The test kills it there.
     driver = f"""
 import sys, time
-sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / "scripts")!r}]
+sys.path[:0] = [{str(ROOT)!r}]
 from shared import storage
 real_put, puts = storage.ObjectStore.put, []
 def put(self, key, data, **kwargs):
@@ -340,7 +340,7 @@ def put(self, key, data, **kwargs):
     if len(puts) > {moved_before_kill}:
         time.sleep(3600)
 storage.ObjectStore.put = put
-import manage
+from scripts.ops import manage
 raise SystemExit(manage.main(["move-to-s3", "--min-bytes", "1"]))
 """
     env = subprocess_env(bucket)
@@ -370,7 +370,7 @@ raise SystemExit(manage.main(["move-to-s3", "--min-bytes", "1"]))
     assert pg.run("SELECT s3_key_in_use(:owner, :sha)", owner=alice.id, sha=stray.rsplit("/", 1)[1])[0][0] is False
 
     rerun = subprocess.run(
-        [sys.executable, "scripts/manage.py", "move-to-s3", "--min-bytes", "1"],
+        [sys.executable, "-m", "scripts.ops.manage", "move-to-s3", "--min-bytes", "1"],
         env=env,
         capture_output=True,
         text=True,
@@ -397,7 +397,7 @@ def test_manage_py_moves_need_the_bucket(bucket: Bucket, pg: pg8000.native.Conne
     env = {name: value for name, value in subprocess_env(bucket).items() if name != "IMAGES_BUCKET"}
     for command in ("move-to-s3", "move-to-postgres"):
         result = subprocess.run(
-            [sys.executable, "scripts/manage.py", command],
+            [sys.executable, "-m", "scripts.ops.manage", command],
             env=env,
             capture_output=True,
             text=True,

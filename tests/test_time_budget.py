@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import pytest
 
-from scripts import localgw
+from scripts.dev.localgw import server as localgw
 from shared import db
 from shared.core import config
 from shared.core.config import DatabaseParams

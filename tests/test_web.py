@@ -1,5 +1,5 @@
 """The web app in a real browser: Playwright driving Debian's Chromium against `make run`'s entry point
-(scripts/run.py: the local gateway and its functions) on a fresh database. Each step is checked on
+(scripts/dev/run.py: the local gateway and its functions) on a fresh database. Each step is checked on
 the screen and in the API's state, and photographed into .artifacts/screenshots/.
 
 Without Chromium these tests are skipped with how to get it, except on CI (CI set), where they fail.
@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from scripts import phantom
+from scripts.dev import phantom
 from shared import auth, db
 from tests import images
 from tests.conftest import ROOT, admin_connection
@@ -71,7 +71,7 @@ def chromium_executable() -> str | None:
 
 @dataclass
 class Service:
-    """scripts/run.py in a subprocess on a database of its own; its output (the gateway's access
+    """scripts/dev/run.py in a subprocess on a database of its own; its output (the gateway's access
     log among it) is kept line by line."""
 
     port: int
@@ -172,7 +172,7 @@ def service(fresh_database: Callable[..., str], tmp_path_factory: pytest.TempPat
 
 @contextlib.contextmanager
 def running_service(url: str, keys: Path, extra_env: dict[str, str] | None = None) -> Iterator[Service]:
-    """scripts/run.py on the database at url, with this environment added (an images bucket)."""
+    """scripts/dev/run.py on the database at url, with this environment added (an images bucket)."""
     env = {
         **os.environ,
         "DATABASE_URL": url,
@@ -187,7 +187,7 @@ def running_service(url: str, keys: Path, extra_env: dict[str, str] | None = Non
     # and the two worker processes' lines would interleave in the pipe.
     env.pop("PYTHONUNBUFFERED", None)
     process = subprocess.Popen(
-        [sys.executable, "scripts/run.py"],
+        [sys.executable, "-m", "scripts.dev.run"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from scripts import localgw, vendor_web, web_assets
+from scripts.dev.localgw import server as localgw
+from scripts.web import assets as web_assets
+from scripts.web import vendor as vendor_web
 from tests.conftest import ROOT
 
 WEB = ROOT / "web"

@@ -2,7 +2,7 @@
 
 // One zip per function, holding only the libraries that function imports.
 //
-// For every Python function in serverless.yml this runs scripts/build_lambda_packages.py, which
+// For every Python function in serverless.yml this runs scripts/build/lambda_packages.py, which
 // builds .serverless/<name>.zip from the function's handler directory, shared/, migrations/ and
 // the pinned libraries of its `requirements` file (default requirements.txt), precompiled for
 // CPython 3.12, and then points the function at that zip (package.artifact: the path osls itself
@@ -52,16 +52,16 @@ class PythonPackages {
     });
     const out = path.join(this.serverless.serviceDir, '.serverless');
     // Any Python 3.11+ with pip runs the build; CPython 3.12 (LAMBDA_PYTHON, or what
-    // scripts/find-lambda-python.sh finds) compiles the bytecode.
+    // scripts/build/find-lambda-python.sh finds) compiles the bytecode.
     const python = process.env.BUILD_PYTHON || 'python3';
-    const script = path.join(this.serverless.serviceDir, 'scripts', 'build_lambda_packages.py');
-    const result = spawnSync(python, [script, '--out', out, ...specs], {
+    // As a module from the project root (cwd), like every script: python -m scripts.build.lambda_packages.
+    const result = spawnSync(python, ['-m', 'scripts.build.lambda_packages', '--out', out, ...specs], {
       cwd: this.serverless.serviceDir,
       stdio: 'inherit',
     });
     if (result.status !== 0) {
       throw new this.serverless.classes.Error(
-        `python-packages: ${python} scripts/build_lambda_packages.py failed (${result.error || `exit ${result.status}`})`
+        `python-packages: ${python} -m scripts.build.lambda_packages failed (${result.error || `exit ${result.status}`})`
       );
     }
     for (const name of names) {

@@ -23,9 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[2]
 
 BUCKET = "ctscan-bench-large"
 REGION = "eu-central-1"
@@ -48,7 +46,7 @@ def peak_rss_mb() -> float:
 
 def large_dicom(megabytes: int) -> bytes:
     """An uncompressed multi-frame CT of about `megabytes` MB (512x512, 16 bits a sample)."""
-    from scripts import phantom
+    from scripts.dev import phantom
 
     frames = max(1, megabytes * 1_000_000 // FRAME_BYTES)
     ds = phantom.ct_slice_dataset(512, frames=1, seed=11)
@@ -120,7 +118,7 @@ def run(megabytes: int, endpoint: str) -> int:
     import boto3
     import requests
 
-    from scripts.bench import bench_database
+    from scripts.bench.main import bench_database
     from shared import auth, db
 
     deadline = time.monotonic() + 30
@@ -163,7 +161,8 @@ def run(megabytes: int, endpoint: str) -> int:
     del data
     # /complete in a process of its own, as in a fresh upload container: its peak RSS is the function's.
     child = subprocess.run(
-        [sys.executable, __file__, "--complete", upload["uploadId"], "--token", token],
+        [sys.executable, "-m", "scripts.bench.large_upload", "--complete", upload["uploadId"], "--token", token],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         env=os.environ.copy(),

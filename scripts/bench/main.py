@@ -24,11 +24,13 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
-from env import ROOT, prepare_database  # type: ignore[import-not-found]
 from PIL import Image
 from pydicom.uid import JPEGLosslessSV1
 
-from scripts import bench_orthanc, phantom, web_assets
+from scripts.bench import orthanc as bench_orthanc
+from scripts.dev import phantom
+from scripts.dev.env import ROOT, prepare_database
+from scripts.web import assets as web_assets
 from shared import auth, db
 from shared.core import config
 from shared.db import protocol
@@ -159,8 +161,9 @@ def http_get_figures(port: int, path: str, headers: dict[str, str], label: str) 
 
 @contextlib.contextmanager
 def gateway_process(database_url: str, *, workers: int | None = None, **env: str) -> Iterator[int]:
-    """scripts/localgw.py in processes of its own, as `make run` starts it; yields its port."""
-    args = [sys.executable, str(ROOT / "scripts" / "localgw.py"), "--port", "0", "--no-access-log"]
+    """The local gateway (python -m scripts.dev.localgw) in processes of its own, as `make run` starts it;
+    yields its port."""
+    args = [sys.executable, "-m", "scripts.dev.localgw", "--port", "0", "--no-access-log"]
     if workers is not None:
         args += ["--workers", str(workers)]
     process = subprocess.Popen(
@@ -280,7 +283,7 @@ def peak_rss_mb():
     for line in open('/proc/self/status'):
         if line.startswith('VmHWM:'):
             return int(line.split()[1]) / 1024
-from scripts.localgw import build_event, load_routes, LambdaContext
+from scripts.dev.localgw.server import build_event, load_routes, LambdaContext
 from tests.lambda_client import multipart
 import functions.upload.handler as upload
 data = Path(sys.argv[1]).read_bytes()
@@ -304,7 +307,7 @@ print(json.dumps({'status': result['statusCode'], 'rss_before_mb': before,
 def package_import_figures() -> dict[str, object]:
     """Cold import of each handler from its own built Lambda package under CPython 3.12, if both exist."""
     archives = {name: ROOT / ".serverless" / f"{name}.zip" for name in ("images", "upload")}
-    python = subprocess.run([str(ROOT / "scripts" / "find-lambda-python.sh")], capture_output=True, text=True)
+    python = subprocess.run([str(ROOT / "scripts" / "build" / "find-lambda-python.sh")], capture_output=True, text=True)
     if not all(archive.exists() for archive in archives.values()) or not python.stdout.strip():
         print("(no built packages or no CPython 3.12: run `make package` for the package import figures)", file=REPORT)
         return {}
@@ -341,7 +344,7 @@ def package_import_figures() -> dict[str, object]:
 
 def range_figures(api: object, token: str) -> dict[str, object]:
     """A 64 KiB Range GET of a ~4 MB original against the full GET, in process through the images handler."""
-    from scripts.localgw import LambdaContext, build_event
+    from scripts.dev.localgw.server import LambdaContext, build_event
     from tests.lambda_client import multipart
 
     huge = ct_image(1600, 11, noise=0.05)
@@ -582,7 +585,6 @@ def compression_figures(url: str) -> dict[str, object]:
 def bytea_parameter_figures(runs: int = 40) -> dict[str, object]:
     """Same-run A/B of the upload's bytea parameters: hex text (pg8000's way, before) against binary
     format (shared.db.Connection, now), uploads of distinct uncompressed 512x512 CT slices interleaved."""
-    sys.path.insert(0, str(ROOT))
     from tests.lambda_client import LambdaClient, multipart
 
     user_id = db.call(db.create_user, username="bench-ab", password_hash=auth.hash_password("bench-ab"))
@@ -628,8 +630,7 @@ def main() -> int:
         db.close_connection()
         return 0
     server_url, url = bench_database("ctscan_bench")
-    sys.path.insert(0, str(ROOT))
-    from scripts.localgw import LambdaContext, build_event
+    from scripts.dev.localgw.server import LambdaContext, build_event
     from tests.lambda_client import LambdaClient, multipart
 
     user_id = db.call(db.create_user, username="bench", password_hash=auth.hash_password("bench"))
@@ -638,7 +639,7 @@ def main() -> int:
     figures: dict[str, object] = web_asset_figures()
 
     # Sequential uploads, each a distinct image (identical bytes would be deduplicated). The CT slice
-    # is one phantom (scripts/phantom.py), 512x512, 12 bits stored: as uncompressed DICOM, as JPEG
+    # is one phantom (scripts/dev/phantom.py), 512x512, 12 bits stored: as uncompressed DICOM, as JPEG
     # Lossless DICOM and as a 16-bit PNG of the same stored values, each timed in this same run.
     runs = 30
     slices = [phantom.ct_slice_dataset(512, seed=1000 + i, instance_number=i + 1) for i in range(runs + 2)]

@@ -13,8 +13,7 @@ import sys
 import time
 from typing import Any
 
-from bench import bench_database, ct_image, percentile, timed  # type: ignore[import-not-found]
-
+from scripts.bench.main import bench_database, ct_image, percentile, timed
 from shared import auth, db
 from shared.core import config
 from shared.scans import decode_cursor

@@ -1,7 +1,7 @@
 """Build one Lambda zip per function: its handler, the shared/ modules it imports, migrations/, its own
 libraries, CPython 3.12 bytecode.
 
-    python3 scripts/build_lambda_packages.py --out .serverless NAME:HANDLER:REQUIREMENTS ...
+    python3 -m scripts.build.lambda_packages --out .serverless NAME:HANDLER:REQUIREMENTS ...   (from the project root)
 
 infra/plugins/python-packages.js runs this during `osls package` and `osls deploy`, with one spec per
 function from serverless.yml (e.g. `upload:functions/upload/handler.handler:requirements-upload.txt`),
@@ -38,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # What every function carries besides its own handler directory (and functions/__init__.py) and the
 # modules of SHARED_PACKAGE it imports.
 COMMON_CODE = ("migrations",)
@@ -113,10 +113,10 @@ class FunctionSpec:
 
 
 def lambda_python() -> str | None:
-    """CPython 3.12 for the bytecode: $LAMBDA_PYTHON, else what scripts/find-lambda-python.sh finds."""
+    """CPython 3.12 for the bytecode: $LAMBDA_PYTHON, else what scripts/build/find-lambda-python.sh finds."""
     python = os.environ.get("LAMBDA_PYTHON")
     if not python:
-        finder = ROOT / "scripts" / "find-lambda-python.sh"
+        finder = ROOT / "scripts" / "build" / "find-lambda-python.sh"
         python = subprocess.run([str(finder)], capture_output=True, text=True, check=False).stdout.strip()
     if not python:
         return None

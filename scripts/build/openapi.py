@@ -1,7 +1,7 @@
 """`make openapi`: one OpenAPI document for every HTTP function, generated from their apps.
 
-    python scripts/openapi.py            writes openapi.json (checked in; tests/test_openapi.py fails when stale)
-    python scripts/openapi.py --check    exits 1 when openapi.json is not what the code generates
+    python -m scripts.build.openapi            writes openapi.json (checked in; tests/test_openapi.py fails when stale)
+    python -m scripts.build.openapi --check    exits 1 when openapi.json is not what the code generates
 
 upload, scans and auth are FastAPI apps: their routes describe themselves (shared/http/schemas.py holds
 the JSON shapes). The images function is plain Starlette for its cold start, so its one route is
@@ -17,15 +17,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from fastapi import FastAPI, Header, Query, Response
+from fastapi import Path as PathParam
+from fastapi.openapi.utils import get_openapi
 
-from fastapi import FastAPI, Header, Query, Response  # noqa: E402
-from fastapi import Path as PathParam  # noqa: E402
-from fastapi.openapi.utils import get_openapi  # noqa: E402
+from shared.http.schemas import error_responses
 
-from shared.http.schemas import error_responses  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 OUTPUT = ROOT / "openapi.json"
 TITLE = "CT scan image store"

@@ -149,9 +149,9 @@ def _is_root() -> bool:
 
 
 def main(argv: list[str]) -> int:
-    """`python scripts/devdb.py stop DIR...`: stop the embedded servers in those data directories."""
+    """`python -m scripts.dev.devdb stop DIR...`: stop the embedded servers in those data directories."""
     if len(argv) < 2 or argv[0] != "stop":
-        print("usage: devdb.py stop PGDATA...", file=sys.stderr)
+        print("usage: python -m scripts.dev.devdb stop PGDATA...", file=sys.stderr)
         return 2
     for directory in argv[1:]:
         pgdata = Path(directory)

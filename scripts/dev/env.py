@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DATA_DIR = ROOT / ".data" / "pg"
-
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 
 def prepare_database() -> str:
     """Make sure DATABASE_URL points at a running server (starting the embedded one if needed)."""
     url = os.environ.get("DATABASE_URL", "").strip()
     if not url:
-        from scripts.devdb import ensure_server
+        from scripts.dev.devdb import ensure_server
 
         url = ensure_server(Path(os.environ.get("PGDATA_DIR", DATA_DIR)))
         os.environ["DATABASE_URL"] = url

@@ -7,8 +7,7 @@ import os
 import secrets
 import sys
 
-from env import migrate, prepare_database  # type: ignore[import-not-found]
-
+from scripts.dev.env import migrate, prepare_database
 from shared import auth, db
 from shared.core.config import get_settings
 
@@ -40,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f'try: curl -H "Authorization: Bearer {token}" http://{args.host}:{args.port}/api/v1/scans')
     sys.stdout.flush()
 
-    from scripts import localgw
+    from scripts.dev.localgw import server as localgw
 
     return localgw.main(["--host", args.host, "--port", str(args.port), "--containers", str(args.containers)])
 

@@ -1,6 +1,6 @@
 """`make sample`: write a small synthetic CT series to samples/ so every README example runs as written.
 
-Nothing is downloaded: the phantom (scripts/phantom.py) is a body of soft tissue and fat in air with
+Nothing is downloaded: the phantom (scripts/dev/phantom.py) is a body of soft tissue and fat in air with
 bone discs of known size and density, in Hounsfield units, as real DICOM files. Also writes
 slice.png, the middle slice's stored values as a 16-bit PNG (what a viewer's raw export looks like).
 """
@@ -10,11 +10,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from pydicom.uid import JPEGLosslessSV1
 
-from scripts.phantom import ct_series, dicom_bytes, stored_png16
+from scripts.dev.phantom import ct_series, dicom_bytes, stored_png16
 
 SLICES = 5
 

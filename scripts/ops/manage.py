@@ -1,12 +1,13 @@
 """Ops and dev commands: create users, issue tokens, migrate. Never deployed.
 
-python scripts/manage.py user NAME [--password P]   (or PASSWORD in the environment; a reset ends the user's sessions)
-python scripts/manage.py token NAME                  prints a fresh token as the last line
-python scripts/manage.py migrate                     prints the migration report as JSON
-python scripts/manage.py audit [--name NAME] [--limit N]   the audit trail, newest first
-python scripts/manage.py cleanup                     the cleanup job (as the nightly function runs it): JSON report
-python scripts/manage.py move-to-s3 [--older-than 30d] [--min-bytes N] [--limit N]
-python scripts/manage.py move-to-postgres [--limit N]
+python -m scripts.ops.manage user NAME [--password P]
+    (or PASSWORD in the environment; a reset ends the user's sessions)
+python -m scripts.ops.manage token NAME                  prints a fresh token as the last line
+python -m scripts.ops.manage migrate                     prints the migration report as JSON
+python -m scripts.ops.manage audit [--name NAME] [--limit N]   the audit trail, newest first
+python -m scripts.ops.manage cleanup                     the cleanup job (as the nightly function runs it): JSON report
+python -m scripts.ops.manage move-to-s3 [--older-than 30d] [--min-bytes N] [--limit N]
+python -m scripts.ops.manage move-to-postgres [--limit N]
     move existing images between the tiers (as the tiering function does): a progress bar on
     stderr, the JSON report on stdout. They need IMAGES_BUCKET and AWS credentials (locally, a moto
     server: AWS_ENDPOINT_URL_S3=http://127.0.0.1:PORT with any test credentials and AWS_REGION).
@@ -21,8 +22,7 @@ import os
 import sys
 from typing import Any
 
-from env import migrate, prepare_database  # type: ignore[import-not-found]
-
+from scripts.dev.env import migrate, prepare_database
 from shared import auth, db
 from shared.core import observability
 from shared.core.config import get_settings

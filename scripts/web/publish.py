@@ -3,7 +3,7 @@
 
 Reads the stack's outputs (WebBucketName, WebDistributionId, WebUrl), writes the generated
 config.json, uploads every file of web/ with the Content-Type and Cache-Control the local gateway
-serves it with (scripts/web_assets.py, one source for both), and invalidates the entry points at
+serves it with (scripts/web/assets.py, one source for both), and invalidates the entry points at
 CloudFront. It never deletes: a page loaded just before a publish still finds the files its
 index.html names.
 
@@ -28,12 +28,10 @@ from typing import Any
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as `python scripts/publish_web.py`
-    sys.path.insert(0, str(ROOT))
+from scripts.build.serverless_yml import read_serverless_yml
+from scripts.web import assets as web_assets  # how each file of web/ is served, locally and here
 
-from scripts import web_assets  # noqa: E402  # how each file of web/ is served, locally and here
-from scripts.serverless_yml import read_serverless_yml  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 SERVERLESS_YML = ROOT / "serverless.yml"
 REQUIRED_OUTPUTS = ("WebBucketName", "WebDistributionId", "WebUrl")
@@ -229,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     for site_file in report.uploaded:
         print(f"{site_file.key:40} {len(site_file.body):>9} B  {site_file.content_type:32} {site_file.cache_control}")
     for key in report.skipped:
-        print(f"{key:40} not served (no Content-Type for it in scripts/web_assets.py)")
+        print(f"{key:40} not served (no Content-Type for it in scripts/web/assets.py)")
     print(f"invalidation {report.invalidation_id}: {' '.join(report.invalidated)}")
     print(f"site: {report.url}/  (stack {name}, bucket {outputs.bucket})")
     return 0

@@ -33,6 +33,9 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from scripts.build.serverless_yml import read_serverless_yml
+from scripts.web import assets as web_assets
+
 try:  # SIMD base64: a 4.5 MB image body is encoded and decoded on every request
     from pybase64 import b64decode as _b64decode
     from pybase64 import b64encode as _b64encode
@@ -40,12 +43,7 @@ except ImportError:  # pragma: no cover - binascii is the stdlib's own fast path
     from base64 import b64decode as _b64decode
     from base64 import b64encode as _b64encode
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-if str(PROJECT_ROOT) not in sys.path:
-    sys.path.insert(0, str(PROJECT_ROOT))
-
-from scripts import web_assets  # noqa: E402 - once the project root is importable
-from scripts.serverless_yml import read_serverless_yml  # noqa: E402
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
 
 LAMBDA_PAYLOAD_LIMIT = 6_291_456  # synchronous Invoke: request and response, after base64
 MAX_REQUEST_BODY = 10 * 1024 * 1024  # HTTP API payload quota: larger bodies never reach Lambda
@@ -752,7 +750,7 @@ LOCAL_WEB_CONFIG = b'{"apiBaseUrl": ""}\n'
 
 
 class WebApp:
-    """The files of web/ at /, served as the deployed CDN serves them (scripts/web_assets.py): their
+    """The files of web/ at /, served as the deployed CDN serves them (scripts/web/assets.py): their
     Content-Type and Cache-Control, a strong ETag and 304, and the page's security headers (CSP and
     the rest). Only GET and HEAD, never under /api/, never a dotfile or a kind of file not listed."""
 
