@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scripts.dev.localgw.server import Gateway, LambdaContext, build_event, load_routes
+from scripts.dev.localgw.containers import Gateway
+from scripts.dev.localgw.events import LambdaContext, build_event
+from scripts.dev.localgw.routes import load_routes
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUTES = load_routes(ROOT / "serverless.yml")

@@ -16,7 +16,7 @@ import pg8000.native
 import pytest
 from PIL import Image
 
-from scripts.dev.localgw.server import build_event
+from scripts.dev.localgw.events import build_event
 from shared import db
 from shared.auth import signing
 from shared.core import config

@@ -23,7 +23,11 @@ from typing import Any
 
 import pytest
 
-from scripts.dev.localgw import server as localgw
+from scripts.dev.localgw.containers import Gateway, payload_size, to_http_response
+from scripts.dev.localgw.cors import load_cors
+from scripts.dev.localgw.events import build_event
+from scripts.dev.localgw.routes import Route, load_routes
+from scripts.dev.localgw.server import GatewayProtocol, GatewayServer, Limits, make_server
 from tests.gateway_fixtures import echo
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,7 +55,7 @@ class Reply:
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[tuple[str, int]]:
-    srv = localgw.make_server("127.0.0.1", 0, serverless_yml=FIXTURE_YML, containers=CONTAINERS)
+    srv = make_server("127.0.0.1", 0, serverless_yml=FIXTURE_YML, containers=CONTAINERS)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     yield "127.0.0.1", srv.server_address[1]
@@ -99,7 +103,7 @@ def echoed(reply: Reply) -> dict[str, Any]:
 
 
 def test_load_routes_reads_real_serverless_yml() -> None:
-    routes = localgw.load_routes(ROOT / "serverless.yml")
+    routes = load_routes(ROOT / "serverless.yml")
     keys = {(r.function_name, r.route_key) for r in routes}
     assert ("images", "GET /api/v1/scans/image/{scan_id}/{image_type}") in keys
     assert ("images", "HEAD /api/v1/scans/image/{scan_id}/{image_type}") in keys
@@ -109,14 +113,14 @@ def test_load_routes_reads_real_serverless_yml() -> None:
 
 
 def test_load_routes_uses_function_timeout_over_provider() -> None:
-    routes = {r.route_key: r for r in localgw.load_routes(FIXTURE_YML)}
+    routes = {r.route_key: r for r in load_routes(FIXTURE_YML)}
     assert routes["POST /echo"].timeout_s == 7
     assert routes["GET /binary"].timeout_s == 12
     assert "job" not in {r.function_name for r in routes.values()}
 
 
 def test_gateway_match_prefers_static_over_parameter_and_greedy() -> None:
-    gateway = localgw.Gateway(localgw.load_routes(FIXTURE_YML))
+    gateway = Gateway(load_routes(FIXTURE_YML))
 
     def key_and_params(method: str, path: str) -> tuple[str, dict[str, str]] | None:
         found = gateway.match(method, path)
@@ -133,8 +137,8 @@ def test_gateway_match_prefers_static_over_parameter_and_greedy() -> None:
 
 
 def test_build_event_has_payload_2_shape() -> None:
-    route = localgw.Route("GET", "/echo/{item}", "echo", "tests/gateway_fixtures/echo.handler", 7)
-    event = localgw.build_event(
+    route = Route("GET", "/echo/{item}", "echo", "tests/gateway_fixtures/echo.handler", 7)
+    event = build_event(
         method="GET",
         raw_path="/echo/a%20b",
         raw_query="",
@@ -488,7 +492,7 @@ def test_main_runs_as_script_from_project_root() -> None:
             banner = process.stdout.readline()
             found = re.fullmatch(r"Local gateway on http://127\.0\.0\.1:(\d+)\n", banner)
             assert found, banner
-            listed = [process.stdout.readline() for _ in localgw.load_routes(FIXTURE_YML)]
+            listed = [process.stdout.readline() for _ in load_routes(FIXTURE_YML)]
             assert any(re.fullmatch(r"\s+GET /echo/\{item\}\s+-> echo\n", line) for line in listed), listed
             event = echoed(call(("127.0.0.1", int(found.group(1))), "GET", "/echo/cli"))
             assert event["pathParameters"] == {"item": "cli"}
@@ -577,13 +581,13 @@ def test_load_routes_reads_cloudformation_short_forms(tmp_path: Path) -> None:
         "functions:\n  f:\n    handler: tests/gateway_fixtures/echo.handler\n"
         "    events:\n      - httpApi: {method: GET, path: /x}\n"
     )
-    assert [r.route_key for r in localgw.load_routes(config)] == ["GET /x"]
+    assert [r.route_key for r in load_routes(config)] == ["GET /x"]
 
 
 @contextlib.contextmanager
-def running(yml: Path = FIXTURE_YML, **options: Any) -> Iterator[localgw.GatewayServer]:
+def running(yml: Path = FIXTURE_YML, **options: Any) -> Iterator[GatewayServer]:
     """A gateway of its own, for tests that change its limits or hosts."""
-    srv = localgw.make_server("127.0.0.1", 0, serverless_yml=yml, containers=1, **options)
+    srv = make_server("127.0.0.1", 0, serverless_yml=yml, containers=1, **options)
     srv.access_log = False
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
@@ -606,13 +610,13 @@ def read_until_closed(sock: socket.socket) -> bytes:
 def test_gateway_sockets_send_without_nagle_delay_and_keep_alive(monkeypatch: pytest.MonkeyPatch) -> None:
     # Given a gateway that records the sockets it accepts
     accepted: list[socket.socket] = []
-    original = localgw.GatewayProtocol.connection_made
+    original = GatewayProtocol.connection_made
 
-    def connection_made(self: localgw.GatewayProtocol, transport: Any) -> None:
+    def connection_made(self: GatewayProtocol, transport: Any) -> None:
         accepted.append(transport.get_extra_info("socket"))
         original(self, transport)
 
-    monkeypatch.setattr(localgw.GatewayProtocol, "connection_made", connection_made)
+    monkeypatch.setattr(GatewayProtocol, "connection_made", connection_made)
     with running() as srv:
         # When a client makes several requests on one kept-alive connection
         conn = http.client.HTTPConnection("127.0.0.1", srv.server_address[1], timeout=30)
@@ -634,12 +638,12 @@ ORIGIN = "http://localhost:5173"
 
 
 def test_load_cors_resolves_stage_params_from_real_serverless_yml() -> None:
-    dev = localgw.load_cors(ROOT / "serverless.yml")
+    dev = load_cors(ROOT / "serverless.yml")
     assert dev is not None
     assert dev.allowed_origins == ("http://localhost:5173", "http://127.0.0.1:5173")
     assert "Authorization" in dev.allowed_headers and "GET" in dev.allowed_methods
     assert "ETag" in dev.exposed_headers and dev.max_age == 3600
-    prod = localgw.load_cors(ROOT / "serverless.yml", stage="prod")
+    prod = load_cors(ROOT / "serverless.yml", stage="prod")
     assert prod is not None and "*" not in prod.allowed_origins and prod.allowed_origins != dev.allowed_origins
 
 
@@ -784,7 +788,7 @@ def test_gateway_responses_carry_no_server_banner(server: tuple[str, int], path:
 def test_gateway_slow_request_head_is_cut_off() -> None:
     # Given a gateway that allows half a second for a request head
     with (
-        running(limits=localgw.Limits(header_timeout=0.5)) as srv,
+        running(limits=Limits(header_timeout=0.5)) as srv,
         socket.create_connection(srv.server_address, timeout=20) as sock,
     ):
         # When a client sends part of its head and then dawdles
@@ -803,7 +807,7 @@ def test_gateway_slow_request_head_is_cut_off() -> None:
 
 def test_gateway_idle_connection_is_closed() -> None:
     with (
-        running(limits=localgw.Limits(header_timeout=0.5)) as srv,
+        running(limits=Limits(header_timeout=0.5)) as srv,
         socket.create_connection(srv.server_address, timeout=20) as sock,
     ):
         # A connection that never sends anything is closed, without an answer
@@ -813,7 +817,7 @@ def test_gateway_idle_connection_is_closed() -> None:
 def test_gateway_slow_body_is_408() -> None:
     # Given a gateway that allows half a second for a body
     with (
-        running(limits=localgw.Limits(body_timeout=0.5)) as srv,
+        running(limits=Limits(body_timeout=0.5)) as srv,
         socket.create_connection(srv.server_address, timeout=20) as sock,
     ):
         # When a client declares 100 bytes and sends 10
@@ -830,7 +834,7 @@ def test_gateway_slow_body_is_408() -> None:
 
 def test_gateway_connections_are_bounded() -> None:
     # Given a gateway that takes two connections, both held open
-    with running(limits=localgw.Limits(max_connections=2)) as srv:
+    with running(limits=Limits(max_connections=2)) as srv:
         held = [socket.create_connection(srv.server_address, timeout=10) for _ in range(2)]
         try:
             time.sleep(0.2)
@@ -875,12 +879,12 @@ def test_gateway_oversize_request_head_is_431_json(server: tuple[str, int], size
 )
 def test_payload_size_is_the_json_length(payload: Any) -> None:
     expected = len(json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode())
-    assert localgw.payload_size(payload) == expected
+    assert payload_size(payload) == expected
 
 
 def test_gateway_response_with_bad_base64_is_502() -> None:
     with pytest.raises(ValueError):
-        localgw.to_http_response({"statusCode": 200, "body": "not base64!", "isBase64Encoded": True})
+        to_http_response({"statusCode": 200, "body": "not base64!", "isBase64Encoded": True})
 
 
 # --- /openapi.json and /docs ----------------------------------------------------------------------

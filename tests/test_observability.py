@@ -23,7 +23,8 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 
 from scripts.dev import phantom
-from scripts.dev.localgw.server import LambdaContext, Route, build_event
+from scripts.dev.localgw.events import LambdaContext, build_event
+from scripts.dev.localgw.routes import Route
 from shared.http.app import create_app, lambda_handler
 from tests import images
 from tests.conftest import ROOT, User
@@ -291,7 +292,8 @@ FRESH_PROCESS = """
 import asyncio, json, sys
 sys.path.insert(0, '.')
 asyncio.set_event_loop(asyncio.new_event_loop())
-from scripts.dev.localgw.server import LambdaContext, build_event, load_routes
+from scripts.dev.localgw.events import LambdaContext, build_event
+from scripts.dev.localgw.routes import load_routes
 from pathlib import Path
 route = next(r for r in load_routes(Path('serverless.yml')) if r.route_key == 'GET /api/v1/scans')
 event = build_event(method='GET', raw_path='/api/v1/scans', raw_query='', headers=[('host', 'x')], body=b'',

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from scripts.build import openapi
-from scripts.dev.localgw import server as localgw
+from scripts.dev.localgw.routes import load_routes
+from scripts.dev.localgw.server import make_server
 from shared import db
 from shared.core.dicom_index import DicomIndex
 from shared.http import schemas
@@ -32,7 +33,7 @@ def test_openapi_json_is_current() -> None:
 def test_openapi_describes_every_route_of_serverless_yml_and_nothing_else() -> None:
     document = openapi.build()
     described = {(method.upper(), path) for path, ops in document["paths"].items() for method in ops}
-    routed = {(route.method, route.path_template) for route in localgw.load_routes(ROOT / "serverless.yml")}
+    routed = {(route.method, route.path_template) for route in load_routes(ROOT / "serverless.yml")}
     assert described == routed
 
 
@@ -91,7 +92,7 @@ def test_the_models_describe_what_the_handlers_answer(api: LambdaClient, alice: 
 @pytest.fixture
 def gateway(database_url: str) -> Iterator[str]:
     """The local gateway on a free port, in this process, on the test database."""
-    server = localgw.make_server("127.0.0.1", 0, serverless_yml=ROOT / "serverless.yml", containers=2)
+    server = make_server("127.0.0.1", 0, serverless_yml=ROOT / "serverless.yml", containers=2)
     server.access_log = False  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

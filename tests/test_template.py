@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from scripts.build.package_report import LAMBDA_UNZIPPED_LIMIT, unzipped_size
-from scripts.dev.localgw.server import build_event, load_routes
+from scripts.dev.localgw.events import build_event
+from scripts.dev.localgw.routes import load_routes
 from tests.conftest import ROOT
 
 BUILD = ROOT / ".serverless"

@@ -18,7 +18,9 @@ from urllib.parse import quote
 
 import pytest
 
-from scripts.dev.localgw import server as localgw
+from scripts.dev.localgw.containers import Gateway
+from scripts.dev.localgw.events import LambdaContext, build_event
+from scripts.dev.localgw.server import GatewayServer
 from shared import db
 from shared.core import config
 from shared.core.config import DatabaseParams
@@ -128,7 +130,7 @@ def invoke(path: str, *, token: str, function_timeout_s: int) -> tuple[Result, f
     found = client.gateway.match("GET", path)
     assert found is not None
     route, params = found
-    event = localgw.build_event(
+    event = build_event(
         method="GET",
         raw_path=path,
         raw_query="",
@@ -139,7 +141,7 @@ def invoke(path: str, *, token: str, function_timeout_s: int) -> tuple[Result, f
         path_params=params,
     )
     handler = client.gateway._handler(route)
-    context = localgw.LambdaContext(dataclasses.replace(route, timeout_s=function_timeout_s), "req-budget")
+    context = LambdaContext(dataclasses.replace(route, timeout_s=function_timeout_s), "req-budget")
     started = time.monotonic()
     raw = handler(event, context)
     elapsed = time.monotonic() - started
@@ -234,7 +236,7 @@ def test_local_gateway_answers_503_from_a_frozen_database_before_the_function_ti
 ) -> None:
     # Given the local gateway with the real handlers, their functions' timeout cut to 2 s
     routes = [dataclasses.replace(route, timeout_s=2) for route in ROUTES]
-    server = localgw.GatewayServer(("127.0.0.1", 0), localgw.Gateway(routes, containers=1), docs_root=ROOT)
+    server = GatewayServer(("127.0.0.1", 0), Gateway(routes, containers=1), docs_root=ROOT)
     server.access_log = False
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

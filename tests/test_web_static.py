@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.dev.localgw import server as localgw
+from scripts.dev.localgw.server import make_server
 from scripts.web import assets as web_assets
 from scripts.web import vendor as vendor_web
 from tests.conftest import ROOT
@@ -26,7 +26,7 @@ FIRST_LOAD_LIMIT = 150_000  # bytes: the issue's budget for the page, its script
 def gateway() -> Iterator[tuple[str, int]]:
     """The gateway for the real serverless.yml and web/; only static files are asked for here, so
     no handler (and no database) is ever touched."""
-    server = localgw.make_server("127.0.0.1", 0, serverless_yml=ROOT / "serverless.yml", containers=1)
+    server = make_server("127.0.0.1", 0, serverless_yml=ROOT / "serverless.yml", containers=1)
     server.access_log = False
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -188,7 +188,7 @@ def test_gateway_csp_with_an_images_bucket_allows_its_origin_for_posts_and_redir
         monkeypatch.delenv(name, raising=False)
     for name, value in environ.items():
         monkeypatch.setenv(name, value)
-    server = localgw.make_server("127.0.0.1", 0, serverless_yml=ROOT / "serverless.yml", containers=1)
+    server = make_server("127.0.0.1", 0, serverless_yml=ROOT / "serverless.yml", containers=1)
     server.access_log = False
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -273,7 +273,7 @@ def test_gateway_api_routes_still_win_over_web_files(gateway: tuple[str, int]) -
 def test_gateway_without_a_web_folder_serves_no_page(tmp_path: Path) -> None:
     yml = tmp_path / "serverless.yml"
     yml.write_text("functions: {}\n")
-    server = localgw.make_server("127.0.0.1", 0, serverless_yml=yml, containers=1)
+    server = make_server("127.0.0.1", 0, serverless_yml=yml, containers=1)
     server.access_log = False
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

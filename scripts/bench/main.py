@@ -283,7 +283,8 @@ def peak_rss_mb():
     for line in open('/proc/self/status'):
         if line.startswith('VmHWM:'):
             return int(line.split()[1]) / 1024
-from scripts.dev.localgw.server import build_event, load_routes, LambdaContext
+from scripts.dev.localgw.events import build_event, LambdaContext
+from scripts.dev.localgw.routes import load_routes
 from tests.lambda_client import multipart
 import functions.upload.handler as upload
 data = Path(sys.argv[1]).read_bytes()
@@ -344,7 +345,7 @@ def package_import_figures() -> dict[str, object]:
 
 def range_figures(api: object, token: str) -> dict[str, object]:
     """A 64 KiB Range GET of a ~4 MB original against the full GET, in process through the images handler."""
-    from scripts.dev.localgw.server import LambdaContext, build_event
+    from scripts.dev.localgw.events import LambdaContext, build_event
     from tests.lambda_client import multipart
 
     huge = ct_image(1600, 11, noise=0.05)
@@ -630,7 +631,7 @@ def main() -> int:
         db.close_connection()
         return 0
     server_url, url = bench_database("ctscan_bench")
-    from scripts.dev.localgw.server import LambdaContext, build_event
+    from scripts.dev.localgw.events import LambdaContext, build_event
     from tests.lambda_client import LambdaClient, multipart
 
     user_id = db.call(db.create_user, username="bench", password_hash=auth.hash_password("bench"))

@@ -39,9 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f'try: curl -H "Authorization: Bearer {token}" http://{args.host}:{args.port}/api/v1/scans')
     sys.stdout.flush()
 
-    from scripts.dev.localgw import server as localgw
+    from scripts.dev.localgw.__main__ import main as localgw_main
 
-    return localgw.main(["--host", args.host, "--port", str(args.port), "--containers", str(args.containers)])
+    return localgw_main(["--host", args.host, "--port", str(args.port), "--containers", str(args.containers)])
 
 
 if __name__ == "__main__":

@@ -1,0 +1,132 @@
+"""What the gateway serves itself, locally only: /openapi.json, /docs, and the web app (web/) at /."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from urllib.parse import unquote
+
+from scripts.dev.localgw.responses import JSON_HEADERS, HttpResponse, error
+from scripts.web import assets as web_assets
+
+# --- /openapi.json and /docs ----------------------------------------------------------------------
+
+OPENAPI_FILE = "openapi.json"
+SWAGGER_ASSETS = {
+    "swagger-ui.css": "text/css; charset=utf-8",
+    "swagger-ui-bundle.js": "text/javascript; charset=utf-8",
+    "favicon-32x32.png": "image/png",
+}
+SWAGGER_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>CT scan store API</title>
+<link rel="icon" href="/docs/favicon-32x32.png"><link rel="stylesheet" href="/docs/swagger-ui.css"></head>
+<body><div id="swagger-ui"></div><script src="/docs/swagger-ui-bundle.js"></script>
+<script>window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui", deepLinking: true});</script>
+</body></html>
+"""
+# Without the swagger-ui-bundle package: a page that lists the operations, with nothing to download.
+PLAIN_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>CT scan store API</title>
+<style>body{font:15px system-ui,sans-serif;margin:2em}code{font-weight:bold}li{margin:.3em 0}</style></head>
+<body><h1 id="title">API</h1><ul id="ops"></ul><script>
+fetch("/openapi.json").then(r => r.json()).then(spec => {
+  document.getElementById("title").textContent = spec.info.title + " " + spec.info.version;
+  const list = document.getElementById("ops");
+  for (const [path, item] of Object.entries(spec.paths))
+    for (const [method, op] of Object.entries(item)) {
+      const li = document.createElement("li");
+      li.innerHTML = "<code></code> ";
+      li.firstChild.textContent = method.toUpperCase() + " " + path;
+      li.append(op.summary || op.operationId || "");
+      list.append(li);
+    }
+});
+</script></body></html>
+"""
+
+
+def _swagger_dir() -> Path | None:
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:
+        return None
+    return Path(str(swagger_ui_path))
+
+
+class Docs:
+    """The checked-in OpenAPI document and a page that renders it: local only, never deployed."""
+
+    def __init__(self, root: Path) -> None:
+        self.openapi = root / OPENAPI_FILE
+        self.assets = _swagger_dir()
+
+    def answer(self, method: str, raw_path: str) -> HttpResponse | None:
+        if method not in ("GET", "HEAD"):
+            return None
+        if raw_path == "/openapi.json":
+            try:
+                return 200, [*JSON_HEADERS, ("Cache-Control", "no-cache")], self.openapi.read_bytes()
+            except FileNotFoundError:
+                return error(404, "not_found", f"{OPENAPI_FILE} is missing from the repository root")
+        html = [("Content-Type", "text/html; charset=utf-8")]
+        if raw_path in ("/docs", "/docs/"):
+            return 200, html, (PLAIN_PAGE if self.assets is None else SWAGGER_PAGE).encode()
+        name = raw_path.removeprefix("/docs/")
+        if self.assets is not None and name in SWAGGER_ASSETS:
+            return 200, [("Content-Type", SWAGGER_ASSETS[name])], (self.assets / name).read_bytes()
+        return None
+
+
+# --- the web app (web/) at /, on the API's origin ---------------------------------------------------
+
+# Locally the page and the API share this origin; the deploy writes its own config.json.
+LOCAL_WEB_CONFIG = b'{"apiBaseUrl": ""}\n'
+
+
+class WebApp:
+    """The files of web/ at /, served as the deployed CDN serves them (scripts/web/assets.py): their
+    Content-Type and Cache-Control, a strong ETag and 304, and the page's security headers (CSP and
+    the rest). Only GET and HEAD, never under /api/, never a dotfile or a kind of file not listed."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        # With IMAGES_BUCKET, the bucket's origin is in the CSP: the page posts large files there.
+        self.security_headers = web_assets.security_headers(os.environ)
+
+    def answer(self, method: str, raw_path: str, headers: list[tuple[str, str]]) -> HttpResponse | None:
+        if method not in ("GET", "HEAD") or raw_path == "/api" or raw_path.startswith("/api/"):
+            return None
+        relative = self._relative(raw_path)
+        if relative is None or not self.root.is_dir():
+            return None
+        if relative == web_assets.CONFIG:
+            body = LOCAL_WEB_CONFIG
+        else:
+            path = (self.root / relative).resolve()
+            if not path.is_relative_to(self.root) or not path.is_file():
+                return None
+            body = path.read_bytes()  # small files, read on every request: an edit shows on reload
+        etag = f'"{hashlib.sha256(body).hexdigest()}"'
+        out = [
+            ("Content-Type", web_assets.content_type(relative) or "application/octet-stream"),
+            ("Cache-Control", web_assets.cache_control(relative)),
+            ("ETag", etag),
+            *self.security_headers,
+        ]
+        asked = [tag.strip() for n, v in headers if n == "if-none-match" for tag in v.split(",")]
+        if etag in asked or f"W/{etag}" in asked or "*" in asked:
+            return 304, out, b""
+        return 200, out, body
+
+    @staticmethod
+    def _relative(raw_path: str) -> str | None:
+        """The file a request path names, relative to web/; None for anything we do not serve."""
+        path = unquote(raw_path)
+        if path == "/":
+            return web_assets.INDEX
+        parts = path.removeprefix("/").split("/")
+        if any(not part or part.startswith(".") or "\\" in part or "\x00" in part for part in parts):
+            return None  # empty segments, dotfiles, . and .., backslashes, NUL
+        relative = "/".join(parts)
+        return relative if web_assets.content_type(relative) is not None else None
