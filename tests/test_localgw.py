@@ -99,6 +99,28 @@ def echoed(reply: Reply) -> dict[str, Any]:
     return event
 
 
+# --- the package: what building an event imports --------------------------------------------------
+
+
+def server_modules_after_import(module: str) -> list[str]:
+    """uvicorn and h11, of those loaded by importing `module` in a fresh interpreter."""
+    code = f"import json, sys; import {module}; print(json.dumps(sorted({{'uvicorn', 'h11'}} & set(sys.modules))))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    loaded: list[str] = json.loads(out.stdout)
+    return loaded
+
+
+@pytest.mark.parametrize("module", ["", ".routes", ".events", ".containers"])
+def test_building_and_invoking_an_event_never_loads_the_server(module: str) -> None:
+    # Tests and benchmarks import these to call handlers in process: no HTTP server comes with them.
+    assert server_modules_after_import(f"scripts.dev.localgw{module}") == []
+
+
+def test_the_server_module_does_load_uvicorn_and_h11() -> None:
+    # The check above can fail: the module that is meant to load them is seen doing it.
+    assert server_modules_after_import("scripts.dev.localgw.server") == ["h11", "uvicorn"]
+
+
 # --- routes ---------------------------------------------------------------------------------------
 
 
