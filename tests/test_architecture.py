@@ -3,6 +3,8 @@ function must not pay for (import-linter, run by `make lint`, checks the layerin
 
 from __future__ import annotations
 
+import ast
+import importlib
 import json
 import subprocess
 import sys
@@ -38,3 +40,46 @@ def test_the_lean_http_modules_load_no_fastapi() -> None:
 def test_the_fastapi_app_module_does_load_fastapi() -> None:
     # The check above can fail: the module that is meant to load FastAPI is seen doing it.
     assert "fastapi" in loaded_after_import("shared.http.app")
+
+
+LAZY_FRONT_DOORS = ("shared.db", "shared.auth", "shared.storage", "shared.scans")
+
+
+def type_checking_imports(package: str) -> dict[str, str]:
+    """name -> module of each `from module import name` under the front door's `if TYPE_CHECKING:`."""
+    source = (ROOT / package.replace(".", "/") / "__init__.py").read_text()
+    block = next(
+        node
+        for node in ast.parse(source).body
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+    )
+    return {
+        alias.name: node.module
+        for node in block.body
+        if isinstance(node, ast.ImportFrom) and node.module
+        for alias in node.names
+    }
+
+
+@pytest.mark.parametrize("package", LAZY_FRONT_DOORS)
+def test_a_lazy_front_door_serves_what_it_declares(package: str) -> None:
+    # What mypy and readers see (the TYPE_CHECKING imports) is what the package hands out at run time.
+    declared = type_checking_imports(package)
+    front_door = importlib.import_module(package)
+    assert sorted(declared) == sorted(front_door.__all__)
+    for name, module in declared.items():
+        assert getattr(front_door, name) is getattr(importlib.import_module(module), name), name
+    assert set(declared) <= set(dir(front_door))
+    assert not hasattr(front_door, "no_such_name")
+
+
+def test_a_front_door_name_loads_only_its_own_module() -> None:
+    # The images function reads db.call and auth.parse_bearer; neither loads the users and sessions SQL.
+    code = (
+        "import json, sys; from shared import auth, db; db.call; auth.parse_bearer; "
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith('shared.'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    loaded = set(json.loads(out.stdout))
+    assert {"shared.db.connection", "shared.auth.tokens"} <= loaded
+    assert not loaded & {"shared.db.users", "shared.db.scans", "shared.auth.sessions", "shared.auth.passwords"}

@@ -10,19 +10,43 @@ URLs and the CloudFront origin lock.
     origin     only requests through CloudFront, deployed (`from shared.auth import origin`)
 """
 
-from shared.auth.passwords import MIN_PASSWORD_LENGTH, hash_password, verify_password
-from shared.auth.sessions import (
-    IssuedSession,
-    authenticate,
-    change_password,
-    issue_session,
-    log_in,
-    log_out,
-    log_out_everywhere,
-)
-from shared.auth.throttle import LOGIN_LIMITS
-from shared.auth.tokens import hash_token, new_token, parse_bearer
-from shared.auth.users import create_or_reset_user, create_user, reset_password
+from typing import TYPE_CHECKING
+
+from shared.core.front_door import lazy_exports
+
+if TYPE_CHECKING:
+    from shared.auth.passwords import MIN_PASSWORD_LENGTH, hash_password, verify_password
+    from shared.auth.sessions import (
+        IssuedSession,
+        authenticate,
+        change_password,
+        issue_session,
+        log_in,
+        log_out,
+        log_out_everywhere,
+    )
+    from shared.auth.throttle import LOGIN_LIMITS
+    from shared.auth.tokens import hash_token, new_token, parse_bearer
+    from shared.auth.users import create_or_reset_user, create_user, reset_password
+else:  # each name loads with its module on first use (shared/core/front_door.py)
+    __getattr__, __dir__ = lazy_exports(
+        __name__,
+        {
+            "passwords": ("MIN_PASSWORD_LENGTH", "hash_password", "verify_password"),
+            "sessions": (
+                "IssuedSession",
+                "authenticate",
+                "change_password",
+                "issue_session",
+                "log_in",
+                "log_out",
+                "log_out_everywhere",
+            ),
+            "throttle": ("LOGIN_LIMITS",),
+            "tokens": ("hash_token", "new_token", "parse_bearer"),
+            "users": ("create_or_reset_user", "create_user", "reset_password"),
+        },
+    )
 
 __all__ = [
     "LOGIN_LIMITS",

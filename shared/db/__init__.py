@@ -1,7 +1,8 @@
 """PostgreSQL: one connection per container and every query the request paths run.
 
 The front door: other packages call `db.call(db.get_scan, ...)` and never reach into a submodule,
-except for the table families that are packages' own business (`db.audit`, `db.migrations`).
+except for the table families that are packages' own business (`db.audit`, `db.migrations`). Each
+name loads its module on first use, so the images function never loads the users or scans SQL.
 
     budget      the database time one invocation may spend (a 503 before Lambda's timeout)
     protocol    pg8000 extended: one round trip per statement, bytea in binary
@@ -18,48 +19,101 @@ caller owns the transaction, `transaction(con)`) and return dataclasses. SQL liv
 constants with pg8000 `:name` parameters; the only formatted piece is a column taken from a fixed map.
 """
 
-from shared.db.budget import ANSWER_MARGIN_SECONDS, invocation_budget
-from shared.db.connection import (
-    UNIQUE_VIOLATION,
-    call,
-    close_all_connections,
-    close_connection,
-    connect,
-    sqlstate,
-    transaction,
-)
-from shared.db.images import WHOLE_IMAGE, ImagePart, ImageRead, ImageType, read_image
-from shared.db.protocol import Connection
-from shared.db.scans import (
-    SERIES_START,
-    NewScan,
-    Scan,
-    SeriesPosition,
-    delete_scan,
-    find_scan_by_hash,
-    get_scan,
-    insert_scan,
-    list_scans_for_owner,
-    list_scans_in_series,
-    series_position,
-)
-from shared.db.uploads import StagedUpload, delete_upload, get_upload, insert_upload
-from shared.db.users import (
-    Credentials,
-    LoginLimits,
-    Owner,
-    create_session,
-    create_user,
-    delete_login_failures,
-    delete_session,
-    delete_user_sessions,
-    get_credentials,
-    get_session_owner,
-    get_user_id,
-    lock_user,
-    reserve_login_attempt,
-    set_user_password,
-)
+from typing import TYPE_CHECKING
+
+from shared.core.front_door import lazy_exports
+
+if TYPE_CHECKING:
+    from shared.db.budget import ANSWER_MARGIN_SECONDS, invocation_budget
+    from shared.db.connection import (
+        UNIQUE_VIOLATION,
+        call,
+        close_all_connections,
+        close_connection,
+        connect,
+        sqlstate,
+        transaction,
+    )
+    from shared.db.images import WHOLE_IMAGE, ImagePart, ImageRead, ImageType, read_image
+    from shared.db.protocol import Connection
+    from shared.db.scans import (
+        SERIES_START,
+        NewScan,
+        Scan,
+        SeriesPosition,
+        delete_scan,
+        find_scan_by_hash,
+        get_scan,
+        insert_scan,
+        list_scans_for_owner,
+        list_scans_in_series,
+        series_position,
+    )
+    from shared.db.uploads import StagedUpload, delete_upload, get_upload, insert_upload
+    from shared.db.users import (
+        Credentials,
+        LoginLimits,
+        Owner,
+        create_session,
+        create_user,
+        delete_login_failures,
+        delete_session,
+        delete_user_sessions,
+        get_credentials,
+        get_session_owner,
+        get_user_id,
+        lock_user,
+        reserve_login_attempt,
+        set_user_password,
+    )
+else:  # each name loads with its module on first use (shared/core/front_door.py)
+    __getattr__, __dir__ = lazy_exports(
+        __name__,
+        {
+            "budget": ("ANSWER_MARGIN_SECONDS", "invocation_budget"),
+            "connection": (
+                "UNIQUE_VIOLATION",
+                "call",
+                "close_all_connections",
+                "close_connection",
+                "connect",
+                "sqlstate",
+                "transaction",
+            ),
+            "images": ("WHOLE_IMAGE", "ImagePart", "ImageRead", "ImageType", "read_image"),
+            "protocol": ("Connection",),
+            "scans": (
+                "SERIES_START",
+                "NewScan",
+                "Scan",
+                "SeriesPosition",
+                "delete_scan",
+                "find_scan_by_hash",
+                "get_scan",
+                "insert_scan",
+                "list_scans_for_owner",
+                "list_scans_in_series",
+                "series_position",
+            ),
+            "uploads": ("StagedUpload", "delete_upload", "get_upload", "insert_upload"),
+            "users": (
+                "Credentials",
+                "LoginLimits",
+                "Owner",
+                "create_session",
+                "create_user",
+                "delete_login_failures",
+                "delete_session",
+                "delete_user_sessions",
+                "get_credentials",
+                "get_session_owner",
+                "get_user_id",
+                "lock_user",
+                "reserve_login_attempt",
+                "set_user_password",
+            ),
+        },
+    )
 
 __all__ = [
     "ANSWER_MARGIN_SECONDS",

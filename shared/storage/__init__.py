@@ -9,9 +9,23 @@ Moving existing images between the tiers is a job (shared.jobs.tiering); storing
 is shared.scans.uploads.
 """
 
-from shared.storage.bucket import PRESIGNED_GET_SECONDS, ObjectStore, clear_cache, object_store, sha256_base64
-from shared.storage.locks import forget_orphans, key_in_use, lock_keys, record_orphans
-from shared.storage.tiers import MAX_INLINE_BYTES, POSTGRES, S3, object_key, parse_object_key, tier_for
+from typing import TYPE_CHECKING
+
+from shared.core.front_door import lazy_exports
+
+if TYPE_CHECKING:
+    from shared.storage.bucket import PRESIGNED_GET_SECONDS, ObjectStore, clear_cache, object_store, sha256_base64
+    from shared.storage.locks import forget_orphans, key_in_use, lock_keys, record_orphans
+    from shared.storage.tiers import MAX_INLINE_BYTES, POSTGRES, S3, object_key, parse_object_key, tier_for
+else:  # each name loads with its module on first use (shared/core/front_door.py)
+    __getattr__, __dir__ = lazy_exports(
+        __name__,
+        {
+            "bucket": ("PRESIGNED_GET_SECONDS", "ObjectStore", "clear_cache", "object_store", "sha256_base64"),
+            "locks": ("forget_orphans", "key_in_use", "lock_keys", "record_orphans"),
+            "tiers": ("MAX_INLINE_BYTES", "POSTGRES", "S3", "object_key", "parse_object_key", "tier_for"),
+        },
+    )
 
 __all__ = [
     "MAX_INLINE_BYTES",
