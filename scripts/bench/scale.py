@@ -13,7 +13,8 @@ import sys
 import time
 from typing import Any
 
-from scripts.bench.main import bench_database, ct_image, percentile, timed
+from scripts.bench.common import ct_image, percentile, timed
+from scripts.bench.main import bench_database
 from shared import auth, db
 from shared.core import config
 from shared.scans import decode_cursor
