@@ -1,2 +1,3 @@
-"""Benchmarks: `make bench` (main), `make bench-scale` (scale), `make bench-large-upload` (large_upload),
-and Orthanc as the reference server they compare with (orthanc)."""
+"""Benchmarks: `make bench` (main, with its compression section in compression), `make bench-scale`
+(scale), `make bench-large-upload` (large_upload), Orthanc as the reference server they compare with
+(orthanc), and what they share (common: timing, synthetic images, the report stream)."""
