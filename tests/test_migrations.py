@@ -27,6 +27,7 @@ EXPECTED = [
     "007_s3_storage_tier",
     "008_presigned_uploads",
     "009_lz4_original_image",
+    "010_dicomweb",
 ]
 
 

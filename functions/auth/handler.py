@@ -98,4 +98,16 @@ async def change_password(change: PasswordChange, owner: Owner, request: Request
     return session_json(session)
 
 
+@app.post(
+    "/api/v1/auth/viewer-tokens",
+    status_code=201,
+    response_model=None,
+    responses={201: {"model": SessionCreated}, **error_responses(401, 503)},
+    summary="A read-only token for a DICOMweb viewer (OHIF's ?token=): DICOMweb GETs only, ends with this session",
+)
+async def create_viewer_token(owner: Owner, request: Request, token: str = Depends(bearer_token)) -> dict[str, Any]:
+    issued = db.call(auth.issue_viewer_token, owner=owner, session_token=token, origin=Origin.of_scope(request.scope))
+    return session_json(issued)
+
+
 handler = lambda_handler(app)

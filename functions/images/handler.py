@@ -1,4 +1,5 @@
-"""Serve a scan's stored images: to a signed URL or a bearer token, with ETag, 304, HEAD and Range.
+"""Serve a scan's stored images: to a signed URL or a bearer token, with ETag, 304, HEAD and Range;
+and the DICOMweb reads (functions/images/dicomweb.py).
 
 This is the hot, cold-start-sensitive path. It is a plain Starlette app: FastAPI's import alone
 costs ~250 ms of a cold start and this one route needs none of it. It must not import Pillow or numpy.
@@ -20,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from functions.images import dicomweb
 from shared import auth, db, scans, storage
 from shared.auth import signing
 from shared.core.errors import (
@@ -105,7 +107,7 @@ async def read_scan_image(request: Request) -> Response:
 
 
 app = Starlette(
-    routes=[Route(IMAGE_PATH, read_scan_image, methods=["GET", "HEAD"])],
+    routes=[Route(IMAGE_PATH, read_scan_image, methods=["GET", "HEAD"]), *dicomweb.ROUTES],
     exception_handlers={DomainError: domain_error, HTTPException: http_error, Exception: unexpected_error},
 )
 handler = lambda_handler_for_base64_bodies(app)

@@ -8,6 +8,7 @@ from fastapi import Query, Request, Response
 
 from shared import db
 from shared.db.audit import Origin
+from shared.dicomweb import UID_PATTERN
 from shared.http.app import Owner, base_url, create_app, lambda_handler
 from shared.http.schemas import ScanPage, ScanPublic, error_responses
 from shared.scans import (
@@ -20,9 +21,6 @@ from shared.scans import (
 )
 
 app = create_app("scans")
-
-# A DICOM UID: digits and dots, at most 64 characters (PS3.5 9.1).
-UID_PATTERN = r"^[0-9][0-9.]{0,63}$"
 
 
 @app.get(

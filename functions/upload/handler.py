@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Path, Request
+from fastapi import Path, Request, Response
 from fastapi.responses import JSONResponse
 
 from shared.core.config import get_settings
 from shared.core.observability import DUPLICATE_UPLOADS, UPLOADS
+from shared.db import Owner as DbOwner
+from shared.db.audit import Origin
+from shared.dicomweb import DICOMWEB_ROOT, UID_PATTERN, store
 from shared.http.app import Owner, base_url, clean_filename, create_app, lambda_handler, read_upload
 from shared.http.schemas import DirectUpload, ErrorBody, UploadCreate, UploadResult, error_responses
 from shared.scans import iso, scan_public
@@ -16,6 +19,17 @@ from shared.scans.direct_uploads import complete_upload, create_upload
 from shared.scans.uploads import StoredUpload, store_upload
 
 app = create_app("upload")
+
+STOW_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            'multipart/related; type="application/dicom"': {
+                "schema": {"type": "string", "format": "binary"},
+            }
+        },
+    }
+}
 
 
 # async def on purpose: Lambda serves one request per container, so running the blocking
@@ -54,6 +68,7 @@ async def analyze_scan(request: Request, owner: Owner) -> JSONResponse:
         data=data,
         max_pixels=settings.max_image_pixels,
         dense_hu_threshold=settings.dense_hu_threshold,
+        origin=Origin.of_scope(request.scope),
     )
     return upload_result(stored, request)
 
@@ -122,8 +137,57 @@ async def finish_upload(upload_id: Annotated[str, Path(max_length=64)], owner: O
         upload_id=upload_id,
         max_pixels=settings.max_image_pixels,
         dense_hu_threshold=settings.dense_hu_threshold,
+        origin=Origin.of_scope(request.scope),
     )
     return upload_result(stored, request)
+
+
+@app.post(
+    "/api/v1/dicomweb/studies",
+    response_model=None,
+    responses={
+        200: {"description": "All instances stored (DICOM JSON Store Instances Response)"},
+        202: {"description": "Some stored, some failed (see 00081198)"},
+        409: {"description": "None stored (see 00081198)"},
+        **error_responses(400, 401, 415, 503),
+    },
+    summary="STOW-RS: store instances (multipart/related; type=application/dicom)",
+    openapi_extra=STOW_BODY,
+)
+async def stow(request: Request, owner: Owner) -> Response:
+    return await _stow(request, owner, study_uid=None)
+
+
+@app.post(
+    "/api/v1/dicomweb/studies/{study}",
+    response_model=None,
+    responses={
+        200: {"description": "All instances stored (DICOM JSON Store Instances Response)"},
+        202: {"description": "Some stored, some failed (see 00081198)"},
+        409: {"description": "None stored (see 00081198)"},
+        **error_responses(400, 401, 415, 503),
+    },
+    summary="STOW-RS: store instances of one study; an instance of another study fails (0xA900)",
+    openapi_extra=STOW_BODY,
+)
+async def stow_study(request: Request, owner: Owner, study: Annotated[str, Path(pattern=UID_PATTERN)]) -> Response:
+    return await _stow(request, owner, study_uid=study)
+
+
+async def _stow(request: Request, owner: DbOwner, *, study_uid: str | None) -> Response:
+    settings = get_settings()
+    outcomes = store.store_instances(
+        owner_id=owner.id,
+        body=await request.body(),
+        content_type=request.headers.get("content-type", ""),
+        study_uid=study_uid,
+        max_pixels=settings.max_image_pixels,
+        dense_hu_threshold=settings.dense_hu_threshold,
+        origin=Origin.of_scope(request.scope),
+    )
+    body = store.response_body(outcomes, retrieve_root=base_url(request) + DICOMWEB_ROOT, study_uid=study_uid)
+    # Exactly this type: dicomweb-client reads nothing from "application/dicom+json; charset=utf-8".
+    return Response(body, status_code=store.status_of(outcomes), media_type=store.DICOM_JSON)
 
 
 # 201 stored a new scan, 200 found the owner's existing one (see analyze_scan), on the two routes that

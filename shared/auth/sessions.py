@@ -119,6 +119,29 @@ def change_password(
     return session
 
 
+def issue_viewer_token(
+    con: db.Connection, *, owner: db.Owner, session_token: str, origin: audit.Origin = audit.NOWHERE
+) -> IssuedSession:
+    """A read-only token for a DICOMweb viewer (OHIF takes it from the address bar): it reads through
+    DICOMweb GETs only and ends with the session that minted it; audited."""
+    token = new_token()
+    with db.transaction(con):
+        expires_at = db.create_viewer_token(
+            con, token_hash=hash_token(token), session_token_hash=hash_token(session_token)
+        )
+        if expires_at is None:  # the session ended between authentication and now
+            raise InvalidToken("Invalid or expired token.")
+        audit.record(
+            con,
+            action=audit.Action.viewer_token_create,
+            status=201,
+            origin=origin,
+            user_id=owner.id,
+            via=audit.Via.token,
+        )
+    return IssuedSession(token, expires_at)
+
+
 def log_out(con: db.Connection, *, owner: db.Owner, token: str, origin: audit.Origin = audit.NOWHERE) -> None:
     """End the session of this token."""
     with db.transaction(con):

@@ -18,6 +18,9 @@ T = TypeVar("T", int, float)
 
 # Local runs keep their generated URL signing keys here (deployed functions read a secret instead).
 DEFAULT_IMAGE_URL_KEYS_FILE = Path(__file__).resolve().parents[2] / ".data" / "image-url-keys.json"
+# Local runs keep the key of the audit trail's query hashes here (deployed: a secret).
+DEFAULT_AUDIT_KEY_FILE = Path(__file__).resolve().parents[2] / ".data" / "audit-query-key.json"
+DUPLICATE_SOP_POLICIES = ("reject", "overwrite")
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
@@ -72,6 +75,13 @@ class Settings:
     # Deployed: the secret whose value CloudFront sends as X-Origin-Verify (shared/auth/origin.py); None:
     # no origin check (local gateway, tests).
     origin_verify_secret_arn: str | None = None
+    # The key of the keyed hashes a DICOMweb search leaves in the audit trail (shared.auth.query_hash):
+    # deployed, a Secrets Manager secret; locally a generated key file.
+    audit_key_secret_arn: str | None = None
+    audit_key_file: Path = DEFAULT_AUDIT_KEY_FILE
+    # A second file with a SOP Instance UID the owner already holds: refused (409, 0x0111), or it
+    # replaces the stored instance (audited), for sites that send corrections.
+    duplicate_sop_policy: str = "reject"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -86,6 +96,7 @@ class Settings:
         if url_ttl > 7 * 86400:
             raise ConfigurationError(f"IMAGE_URL_TTL_SECONDS must be at most 604800 (7 days), got {url_ttl}")
         keys_file = env.get("IMAGE_URL_KEYS_FILE", "").strip()
+        audit_key_file = env.get("AUDIT_KEY_FILE", "").strip()
         return cls(
             database=database_params_from_env(env),
             db_timeout_seconds=_number(env, "DB_TIMEOUT_SECONDS", 5.0, float, minimum=0.1),
@@ -103,7 +114,18 @@ class Settings:
             storage_tier_s3_min_bytes=_number(env, "STORAGE_TIER_S3_MIN_BYTES", None, int, minimum=1),
             max_direct_upload_bytes=_number(env, "MAX_DIRECT_UPLOAD_BYTES", 500_000_000, int, minimum=1),
             origin_verify_secret_arn=_secret_arn(env, "ORIGIN_VERIFY_SECRET_ARN"),
+            audit_key_secret_arn=_secret_arn(env, "AUDIT_KEY_SECRET_ARN"),
+            audit_key_file=Path(audit_key_file) if audit_key_file else DEFAULT_AUDIT_KEY_FILE,
+            duplicate_sop_policy=_choice(env, "DUPLICATE_SOP_POLICY", DUPLICATE_SOP_POLICIES),
         )
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    """One of `choices` (the first when unset), case-insensitive."""
+    value = env.get(name, "").strip().lower() or choices[0]
+    if value not in choices:
+        raise ConfigurationError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
 
 
 def _secret_arn(env: Mapping[str, str], name: str) -> str | None:

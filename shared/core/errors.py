@@ -141,6 +141,12 @@ class ScanNotFound(DomainError):
     code = "scan_not_found"
 
 
+class DuplicateSopInstance(DomainError):
+    """The owner already holds a different file with this SOP Instance UID (DUPLICATE_SOP_POLICY=reject)."""
+
+    code = "duplicate_sop_instance"
+
+
 class UserExists(DomainError):
     """A user with this username already exists."""
 

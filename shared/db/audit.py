@@ -9,6 +9,7 @@ statement that reads the image (shared.db.images); everything else calls record(
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -29,6 +30,12 @@ class Action(StrEnum):
     admin_create_user = "admin.create_user"
     admin_reset_password = "admin.reset_password"  # noqa: S105
     admin_audit = "admin.audit"
+    dicomweb_store = "dicomweb.store"
+    dicomweb_replace = "dicomweb.replace"
+    dicomweb_retrieve = "dicomweb.retrieve"
+    dicomweb_search = "dicomweb.search"
+    dicomweb_delete = "dicomweb.delete"
+    viewer_token_create = "viewer_token.create"  # noqa: S105
 
 
 class Via(StrEnum):
@@ -36,6 +43,7 @@ class Via(StrEnum):
     signature = "signature"
     password = "password"  # noqa: S105
     admin = "admin"
+    viewer_token = "viewer_token"  # noqa: S105
 
 
 MAX_SOURCE_IP = 64
@@ -78,8 +86,9 @@ class Origin:
 NOWHERE = Origin(None, None)
 
 INSERT_AUDIT_EVENT = """
-    INSERT INTO audit_events (user_id, action, scan_id, image_type, via, status, source_ip, request_id)
-    VALUES (:user_id, :action, :scan_id, :image_type, :via, :status, :source_ip, :request_id)
+    INSERT INTO audit_events (user_id, action, scan_id, image_type, via, status, source_ip, request_id, details)
+    VALUES (:user_id, :action, :scan_id, :image_type, :via, :status, :source_ip, :request_id,
+            CAST(:details AS jsonb))
 """
 
 
@@ -93,8 +102,10 @@ def record(
     scan_id: str | None = None,
     image_type: str | None = None,
     via: Via | None = None,
+    details: dict[str, Any] | None = None,
 ) -> None:
-    """Append one event to the trail (in the caller's transaction, if any)."""
+    """Append one event to the trail (in the caller's transaction, if any). `details` holds ids and
+    counts only (DICOMweb: which scans, how many objects, a search's keyed hashes), never patient data."""
     con.run(
         INSERT_AUDIT_EVENT,
         user_id=user_id,
@@ -105,6 +116,7 @@ def record(
         status=status,
         source_ip=origin.source_ip,
         request_id=origin.request_id,
+        details=None if details is None else json.dumps(details),
     )
 
 

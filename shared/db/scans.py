@@ -146,8 +146,8 @@ def _scan(row: list[Any]) -> Scan:
     )
 
 
-def insert_scan(con: Connection, *, scan: NewScan) -> Scan | None:
-    """Insert a scan with all its images; None when this owner already has a scan with this hash."""
+def scan_params(scan: NewScan) -> dict[str, Any]:
+    """The parameters of INSERT_SCAN for a new scan."""
     dicom: dict[str, Any] = (
         {name: getattr(scan.dicom, name) for name in DICOM_FIELDS}
         if scan.dicom is not None
@@ -166,22 +166,31 @@ def insert_scan(con: Connection, *, scan: NewScan) -> Scan | None:
         images[kind.value] = None if in_s3 else data
         images[f"{kind.value}_storage"] = "s3" if in_s3 else "postgres"
         images[f"{kind.value}_size"] = len(data) if in_s3 else None
-    rows = con.run(
-        INSERT_SCAN,
-        id=scan.id,
-        owner_id=scan.owner_id,
-        filename=scan.filename,
-        content_type=scan.content_type,
-        width=scan.width,
-        height=scan.height,
-        results=scan.results_json,
+    return {
+        "id": scan.id,
+        "owner_id": scan.owner_id,
+        "filename": scan.filename,
+        "content_type": scan.content_type,
+        "width": scan.width,
+        "height": scan.height,
+        "results": scan.results_json,
         **images,
-        file_hash=scan.file_hash,
-        preview_hash=scan.preview_hash,
-        annotated_hash=scan.annotated_hash,
-        thumbnail_hash=scan.thumbnail_hash,
+        "file_hash": scan.file_hash,
+        "preview_hash": scan.preview_hash,
+        "annotated_hash": scan.annotated_hash,
+        "thumbnail_hash": scan.thumbnail_hash,
         **dicom,
-    )
+    }
+
+
+def scan_from_row(row: list[Any]) -> Scan:
+    """A Scan from a row of SCAN_COLUMNS."""
+    return _scan(row)
+
+
+def insert_scan(con: Connection, *, scan: NewScan) -> Scan | None:
+    """Insert a scan with all its images; None when this owner already has a scan with this hash."""
+    rows = con.run(INSERT_SCAN, **scan_params(scan))
     return _scan(rows[0]) if rows else None
 
 

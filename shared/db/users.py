@@ -58,6 +58,13 @@ SELECT_SESSION_OWNER = """
     WHERE s.token_hash = :token_hash AND s.expires_at > now()
 """
 DELETE_SESSION = "DELETE FROM sessions WHERE token_hash = :token_hash"
+# A viewer token lives as long as the session that mints it (migration 010: it ends with it).
+INSERT_VIEWER_TOKEN = """
+    INSERT INTO viewer_tokens (token_hash, user_id, session_token_hash, expires_at)
+    SELECT :token_hash, s.user_id, s.token_hash, s.expires_at
+    FROM sessions s WHERE s.token_hash = :session_token_hash AND s.expires_at > now()
+    RETURNING expires_at
+"""  # noqa: S105 - SQL, not a password
 DELETE_USER_SESSIONS = "DELETE FROM sessions WHERE user_id = :user_id"
 
 
@@ -110,6 +117,13 @@ def get_session_owner(con: Connection, *, token_hash: str) -> Owner | None:
     """The owner of an unexpired session, or None."""
     rows = con.run(SELECT_SESSION_OWNER, token_hash=token_hash)
     return Owner(int(rows[0][0]), str(rows[0][1])) if rows else None
+
+
+def create_viewer_token(con: Connection, *, token_hash: str, session_token_hash: str) -> datetime | None:
+    """Store a viewer token (by its hash) for an unexpired session; when it expires (with the
+    session), or None when there is no such session."""
+    rows = con.run(INSERT_VIEWER_TOKEN, token_hash=token_hash, session_token_hash=session_token_hash)
+    return rows[0][0] if rows else None
 
 
 def delete_session(con: Connection, *, token_hash: str) -> None:

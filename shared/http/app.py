@@ -21,6 +21,7 @@ from shared.core.config import get_settings
 from shared.core.errors import DomainError, InvalidImage, InvalidUpload, UnsupportedMediaType, UploadTooLarge
 from shared.http.entry import lambda_handler
 from shared.http.errors import domain_error, error_response, http_error, unexpected_error
+from shared.http.urls import base_url
 
 # Re-exported for the FastAPI functions: one import site for HTTP plumbing.
 __all__ = [
@@ -93,16 +94,6 @@ Owner = Annotated[db.Owner, Depends(current_owner)]
 async def bearer_token(request: Request) -> str:
     """The raw bearer token of this request (for logout)."""
     return auth.parse_bearer(request.headers.get("authorization"))
-
-
-def base_url(request: Request) -> str:
-    """Where the API lives, for absolute URLs: API_BASE_URL, else the request's own scheme and host."""
-    configured = get_settings().api_base_url
-    if configured:
-        return configured
-    scheme = request.headers.get("x-forwarded-proto", request.url.scheme).split(",")[0].strip()
-    host = request.headers.get("host") or request.url.netloc
-    return f"{scheme}://{host}"
 
 
 async def read_upload(request: Request, *, field: str = "file") -> tuple[str, bytes]:

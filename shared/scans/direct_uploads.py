@@ -33,6 +33,7 @@ from typing import IO, Any
 from shared import db, imaging, storage
 from shared.core.errors import (
     DirectUploadUnavailable,
+    DuplicateSopInstance,
     InvalidImage,
     ObjectMissing,
     StorageUnavailable,
@@ -40,6 +41,8 @@ from shared.core.errors import (
     UploadNotFound,
     UploadTooLarge,
 )
+from shared.db import audit, instances
+from shared.scans import instances as dicom_instances
 from shared.scans import uploads
 
 log = logging.getLogger(__name__)
@@ -123,7 +126,12 @@ def _presigned_post(
 
 
 def complete_upload(
-    *, owner_id: int, upload_id: str, max_pixels: int, dense_hu_threshold: float
+    *,
+    owner_id: int,
+    upload_id: str,
+    max_pixels: int,
+    dense_hu_threshold: float,
+    origin: audit.Origin = audit.NOWHERE,
 ) -> uploads.StoredUpload:
     """Analyze and store a posted upload, or return this owner's scan of the same bytes (as store_upload).
 
@@ -155,13 +163,22 @@ def complete_upload(
         if not data:
             raise InvalidImage("The uploaded file is empty.")
         analyzed = imaging.analyze_upload(data, max_pixels=max_pixels, dense_hu_threshold=dense_hu_threshold)
-    except InvalidImage:
+        record = dicom_instances.describe(data) if analyzed.dicom is not None else None
+        conflict = (
+            None
+            if record is None
+            else dicom_instances.check_duplicate_sop(owner_id=owner_id, record=record, file_hash=file_hash)
+        )
+    except (InvalidImage, DuplicateSopInstance):
         _retire(store, owner_id=owner_id, upload_id=upload_id)
         raise
     scan = uploads.new_scan_in_tiers(
         owner_id=owner_id, filename=upload.filename, data=data, file_hash=file_hash, analyzed=analyzed
     )
-    stored, duplicate = db.call(_insert_completed, scan=scan, upload_id=upload_id)
+    instance = None if record is None else dicom_instances.new_instance(record)
+    stored, duplicate = db.call(
+        _insert_completed, scan=scan, upload_id=upload_id, instance=instance, conflict=conflict, origin=origin
+    )
     _delete_staged(store, key)
     return uploads.StoredUpload(stored, duplicate=duplicate)
 
@@ -191,7 +208,15 @@ def _download(store: storage.ObjectStore, key: str, into: IO[bytes], *, max_byte
     return digest.hexdigest()
 
 
-def _insert_completed(con: db.Connection, *, scan: db.NewScan, upload_id: str) -> tuple[db.Scan, bool]:
+def _insert_completed(
+    con: db.Connection,
+    *,
+    scan: db.NewScan,
+    upload_id: str,
+    instance: instances.NewInstance | None,
+    conflict: dicom_instances.Conflict | None,
+    origin: audit.Origin,
+) -> tuple[db.Scan, bool]:
     """One transaction: take the upload (its row goes, its staging key onto the orphan list) and
     insert the scan, an S3 original copied from the staging key. (scan, duplicate)."""
     source_key = upload_key(upload_id)
@@ -203,8 +228,12 @@ def _insert_completed(con: db.Connection, *, scan: db.NewScan, upload_id: str) -
         if not db.delete_upload(con, upload_id=upload_id, owner_id=scan.owner_id):
             raise UploadNotFound("No upload with this id (or it was completed meanwhile).")
         storage.record_orphans(con, [source_key])
+        if conflict is not None:
+            dicom_instances.remove_replaced(con, owner_id=scan.owner_id, conflict=conflict, origin=origin)
         if scan.in_s3:
-            stored = uploads.write_scan_with_objects(con, scan=scan, original_source_key=source_key)
+            stored = uploads.write_scan_with_objects(con, scan=scan, original_source_key=source_key, instance=instance)
+        elif instance is not None:
+            stored = instances.insert_scan_with_instance(con, scan=scan, instance=instance)
         else:
             stored = db.insert_scan(con, scan=scan)
         if stored is not None:

@@ -1,5 +1,7 @@
 """Storing an upload: hash, per-owner dedup, analysis, and one atomic insert.
 
+A DICOM upload is also a DICOMweb instance (shared.scans.instances): its index and description go in
+with the scan, in the same statement or transaction, under the duplicate SOP Instance UID rule.
 Only the upload function imports this module (it pulls in Pillow and numpy via shared.imaging).
 """
 
@@ -13,6 +15,8 @@ from dataclasses import dataclass
 
 from shared import db, imaging, storage
 from shared.core.config import get_settings
+from shared.db import audit, instances
+from shared.scans import instances as dicom_instances
 from shared.scans.public import new_scan_id
 
 
@@ -25,23 +29,36 @@ class StoredUpload:
 
 
 def store_upload(
-    *, owner_id: int, filename: str, data: bytes, max_pixels: int, dense_hu_threshold: float
+    *,
+    owner_id: int,
+    filename: str,
+    data: bytes,
+    max_pixels: int,
+    dense_hu_threshold: float,
+    origin: audit.Origin = audit.NOWHERE,
 ) -> StoredUpload:
-    """Analyze and store an upload, or return this owner's existing scan of the same bytes."""
+    """Analyze and store an upload, or return this owner's existing scan of the same bytes.
+
+    DuplicateSopInstance when it is a DICOM file with a SOP Instance UID the owner holds in other
+    bytes, under DUPLICATE_SOP_POLICY=reject (under overwrite, it replaces that instance).
+    """
     file_hash = hashlib.sha256(data).hexdigest()
     existing = db.call(db.find_scan_by_hash, owner_id=owner_id, file_hash=file_hash)
     if existing is not None:
         return StoredUpload(existing, duplicate=True)
 
     analyzed = imaging.analyze_upload(data, max_pixels=max_pixels, dense_hu_threshold=dense_hu_threshold)
+    record = dicom_instances.describe(data) if analyzed.dicom is not None else None
+    conflict = (
+        None
+        if record is None
+        else dicom_instances.check_duplicate_sop(owner_id=owner_id, record=record, file_hash=file_hash)
+    )
     new_scan = new_scan_in_tiers(
         owner_id=owner_id, filename=filename, data=data, file_hash=file_hash, analyzed=analyzed
     )
-    if new_scan.in_s3:
-        scan = db.call(insert_scan_with_objects, scan=new_scan)
-    else:
-        # One INSERT is one implicit transaction: the row and all four images are written whole or not at all.
-        scan = db.call(db.insert_scan, scan=new_scan)
+    instance = None if record is None else dicom_instances.new_instance(record)
+    scan = store_new_scan(scan=new_scan, instance=instance, conflict=conflict, origin=origin)
     if scan is not None:
         return StoredUpload(scan, duplicate=False)
     # A concurrent upload of the same file by the same owner won the unique index.
@@ -53,8 +70,47 @@ def store_upload(
             data=data,
             max_pixels=max_pixels,
             dense_hu_threshold=dense_hu_threshold,
+            origin=origin,
         )
     return StoredUpload(winner, duplicate=True)
+
+
+def store_new_scan(
+    *,
+    scan: db.NewScan,
+    instance: instances.NewInstance | None,
+    conflict: dicom_instances.Conflict | None = None,
+    origin: audit.Origin = audit.NOWHERE,
+) -> db.Scan | None:
+    """Write a new scan whole (its images in their tiers, its DICOMweb instance), replacing the
+    conflicting instance in the same transaction; None when the owner already has these bytes."""
+    if scan.in_s3:
+        return db.call(insert_scan_with_objects, scan=scan, instance=instance, conflict=conflict, origin=origin)
+    if conflict is not None:
+        return db.call(_insert_replacing, scan=scan, instance=instance, conflict=conflict, origin=origin)
+    if instance is not None:
+        # One statement is one implicit transaction: the row, its images and its instance, or nothing.
+        return db.call(instances.insert_scan_with_instance, scan=scan, instance=instance)
+    return db.call(db.insert_scan, scan=scan)
+
+
+def _insert_replacing(
+    con: db.Connection,
+    *,
+    scan: db.NewScan,
+    instance: instances.NewInstance | None,
+    conflict: dicom_instances.Conflict,
+    origin: audit.Origin,
+) -> db.Scan | None:
+    with db.transaction(con):
+        dicom_instances.remove_replaced(con, owner_id=scan.owner_id, conflict=conflict, origin=origin)
+        return _insert_row(con, scan=scan, instance=instance)
+
+
+def _insert_row(con: db.Connection, *, scan: db.NewScan, instance: instances.NewInstance | None) -> db.Scan | None:
+    if instance is None:
+        return db.insert_scan(con, scan=scan)
+    return instances.insert_scan_with_instance(con, scan=scan, instance=instance)
 
 
 def new_scan_in_tiers(
@@ -87,7 +143,14 @@ def _images(scan: db.NewScan) -> list[tuple[db.ImageType, _Image]]:
     ]
 
 
-def insert_scan_with_objects(con: db.Connection, *, scan: db.NewScan) -> db.Scan | None:
+def insert_scan_with_objects(
+    con: db.Connection,
+    *,
+    scan: db.NewScan,
+    instance: instances.NewInstance | None = None,
+    conflict: dicom_instances.Conflict | None = None,
+    origin: audit.Origin = audit.NOWHERE,
+) -> db.Scan | None:
     """insert_scan for a scan with images in the S3 tier (scan.in_s3): write them, then the row.
 
     The keys go on the orphan list first (committed), so a failure or a kill from here on leaves
@@ -99,7 +162,9 @@ def insert_scan_with_objects(con: db.Connection, *, scan: db.NewScan) -> db.Scan
     """
     storage.record_orphans(con, s3_keys(scan))
     with db.transaction(con):
-        return write_scan_with_objects(con, scan=scan)
+        if conflict is not None:
+            dicom_instances.remove_replaced(con, owner_id=scan.owner_id, conflict=conflict, origin=origin)
+        return write_scan_with_objects(con, scan=scan, instance=instance)
 
 
 def s3_keys(scan: db.NewScan) -> list[str]:
@@ -110,7 +175,11 @@ def s3_keys(scan: db.NewScan) -> list[str]:
 
 
 def write_scan_with_objects(
-    con: db.Connection, *, scan: db.NewScan, original_source_key: str | None = None
+    con: db.Connection,
+    *,
+    scan: db.NewScan,
+    original_source_key: str | None = None,
+    instance: instances.NewInstance | None = None,
 ) -> db.Scan | None:
     """The transaction of insert_scan_with_objects, for a caller that holds one and has recorded
     s3_keys(scan) on the orphan list (committed): lock the keys, write the objects, insert the row,
@@ -136,7 +205,7 @@ def write_scan_with_objects(
             store.copy(original_source_key, key, content_type=image.content_type, sha256=image.sha256)
         else:
             store.put(key, image.data, content_type=image.content_type, sha256=image.sha256)
-    stored = db.insert_scan(con, scan=scan)
+    stored = _insert_row(con, scan=scan, instance=instance)
     if stored is not None:
         storage.forget_orphans(con, keys)
     return stored

@@ -1,0 +1,362 @@
+"""QIDO-RS searches and WADO-RS retrievals (PS3.18 10.4 and 10.6) on what ingest stored: the answers as
+status, headers and body, for the images function to send. No pydicom and no decoding here: frames
+and bulk data are byte ranges of the stored files, metadata is the JSON built at ingest.
+
+Every call takes the bearer token (a session's, or a viewer token's for reads) and answers only what
+its owner holds: another owner's UIDs, like unknown ones, are 404 on retrieval and [] on search.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from shared import db, storage
+from shared.auth import hash_token
+from shared.auth.query_hash import hashed_keys
+from shared.core.errors import InvalidRequest, InvalidToken, NotAcceptable, ScanNotFound, StorageUnavailable
+from shared.db import instances
+from shared.db.audit import Origin
+from shared.dicomweb import media, qido
+from shared.dicomweb.attributes import Level
+
+DICOM_JSON = "application/dicom+json"
+# Compressing JSON pays from here; below, the gzip header is most of the answer.
+GZIP_FROM_BYTES = 1024
+GZIP_LEVEL = 5
+# A study or series retrieval answered in one response: what Lambda can carry (its base64 within 6 MB).
+MAX_RETRIEVE_BYTES = storage.MAX_INLINE_BYTES
+MAX_FRAMES = 1000
+NO_STORE = "no-store"
+# Instance and frame bytes never change under DUPLICATE_SOP_POLICY=reject (an overwrite deletes the
+# instance and stores a new one: new bytes, new ETag). Metadata changes while a study arrives.
+IMMUTABLE = "private, max-age=31536000, immutable"
+REVALIDATE = "private, no-cache"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A response: status, headers, body."""
+
+    status: int
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class NotFound(ScanNotFound):
+    """No such study, series, instance or frame for this owner."""
+
+    code = "not_found"
+
+
+def search(
+    *,
+    token: str,
+    level: Level,
+    params: Iterable[tuple[str, str]],
+    study_uid: str | None,
+    series_uid: str | None,
+    accept: str | None,
+    origin: Origin,
+    retrieve_root: str,
+) -> Answer:
+    """A QIDO-RS search: the page of DICOM JSON results, a Warning header for what was ignored."""
+    if not media.accepts_json(media.parse_accept(accept)):
+        raise NotAcceptable("Search results are application/dicom+json (PS3.19 XML is not offered).")
+    found = qido.parse_search(level, params, study_uid=study_uid, series_uid=series_uid)
+    audit = {"level": level.value, **hashed_keys(found.audit_keys)}
+    reader, rows = db.call(
+        instances.search,
+        token_hash=hash_token(token),
+        query=qido.to_query(found),
+        audit=audit,
+        source_ip=origin.source_ip,
+        request_id=origin.request_id,
+    )
+    if reader is None:
+        raise InvalidToken("Invalid or expired token.")
+    warnings = list(found.warnings)
+    if qido.more_results(found, rows) and not found.limit_given:
+        warnings.append("The number of results exceeded the maximum supported by the server: request more with offset")
+    headers = {"Cache-Control": NO_STORE}
+    if warnings:
+        headers["Warning"] = ", ".join(f'299 ctscan-store "{text}"' for text in warnings)
+    body = json.dumps(qido.answer(found, rows, retrieve_root=retrieve_root), separators=(",", ":"))
+    return Answer(200, body.encode(), {"Content-Type": DICOM_JSON, **headers})
+
+
+def metadata(
+    *,
+    token: str,
+    study_uid: str,
+    series_uid: str | None,
+    sop_uid: str | None,
+    accept: str | None,
+    accept_encoding: str | None,
+    if_none_match: str | None,
+    origin: Origin,
+) -> Answer:
+    """WADO-RS metadata of a study, series or instance: one JSON array, built from the stored
+    descriptions in one query; gzip when the client takes it; 304 when the client holds it."""
+    if not media.accepts_json(media.parse_accept(accept)):
+        raise NotAcceptable("Metadata is application/dicom+json (PS3.19 XML is not offered).")
+    found = db.call(
+        instances.read_metadata,
+        token_hash=hash_token(token),
+        study_uid=study_uid,
+        series_uid=series_uid,
+        sop_uid=sop_uid,
+        source_ip=origin.source_ip,
+        request_id=origin.request_id,
+    )
+    if found.reader is None:
+        raise InvalidToken("Invalid or expired token.")
+    if found.count == 0:
+        raise NotFound("No such study, series or instance.")
+    # Weak: the same JSON may go out gzipped or not, and is rebuilt byte for byte from the same rows.
+    etag = f'W/"{found.etag}"'
+    headers = {"ETag": etag, "Cache-Control": REVALIDATE, "Vary": "Accept-Encoding"}
+    if if_none_match and etag in [tag.strip() for tag in if_none_match.split(",")]:
+        return Answer(304, b"", headers)
+    body = found.json.encode()
+    if _takes_gzip(accept_encoding) and len(body) >= GZIP_FROM_BYTES:
+        body = gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0)
+        headers["Content-Encoding"] = "gzip"
+    return Answer(200, body, {"Content-Type": DICOM_JSON, **headers})
+
+
+def retrieve(
+    *,
+    token: str,
+    study_uid: str,
+    series_uid: str | None,
+    sop_uid: str | None,
+    accept: str | None,
+    origin: Origin,
+) -> Answer:
+    """WADO-RS retrieval of a study, series or instance: its stored files, as they were received,
+    in one multipart/related body. Past what one Lambda response carries, a 400 that says to
+    retrieve instance by instance (a client that cannot page a series' instances would get a
+    truncated study otherwise, or nothing)."""
+    choice = media.choose_instance_media(media.parse_accept(accept))
+    if choice is None:
+        raise NotAcceptable(
+            'Instances are sent as multipart/related; type="application/dicom" in their stored transfer syntax.'
+        )
+    reader, files = db.call(
+        instances.list_files, token_hash=hash_token(token), study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid
+    )
+    if reader is None:
+        raise InvalidToken("Invalid or expired token.")
+    if not files:
+        raise NotFound("No such study, series or instance.")
+    if not choice.accepts_any_syntax and any(f.transfer_syntax_uid not in choice.transfer_syntaxes for f in files):
+        raise NotAcceptable("The instances are only available in the transfer syntax they were stored in.")
+    total = sum(f.size for f in files)
+    if total > MAX_RETRIEVE_BYTES:
+        raise ResponseTooLarge(
+            f"These {len(files)} instances hold {total:,} bytes, more than one response can carry "
+            f"({MAX_RETRIEVE_BYTES:,}): retrieve them one instance at a time "
+            "(.../series/{series}/instances lists them; .../instances/{sop} retrieves one)."
+        )
+    data = db.call(instances.read_files, owner_id=reader, sop_uids=[f.sop_instance_uid for f in files])
+    parts = []
+    for f in files:
+        payload = data.get(f.sop_instance_uid)
+        if payload is None:  # in the S3 tier (or moved there since the listing)
+            payload = _bucket().get(storage.object_key(f.owner_id, f.sha256))
+        if len(payload) != f.size:
+            raise StorageUnavailable("A stored file came back with a different size than recorded.")
+        parts.append((f"application/dicom; transfer-syntax={f.transfer_syntax_uid}", payload))
+    _audit_retrieval(reader, files, level=_level(series_uid, sop_uid), token=token, origin=origin)
+    content_type, body = media.write_multipart_related(parts, type_parameter="application/dicom")
+    headers = {"Content-Type": content_type, "Cache-Control": IMMUTABLE if sop_uid else REVALIDATE}
+    if sop_uid:
+        headers["ETag"] = f'"{files[0].sha256}"'
+    return Answer(200, body, headers)
+
+
+def frames(
+    *,
+    token: str,
+    study_uid: str,
+    series_uid: str,
+    sop_uid: str,
+    frame_list: str,
+    accept: str | None,
+    origin: Origin,
+) -> Answer:
+    """WADO-RS frames: each requested frame's bytes as stored (byte ranges of the file: uncompressed,
+    JPEG, JPEG-LS, JPEG 2000, RLE, never decoded here), one part each, in the order asked."""
+    numbers = parse_frame_list(frame_list)
+    found = db.call(
+        instances.read_frames,
+        token_hash=hash_token(token),
+        study_uid=study_uid,
+        series_uid=series_uid,
+        sop_uid=sop_uid,
+        frames=numbers,
+        source_ip=origin.source_ip,
+        request_id=origin.request_id,
+    )
+    if found.reader is None:
+        raise InvalidToken("Invalid or expired token.")
+    if found.status == 404:
+        raise NotFound("No such instance, or no such frame of it.")
+    if found.status == 409 or found.transfer_syntax_uid is None:
+        raise NotAcceptable("This instance's frames are not stored as separable byte ranges.")
+    choice = media.choose_frame_media(media.parse_accept(accept), stored_syntax=found.transfer_syntax_uid)
+    if choice is None:
+        raise NotAcceptable(
+            f"Frames of this instance are sent in their stored transfer syntax ({found.transfer_syntax_uid})."
+        )
+    parts = [(choice, _frame_bytes(frame, found)) for frame in found.frames]
+    content_type, body = media.write_multipart_related(parts, type_parameter=choice.split(";", 1)[0])
+    etag = f'"{found.sha256}-{",".join(str(n) for n in numbers)}"'
+    return Answer(200, body, {"Content-Type": content_type, "Cache-Control": IMMUTABLE, "ETag": etag})
+
+
+def parse_frame_list(text: str) -> list[int]:
+    """The frame numbers of a `frames/{list}` path: comma-separated, 1-based; InvalidRequest otherwise."""
+    numbers = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part.isascii() or not part.isdigit() or len(part) > 9 or int(part) < 1:
+            raise InvalidRequest("frames: a comma-separated list of frame numbers, from 1.")
+        numbers.append(int(part))
+    if not numbers or len(numbers) > MAX_FRAMES:
+        raise InvalidRequest(f"frames: 1 to {MAX_FRAMES} frame numbers.")
+    return numbers
+
+
+class ResponseTooLarge(InvalidRequest):
+    """A retrieval that no single response can carry: the message says how to page it."""
+
+    code = "response_too_large"
+
+
+def _frame_bytes(frame: instances.Frame, found: instances.FramesRead) -> bytes:
+    if frame.data is not None:
+        return frame.data
+    if found.sha256 is None:
+        raise StorageUnavailable("The frame's file could not be located.")
+    owner = found.reader or 0
+    key = storage.object_key(owner, found.sha256)
+    return b"".join(_bucket().get(key, offset, offset + length) for offset, length in frame.fragments)
+
+
+def _bucket() -> storage.ObjectStore:
+    store = storage.object_store()
+    if store is None:
+        raise StorageUnavailable("This file is in the S3 tier, but no images bucket is configured.")
+    return store
+
+
+def _takes_gzip(accept_encoding: str | None) -> bool:
+    for coding in (accept_encoding or "").split(","):
+        name, _, params = coding.strip().partition(";")
+        if name.strip().lower() in ("gzip", "x-gzip", "*") and params.replace(" ", "") not in ("q=0", "q=0.0"):
+            return True
+    return False
+
+
+def _level(series_uid: str | None, sop_uid: str | None) -> str:
+    return "instance" if sop_uid else "series" if series_uid else "study"
+
+
+def _audit_retrieval(
+    reader: int, files: Sequence[instances.InstanceFile], *, level: str, token: str, origin: Origin
+) -> None:
+    scan_ids = [f.scan_id for f in files if f.scan_id]
+    details = {"level": level, "instances": len(files), "scans": scan_ids[:1000], "objects": len(files) - len(scan_ids)}
+    db.call(
+        instances.record_retrieval,
+        reader=reader,
+        token_hash=hash_token(token),
+        scan_id=scan_ids[0] if len(files) == 1 and scan_ids else None,
+        details=details,
+        source_ip=origin.source_ip,
+        request_id=origin.request_id,
+    )
+
+
+def bulkdata(
+    *,
+    token: str,
+    study_uid: str,
+    series_uid: str,
+    sop_uid: str,
+    path: str,
+    accept: str | None,
+    origin: Origin,
+) -> Answer:
+    """WADO-RS bulk data (the BulkDataURIs of the metadata): one element's value as stored, a byte
+    range of the file, as multipart/related; type="application/octet-stream" (PS3.18 10.4.1.1.4)."""
+    if not media.accepts_octet_stream(media.parse_accept(accept)):
+        raise NotAcceptable('Bulk data is sent as multipart/related; type="application/octet-stream".')
+    if len(path) > 200 or not _BULK_PATH.fullmatch(path):
+        raise NotFound("No such bulk data element.")
+    found = db.call(
+        instances.read_bulk,
+        token_hash=hash_token(token),
+        study_uid=study_uid,
+        series_uid=series_uid,
+        sop_uid=sop_uid,
+        path=path.upper(),
+        source_ip=origin.source_ip,
+        request_id=origin.request_id,
+    )
+    if found.reader is None:
+        raise InvalidToken("Invalid or expired token.")
+    if found.status == 404 or found.sha256 is None:
+        raise NotFound("No such instance, or no such bulk data element of it.")
+    data = found.data
+    if data is None:
+        key = storage.object_key(found.reader, found.sha256)
+        data = _bucket().get(key, found.offset, found.offset + found.length)
+    content_type, body = media.write_multipart_related(
+        [("application/octet-stream", data)], type_parameter="application/octet-stream"
+    )
+    return Answer(
+        200, body, {"Content-Type": content_type, "Cache-Control": IMMUTABLE, "ETag": f'"{found.sha256}-{path}"'}
+    )
+
+
+def thumbnail(
+    *,
+    token: str,
+    study_uid: str,
+    series_uid: str | None,
+    sop_uid: str | None,
+    accept: str | None,
+    origin: Origin,
+) -> Answer:
+    """WADO-RS thumbnail of a study, series or instance (PS3.18 10.4.1.1.5): the stored thumbnail of
+    its middle image, JPEG. An object with no image (a report) has none: 404."""
+    if not media.accepts_media(media.parse_accept(accept), "image/jpeg"):
+        raise NotAcceptable("Thumbnails are image/jpeg.")
+    found = db.call(
+        instances.read_thumbnail,
+        token_hash=hash_token(token),
+        study_uid=study_uid,
+        series_uid=series_uid,
+        sop_uid=sop_uid,
+        source_ip=origin.source_ip,
+        request_id=origin.request_id,
+    )
+    if found.reader is None:
+        raise InvalidToken("Invalid or expired token.")
+    if found.scan_id is None or found.sha256 is None:
+        raise NotFound("No such study, series or instance, or no image in it to show.")
+    data = found.data
+    if data is None:
+        data = _bucket().get(storage.object_key(found.reader, found.sha256))
+    headers = {"Content-Type": "image/jpeg", "Cache-Control": REVALIDATE, "ETag": f'"{found.sha256}"'}
+    return Answer(200, data, headers)
+
+
+# A bulk data path as shared.dicom names elements: tags (8 hex digits) and item numbers, by "/".
+_BULK_PATH = re.compile(r"[0-9A-Fa-f]{8}(/[0-9]{1,6}/[0-9A-Fa-f]{8})*")
