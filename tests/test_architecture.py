@@ -16,7 +16,16 @@ from tests.conftest import ROOT
 # Modules by their full name. botocore's package itself is not here: Powertools imports it (0.5 ms);
 # its client machinery, which boto3 loads, is.
 HEAVY = ("fastapi", "pydantic", "numpy", "PIL", "pydicom", "cc3d", "imagecodecs", "boto3", "botocore.client")
-FRONT_DOORS = ("shared", "shared.core", "shared.db", "shared.auth", "shared.storage", "shared.scans", "shared.http")
+FRONT_DOORS = (
+    "shared",
+    "shared.core",
+    "shared.db",
+    "shared.auth",
+    "shared.storage",
+    "shared.scans",
+    "shared.dicomweb",
+    "shared.http",
+)
 
 
 def loaded_after_import(module: str) -> list[str]:

@@ -73,6 +73,12 @@ class UnsupportedMediaType(DomainError):
     code = "unsupported_media_type"
 
 
+class NotAcceptable(DomainError):
+    """Nothing this resource can be sent as is acceptable to the request's Accept header (406)."""
+
+    code = "not_acceptable"
+
+
 class InvalidRequest(DomainError):
     """A parameter or JSON body is malformed."""
 

@@ -1,12 +1,14 @@
 """DICOMweb (DICOM PS3.18): QIDO-RS, WADO-RS and STOW-RS on the same store, owners and functions.
 
+    media       multipart/related bodies read (STOW-RS requests) and written (WADO-RS responses), and
+                the Accept header negotiated (media type and transfer syntax, DICOM JSON)
     attributes  the attributes QIDO-RS matches and returns, and DICOM JSON elements
     qido        a search request read and checked; its page as DICOM JSON
     wado        searches and retrievals answered from what ingest stored (the images function)
-    store       STOW-RS (the upload function: it imports shared.imaging)
-    media       multipart/related and Accept negotiation
+    store       STOW-RS (the upload function only: it imports shared.imaging)
 
-This file holds only the names the functions' routes share.
+Imported by module (`from shared.dicomweb import media`): this file holds only two constants the
+routes share and imports nothing, so the lean images function pays only for what it uses.
 """
 
 DICOMWEB_ROOT = "/api/v1/dicomweb"
