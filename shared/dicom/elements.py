@@ -243,7 +243,8 @@ def _person_names(value: bytes, charset: Charset) -> list[Any]:
         groups = {}
         for key, group in zip(("Alphabetic", "Ideographic", "Phonetic"), name.components, strict=False):
             text = _clean(group).rstrip(" ")
-            if text:
+            # A group of carets alone ("^^^^") has no name component (F.2.2 keeps the non-empty ones).
+            if text.strip("^ "):
                 groups[key] = text
         result.append(groups or None)
     return result
