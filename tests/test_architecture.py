@@ -16,7 +16,16 @@ from tests.conftest import ROOT
 # Modules by their full name. botocore's package itself is not here: Powertools imports it (0.5 ms);
 # its client machinery, which boto3 loads, is.
 HEAVY = ("fastapi", "pydantic", "numpy", "PIL", "pydicom", "cc3d", "imagecodecs", "boto3", "botocore.client")
-FRONT_DOORS = ("shared", "shared.core", "shared.db", "shared.auth", "shared.storage", "shared.scans", "shared.http")
+FRONT_DOORS = (
+    "shared",
+    "shared.core",
+    "shared.db",
+    "shared.auth",
+    "shared.storage",
+    "shared.scans",
+    "shared.http",
+    "shared.dicom",
+)
 
 
 def loaded_after_import(module: str) -> list[str]:
@@ -42,7 +51,7 @@ def test_the_fastapi_app_module_does_load_fastapi() -> None:
     assert "fastapi" in loaded_after_import("shared.http.app")
 
 
-LAZY_FRONT_DOORS = ("shared.db", "shared.auth", "shared.storage", "shared.scans")
+LAZY_FRONT_DOORS = ("shared.db", "shared.auth", "shared.storage", "shared.scans", "shared.dicom")
 
 
 def type_checking_imports(package: str) -> dict[str, str]:

@@ -128,7 +128,7 @@ def _element(walk: _Walk, level: _Level, tag: int) -> dict[str, Any]:
         if raw.VR != "SQ":
             return _converted_text(raw)
         little = walk.read.is_little_endian
-        return {"vr": "SQ", "Value": _items(walk, level, path, raw.value, limit=level.limit, little=little)}
+        return _sequence_attribute(_items(walk, level, path, raw.value, limit=level.limit, little=little))
     undefined = raw.length == UNDEFINED_LENGTH
     if not undefined and raw.value_tell + raw.length > level.limit:
         raise InvalidDicom(DAMAGED)
@@ -141,7 +141,7 @@ def _element(walk: _Walk, level: _Level, tag: int) -> dict[str, Any]:
     if " or " in vr:
         vr = _ambiguous(tag, vr, raw, level)
     if vr == "SQ":
-        return {"vr": "SQ", "Value": _sequence(walk, level, path, raw)}
+        return _sequence_attribute(_sequence(walk, level, path, raw))
     if undefined or (level.top and tag in PIXEL_DATA_TAGS) or _is_bulk(vr, raw.length):
         return _bulk(walk, level, path, tag, vr, raw)
     walk.budget -= raw.length
@@ -149,6 +149,11 @@ def _element(walk: _Walk, level: _Level, tag: int) -> dict[str, Any]:
         raise InvalidDicom(TOO_LARGE)
     value = raw.value if raw.value is not None else walk.read.source[raw.value_tell : raw.value_tell + raw.length]
     return json_attribute(vr, value, little_endian=raw.is_little_endian, charset=level.charset)
+
+
+def _sequence_attribute(items: list[dict[str, Any]]) -> dict[str, Any]:
+    # A sequence of no items is an empty value: no "Value" (PS3.18 F.2.5); an empty item is {} (F.2.2).
+    return {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
 
 
 def _is_bulk(vr: str, length: int) -> bool:
