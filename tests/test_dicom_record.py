@@ -429,22 +429,26 @@ def test_describe_instance_decodes_a_sequence_item_in_its_own_or_its_parents_cha
     ]
 
 
-@pytest.mark.parametrize(("encoding", "name"), [("utf-8", "Müller^Jürgen"), ("latin-1", "Müller^Jürgen")])
-def test_describe_instance_reads_non_ascii_text_without_a_character_set(encoding: str, name: str) -> None:
-    # Writers that leave (0008,0005) out mostly write UTF-8; bytes that are not UTF-8 read as ISO 8859-1.
+@pytest.mark.parametrize("declared", [None, "ISO_IR 6"])
+@pytest.mark.parametrize("encoding", ["utf-8", "latin-1"])
+def test_describe_instance_reads_non_ascii_text_without_a_character_set(encoding: str, declared: str | None) -> None:
+    # Writers that leave (0008,0005) out (or say ASCII) mostly write UTF-8; bytes that are not UTF-8 read
+    # as ISO 8859-1.
+    name = "Müller^Jürgen"
     encoded = name.encode(encoding)
     encoded += b" " * (len(encoded) % 2)
     placeholder = "X" * len(encoded)
     ds = small_dataset(PatientName=placeholder, StudyDescription=placeholder)
-    assert "SpecificCharacterSet" not in ds
+    if declared:
+        ds.SpecificCharacterSet = declared
     data = file_bytes(ds).replace(placeholder.encode(), encoded)
     record = describe_instance(data)
     assert record.attributes.patient_name == name
     assert record.attributes.study_description == name
     assert record.attributes.patient_name_keys == ("MÜLLER^JÜRGEN",)
     objects = json.loads(record.metadata_json)
-    assert "00080005" not in objects
     assert objects["00100010"]["Value"] == [{"Alphabetic": name}]
+    assert objects.get("00080005") == ({"vr": "CS", "Value": [declared]} if declared else None)
 
 
 def test_describe_instance_writes_numbers_as_json_numbers_unless_they_would_change() -> None:
@@ -563,7 +567,9 @@ def test_describe_instance_accepts_trailing_padding_and_refuses_trailing_data() 
 def test_describe_instance_refuses_what_is_not_dicom() -> None:
     for data in (b"", b"DICM", b"\x89PNG\r\n\x1a\n" + b"\x00" * 200, b"\xff\xd8\xff" + bytes(range(256)) * 4):
         assert_refused(data)
-    assert_refused(b"\x00" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\x04\x001.2\x00")
+    meta = b"\x00" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\x04\x001.2\x00"
+    assert_refused(meta)
+    assert_refused(meta + bytes(64 << 20))  # at once: zeros are no dataset
     # Bytes that pydicom reads as a bare dataset, but are no instance.
     assert_refused(b"\x08\x00\x60\x00CS\x02\x00CT" + bytes(range(256)))
 

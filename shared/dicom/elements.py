@@ -43,16 +43,22 @@ _MAX_SAFE_INTEGER = 2**53
 _DS = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 _IS = re.compile(r"[+-]?\d+")
 
+_DEFAULT_REPERTOIRE = frozenset({"", "ISO_IR 6", "ISO 2022 IR 6"})
+
 Charset = list[str] | None  # Python encodings of (0008,0005); None: the dataset declares none
 
 
 def dataset_charset(value: bytes | None, inherited: Charset) -> Charset:
-    """The encodings of a dataset: its own (0008,0005), else those of the dataset it is nested in."""
+    """The encodings of a dataset: its own (0008,0005), else those of the dataset it is nested in.
+    None when it has the Default Character Repertoire (ASCII), whose non-ASCII bytes are then read as
+    UTF-8 or ISO 8859-1 like those of a dataset that declares no set."""
     if value is None:
         return inherited
     terms = [term.strip(" \x00") for term in value.decode("latin-1").split("\\")]
     if not any(terms):
         return inherited
+    if all(term in _DEFAULT_REPERTOIRE for term in terms):
+        return None
     return convert_encodings(terms)
 
 

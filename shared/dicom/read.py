@@ -48,8 +48,8 @@ UNDEFINED_LENGTH = 0xFFFFFFFF
 PREAMBLE = 128
 # Explicit VR elements whose length field is 4 bytes after 2 reserved ones (PS3.5 7.1.2).
 LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
-# A dataset without the Part 10 header starts with its meta group, a command group or group 0008.
-_BARE_FIRST_GROUPS = frozenset({0x0000, 0x0002, 0x0008})
+# A dataset without the Part 10 header starts with its meta group or with group 0008.
+_BARE_FIRST_GROUPS = frozenset({0x0002, 0x0008})
 _INFLATE_CHUNK = 1 << 20
 
 NOT_DICOM = "The file is not a readable DICOM dataset."
@@ -119,6 +119,10 @@ def read_instance(data: bytes) -> ReadInstance:
     meta_end, declared = _meta_group(data, meta_start)
     if declared == DEFLATED:
         return guarded(lambda: _read_deflated(data, meta_end))
+    if data[meta_end : meta_end + 2] == b"\x00\x00":
+        # A command group (0000) has no place in a stored dataset, and pydicom reads one element by
+        # element to its end: a file of zeros would keep it busy for seconds.
+        raise InvalidDicom(NOT_DICOM)
     return guarded(lambda: _read_plain(data, declared))
 
 
@@ -184,11 +188,9 @@ def _read_plain(data: bytes, declared: str | None) -> ReadInstance:
 def _read_deflated(data: bytes, meta_end: int) -> ReadInstance:
     # pydicom inflates the whole rest of the file in one call, however large: inflate here, with a cap.
     inflated = _inflate(data, meta_end)
-    meta = read_partial(io.BytesIO(data[:meta_end]), force=True).file_meta
     stream = io.BytesIO(inflated)
     top = _TopLevel(stream)
     ds = read_dataset(stream, is_implicit_VR=False, is_little_endian=True, stop_when=top, defer_size=DEFER_SIZE)
-    ds.file_meta = meta
     return _finish(ds, inflated, stream, top, declared=DEFLATED, offsets_in_file=False)
 
 
