@@ -40,6 +40,7 @@ from scripts.dev.phantom import ct_slice_dataset, dicom_bytes
 from shared.core.errors import InvalidDicom, InvalidImage
 from shared.dicom import BulkElement, InstanceRecord, describe_instance
 from tests.conftest import ROOT
+from tests.images import randomly_damaged
 
 PIXEL_DATA = "7FE00010"
 VRS = frozenset(
@@ -595,6 +596,28 @@ def test_describe_instance_refuses_truncated_encapsulated_pixel_data() -> None:
     data = read_testdata("JPEG2000.dcm")
     assert_refused(data[:-8])  # the sequence delimiter is gone
     assert_refused(data[:3200])
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "JPEG2000.dcm", "test-SR.dcm", "rtstruct.dcm", "image_dfl.dcm"])
+def test_describe_instance_on_damaged_files_refuses_or_stays_inside_the_file(name: str) -> None:
+    # Random bytes overwritten, mostly in the header: refused with one of our messages, or described with
+    # byte ranges that lie inside the file. Never another exception.
+    data = read_testdata(name)
+    header = data[:4096]
+    for index, damaged_header in enumerate(randomly_damaged(header, seed=7, copies=60, max_bytes=6)):
+        damaged = damaged_header + data[4096:]
+        if index % 5 == 0:
+            damaged = damaged[: len(damaged) * (index + 1) // 61]
+        try:
+            record = describe_instance(damaged)
+        except InvalidImage as error:
+            assert error.message in FIXED_MESSAGES
+            continue
+        json.loads(record.metadata_json)
+        for bulk in record.bulk_data:
+            assert bulk.offset is None or bulk.offset + bulk.length <= len(damaged)
+        for frame in record.frames or ():
+            assert all(offset + length <= len(damaged) for offset, length in frame)
 
 
 def test_describe_instance_refuses_a_file_without_an_instance_uid() -> None:
