@@ -9,6 +9,11 @@ it is the top-level Pixel Data (always), a binary value (OB, OD, OF, OL, OV, OW,
 or any other value over 64 KiB: text and number VRs may be bulk data too (F.2.2, 10.4.3.3.2), which
 keeps a huge contour or LUT out of the metadata; a long value of a VR that may not be bulk data
 (codes, names, dates: never that long in a real file) goes as UN, its bytes intact.
+
+Text is decoded with the dataset's Specific Character Set and written as UTF-8, while (0008,0005) keeps
+the file's value: it "reflects the character encoding of the source DICOM dataset and does not indicate
+the character encoding of the JSON representation, which is UTF-8" (PS3.18 F.2.2 note 3, from CP-2518).
+Rewriting it to "ISO_IR 192", as dcm2json did before that CP, would lose how the file was encoded.
 """
 
 from __future__ import annotations
