@@ -474,6 +474,15 @@ def test_describe_instance_writes_numbers_as_json_numbers_unless_they_would_chan
     assert objects["00189087"]["Value"] == ["NaN"]
     assert objects["00200013"]["Value"] == ["1.5"]
     assert describe_instance(data).attributes.instance_number is None
+    # Numbers of a length no number has keep their bytes, as UN: inline up to 1024 bytes, else bulk data.
+    odd = struct.pack("<HH2sH", 0x0099, 0x0010, b"LO", 4) + b"TEST"
+    odd += struct.pack("<HH2sH", 0x0099, 0x1000, b"US", 3) + b"\x01\x02\x03"
+    odd += struct.pack("<HH2sH", 0x0099, 0x1001, b"US", 2001) + b"\x05" * 2001
+    record = describe_instance(data + odd)
+    objects = json.loads(record.metadata_json)
+    assert objects["00991000"] == {"vr": "UN", "InlineBinary": base64.b64encode(b"\x01\x02\x03").decode()}
+    assert objects["00991001"]["vr"] == "UN" and "BulkDataURI" in objects["00991001"]
+    assert [(bulk.path, bulk.length) for bulk in record.bulk_data] == [("00991001", 2001)]
     # pydicom itself cannot convert IS "1A" (badVR.dcm): the string goes through.
     assert json.loads(describe_instance(read_testdata("badVR.dcm")).metadata_json)["00280008"]["Value"] == ["1A"]
 

@@ -86,6 +86,14 @@ def resolve_vr(tag: int, vr: str | None, *, private_creator: str | None, long_va
         return "UL" if (tag & 0xFFFF) == 0 else "UN"
 
 
+def fits(vr: str, length: int) -> bool:
+    """Whether a value of this length can be of this VR: binary numbers and tags come in whole units."""
+    kind = _NUMBERS.get(vr)
+    if kind is not None:
+        return length % struct.calcsize(kind) == 0
+    return vr != "AT" or length % 4 == 0
+
+
 def json_attribute(vr: str, value: bytes, *, little_endian: bool, charset: Charset) -> dict[str, Any]:
     """{"vr": ..., "Value": [...]} or {"vr": ..., "InlineBinary": ...}; without either for an empty value."""
     if not value:

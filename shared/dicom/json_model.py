@@ -35,6 +35,7 @@ from shared.dicom.elements import (
     CODE_VRS,
     Charset,
     dataset_charset,
+    fits,
     json_attribute,
     resolve_vr,
 )
@@ -145,6 +146,8 @@ def _element(walk: _Walk, level: _Level, tag: int) -> dict[str, Any]:
     )
     if " or " in vr:
         vr = _ambiguous(tag, vr, raw, level)
+    if not undefined and not fits(vr, raw.length):
+        vr = "UN"  # numbers of a length no number has: their bytes, as pydicom keeps them
     if vr == "SQ":
         return _sequence_attribute(_sequence(walk, level, path, raw))
     if undefined or (level.top and tag in PIXEL_DATA_TAGS) or _is_bulk(vr, raw.length):
