@@ -25,6 +25,7 @@ FRONT_DOORS = (
     "shared.scans",
     "shared.dicomweb",
     "shared.http",
+    "shared.dicom",
 )
 
 
@@ -51,7 +52,7 @@ def test_the_fastapi_app_module_does_load_fastapi() -> None:
     assert "fastapi" in loaded_after_import("shared.http.app")
 
 
-LAZY_FRONT_DOORS = ("shared.db", "shared.auth", "shared.storage", "shared.scans")
+LAZY_FRONT_DOORS = ("shared.db", "shared.auth", "shared.storage", "shared.scans", "shared.dicom")
 
 
 def type_checking_imports(package: str) -> dict[str, str]:

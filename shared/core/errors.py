@@ -21,6 +21,12 @@ class InvalidImage(DomainError):
     code = "invalid_image"
 
 
+class InvalidDicom(InvalidImage):
+    """The bytes are not a readable DICOM dataset, or lack the UIDs that identify the instance."""
+
+    code = "invalid_dicom"
+
+
 class NoImageData(InvalidImage):
     """A DICOM file without pixel data (an RT plan, a structured report, ...)."""
 
