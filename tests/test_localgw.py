@@ -938,3 +938,10 @@ def test_real_openapi_json_is_served_from_repository_root() -> None:
     with running(ROOT / "serverless.yml") as srv:
         reply = call(srv.server_address, "GET", "/openapi.json")
     assert reply.status == 200 and "paths" in reply.json()
+
+
+@pytest.mark.parametrize("host", ["localhost", "127.0.0.1"])
+def test_gateway_completes_its_own_host_name_sent_without_a_port(server: tuple[str, int], host: str) -> None:
+    # dicomweb-client sends Host from the URL's host alone; URLs built from Host must name our port.
+    event = echoed(call(server, "GET", "/echo/x", headers=[("Host", host)]))
+    assert event["headers"]["host"] == f"{host}:{server[1]}"

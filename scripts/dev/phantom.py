@@ -182,7 +182,9 @@ def ct_slice_dataset(
     ds.SOPClassUID = CTImageStorage if frames == 1 else MultiFrameGrayscaleWordSecondaryCaptureImageStorage
     ds.StudyInstanceUID = study_uid or uid("study", seed)
     ds.SeriesInstanceUID = series_uid or uid("series", seed)
-    ds.SOPInstanceUID = uid("instance", seed, instance_number, ds.SeriesInstanceUID)
+    # One UID per distinct slice: the store holds an owner to one file per SOP Instance UID, so two
+    # slices that differ (here, in position) must not share one.
+    ds.SOPInstanceUID = uid("instance", seed, instance_number, ds.SeriesInstanceUID, slice_position)
     ds.Modality = modality
     ds.InstanceNumber = instance_number
     ds.ImagePositionPatient = [-(size / 2) * pixel_spacing[1], -(size / 2) * pixel_spacing[0], slice_position]

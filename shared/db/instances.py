@@ -454,6 +454,7 @@ class InstanceFile:
     """One stored DICOM file of a retrieval: where its bytes are (a scan's original, or an object)."""
 
     sop_instance_uid: str
+    sop_class_uid: str
     transfer_syntax_uid: str
     scan_id: str | None
     owner_id: int
@@ -475,7 +476,8 @@ def list_files(
     where = _resource_where(study_uid, series_uid, sop_uid, params)
     sql = f"""
         WITH reader AS (SELECT dicomweb_reader(CAST(:token_hash AS text), true) AS owner_id)
-        SELECT (SELECT owner_id FROM reader), i.sop_instance_uid, i.transfer_syntax_uid, i.scan_id, i.owner_id,
+        SELECT (SELECT owner_id FROM reader), i.sop_instance_uid, i.sop_class_uid, i.transfer_syntax_uid,
+               i.scan_id, i.owner_id,
                COALESCE(sc.file_hash, i.object_hash),
                COALESCE(i.object_size, sc.original_size, octet_length(sc.original_image_data)),
                COALESCE(sc.original_storage, 'postgres')
@@ -487,7 +489,9 @@ def list_files(
     rows = con.run(sql, **params)
     reader = rows[0][0] if rows else None
     files = [
-        InstanceFile(r[1], r[2], r[3], int(r[4]), str(r[5]).strip(), int(r[6]), r[7]) for r in rows if r[1] is not None
+        InstanceFile(r[1], r[2], r[3], r[4], int(r[5]), str(r[6]).strip(), int(r[7]), r[8])
+        for r in rows
+        if r[1] is not None
     ]
     return (None if reader is None else int(reader)), files
 

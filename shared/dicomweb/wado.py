@@ -20,7 +20,7 @@ from shared.auth.query_hash import hashed_keys
 from shared.core.errors import InvalidRequest, InvalidToken, NotAcceptable, ScanNotFound, StorageUnavailable
 from shared.db import instances
 from shared.db.audit import Origin
-from shared.dicomweb import media, qido
+from shared.dicomweb import media, part10, qido
 from shared.dicomweb.attributes import Level
 
 DICOM_JSON = "application/dicom+json"
@@ -141,11 +141,7 @@ def retrieve(
     in one multipart/related body. Past what one Lambda response carries, a 400 that says to
     retrieve instance by instance (a client that cannot page a series' instances would get a
     truncated study otherwise, or nothing)."""
-    choice = media.choose_instance_media(media.parse_accept(accept))
-    if choice is None:
-        raise NotAcceptable(
-            'Instances are sent as multipart/related; type="application/dicom" in their stored transfer syntax.'
-        )
+    ranges = media.parse_accept(accept)
     reader, files = db.call(
         instances.list_files, token_hash=hash_token(token), study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid
     )
@@ -153,8 +149,15 @@ def retrieve(
         raise InvalidToken("Invalid or expired token.")
     if not files:
         raise NotFound("No such study, series or instance.")
-    if not choice.accepts_any_syntax and any(f.transfer_syntax_uid not in choice.transfer_syntaxes for f in files):
-        raise NotAcceptable("The instances are only available in the transfer syntax they were stored in.")
+    choices = [
+        media.multipart_choice(ranges, offered=media.instance_offers(f.transfer_syntax_uid, can_transcode=False))
+        for f in files
+    ]
+    if any(choice is None for choice in choices):
+        raise NotAcceptable(
+            'Instances are sent as multipart/related; type="application/dicom", in the transfer syntax they '
+            "were stored in."
+        )
     total = sum(f.size for f in files)
     if total > MAX_RETRIEVE_BYTES:
         raise ResponseTooLarge(
@@ -164,13 +167,20 @@ def retrieve(
         )
     data = db.call(instances.read_files, owner_id=reader, sop_uids=[f.sop_instance_uid for f in files])
     parts = []
-    for f in files:
+    for f, choice in zip(files, choices, strict=True):
         payload = data.get(f.sop_instance_uid)
         if payload is None:  # in the S3 tier (or moved there since the listing)
             payload = _bucket().get(storage.object_key(f.owner_id, f.sha256))
         if len(payload) != f.size:
             raise StorageUnavailable("A stored file came back with a different size than recorded.")
-        parts.append((f"application/dicom; transfer-syntax={f.transfer_syntax_uid}", payload))
+        assert choice is not None
+        whole = part10.as_part10(
+            payload,
+            sop_class_uid=f.sop_class_uid,
+            sop_instance_uid=f.sop_instance_uid,
+            transfer_syntax_uid=f.transfer_syntax_uid,
+        )
+        parts.append((choice.part_content_type, whole))
     _audit_retrieval(reader, files, level=_level(series_uid, sop_uid), token=token, origin=origin)
     content_type, body = media.write_multipart_related(parts, type_parameter="application/dicom")
     headers = {"Content-Type": content_type, "Cache-Control": IMMUTABLE if sop_uid else REVALIDATE}
@@ -208,13 +218,14 @@ def frames(
         raise NotFound("No such instance, or no such frame of it.")
     if found.status == 409 or found.transfer_syntax_uid is None:
         raise NotAcceptable("This instance's frames are not stored as separable byte ranges.")
-    choice = media.choose_frame_media(media.parse_accept(accept), stored_syntax=found.transfer_syntax_uid)
+    offered = media.frame_offers(found.transfer_syntax_uid, can_decode=False)
+    choice = media.multipart_choice(media.parse_accept(accept), offered=offered)
     if choice is None:
         raise NotAcceptable(
             f"Frames of this instance are sent in their stored transfer syntax ({found.transfer_syntax_uid})."
         )
-    parts = [(choice, _frame_bytes(frame, found)) for frame in found.frames]
-    content_type, body = media.write_multipart_related(parts, type_parameter=choice.split(";", 1)[0])
+    parts = [(choice.part_content_type, _frame_bytes(frame, found)) for frame in found.frames]
+    content_type, body = media.write_multipart_related(parts, type_parameter=choice.media_type)
     etag = f'"{found.sha256}-{",".join(str(n) for n in numbers)}"'
     return Answer(200, body, {"Content-Type": content_type, "Cache-Control": IMMUTABLE, "ETag": etag})
 
@@ -295,7 +306,8 @@ def bulkdata(
 ) -> Answer:
     """WADO-RS bulk data (the BulkDataURIs of the metadata): one element's value as stored, a byte
     range of the file, as multipart/related; type="application/octet-stream" (PS3.18 10.4.1.1.4)."""
-    if not media.accepts_octet_stream(media.parse_accept(accept)):
+    offered = [media.Representation(media.OCTET_STREAM, media.EXPLICIT_VR_LITTLE_ENDIAN)]
+    if media.multipart_choice(media.parse_accept(accept), offered=offered) is None:
         raise NotAcceptable('Bulk data is sent as multipart/related; type="application/octet-stream".')
     if len(path) > 200 or not _BULK_PATH.fullmatch(path):
         raise NotFound("No such bulk data element.")
@@ -336,7 +348,7 @@ def thumbnail(
 ) -> Answer:
     """WADO-RS thumbnail of a study, series or instance (PS3.18 10.4.1.1.5): the stored thumbnail of
     its middle image, JPEG. An object with no image (a report) has none: 404."""
-    if not media.accepts_media(media.parse_accept(accept), "image/jpeg"):
+    if not _accepts_jpeg(media.parse_accept(accept)):
         raise NotAcceptable("Thumbnails are image/jpeg.")
     found = db.call(
         instances.read_thumbnail,
@@ -360,3 +372,10 @@ def thumbnail(
 
 # A bulk data path as shared.dicom names elements: tags (8 hex digits) and item numbers, by "/".
 _BULK_PATH = re.compile(r"[0-9A-Fa-f]{8}(/[0-9]{1,6}/[0-9A-Fa-f]{8})*")
+
+
+def _accepts_jpeg(ranges: Sequence[media.MediaRange]) -> bool:
+    """Whether image/jpeg may be sent (a thumbnail): the most specific matching range's q decides."""
+    specificity = {"image/jpeg": 2, "image/*": 1, "*/*": 0}
+    matching = [(specificity[r.media_type], r.q) for r in ranges if r.media_type in specificity]
+    return bool(matching) and max(matching, key=lambda match: match[0])[1] > 0

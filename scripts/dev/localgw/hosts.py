@@ -14,10 +14,17 @@ _HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::(\d{1,5}))?")
 @dataclass(frozen=True)
 class AllowedHosts:
     """Host values the gateway answers: its own names on its own port, plus LOCALGW_ALLOWED_HOSTS
-    entries (`name` for any port, `name:port` for one). The functions copy Host into image URLs."""
+    entries (`name` for any port, `name:port` for one). The functions copy Host into image URLs.
+
+    Its own names without a port are taken too, and completed with its port before the event is
+    built: dicomweb-client sends `Host: 127.0.0.1` for http://127.0.0.1:3000 (it sets Host from the
+    URL's host alone), and the URLs the functions build from Host must still name the right port.
+    """
 
     with_port: frozenset[str]
     any_port: frozenset[str]
+    own_names: frozenset[str] = frozenset()
+    port: int = 80
 
     @classmethod
     def for_address(cls, host: str, port: int, extra: Iterable[str] = ()) -> AllowedHosts:
@@ -30,7 +37,7 @@ class AllowedHosts:
         entries = [e.strip().lower() for e in extra if e.strip()]
         with_port |= {e for e in entries if _HOST.fullmatch(e) and _HOST.fullmatch(e).group(2)}  # type: ignore[union-attr]
         any_port = {e for e in entries if e not in with_port}
-        return cls(frozenset(with_port), frozenset(any_port))
+        return cls(frozenset(with_port), frozenset(any_port), frozenset(n.lower() for n in names), port)
 
     def problem(self, values: list[str]) -> str | None:
         """Why these Host header values are refused, or None."""
@@ -39,7 +46,13 @@ class AllowedHosts:
         found = _HOST.fullmatch(values[0])
         if found is None or (found.group(2) is not None and not 0 < int(found.group(2)) < 65536):
             return "malformed Host header"
-        host = values[0].lower()
+        host = self.completed(values[0]).lower()
         if host not in self.with_port and found.group(1).lower() not in self.any_port:
             return f"this gateway does not serve host {values[0]!r} (see LOCALGW_ALLOWED_HOSTS)"
         return None
+
+    def completed(self, value: str) -> str:
+        """A Host value of one of the gateway's own names without a port, with the gateway's port."""
+        if value.lower() in self.own_names:
+            return f"{value}:{self.port}"
+        return value

@@ -205,6 +205,7 @@ class GatewayApp:
         problem = self.allowed_hosts.problem([v for n, v in headers if n == "host"])
         if problem is not None:
             raise _Refused(error(400, "invalid_host", problem), close=False)
+        headers = [(n, self.allowed_hosts.completed(v) if n == "host" else v) for n, v in headers]
         origin = next((v for n, v in headers if n == "origin"), None)
         requested = next((v for n, v in headers if n == "access-control-request-method"), None)
         if self.cors is not None and method == "OPTIONS" and origin is not None and requested is not None:

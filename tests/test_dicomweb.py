@@ -1,0 +1,513 @@
+"""DICOMweb (PS3.18) proven with a client someone else wrote: dicomweb-client 0.61.2 against the local
+gateway over HTTP (the real serverless.yml routes, AWS-exact events, the real handlers), on the test
+database. STOW a study, search it at every level, retrieve instances, metadata, frames (every stored
+syntax) and bulk data, thumbnails; owners, viewer tokens, duplicates, bad requests and the audit trail.
+"""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import io
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pg8000.native
+import pydicom
+import pytest
+import requests
+from dicomweb_client.api import DICOMwebClient
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from scripts.dev import phantom
+from scripts.dev.localgw.server import make_server
+from tests.conftest import ROOT, User
+
+ROOT_PATH = "/api/v1/dicomweb"
+
+
+@pytest.fixture(scope="module")
+def gateway(database_url: str) -> Iterator[str]:
+    """The local gateway over HTTP on the real serverless.yml, in a thread; its base URL."""
+    server = make_server("127.0.0.1", 0, serverless_yml=ROOT / "serverless.yml", containers=2)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)
+
+
+def client_for(gateway: str, token: str) -> DICOMwebClient:
+    return DICOMwebClient(url=gateway + ROOT_PATH, headers={"Authorization": f"Bearer {token}"})
+
+
+@pytest.fixture
+def alice_web(gateway: str, alice: User) -> DICOMwebClient:
+    return client_for(gateway, alice.token)
+
+
+@pytest.fixture
+def bob_web(gateway: str, bob: User) -> DICOMwebClient:
+    return client_for(gateway, bob.token)
+
+
+def series(n: int = 4, *, seed: int = 21, size: int = 64) -> list[Dataset]:
+    """A small CT series with patient data in it, as a scanner exports it."""
+    return phantom.ct_series(n, size=size, seed=seed, phi=True)
+
+
+def encoded(ds: Dataset, syntax: str = ExplicitVRLittleEndian) -> bytes:
+    return phantom.dicom_bytes(ds, syntax)
+
+
+def value(dataset: dict[str, Any], tag: str) -> Any:
+    element = dataset.get(tag, {})
+    values = element.get("Value", [])
+    return values[0] if values else None
+
+
+def stow(web: DICOMwebClient, datasets: list[Dataset]) -> Dataset:
+    response: Dataset = web.store_instances(datasets)
+    return response
+
+
+# ---------------------------------------------------------------- STOW-RS
+
+
+def test_stow_stores_a_series_in_one_request_and_the_rest_api_lists_its_images(
+    alice_web: DICOMwebClient, gateway: str, alice: User
+) -> None:
+    slices = series(4)
+    answer = stow(alice_web, slices)
+    stored = answer.ReferencedSOPSequence
+    assert [item.ReferencedSOPInstanceUID for item in stored] == [ds.SOPInstanceUID for ds in slices]
+    assert "FailedSOPSequence" not in answer
+    assert answer.RetrieveURL.endswith(f"{ROOT_PATH}/studies/{slices[0].StudyInstanceUID}")
+    # The images are scans of the REST API, as /analyze would have stored them, without patient data.
+    listing = requests.get(
+        f"{gateway}/api/v1/scans", headers={"Authorization": f"Bearer {alice.token}"}, timeout=30
+    ).json()
+    assert len(listing["items"]) == 4
+    text = json.dumps(listing)
+    assert not any(secret in text for secret in phantom.PHI_STRINGS)
+
+
+def test_stow_answers_exactly_application_dicom_json(gateway: str, alice: User) -> None:
+    content_type, body = multipart([encoded(series(1, seed=5)[0])])
+    reply = requests.post(
+        f"{gateway}{ROOT_PATH}/studies",
+        data=body,
+        headers={"Authorization": f"Bearer {alice.token}", "Content-Type": content_type},
+        timeout=30,
+    )
+    assert reply.status_code == 200
+    assert reply.headers["content-type"] == "application/dicom+json"
+
+
+def test_the_same_file_again_is_a_success_and_stores_nothing_new(
+    alice_web: DICOMwebClient, pg: pg8000.native.Connection
+) -> None:
+    slices = series(2, seed=31)
+    stow(alice_web, slices)
+    again = stow(alice_web, slices)
+    assert len(again.ReferencedSOPSequence) == 2 and "FailedSOPSequence" not in again
+    assert pg.run("SELECT count(*) FROM dicom_instances")[0][0] == 2
+    assert pg.run("SELECT count(*) FROM scans")[0][0] == 2
+
+
+def test_a_second_file_with_a_stored_sop_instance_uid_fails_with_0x0111_and_keeps_the_first(
+    alice_web: DICOMwebClient, gateway: str, alice: User, pg: pg8000.native.Connection
+) -> None:
+    original = series(1, seed=41)[0]
+    stow(alice_web, [original])
+    changed = copy.deepcopy(original)
+    changed.AccessionNumber = "FIXED-1"
+    with pytest.raises(requests.HTTPError) as refused:
+        stow(alice_web, [changed])
+    assert refused.value.response.status_code == 409
+    failed = json.loads(refused.value.response.content)["00081198"]["Value"][0]
+    assert value(failed, "00081197") == 0x0111
+    assert value(failed, "00081155") == original.SOPInstanceUID
+    found = alice_web.search_for_instances(search_filters={"SOPInstanceUID": original.SOPInstanceUID})
+    assert len(found) == 1
+    assert pg.run("SELECT accession_number FROM dicom_instances")[0][0] == original.AccessionNumber
+    # The same rule on the REST upload path: 409 duplicate_sop_instance naming the stored scan.
+    content_type, body = form(encoded(changed))
+    reply = requests.post(
+        f"{gateway}/api/v1/scans/analyze",
+        data=body,
+        headers={"Authorization": f"Bearer {alice.token}", "Content-Type": content_type},
+        timeout=30,
+    )
+    assert reply.status_code == 409 and reply.json()["error"]["code"] == "duplicate_sop_instance"
+    assert pg.run("SELECT scan_id FROM dicom_instances")[0][0] in reply.json()["error"]["message"]
+
+
+def test_overwrite_policy_replaces_the_stored_instance_and_audits_it(
+    gateway: str, alice: User, pg: pg8000.native.Connection, settings_env: pytest.MonkeyPatch
+) -> None:
+    settings_env.setenv("DUPLICATE_SOP_POLICY", "overwrite")
+    web = client_for(gateway, alice.token)
+    original = series(1, seed=43)[0]
+    stow(web, [original])
+    changed = copy.deepcopy(original)
+    changed.AccessionNumber = "FIXED-2"
+    answer = stow(web, [changed])
+    assert len(answer.ReferencedSOPSequence) == 1
+    assert pg.run("SELECT accession_number FROM dicom_instances")[0][0] == "FIXED-2"
+    assert pg.run("SELECT count(*) FROM scans")[0][0] == 1
+    assert pg.run("SELECT count(*) FROM audit_events WHERE action = 'dicomweb.replace'")[0][0] == 1
+
+
+def test_parts_that_are_not_dicom_or_of_another_study_fail_and_the_rest_is_stored(gateway: str, alice: User) -> None:
+    good = series(1, seed=51)[0]
+    other_study = series(1, seed=52)[0]
+    content_type, body = multipart([encoded(good), b"not a DICOM file at all", encoded(other_study)])
+    reply = requests.post(
+        f"{gateway}{ROOT_PATH}/studies/{good.StudyInstanceUID}",
+        data=body,
+        headers={"Authorization": f"Bearer {alice.token}", "Content-Type": content_type},
+        timeout=30,
+    )
+    assert reply.status_code == 202
+    answer = reply.json()
+    assert [value(item, "00081155") for item in answer["00081199"]["Value"]] == [good.SOPInstanceUID]
+    reasons = [value(item, "00081197") for item in answer["00081198"]["Value"]]
+    assert reasons == [0xC000, 0xA900]
+
+
+def test_a_study_with_a_dose_report_is_stored_whole(alice_web: DICOMwebClient, gateway: str, alice: User) -> None:
+    slices = series(2, seed=61)
+    report = sr_document(slices[0])
+    answer = stow(alice_web, [*slices, report])
+    assert len(answer.ReferencedSOPSequence) == 3
+    found = alice_web.search_for_instances(study_instance_uid=slices[0].StudyInstanceUID)
+    assert {value(item, "00080018") for item in found} == {ds.SOPInstanceUID for ds in [*slices, report]}
+    # Retrievable byte for byte, with its content tree in its metadata; never a REST scan.
+    got = alice_web.retrieve_instance(report.StudyInstanceUID, report.SeriesInstanceUID, report.SOPInstanceUID)
+    assert got.SOPInstanceUID == report.SOPInstanceUID and got.ContentSequence[0].TextValue == "DLP 412 mGy.cm"
+    metadata = alice_web.retrieve_instance_metadata(
+        report.StudyInstanceUID, report.SeriesInstanceUID, report.SOPInstanceUID
+    )
+    assert "0040A730" in metadata
+    listing = requests.get(
+        f"{gateway}/api/v1/scans", headers={"Authorization": f"Bearer {alice.token}"}, timeout=30
+    ).json()
+    assert len(listing["items"]) == 2
+
+
+# ---------------------------------------------------------------- QIDO-RS
+
+
+def test_search_each_level_and_match_as_ohif_asks(alice_web: DICOMwebClient) -> None:
+    slices = series(3, seed=71)
+    stow(alice_web, slices)
+    study, series_uid = slices[0].StudyInstanceUID, slices[0].SeriesInstanceUID
+    studies = alice_web.search_for_studies(search_filters={"PatientName": "*doe*"})
+    assert [value(s, "0020000D") for s in studies] == [study]
+    found = studies[0]
+    assert value(found, "00100010") == {"Alphabetic": "Doe^Jane"}
+    assert value(found, "00100020") == "MRN-PHI-0042"
+    assert value(found, "00080061") == "CT"
+    assert value(found, "00201206") == 1 and value(found, "00201208") == 3
+    assert value(found, "00080005") == "ISO_IR 192"
+    assert alice_web.search_for_studies(search_filters={"PatientName": "*smith*"}) == []
+    assert len(alice_web.search_for_studies(search_filters={"StudyDate": "20240101-20241231"})) == 1
+    assert alice_web.search_for_studies(search_filters={"StudyDate": "20250101-"}) == []
+    assert len(alice_web.search_for_studies(search_filters={"ModalitiesInStudy": "CT"})) == 1
+    assert len(alice_web.search_for_studies(search_filters={"AccessionNumber": "*PHI*"})) == 1
+    assert len(alice_web.search_for_studies(search_filters={"00100020": "MRN-PHI-0042"})) == 1
+    all_series = alice_web.search_for_series(study_instance_uid=study)
+    assert [value(s, "0020000E") for s in all_series] == [series_uid]
+    assert value(all_series[0], "00201209") == 3
+    instances = alice_web.search_for_instances(study_instance_uid=study, series_instance_uid=series_uid)
+    assert [value(i, "00200013") for i in instances] == [1, 2, 3]
+    assert value(instances[0], "00081190").endswith(f"/instances/{slices[0].SOPInstanceUID}")
+
+
+def test_search_pages_with_limit_and_offset_until_an_empty_page(alice_web: DICOMwebClient) -> None:
+    slices = series(5, seed=81)
+    stow(alice_web, slices)
+    study, series_uid = slices[0].StudyInstanceUID, slices[0].SeriesInstanceUID
+    first = alice_web.search_for_instances(study, series_uid, limit=2)
+    second = alice_web.search_for_instances(study, series_uid, limit=2, offset=2)
+    assert [value(i, "00200013") for i in first + second] == [1, 2, 3, 4]
+    everything = alice_web.search_for_instances(study, series_uid, limit=2, get_remaining=True)
+    assert [value(i, "00200013") for i in everything] == [1, 2, 3, 4, 5]
+
+
+def test_an_unsupported_key_is_ignored_with_a_warning_and_malformed_values_are_400(
+    gateway: str, alice: User, alice_web: DICOMwebClient
+) -> None:
+    stow(alice_web, series(1, seed=91))
+    auth = {"Authorization": f"Bearer {alice.token}", "Accept": "application/dicom+json"}
+    reply = requests.get(f"{gateway}{ROOT_PATH}/studies?InstitutionName=x", headers=auth, timeout=30)
+    assert reply.status_code == 200 and len(reply.json()) == 1
+    assert reply.headers["warning"].startswith("299 ")
+    assert reply.headers["content-type"] == "application/dicom+json"
+    assert reply.headers["cache-control"] == "no-store"
+    for query in ("limit=-1", "StudyDate=20240301-20240101", "StudyDate=2024", "offset=x", "InstanceNumber=one"):
+        bad = requests.get(f"{gateway}{ROOT_PATH}/instances?{query}", headers=auth, timeout=30)
+        assert bad.status_code == 400, query
+        assert bad.json()["error"]["code"] == "invalid_request"
+
+
+def test_another_owners_study_is_not_found_and_searches_come_back_empty(
+    alice_web: DICOMwebClient, bob_web: DICOMwebClient
+) -> None:
+    slices = series(1, seed=101)
+    stow(alice_web, slices)
+    ds = slices[0]
+    assert bob_web.search_for_studies() == []
+    assert bob_web.search_for_instances(search_filters={"SOPInstanceUID": ds.SOPInstanceUID}) == []
+    for call in (
+        lambda: bob_web.retrieve_instance(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID),
+        lambda: bob_web.retrieve_series_metadata(ds.StudyInstanceUID, ds.SeriesInstanceUID),
+        lambda: bob_web.retrieve_instance_frames(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, [1]),
+    ):
+        with pytest.raises(requests.HTTPError) as missing:
+            call()
+        assert missing.value.response.status_code == 404
+
+
+# ---------------------------------------------------------------- WADO-RS
+
+
+def test_retrieve_instance_series_and_study_give_the_stored_bytes(alice_web: DICOMwebClient) -> None:
+    slices = series(3, seed=111)
+    stow(alice_web, slices)
+    ds = slices[1]
+    got = alice_web.retrieve_instance(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    assert got.SOPInstanceUID == ds.SOPInstanceUID and got.PatientName == "Doe^Jane"
+    assert got.PixelData == ds.PixelData
+    whole = alice_web.retrieve_series(ds.StudyInstanceUID, ds.SeriesInstanceUID)
+    assert sorted(i.SOPInstanceUID for i in whole) == sorted(s.SOPInstanceUID for s in slices)
+    assert len(alice_web.retrieve_study(ds.StudyInstanceUID)) == 3
+
+
+def test_series_metadata_is_one_dicom_json_array_without_bulk_data_inline(
+    alice_web: DICOMwebClient, gateway: str, alice: User
+) -> None:
+    slices = series(3, seed=121)
+    stow(alice_web, slices)
+    study, series_uid = slices[0].StudyInstanceUID, slices[0].SeriesInstanceUID
+    metadata = alice_web.retrieve_series_metadata(study, series_uid)
+    assert [value(m, "00200013") for m in metadata] == [1, 2, 3]
+    first = metadata[0]
+    assert value(first, "00100010") == {"Alphabetic": "Doe^Jane"}
+    assert "Value" not in first["7FE00010"] and "InlineBinary" not in first["7FE00010"]
+    uri = first["7FE00010"]["BulkDataURI"]
+    assert uri.startswith("instances/")  # relative to the series, as OHIF resolves it
+    assert value(first, "00281052") == -1024  # the rescale, for the viewer
+    # Revalidation: the ETag comes back, a client holding it gets 304; gzip when asked.
+    url = f"{gateway}{ROOT_PATH}/studies/{study}/series/{series_uid}/metadata"
+    auth = {"Authorization": f"Bearer {alice.token}"}
+    reply = requests.get(url, headers={**auth, "Accept-Encoding": "gzip"}, timeout=30, stream=True)
+    raw = reply.raw.read()
+    assert reply.headers["content-encoding"] == "gzip" and json.loads(gzip.decompress(raw)) == metadata
+    assert reply.headers["cache-control"] == "private, no-cache"
+    again = requests.get(url, headers={**auth, "If-None-Match": reply.headers["etag"]}, timeout=30)
+    assert again.status_code == 304
+    # A new instance changes the series, and its ETag.
+    stow(alice_web, series(4, seed=121)[3:])
+    changed = requests.get(url, headers={**auth, "If-None-Match": reply.headers["etag"]}, timeout=30)
+    assert changed.status_code == 200 and len(changed.json()) == 4
+
+
+def test_bulk_data_uri_of_the_metadata_gives_the_pixel_data(alice_web: DICOMwebClient, gateway: str) -> None:
+    ds = series(1, seed=131)[0]
+    stow(alice_web, [ds])
+    metadata = alice_web.retrieve_instance_metadata(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    uri = metadata["7FE00010"]["BulkDataURI"]
+    absolute = f"{gateway}{ROOT_PATH}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/{uri}"
+    assert alice_web.retrieve_bulkdata(absolute) == [ds.PixelData]
+
+
+STORED_SYNTAXES = {
+    "uncompressed": "CT_small.dcm",
+    "jpeg_baseline": "SC_rgb_jpeg_dcmtk.dcm",
+    "jpeg2000": "JPEG2000.dcm",
+    "jpeg_ls": "emri_small_jpeg_ls_lossless.dcm",
+    "rle": "MR_small_RLE.dcm",
+    "enhanced_multiframe_ct": "eCT_Supplemental.dcm",
+}
+
+
+@pytest.mark.parametrize("name", sorted(STORED_SYNTAXES))
+def test_frames_come_back_as_stored_for_every_syntax(alice_web: DICOMwebClient, name: str) -> None:
+    path = get_testdata_file(STORED_SYNTAXES[name])
+    assert path is not None, STORED_SYNTAXES[name]
+    data = Path(str(path)).read_bytes()
+    ds = pydicom.dcmread(io.BytesIO(data))
+    answer = stow(alice_web, [ds])
+    assert "FailedSOPSequence" not in answer, name
+    count = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    if ds.file_meta.TransferSyntaxUID.is_encapsulated:
+        expected = list(generate_frames(ds.PixelData, number_of_frames=count))
+    else:
+        length = len(ds.PixelData) // count
+        expected = [ds.PixelData[i * length : (i + 1) * length] for i in range(count)]
+    numbers = list(range(1, count + 1))
+    got = alice_web.retrieve_instance_frames(
+        ds.StudyInstanceUID,
+        ds.SeriesInstanceUID,
+        ds.SOPInstanceUID,
+        numbers,
+        media_types=(("application/octet-stream", "*"),),
+    )
+    assert [bytes(frame) for frame in got] == [bytes(frame) for frame in expected]
+
+
+def test_frames_as_ohif_asks_for_them_name_their_transfer_syntax(
+    alice_web: DICOMwebClient, gateway: str, alice: User
+) -> None:
+    ds = series(1, seed=141)[0]
+    stow(alice_web, [ds])
+    url = (
+        f"{gateway}{ROOT_PATH}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+        f"/instances/{ds.SOPInstanceUID}/frames/1"
+    )
+    reply = requests.get(
+        url,
+        headers={
+            "Authorization": f"Bearer {alice.token}",
+            "Accept": "multipart/related; type=application/octet-stream; transfer-syntax=*",
+        },
+        timeout=30,
+    )
+    assert reply.status_code == 200
+    boundary = reply.headers["content-type"].split("boundary=")[1].strip('"')
+    assert reply.content.startswith(f"--{boundary}\r\n".encode())
+    assert b"Content-Type: application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1\r\n" in reply.content
+    assert reply.headers["cache-control"] == "private, max-age=31536000, immutable"
+    for missing in ("frames/0", "frames/2", "frames/x"):
+        bad = requests.get(
+            url.replace("frames/1", missing), headers={"Authorization": f"Bearer {alice.token}"}, timeout=30
+        )
+        assert bad.status_code in (400, 404), missing
+
+
+def test_thumbnails_of_instance_series_and_study_are_jpeg(alice_web: DICOMwebClient, gateway: str, alice: User) -> None:
+    slices = series(3, seed=151)
+    stow(alice_web, slices)
+    ds = slices[0]
+    study = f"{gateway}{ROOT_PATH}/studies/{ds.StudyInstanceUID}"
+    auth = {"Authorization": f"Bearer {alice.token}", "Accept": "image/jpeg"}
+    for url in (
+        f"{study}/thumbnail",
+        f"{study}/series/{ds.SeriesInstanceUID}/thumbnail",
+        f"{study}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}/thumbnail",
+    ):
+        reply = requests.get(url, headers=auth, timeout=30)
+        assert reply.status_code == 200 and reply.headers["content-type"] == "image/jpeg", url
+        assert reply.content[:2] == b"\xff\xd8"
+    png_only = requests.get(f"{study}/thumbnail", headers={**auth, "Accept": "image/png"}, timeout=30)
+    assert png_only.status_code == 406
+
+
+# ---------------------------------------------------------------- tokens, deletes, audit
+
+
+def test_a_viewer_token_reads_through_dicomweb_only_and_ends_with_its_session(
+    gateway: str, alice: User, alice_web: DICOMwebClient
+) -> None:
+    slices = series(1, seed=161)
+    stow(alice_web, slices)
+    auth = {"Authorization": f"Bearer {alice.token}"}
+    minted = requests.post(f"{gateway}/api/v1/auth/viewer-tokens", headers=auth, timeout=30)
+    assert minted.status_code == 201
+    viewer = client_for(gateway, minted.json()["token"])
+    assert len(viewer.search_for_studies()) == 1
+    viewer_auth = {"Authorization": f"Bearer {minted.json()['token']}"}
+    assert requests.get(f"{gateway}/api/v1/scans", headers=viewer_auth, timeout=30).status_code == 401
+    with pytest.raises(requests.HTTPError) as refused:
+        viewer.store_instances(series(1, seed=162))
+    assert refused.value.response.status_code == 401
+    # A viewer token cannot mint more viewer tokens, nor outlive its session.
+    assert requests.post(f"{gateway}/api/v1/auth/viewer-tokens", headers=viewer_auth, timeout=30).status_code == 401
+    assert requests.delete(f"{gateway}/api/v1/auth/sessions/current", headers=auth, timeout=30).status_code == 204
+    with pytest.raises(requests.HTTPError) as ended:
+        viewer.search_for_studies()
+    assert ended.value.response.status_code == 401
+
+
+def test_deleting_a_scan_removes_it_from_dicomweb(alice_web: DICOMwebClient, gateway: str, alice: User) -> None:
+    slices = series(2, seed=171)
+    answer = stow(alice_web, slices)
+    assert len(answer.ReferencedSOPSequence) == 2
+    auth = {"Authorization": f"Bearer {alice.token}"}
+    scan_id = requests.get(f"{gateway}/api/v1/scans", headers=auth, timeout=30).json()["items"][0]["scanId"]
+    assert requests.delete(f"{gateway}/api/v1/scans/{scan_id}", headers=auth, timeout=30).status_code == 204
+    assert len(alice_web.search_for_instances()) == 1
+
+
+def test_searches_are_audited_with_keyed_hashes_never_the_values(
+    alice_web: DICOMwebClient, pg: pg8000.native.Connection
+) -> None:
+    slices = series(1, seed=181)
+    stow(alice_web, slices)
+    alice_web.search_for_studies(search_filters={"PatientName": "Doe^Jane"})
+    alice_web.retrieve_series_metadata(slices[0].StudyInstanceUID, slices[0].SeriesInstanceUID)
+    rows = pg.run("SELECT action, details::text FROM audit_events WHERE action LIKE 'dicomweb.%' ORDER BY id")
+    actions = [row[0] for row in rows]
+    assert actions == ["dicomweb.store", "dicomweb.search", "dicomweb.retrieve"]
+    search = json.loads(rows[1][1])
+    assert search["level"] == "study" and search["results"] == 1
+    assert len(search["keys"]["PatientName"]) == 64
+    trail = json.dumps(pg.run("SELECT * FROM audit_events", types=None), default=str)
+    assert not any(secret in trail for secret in phantom.PHI_STRINGS)
+    assert "DOE" not in trail.upper().replace("DOES", "")
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def multipart(files: list[bytes]) -> tuple[str, bytes]:
+    boundary = "stowboundary7781"
+    body = b"".join(
+        b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + data + b"\r\n" for data in files
+    )
+    body += b"--" + boundary.encode() + b"--\r\n"
+    return f'multipart/related; type="application/dicom"; boundary={boundary}', body
+
+
+def form(data: bytes) -> tuple[str, bytes]:
+    boundary = "formboundary7781"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.dcm"\r\n'
+            "Content-Type: application/dicom\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return f"multipart/form-data; boundary={boundary}", body
+
+
+def sr_document(image: Dataset) -> Dataset:
+    """A minimal dose report in the image's study: no pixel data, a content tree."""
+    ds = Dataset()
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.67"  # X-Ray Radiation Dose SR
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.StudyInstanceUID = image.StudyInstanceUID
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "SR"
+    ds.PatientName = image.PatientName
+    ds.PatientID = image.PatientID
+    item = Dataset()
+    item.RelationshipType = "CONTAINS"
+    item.ValueType = "TEXT"
+    item.TextValue = "DLP 412 mGy.cm"
+    ds.ContentSequence = [item]
+    return ds
