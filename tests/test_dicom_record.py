@@ -105,7 +105,7 @@ def pydicom_read(data: bytes) -> Dataset:
 
 def element_value(ds: Dataset, path: str) -> Any:
     """The value at a bulk data path: tag / item index / tag ..."""
-    parts = path.split("/")
+    parts = path.split(".")
     current = ds
     for tag, index in zip(parts[0:-1:2], parts[1:-1:2], strict=True):
         current = current[int(tag, 16)].value[int(index)]
@@ -163,7 +163,7 @@ def json_attributes(objects: dict[str, Any]) -> Iterator[tuple[str, dict[str, An
         yield tag, attribute
         for index, item in enumerate(attribute.get("Value", []) if attribute["vr"] == "SQ" else []):
             for path, nested in json_attributes(item):
-                yield f"{tag}/{index}/{path}", nested
+                yield f"{tag}.{index}.{path}", nested
 
 
 def assert_refused(data: bytes) -> InvalidImage:
@@ -244,7 +244,7 @@ def test_describe_instance_json_is_the_dicom_json_model(real: tuple[bytes, Datas
     assert not [tag for tag in objects if tag.startswith("0002") and tag != "00020010"]
     uris = {}
     for path, attribute in json_attributes(objects):
-        tag = path.rsplit("/", 1)[-1]
+        tag = path.rsplit(".", 1)[-1]
         assert len(tag) == 8 and tag == tag.upper() and int(tag, 16) >= 0
         assert attribute["vr"] in VRS, path  # ambiguous VRs ("OB or OW", "US or SS") resolved
         assert not tag.endswith("0000") and tag != "FFFCFFFC"  # no group lengths, no padding
@@ -504,7 +504,7 @@ def test_describe_instance_sends_long_text_and_number_values_to_bulk_data() -> N
     record = describe_instance(data)
     objects = json.loads(record.metadata_json)
     by_path = {bulk.path: bulk for bulk in record.bulk_data}
-    contour_path = "30060039/0/30060040/0/30060050"
+    contour_path = "30060039.0.30060040.0.30060050"
     assert by_path[contour_path].vr == "DS"
     offset = by_path[contour_path].offset
     assert offset is not None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Path, Request, Response
 from fastapi.responses import JSONResponse
@@ -20,6 +20,13 @@ from shared.scans.uploads import StoredUpload, store_upload
 
 app = create_app("upload")
 
+# PS3.18 10.5.3: the Store Instances Response, a DICOM JSON dataset, whatever the outcome.
+STORE_RESPONSE = {"application/dicom+json": {"schema": {"type": "object"}}}
+STOW_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "All instances stored (00081199 lists them)", "content": STORE_RESPONSE},
+    202: {"description": "Some stored (00081199), some failed (00081198, with 00081197)", "content": STORE_RESPONSE},
+    409: {"description": "None stored (00081198, with 00081197 per instance)", "content": STORE_RESPONSE},
+}
 STOW_BODY = {
     "requestBody": {
         "required": True,
@@ -145,12 +152,7 @@ async def finish_upload(upload_id: Annotated[str, Path(max_length=64)], owner: O
 @app.post(
     "/api/v1/dicomweb/studies",
     response_model=None,
-    responses={
-        200: {"description": "All instances stored (DICOM JSON Store Instances Response)"},
-        202: {"description": "Some stored, some failed (see 00081198)"},
-        409: {"description": "None stored (see 00081198)"},
-        **error_responses(400, 401, 415, 503),
-    },
+    responses={**STOW_RESPONSES, **error_responses(400, 401, 415, 503)},
     summary="STOW-RS: store instances (multipart/related; type=application/dicom)",
     openapi_extra=STOW_BODY,
 )
@@ -161,12 +163,7 @@ async def stow(request: Request, owner: Owner) -> Response:
 @app.post(
     "/api/v1/dicomweb/studies/{study}",
     response_model=None,
-    responses={
-        200: {"description": "All instances stored (DICOM JSON Store Instances Response)"},
-        202: {"description": "Some stored, some failed (see 00081198)"},
-        409: {"description": "None stored (see 00081198)"},
-        **error_responses(400, 401, 415, 503),
-    },
+    responses={**STOW_RESPONSES, **error_responses(400, 401, 415, 503)},
     summary="STOW-RS: store instances of one study; an instance of another study fails (0xA900)",
     openapi_extra=STOW_BODY,
 )

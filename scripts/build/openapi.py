@@ -83,6 +83,171 @@ def images_stub() -> FastAPI:
     return app
 
 
+DICOMWEB = "/api/v1/dicomweb"
+UID = r"^[0-9][0-9.]{0,63}$"
+DICOM_JSON = {"application/dicom+json": {"schema": {"type": "array", "items": {"type": "object"}}}}
+MULTIPART = {"multipart/related": {"schema": {"type": "string", "format": "binary"}}}
+
+
+StudyUID = Annotated[str, PathParam(pattern=UID, description="Study Instance UID")]
+SeriesUID = Annotated[str, PathParam(pattern=UID, description="Series Instance UID")]
+InstanceUID = Annotated[str, PathParam(pattern=UID, description="SOP Instance UID")]
+AcceptHeader = Annotated[str | None, Header(alias="Accept")]
+FrameList = Annotated[str, PathParam(pattern=r"^[0-9]{1,9}(,[0-9]{1,9}){0,99}$", description="Frame numbers, from 1")]
+BulkPath = Annotated[
+    str,
+    PathParam(
+        pattern=r"^[0-9A-Fa-f]{8}(\.[0-9]{1,6}\.[0-9A-Fa-f]{8}){0,20}$",
+        description="As the metadata's BulkDataURI names it",
+    ),
+]
+
+
+def dicomweb_stub() -> FastAPI:
+    """The DICOMweb reads of the images function (plain Starlette), described with FastAPI. PS3.18
+    defines their bodies: DICOM JSON, multipart/related parts, JPEG."""
+    app = FastAPI()
+    errors = error_responses(400, 401, 404, 406, 503)
+
+    def search(
+        limit: Annotated[int | None, Query(ge=0, description="At most this many results (and at most 1000)")] = None,
+        offset: Annotated[int | None, Query(ge=0, description="Skip this many results")] = None,
+        includefield: Annotated[str | None, Query(description="Tags or keywords to return too, or all")] = None,
+        fuzzymatching: Annotated[bool | None, Query(description="Accepted; names are matched as given")] = None,
+        patient_name: Annotated[str | None, Query(alias="PatientName", description="* and ? wildcards")] = None,
+        patient_id: Annotated[str | None, Query(alias="PatientID")] = None,
+        study_date: Annotated[str | None, Query(alias="StudyDate", description="YYYYMMDD or a range")] = None,
+        accept_: AcceptHeader = None,
+    ) -> Response:
+        raise NotImplementedError  # documentation only
+
+    found = {200: {"description": "The matches (possibly none): DICOM JSON", "content": DICOM_JSON}}
+    qido = dict(response_model=None, responses={**found, **error_responses(400, 401, 406, 503)})
+    app.get(f"{DICOMWEB}/studies", operation_id="qido_studies", summary="QIDO-RS: search for studies", **qido)(search)
+    app.get(f"{DICOMWEB}/series", operation_id="qido_series", summary="QIDO-RS: search for series", **qido)(search)
+    app.get(f"{DICOMWEB}/instances", operation_id="qido_instances", summary="QIDO-RS: search for instances", **qido)(
+        search
+    )
+
+    def search_in_study(
+        study: StudyUID, limit: Annotated[int | None, Query(ge=0)] = None, accept_: AcceptHeader = None
+    ) -> Response:
+        raise NotImplementedError
+
+    def search_in_series(
+        study: StudyUID,
+        series: SeriesUID,
+        limit: Annotated[int | None, Query(ge=0)] = None,
+        accept_: AcceptHeader = None,
+    ) -> Response:
+        raise NotImplementedError
+
+    app.get(
+        f"{DICOMWEB}/studies/{{study}}/series",
+        operation_id="qido_study_series",
+        summary="QIDO-RS: a study's series",
+        **qido,
+    )(search_in_study)
+    app.get(
+        f"{DICOMWEB}/studies/{{study}}/instances",
+        operation_id="qido_study_instances",
+        summary="QIDO-RS: a study's instances",
+        **qido,
+    )(search_in_study)
+    app.get(
+        f"{DICOMWEB}/studies/{{study}}/series/{{series}}/instances",
+        operation_id="qido_series_instances",
+        summary="QIDO-RS: a series' instances",
+        **qido,
+    )(search_in_series)
+
+    retrieved = {200: {"description": "The stored instances, one part each", "content": MULTIPART}}
+    meta = {
+        200: {"description": "The metadata of every instance, in reading order", "content": DICOM_JSON},
+        304: {"description": "Not modified (If-None-Match matched the ETag)"},
+    }
+
+    def at_study(study: StudyUID, accept_: AcceptHeader = None) -> Response:
+        raise NotImplementedError
+
+    def at_series(study: StudyUID, series: SeriesUID, accept_: AcceptHeader = None) -> Response:
+        raise NotImplementedError
+
+    def at_instance(
+        study: StudyUID, series: SeriesUID, instance: InstanceUID, accept_: AcceptHeader = None
+    ) -> Response:
+        raise NotImplementedError
+
+    def frames(
+        study: StudyUID,
+        series: SeriesUID,
+        instance: InstanceUID,
+        frames: Annotated[
+            str, PathParam(pattern=r"^[0-9]{1,9}(,[0-9]{1,9}){0,999}$", description="Frame numbers, from 1")
+        ],
+        accept_: AcceptHeader = None,
+    ) -> Response:
+        raise NotImplementedError
+
+    def bulkdata(
+        study: StudyUID,
+        series: SeriesUID,
+        instance: InstanceUID,
+        path: BulkPath,
+        accept_: AcceptHeader = None,
+    ) -> Response:
+        raise NotImplementedError
+
+    levels = (
+        ("study", "/studies/{study}", at_study),
+        ("series", "/studies/{study}/series/{series}", at_series),
+        ("instance", "/studies/{study}/series/{series}/instances/{instance}", at_instance),
+    )
+    for level, path, fn in levels:
+        app.get(
+            DICOMWEB + path,
+            operation_id=f"wado_{level}",
+            summary=f"WADO-RS: retrieve a {level}",
+            response_model=None,
+            responses={**retrieved, **errors},
+        )(fn)
+        app.get(
+            DICOMWEB + path + "/metadata",
+            operation_id=f"wado_{level}_metadata",
+            summary=f"WADO-RS: a {level}'s metadata",
+            response_model=None,
+            responses={**meta, **errors},
+        )(fn)
+        app.get(
+            DICOMWEB + path + "/thumbnail",
+            operation_id=f"wado_{level}_thumbnail",
+            summary=f"WADO-RS: a {level}'s thumbnail (its middle image's, JPEG)",
+            response_model=None,
+            responses={
+                200: {
+                    "description": "JPEG",
+                    "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
+                },
+                **errors,
+            },
+        )(fn)
+    app.get(
+        DICOMWEB + "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}",
+        operation_id="wado_frames",
+        summary="WADO-RS: frames as stored (byte ranges of the file, never decoded here)",
+        response_model=None,
+        responses={200: {"description": "One part per frame, in the order asked", "content": MULTIPART}, **errors},
+    )(frames)
+    app.get(
+        DICOMWEB + "/studies/{study}/series/{series}/instances/{instance}/bulkdata/{path}",
+        operation_id="wado_bulkdata",
+        summary="WADO-RS: a bulk data element (a BulkDataURI of the metadata)",
+        response_model=None,
+        responses={200: {"description": "The element's value", "content": MULTIPART}, **errors},
+    )(bulkdata)
+    return app
+
+
 def build() -> dict[str, Any]:
     """The merged OpenAPI document, deterministic (sorted keys when written)."""
     import functions.auth.handler as auth
@@ -117,7 +282,7 @@ def build() -> dict[str, Any]:
             },
         },
     }
-    for app in (upload.app, scans.app, auth.app, images_stub()):
+    for app in (upload.app, scans.app, auth.app, images_stub(), dicomweb_stub()):
         part = get_openapi(title=TITLE, version=VERSION, routes=app.routes)
         for path, operations in part.get("paths", {}).items():
             document["paths"].setdefault(path, {}).update(operations)

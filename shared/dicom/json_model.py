@@ -220,7 +220,7 @@ def _items(walk: _Walk, level: _Level, path: str, items: Any, *, limit: int, lit
             (length,) = struct.unpack_from("<I" if little else ">I", source, start + 4)
             item_limit = min(limit, start + _ITEM_HEADER + length)
         charset = dataset_charset(_raw_value(item, _SPECIFIC_CHARACTER_SET), level.charset)
-        result.append(_dataset(walk, _Level(item, f"{path}/{index}/", item_limit, charset, level, False)))
+        result.append(_dataset(walk, _Level(item, f"{path}.{index}.", item_limit, charset, level, False)))
     return result
 
 

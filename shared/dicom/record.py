@@ -14,7 +14,7 @@ from dataclasses import dataclass
 class BulkElement:
     """A value kept out of the DICOM JSON: where its bytes are in the stored file.
 
-    path: the tag, or inside sequences tag/item index/tag/... ("7FE00010", "00283010/0/00283006"),
+    path: the tag, or inside sequences tag.item index.tag... ("7FE00010", "00283010.0.00283006"),
     upper-case hex; the last segment of the element's BulkDataURI. offset is None when the file's
     values are not byte ranges of it (Deflated Explicit VR Little Endian). The bytes are the value
     as stored: in the file's byte order, and for encapsulated Pixel Data the whole encapsulated value

@@ -292,9 +292,12 @@ def _returned(
             wanted.extend(a for a in BY_KEYWORD.values() if a.level in levels)
             continue
         attribute = lookup(key)
+        if attribute is not None and (attribute.level in levels or level is Level.instance):
+            wanted.append(attribute)
+            continue
         if attribute is not None:
-            if attribute.level in levels or level is Level.instance:
-                wanted.append(attribute)
+            # Of a lower level (OHIF asks studies for Modality): the study's first instance's value.
+            extra_tags.append(attribute.tag)
             continue
         if _TAG.fullmatch(key):
             extra_tags.append(key.upper())

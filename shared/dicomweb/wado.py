@@ -370,8 +370,8 @@ def thumbnail(
     return Answer(200, data, headers)
 
 
-# A bulk data path as shared.dicom names elements: tags (8 hex digits) and item numbers, by "/".
-_BULK_PATH = re.compile(r"[0-9A-Fa-f]{8}(/[0-9]{1,6}/[0-9A-Fa-f]{8})*")
+# A bulk data path as shared.dicom names elements: tags (8 hex digits) and item numbers, by ".".
+_BULK_PATH = re.compile(r"[0-9A-Fa-f]{8}(\.[0-9]{1,6}\.[0-9A-Fa-f]{8})*")
 
 
 def _accepts_jpeg(ranges: Sequence[media.MediaRange]) -> bool:

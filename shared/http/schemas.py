@@ -198,10 +198,11 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         400: "Malformed request",
         401: "No, unknown or expired bearer token",
         403: "Invalid or expired signed URL",
-        404: "No such scan for this owner",
+        404: "No such scan (or study, series, instance) for this owner",
         409: "The request does not fit the state of the resource or of this deployment",
         413: "File over the upload limit",
         415: "Not multipart/form-data",
+        406: "Nothing this resource can be sent as is acceptable (the Accept header)",
         416: "Range not satisfiable",
         422: "Not an image we accept, or a bad parameter",
         429: "Too many failed logins for this username or from this address (code too_many_attempts); "
