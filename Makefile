@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-scale bench-large-upload migrate cleanup move-to-s3 move-to-postgres user token audit package sample clean-data openapi publish-web web-vendor
+.PHONY: run test lint bench bench-scale bench-large-upload migrate cleanup move-to-s3 move-to-postgres user token audit package sample clean-data openapi publish-web web-vendor ohif
 
 $(STAMP): requirements-images.txt requirements.txt requirements-upload.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,10 +14,17 @@ $(STAMP): requirements-images.txt requirements.txt requirements-upload.txt requi
 
 venv: $(STAMP)
 
+# node_modules as package-lock.json pins it, installed again only when the lockfile changes (npm ci
+# empties node_modules first, so the stamp inside it goes too).
+NODE_STAMP := node_modules/.installed
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
+
 run: $(STAMP)
 	$(PY) -m scripts.dev.run
 
-test: $(STAMP)
+test: $(STAMP) $(NODE_STAMP)
 	$(PY) -m pytest
 
 lint: $(STAMP)
@@ -67,8 +74,7 @@ export LAMBDA_PYTHON
 # one zip per function in .serverless/, each with only its own libraries.
 BUILD_PYTHON ?= $(PY)
 export BUILD_PYTHON
-package: $(STAMP)
-	npm ci --no-audit --no-fund --loglevel=error
+package: $(STAMP) $(NODE_STAMP)
 	env -u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY -u AWS_SESSION_TOKEN -u AWS_PROFILE \
 		npx --no-install osls package --stage ci
 	$(VENV)/bin/cfn-lint $(TEMPLATE) -i W3005
@@ -108,6 +114,15 @@ openapi: $(STAMP)
 
 # The web app's libraries (Preact, htm), pinned in package-lock.json, copied from node_modules into
 # web/vendor/ (checked in: `make run` needs no npm). tests/test_web_static.py fails when they differ.
-web-vendor: $(STAMP)
-	npm ci --no-audit --no-fund --loglevel=error
+web-vendor: $(STAMP) $(NODE_STAMP)
 	$(PY) -m scripts.web.vendor
+
+# OHIF, the DICOMweb viewer (MIT; fetched with npm pack and pruned into .data/ohif/ on first use), at
+# http://127.0.0.1:3001/ against `make run`'s DICOMweb root, which it reaches through its own origin.
+# make ohif [PORT=3001] [UPSTREAM=http://127.0.0.1:3000] [DICOMWEB_ROOT=/api/v1/dicomweb]; with
+# OHIF_TOKEN set in the environment the study list at / works too (OHIF_TOKEN="$$(make -s token NAME=dev)").
+ohif: $(STAMP)
+	@echo "OHIF takes a bearer token in the viewer's URL: make token NAME=dev (with make run going), then open"
+	@echo "  http://127.0.0.1:$(or $(PORT),3001)/viewer?StudyInstanceUIDs=<study instance UID>&token=<token>"
+	$(PY) -m scripts.web.ohif --port '$(or $(PORT),3001)' --upstream '$(or $(UPSTREAM),http://127.0.0.1:3000)' \
+		--dicomweb-root '$(or $(DICOMWEB_ROOT),/api/v1/dicomweb)'

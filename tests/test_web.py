@@ -13,7 +13,6 @@ import http.client
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -21,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -29,6 +28,7 @@ import pytest
 from scripts.dev import phantom
 from shared import auth, db
 from tests import images
+from tests.browser import launched_chromium
 from tests.conftest import ROOT, admin_connection
 from tests.lambda_client import multipart
 
@@ -36,10 +36,6 @@ pytestmark = pytest.mark.slow
 
 SCREENSHOTS = ROOT / ".artifacts" / "screenshots"
 PASSWORD = "a long test passphrase"
-HOW_TO_GET_CHROMIUM = (
-    "Chromium was not found: install Debian's package (sudo apt-get install -y chromium; .ci/run does this) "
-    "or point CHROMIUM at a Chromium executable. Playwright cannot download its own browser here."
-)
 # The gateway's access log line: "GET /api/v1/scans/image/<id>/<type> <status> <ms>ms" (no query string)
 IMAGE_READ = re.compile(r"\bGET /api/v1/scans/image/(scan_[\w-]+)/(original|preview|annotated|thumbnail) (\d{3}) ")
 ANALYZE_LIMIT = 4_500_000  # bytes: a larger file goes through the images bucket (web/js/api.js)
@@ -50,20 +46,6 @@ FIRST_LOAD_LIMIT = 150_000  # bytes transferred: the page, its scripts and style
 # The gateway's first line names the port it bound (PORT=0: the system's choice, made atomically at
 # bind time; a port probed free beforehand may be taken by the time the gateway binds it).
 BANNER = re.compile(r"^Local gateway on http://127\.0\.0\.1:(\d+)")
-
-
-def unavailable(reason: str) -> NoReturn:
-    """Skip on a developer's machine; on CI the browser tests must run, so fail instead."""
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI is set: the browser tests never skip there)", pytrace=False)
-    pytest.skip(reason)
-
-
-def chromium_executable() -> str | None:
-    for candidate in (os.environ.get("CHROMIUM"), shutil.which("chromium"), shutil.which("chromium-browser")):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    return None
 
 
 # --- the service ----------------------------------------------------------------------------------
@@ -229,17 +211,8 @@ def running_service(url: str, keys: Path, extra_env: dict[str, str] | None = Non
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    executable = chromium_executable()
-    if executable is None:
-        unavailable(HOW_TO_GET_CHROMIUM)
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        unavailable("playwright is not installed in .venv: make test installs requirements-dev.txt")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=executable)
+    with launched_chromium() as launched:
         yield launched
-        launched.close()
 
 
 @dataclass

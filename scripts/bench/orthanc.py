@@ -1,10 +1,11 @@
-"""Orthanc with its PostgreSQL plugins, on the same PostgreSQL server, as a yardstick for `make bench`.
+"""Orthanc with its PostgreSQL plugins, on the same PostgreSQL server, as a yardstick for `make bench`;
+and Orthanc with its DICOMweb plugin, a reference DICOMweb root for the OHIF harness (tests/test_ohif.py).
 
-Used only when Debian's `orthanc` and `orthanc-postgresql` packages are installed (they are not a
-dependency of this project: `apt-get install orthanc orthanc-postgresql` to compare). Orthanc runs
-on loopback with its index and its file storage in PostgreSQL, like our store keeps everything in
-PostgreSQL, and the same DICOM files are POSTed to its /instances, one at a time, over a kept-alive
-connection.
+Used only when Debian's `orthanc` and `orthanc-postgresql` (bench) or `orthanc-dicomweb` (OHIF)
+packages are installed (they are not a dependency of this project: `apt-get install orthanc
+orthanc-postgresql orthanc-dicomweb` to compare). Orthanc runs on loopback; for the bench with its
+index and its file storage in PostgreSQL, like our store keeps everything in PostgreSQL, and the same
+DICOM files are POSTed to its /instances, one at a time, over a kept-alive connection.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from http.client import HTTPConnection
 from pathlib import Path
 
@@ -24,11 +25,18 @@ ORTHANC = Path("/usr/sbin/Orthanc")
 PLUGINS = Path("/usr/share/orthanc/plugins")
 INDEX_PLUGIN = PLUGINS / "libOrthancPostgreSQLIndex.so"
 STORAGE_PLUGIN = PLUGINS / "libOrthancPostgreSQLStorage.so"
+DICOMWEB_PLUGIN = PLUGINS / "libOrthancDicomWeb.so"
+DICOMWEB_ROOT = "/dicom-web"
 
 
 def available() -> bool:
     """Orthanc and both PostgreSQL plugins are installed."""
     return ORTHANC.exists() and INDEX_PLUGIN.exists() and STORAGE_PLUGIN.exists()
+
+
+def dicomweb_available() -> bool:
+    """Orthanc and its DICOMweb plugin are installed."""
+    return ORTHANC.exists() and DICOMWEB_PLUGIN.exists()
 
 
 def _free_port() -> int:
@@ -40,17 +48,7 @@ def _free_port() -> int:
 @contextlib.contextmanager
 def running(*, host: str, port: int, database: str, user: str) -> Iterator[int]:
     """Orthanc on loopback with its index and storage in PostgreSQL; yields its HTTP port."""
-    workdir = Path(tempfile.mkdtemp(prefix="orthanc-bench-"))
-    http_port = _free_port()
-    config = {
-        "Name": "bench",
-        "HttpPort": http_port,
-        "DicomServerEnabled": False,
-        "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False,
-        "StorageDirectory": str(workdir / "storage"),
-        "IndexDirectory": str(workdir / "index"),
-        "StorageCompression": False,
+    postgresql = {
         "Plugins": [str(INDEX_PLUGIN), str(STORAGE_PLUGIN)],
         "PostgreSQL": {
             "EnableIndex": True,
@@ -63,23 +61,62 @@ def running(*, host: str, port: int, database: str, user: str) -> Iterator[int]:
             "Lock": False,
         },
     }
-    (workdir / "orthanc.json").write_text(json.dumps(config))
-    process = subprocess.Popen(
-        [str(ORTHANC), str(workdir / "orthanc.json")],
-        stdout=subprocess.DEVNULL,
-        stderr=(workdir / "orthanc.log").open("wb"),
-    )
-    try:
-        _wait_until_up(http_port, process, workdir)
+    with _running("bench", postgresql) as http_port:
         yield http_port
-    finally:
-        process.terminate()
+
+
+@contextlib.contextmanager
+def running_dicomweb() -> Iterator[int]:
+    """Orthanc on loopback with its DICOMweb plugin at DICOMWEB_ROOT, its SQLite index and files in a
+    temporary folder; yields its HTTP port. No DICOM port, no authentication (loopback only)."""
+    dicomweb = {
+        "Plugins": [str(DICOMWEB_PLUGIN)],
+        "DicomWeb": {"Enable": True, "Root": DICOMWEB_ROOT + "/", "EnableWado": False},
+    }
+    with _running("dicomweb", dicomweb) as http_port:
+        yield http_port
+
+
+@contextlib.contextmanager
+def _running(name: str, settings: Mapping[str, object], attempts: int = 3) -> Iterator[int]:
+    """Orthanc with these settings over the common ones; a start that loses its probed port to another
+    process (it exits at once) is tried again on another."""
+    for attempt in range(1, attempts + 1):
+        workdir = Path(tempfile.mkdtemp(prefix=f"orthanc-{name}-"))
+        http_port = _free_port()
+        config = {
+            "Name": name,
+            "HttpPort": http_port,
+            "DicomServerEnabled": False,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "StorageDirectory": str(workdir / "storage"),
+            "IndexDirectory": str(workdir / "index"),
+            "StorageCompression": False,
+            **settings,
+        }
+        (workdir / "orthanc.json").write_text(json.dumps(config))
+        with (workdir / "orthanc.log").open("wb") as log:  # the child has its own copy of the descriptor
+            process = subprocess.Popen(
+                [str(ORTHANC), str(workdir / "orthanc.json")], stdout=subprocess.DEVNULL, stderr=log
+            )
         try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        shutil.rmtree(workdir, ignore_errors=True)
+            try:
+                _wait_until_up(http_port, process, workdir)
+            except RuntimeError:
+                if attempt < attempts and process.poll() is not None:
+                    continue
+                raise
+            yield http_port
+            return
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def store(connection: HTTPConnection, data: bytes) -> str:
