@@ -19,6 +19,7 @@ import http.client
 import io
 import json
 import re
+import secrets
 import subprocess
 import sys
 import tarfile
@@ -32,20 +33,27 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
+import pydicom
 import pytest
+import requests
+from dicomweb_client.api import DICOMwebClient
 from PIL import Image
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless, RLELossless
 
 from scripts.bench import orthanc
 from scripts.dev import phantom
+from scripts.dev.localgw.server import make_server
 from scripts.web.ohif import dist
 from scripts.web.ohif.server import OhifApp, listen, proxied_prefixes, uvicorn_server
+from shared import auth, db
 from tests.browser import launched_chromium, unavailable
 from tests.conftest import ROOT
 
 SCREENSHOTS = ROOT / ".artifacts" / "screenshots"
 REQUESTS_LOG = ROOT / ".artifacts" / "ohif-dicomweb-requests.json"
 SLICES = 20
+OUR_ROOT = "/api/v1/dicomweb"
+PASSWORD_HASH = auth.hash_password("ohif harness password")
 TRANSFER_SYNTAXES = (JPEGLSLossless, JPEG2000Lossless, JPEGLosslessSV1, RLELossless, ExplicitVRLittleEndian)
 SIZE = 256
 BANNER = re.compile(r"^OHIF \S+ on http://127\.0\.0\.1:(\d+)/")
@@ -73,23 +81,9 @@ class DicomWebBackend:
     store: Callable[[Sequence[bytes]], None]
 
 
-# "ours", to be added beside "orthanc" when /api/v1/dicomweb lands:
-#
-#     elif request.param == "ours":
-#         fresh_database = request.getfixturevalue("fresh_database")
-#         keys = tmp_path_factory.mktemp("ohif-keys")
-#         with running_service(fresh_database("ctscan_ohif"), keys) as svc:   # tests/test_web.py
-#             svc.create_user("ohif")
-#             token = svc.log_in("ohif")
-#             yield DicomWebBackend("ours", f"http://127.0.0.1:{svc.port}", "/api/v1/dicomweb", token, store)
-#
-# where store(files) puts each file where the root serves it with that token: STOW-RS to
-# upstream + root (dicomweb-client: DICOMwebClient(url, headers={"Authorization": "Bearer " + token})
-# .store_instances(datasets=[pydicom.dcmread(io.BytesIO(f)) for f in files])), or svc.upload(token,
-# name, data) per file if an upload is what makes a file a DICOMweb instance. Nothing in that
-# variant may skip: the gateway and the database are the project's own, and a missing Chromium fails
-# under CI through unavailable().
-BACKENDS = ["orthanc"]
+# "ours" never skips: the gateway and the database are the project's own (a missing Chromium fails
+# under CI through unavailable()). OHIF gets a viewer token, as a clinician's browser would.
+BACKENDS = ["ours", "orthanc"]
 
 
 @contextlib.contextmanager
@@ -108,9 +102,42 @@ def orthanc_backend() -> Iterator[DicomWebBackend]:
         yield DicomWebBackend("orthanc", f"http://127.0.0.1:{port}", orthanc.DICOMWEB_ROOT, "ohif-test-token", store)
 
 
+@contextlib.contextmanager
+def our_backend() -> Iterator[DicomWebBackend]:
+    """Our DICOMweb root behind the local gateway (serverless.yml's routes, in a thread) on the test
+    database; a user of its own, stored through STOW-RS with a session token; OHIF gets a viewer token."""
+    server = make_server("127.0.0.1", 0, serverless_yml=ROOT / "serverless.yml", containers=2)
+    server.access_log = False  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    upstream = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        user_id = db.call(db.create_user, username=f"ohif_{secrets.token_hex(4)}", password_hash=PASSWORD_HASH)
+        session = db.call(auth.issue_session, user_id=user_id, ttl_seconds=3600).token
+        minted = requests.post(
+            f"{upstream}/api/v1/auth/viewer-tokens", headers={"Authorization": f"Bearer {session}"}, timeout=30
+        )
+        minted.raise_for_status()
+
+        def store(files: Sequence[bytes]) -> None:
+            web = DICOMwebClient(url=f"{upstream}{OUR_ROOT}", headers={"Authorization": f"Bearer {session}"})
+            answer = web.store_instances(datasets=[pydicom.dcmread(io.BytesIO(data)) for data in files])
+            assert len(answer.ReferencedSOPSequence) == len(files)
+
+        yield DicomWebBackend("ours", upstream, OUR_ROOT, minted.json()["token"], store)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
 @pytest.fixture(scope="module", params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> Iterator[DicomWebBackend]:
-    if request.param == "orthanc":
+    if request.param == "ours":
+        request.getfixturevalue("database_url")  # the test database, migrated, in DATABASE_URL
+        with our_backend() as made:
+            yield made
+    elif request.param == "orthanc":
         if not orthanc.dicomweb_available():
             pytest.skip(
                 "Orthanc with its DICOMweb plugin is not installed (apt-get install orthanc orthanc-dicomweb): "
