@@ -19,10 +19,11 @@ from tests.conftest import ROOT
 
 BUILD = ROOT / ".serverless"
 TEMPLATE = BUILD / "cloudformation-template-update-stack.json"
-HTTP_FUNCTIONS = {"upload", "images", "scans", "auth"}
+HTTP_FUNCTIONS = {"upload", "images", "render", "scans", "auth"}
 OPS_FUNCTIONS = {"migrate", "admin", "cleanup", "tiering"}
 FUNCTIONS = sorted(HTTP_FUNCTIONS | OPS_FUNCTIONS)
-# The imaging stack, by import name: only the upload function may carry it.
+# The imaging stack, by import name: only the upload and render functions may carry it.
+IMAGING_FUNCTIONS = ("render", "upload")
 IMAGING_PACKAGES = ("numpy", "PIL", "cc3d", "pydicom", "pylibjpeg", "openjpeg", "rle", "jpeg_ls", "imagecodecs")
 # Everything these distributions put at the top of a zip (packages, *.libs, extension modules, *.dist-info),
 # lower-cased up to the first "." or "-", without a leading underscore.
@@ -186,6 +187,7 @@ SIGNING_FUNCTIONS = {"upload", "scans", "images"}
 ROLES = {
     "upload": "UploadLambdaRole",
     "images": "ImagesLambdaRole",
+    "render": "RenderLambdaRole",
     "scans": "ScansLambdaRole",
     "auth": "AuthLambdaRole",
     "cleanup": "CleanupLambdaRole",
@@ -206,6 +208,7 @@ def role_statements(template: dict[str, Any], logical_id: str) -> list[dict[str,
         ("IamRoleLambdaExecution", [SECRET_ARN]),
         ("UploadLambdaRole", [SECRET_ARN, SIGNING_SECRET, ORIGIN_SECRET]),
         ("ImagesLambdaRole", [SECRET_ARN, SIGNING_SECRET, ORIGIN_SECRET]),
+        ("RenderLambdaRole", [SECRET_ARN, ORIGIN_SECRET]),
         ("ScansLambdaRole", [SECRET_ARN, SIGNING_SECRET, ORIGIN_SECRET]),
         ("AuthLambdaRole", [SECRET_ARN, ORIGIN_SECRET]),
         ("CleanupLambdaRole", [SECRET_ARN]),
@@ -396,6 +399,22 @@ def test_api_is_on_the_pages_origin_under_api_uncached(template: dict[str, Any])
     assert api["ViewerProtocolPolicy"] == "https-only"  # a redirected POST would lose its body
 
 
+def test_no_access_log_keeps_the_query_strings_of_dicomweb_searches(template: dict[str, Any]) -> None:
+    # QIDO-RS puts patient names in query strings (PatientName=DOE*): no log may keep them.
+    # CloudFront's standard and real-time logs always record the query string: neither is on.
+    config = distribution_config(template)
+    assert "Logging" not in config
+    for behavior in [config["DefaultCacheBehavior"], *config["CacheBehaviors"]]:
+        assert "RealtimeLogConfigArn" not in behavior, behavior.get("PathPattern")
+    assert not resources(template, "AWS::CloudFront::RealtimeLogConfig")
+    # API Gateway's access log (none today): its $context.path and $context.routeKey hold no query
+    # string; a format that names one ($input.params(), a querystring variable) may not be added.
+    for stage in resources(template, "AWS::ApiGatewayV2::Stage").values():
+        log_format = json.dumps(stage["Properties"].get("AccessLogSettings", {}).get("Format", ""))
+        assert "querystring" not in log_format.lower() and "$input" not in log_format, log_format
+    # Nor do the HTTP functions' own request log lines (shared.core.observability logs the route template).
+
+
 def test_signed_image_urls_point_at_the_distribution(template: dict[str, Any]) -> None:
     # upload and scans build absolute image URLs (shared.http.base_url): on the page's origin, not execute-api.
     functions = resources(template, "AWS::Lambda::Function")
@@ -486,12 +505,13 @@ def test_package_is_under_lambdas_unzipped_limit_and_holds_its_code(name: str) -
     assert not any(n.startswith("pydantic/v1/") for n in names), name
 
 
-@pytest.mark.parametrize("name", sorted(set(FUNCTIONS) - {"upload"}))
-def test_only_the_upload_function_carries_the_imaging_stack(name: str) -> None:
+@pytest.mark.parametrize("name", sorted(set(FUNCTIONS) - set(IMAGING_FUNCTIONS)))
+def test_only_the_upload_and_render_functions_carry_the_imaging_stack(name: str) -> None:
     tops = top_level(zip_names(name))
     imaging = {top for top in tops if top.lstrip("_").lower().split(".")[0].split("-")[0] in IMAGING_TOP_LEVEL}
     assert not imaging, f"{name} carries {sorted(imaging)}"
-    # Only upload parses multipart bodies; starlette imports python_multipart only if it is there.
+    # Only upload (and render, from the same requirements file) parse multipart bodies; starlette
+    # imports python_multipart only if it is there.
     assert not tops & {"python_multipart", "multipart"}, name
 
 
@@ -550,8 +570,9 @@ def test_every_import_of_ours_in_a_package_finds_its_module_there(name: str) -> 
 ROOT_NAMES = {path.relative_to(ROOT).as_posix() for path in (ROOT / "shared").rglob("*.py")}
 
 
-def test_the_upload_function_carries_the_imaging_stack() -> None:
-    names = zip_names("upload")
+@pytest.mark.parametrize("name", IMAGING_FUNCTIONS)
+def test_the_upload_and_render_functions_carry_the_imaging_stack(name: str) -> None:
+    names = zip_names(name)
     for package in (*IMAGING_PACKAGES, "python_multipart"):
         assert f"{package}/__init__.py" in names, package
     assert any(n.startswith("numpy.libs/") for n in names)  # numpy's OpenBLAS, never stripped
@@ -678,6 +699,7 @@ print('ok', png.content_type, dicom.content_type, len(findings))
 REQUESTS: dict[str, tuple[str, str] | dict[str, Any] | None] = {
     "upload": ("POST", "/api/v1/scans/analyze"),
     "images": ("GET", "/api/v1/scans/image/scan_smoke/thumbnail"),
+    "render": ("GET", "/api/v1/dicomweb/studies/1.2/series/1.3/instances/1.4/rendered"),
     "scans": ("GET", "/api/v1/scans"),
     "auth": ("DELETE", "/api/v1/auth/sessions/current"),
     "admin": {},
@@ -729,7 +751,7 @@ def test_package_imports_and_answers_under_the_lambda_python(name: str, tmp_path
     report = json.loads(last)
     assert report["python"] == [3, 12] and report["no_pyc_written"] == 1
     assert not report["stale"], f"bytecode does not match its source: {report['stale']}"
-    if name != "upload":
+    if name not in IMAGING_FUNCTIONS:
         assert report["heavy"] == [], report["heavy"]
     if name in HTTP_FUNCTIONS:
         assert report["result"]["statusCode"] == 401, report["result"]
@@ -763,7 +785,7 @@ S3_TIER_SETTINGS = {
     "STORAGE_TIER_S3_MIN_BYTES": "1048576",
     "MAX_DIRECT_UPLOAD_BYTES": "500000000",
 }
-S3_TIER_FUNCTIONS = {"upload", "images", "tiering", "cleanup"}
+S3_TIER_FUNCTIONS = {"upload", "images", "render", "tiering", "cleanup"}
 # What each function may do in the images bucket: action -> the bucket ("") or key patterns.
 S3_ACCESS: dict[str, dict[str, set[str]]] = {
     "upload": {
@@ -773,6 +795,7 @@ S3_ACCESS: dict[str, dict[str, set[str]]] = {
         "s3:ListBucket": {""},
     },
     "images": {"s3:GetObject": {"scans/*"}},
+    "render": {"s3:GetObject": {"scans/*"}},
     "scans": {},
     "auth": {},
     "migrate": {},

@@ -88,8 +88,15 @@ async def frames(request: Request) -> Response:
             frame_list=request.path_params["frames"],
             accept=request.headers.get("accept"),
             origin=Origin.of_scope(request.scope),
+            decoded_path=_below_root(request),
         )
     )
+
+
+def _below_root(request: Request) -> str:
+    """The request's path below DICOMWEB_ROOT, with its query string (a viewer's ?token= goes along)."""
+    path = request.url.path.removeprefix(DICOMWEB_ROOT)
+    return f"{path}?{request.url.query}" if request.url.query else path
 
 
 async def bulkdata(request: Request) -> Response:

@@ -1,14 +1,15 @@
-"""List, read and delete an owner's scans (metadata and results, never image bytes)."""
+"""List, read and delete an owner's scans (metadata and results, never image bytes); and delete
+studies, series and instances through DICOMweb (shared.dicomweb.deletion)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import Query, Request, Response
+from fastapi import Path, Query, Request, Response
 
 from shared import db
 from shared.db.audit import Origin
-from shared.dicomweb import UID_PATTERN
+from shared.dicomweb import DICOMWEB_ROOT, UID_PATTERN, deletion
 from shared.http.app import Owner, base_url, create_app, lambda_handler
 from shared.http.schemas import ScanPage, ScanPublic, error_responses
 from shared.scans import (
@@ -88,6 +89,50 @@ async def delete_scan(scan_id: str, owner: Owner, request: Request) -> Response:
         owner_id=owner.id,
         source_ip=origin.source_ip,
         request_id=origin.request_id,
+    )
+    return Response(status_code=204)
+
+
+StudyUid = Annotated[str, Path(pattern=UID_PATTERN, description="Study Instance UID")]
+SeriesUid = Annotated[str, Path(pattern=UID_PATTERN, description="Series Instance UID")]
+InstanceUid = Annotated[str, Path(pattern=UID_PATTERN, description="SOP Instance UID")]
+_DELETED = dict(status_code=204, response_model=None, responses=error_responses(400, 401, 404, 503))
+
+
+@app.delete(
+    DICOMWEB_ROOT + "/studies/{study}",
+    summary="DICOMweb: delete a study (its scans, and its other objects)",
+    **_DELETED,  # type: ignore[arg-type]
+)
+async def delete_study(study: StudyUid, owner: Owner, request: Request) -> Response:
+    deletion.delete(
+        owner_id=owner.id, study_uid=study, series_uid=None, sop_uid=None, origin=Origin.of_scope(request.scope)
+    )
+    return Response(status_code=204)
+
+
+@app.delete(
+    DICOMWEB_ROOT + "/studies/{study}/series/{series}",
+    summary="DICOMweb: delete a series",
+    **_DELETED,  # type: ignore[arg-type]
+)
+async def delete_series(study: StudyUid, series: SeriesUid, owner: Owner, request: Request) -> Response:
+    deletion.delete(
+        owner_id=owner.id, study_uid=study, series_uid=series, sop_uid=None, origin=Origin.of_scope(request.scope)
+    )
+    return Response(status_code=204)
+
+
+@app.delete(
+    DICOMWEB_ROOT + "/studies/{study}/series/{series}/instances/{instance}",
+    summary="DICOMweb: delete an instance",
+    **_DELETED,  # type: ignore[arg-type]
+)
+async def delete_instance(
+    study: StudyUid, series: SeriesUid, instance: InstanceUid, owner: Owner, request: Request
+) -> Response:
+    deletion.delete(
+        owner_id=owner.id, study_uid=study, series_uid=series, sop_uid=instance, origin=Origin.of_scope(request.scope)
     )
     return Response(status_code=204)
 

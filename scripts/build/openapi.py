@@ -231,13 +231,80 @@ def dicomweb_stub() -> FastAPI:
                 **errors,
             },
         )(fn)
+    redirected = {
+        307: {
+            "description": "Decoded frames of a compressed instance: the same path under /api/v1/dicomweb/decoded",
+            "headers": {"Location": {"schema": {"type": "string"}}},
+        }
+    }
     app.get(
         DICOMWEB + "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}",
         operation_id="wado_frames",
         summary="WADO-RS: frames as stored (byte ranges of the file, never decoded here)",
         response_model=None,
-        responses={200: {"description": "One part per frame, in the order asked", "content": MULTIPART}, **errors},
+        responses={
+            200: {"description": "One part per frame, in the order asked", "content": MULTIPART},
+            **redirected,
+            **errors,
+        },
     )(frames)
+    app.get(
+        DICOMWEB + "/decoded/studies/{study}/series/{series}/instances/{instance}/frames/{frames}",
+        operation_id="wado_frames_decoded",
+        summary="WADO-RS: frames decoded to uncompressed pixel data (where wado_frames redirects)",
+        response_model=None,
+        responses={
+            200: {"description": "One part per frame, Explicit VR Little Endian", "content": MULTIPART},
+            **error_responses(400, 401, 404, 406, 422, 503),
+        },
+    )(frames)
+
+    def rendered(
+        study: StudyUID,
+        series: SeriesUID,
+        instance: InstanceUID,
+        window: Annotated[str | None, Query(description="center,width[,linear|linear-exact|sigmoid]")] = None,
+        viewport: Annotated[str | None, Query(description="vw,vh[,sx,sy,sw,sh]: the region, scaled to fit")] = None,
+        quality: Annotated[int | None, Query(ge=1, le=100, description="JPEG quality")] = None,
+        accept: Annotated[str | None, Query(description="image/jpeg or image/png, over the Accept header")] = None,
+        annotation: Annotated[str | None, Query(description="Ignored (Warning 299): nothing is burned in")] = None,
+        accept_: AcceptHeader = None,
+    ) -> Response:
+        raise NotImplementedError
+
+    def rendered_frame(
+        study: StudyUID,
+        series: SeriesUID,
+        instance: InstanceUID,
+        frames: Annotated[str, PathParam(pattern=r"^[0-9]{1,9}$", description="One frame number, from 1")],
+        window: Annotated[str | None, Query(description="center,width[,linear|linear-exact|sigmoid]")] = None,
+        viewport: Annotated[str | None, Query(description="vw,vh[,sx,sy,sw,sh]: the region, scaled to fit")] = None,
+        quality: Annotated[int | None, Query(ge=1, le=100, description="JPEG quality")] = None,
+        accept_: AcceptHeader = None,
+    ) -> Response:
+        raise NotImplementedError
+
+    picture = {
+        200: {
+            "description": "The picture (Warning 299 names ignored parameters)",
+            "content": {t: {"schema": {"type": "string", "format": "binary"}} for t in ("image/jpeg", "image/png")},
+        },
+        **error_responses(400, 401, 404, 406, 422, 503),
+    }
+    app.get(
+        DICOMWEB + "/studies/{study}/series/{series}/instances/{instance}/rendered",
+        operation_id="wado_instance_rendered",
+        summary="WADO-RS: an instance rendered (its first frame), JPEG or PNG",
+        response_model=None,
+        responses=picture,
+    )(rendered)
+    app.get(
+        DICOMWEB + "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/rendered",
+        operation_id="wado_frame_rendered",
+        summary="WADO-RS: one frame rendered, JPEG or PNG",
+        response_model=None,
+        responses=picture,
+    )(rendered_frame)
     app.get(
         DICOMWEB + "/studies/{study}/series/{series}/instances/{instance}/bulkdata/{path}",
         operation_id="wado_bulkdata",

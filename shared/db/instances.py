@@ -461,6 +461,8 @@ class InstanceFile:
     sha256: str
     size: int
     storage: str  # "postgres" or "s3"
+    number_of_frames: int = 0  # 0: no pixel data
+    is_image: bool = False  # a scan (analyzed and rendered at ingest), not a stored object
 
 
 def list_files(
@@ -480,7 +482,7 @@ def list_files(
                i.scan_id, i.owner_id,
                COALESCE(sc.file_hash, i.object_hash),
                COALESCE(i.object_size, sc.original_size, octet_length(sc.original_image_data)),
-               COALESCE(sc.original_storage, 'postgres')
+               COALESCE(sc.original_storage, 'postgres'), i.number_of_frames
         FROM (SELECT 1) one
         LEFT JOIN dicom_instances i ON i.owner_id = (SELECT owner_id FROM reader) AND {where}
         LEFT JOIN scans sc ON sc.id = i.scan_id
@@ -489,7 +491,7 @@ def list_files(
     rows = con.run(sql, **params)
     reader = rows[0][0] if rows else None
     files = [
-        InstanceFile(r[1], r[2], r[3], r[4], int(r[5]), str(r[6]).strip(), int(r[7]), r[8])
+        InstanceFile(r[1], r[2], r[3], r[4], int(r[5]), str(r[6]).strip(), int(r[7]), r[8], int(r[9]), r[4] is not None)
         for r in rows
         if r[1] is not None
     ]
@@ -790,3 +792,59 @@ def read_thumbnail(
     if reader is None:
         return Thumbnail(None, None)
     return Thumbnail(int(reader), scan_id, None if sha256 is None else str(sha256).strip(), storage, data)
+
+
+@dataclass(frozen=True)
+class Deleted:
+    """What a DICOMweb DELETE removed: instances in all, and how many of them were scans."""
+
+    instances: int
+    scans: int
+
+
+def delete_resource(
+    con: Connection,
+    *,
+    owner_id: int,
+    study_uid: str,
+    series_uid: str | None,
+    sop_uid: str | None,
+    source_ip: str | None,
+    request_id: str | None,
+) -> Deleted:
+    """Delete every instance of this owner's study, series or instance, audited, in one statement:
+    an image's scan row (its instance goes with it, ON DELETE CASCADE; the cleanup job removes an S3
+    original nobody references any more), any other object's row. Nothing of another owner's."""
+    params: dict[str, Any] = {"owner_id": owner_id, "source_ip": source_ip, "request_id": request_id}
+    where = _resource_where(study_uid, series_uid, sop_uid, params)
+    params["level"] = "instance" if sop_uid else "series" if series_uid else "study"
+    sql = f"""
+        WITH targets AS (
+            SELECT i.id, i.scan_id FROM dicom_instances i WHERE i.owner_id = :owner_id AND {where}
+        ),
+        scans_gone AS (
+            DELETE FROM scans s WHERE s.owner_id = :owner_id AND s.id IN (SELECT scan_id FROM targets)
+            RETURNING s.id
+        ),
+        objects_gone AS (
+            DELETE FROM dicom_instances i
+            WHERE i.owner_id = :owner_id AND i.id IN (SELECT id FROM targets WHERE scan_id IS NULL)
+            RETURNING i.id
+        ),
+        audit AS (
+            INSERT INTO audit_events (user_id, action, scan_id, via, status, source_ip, request_id, details)
+            SELECT :owner_id, 'dicomweb.delete',
+                   CASE WHEN (SELECT count(*) FROM scans_gone) = 1 THEN (SELECT min(id) FROM scans_gone) END,
+                   'token', CASE WHEN EXISTS (SELECT FROM targets) THEN 204 ELSE 404 END,
+                   CAST(:source_ip AS text), CAST(:request_id AS text),
+                   jsonb_build_object(
+                       'level', CAST(:level AS text),
+                       'instances', (SELECT count(*) FROM targets),
+                       'scans', (SELECT COALESCE(jsonb_agg(id ORDER BY id), '[]') FROM
+                                 (SELECT id FROM scans_gone ORDER BY id LIMIT 1000) first_scans),
+                       'objects', (SELECT count(*) FROM objects_gone))
+        )
+        SELECT (SELECT count(*) FROM targets), (SELECT count(*) FROM scans_gone)
+    """
+    instances_count, scans_count = con.run(sql, **params)[0]
+    return Deleted(int(instances_count), int(scans_count))

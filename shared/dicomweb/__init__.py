@@ -5,7 +5,10 @@
     attributes  the attributes QIDO-RS matches and returns, and DICOM JSON elements
     qido        a search request read and checked; its page as DICOM JSON
     wado        searches and retrievals answered from what ingest stored (the images function)
+    part10      a stored dataset completed to a Part 10 file (preamble, file meta), without pydicom
+    rendered    rendered pictures and decoded frames (the render function: it imports shared.imaging)
     store       STOW-RS (the upload function only: it imports shared.imaging)
+    deletion    DELETE of a study, series or instance (the scans function)
 
 Imported by module (`from shared.dicomweb import media`): this file holds only two constants the
 routes share and imports nothing, so the lean images function pays only for what it uses.

@@ -445,6 +445,10 @@ class Representation:
         return f"{self.media_type}; transfer-syntax={self.transfer_syntax}"
 
 
+# Frames decoded to uncompressed pixel data, the default frame representation (PS3.18 Table 8.7.3-4).
+DECODED_FRAMES = Representation(OCTET_STREAM, EXPLICIT_VR_LITTLE_ENDIAN)
+
+
 def frame_offers(stored_transfer_syntax: str, *, can_decode: bool) -> list[Representation]:
     """What the server can send for frames (and the pixel data bulk data) of an instance stored in
     this transfer syntax, in the server's order of preference: the stored form first.
@@ -459,12 +463,12 @@ def frame_offers(stored_transfer_syntax: str, *, can_decode: bool) -> list[Repre
     octet-stream forms.
     """
     if stored_transfer_syntax in NATIVE_LITTLE_ENDIAN:
-        return [Representation(OCTET_STREAM, EXPLICIT_VR_LITTLE_ENDIAN)]
+        return [DECODED_FRAMES]
     offers = [Representation(OCTET_STREAM, stored_transfer_syntax)]
     if stored_transfer_syntax in COMPRESSED_MEDIA_TYPES:
         offers.insert(0, Representation(COMPRESSED_MEDIA_TYPES[stored_transfer_syntax], stored_transfer_syntax))
     if can_decode:
-        offers.append(Representation(OCTET_STREAM, EXPLICIT_VR_LITTLE_ENDIAN))
+        offers.append(DECODED_FRAMES)
     return offers
 
 

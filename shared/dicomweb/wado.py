@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from shared import db, storage
 from shared.auth import hash_token
 from shared.auth.query_hash import hashed_keys
+from shared.core.config import get_settings
 from shared.core.errors import InvalidRequest, InvalidToken, NotAcceptable, ScanNotFound, StorageUnavailable
 from shared.db import instances
 from shared.db.audit import Origin
-from shared.dicomweb import media, part10, qido
+from shared.dicomweb import DICOMWEB_ROOT, media, part10, qido
 from shared.dicomweb.attributes import Level
 
 DICOM_JSON = "application/dicom+json"
@@ -31,10 +32,23 @@ GZIP_LEVEL = 5
 MAX_RETRIEVE_BYTES = storage.MAX_INLINE_BYTES
 MAX_FRAMES = 1000
 NO_STORE = "no-store"
-# Instance and frame bytes never change under DUPLICATE_SOP_POLICY=reject (an overwrite deletes the
-# instance and stores a new one: new bytes, new ETag). Metadata changes while a study arrives.
+# Instance and frame bytes never change under DUPLICATE_SOP_POLICY=reject. Under overwrite, a
+# correction replaces an instance's bytes at the same URL (new bytes, new ETag): then they are
+# revalidated like metadata, which changes while a study arrives.
 IMMUTABLE = "private, max-age=31536000, immutable"
 REVALIDATE = "private, no-cache"
+# Where the render function answers the frames the images function cannot (decoding needs codecs).
+DECODED_ROOT = DICOMWEB_ROOT + "/decoded"
+
+
+def bytes_cache_control() -> str:
+    """Cache-Control of an instance's bytes and what is derived from them alone (frames, renderings)."""
+    return IMMUTABLE if get_settings().duplicate_sop_policy == "reject" else REVALIDATE
+
+
+def warning_header(texts: Sequence[str]) -> dict[str, str]:
+    """The `Warning: 299` header naming what a request asked for and the server ignored (PS3.18 8.3.4.1)."""
+    return {"Warning": ", ".join(f'299 ctscan-store "{text}"' for text in texts)} if texts else {}
 
 
 @dataclass(frozen=True)
@@ -83,7 +97,7 @@ def search(
         warnings.append("The number of results exceeded the maximum supported by the server: request more with offset")
     headers = {"Cache-Control": NO_STORE}
     if warnings:
-        headers["Warning"] = ", ".join(f'299 ctscan-store "{text}"' for text in warnings)
+        headers.update(warning_header(warnings))
     body = json.dumps(qido.answer(found, rows, retrieve_root=retrieve_root), separators=(",", ":"))
     return Answer(200, body.encode(), {"Content-Type": DICOM_JSON, **headers})
 
@@ -168,11 +182,7 @@ def retrieve(
     data = db.call(instances.read_files, owner_id=reader, sop_uids=[f.sop_instance_uid for f in files])
     parts = []
     for f, choice in zip(files, choices, strict=True):
-        payload = data.get(f.sop_instance_uid)
-        if payload is None:  # in the S3 tier (or moved there since the listing)
-            payload = _bucket().get(storage.object_key(f.owner_id, f.sha256))
-        if len(payload) != f.size:
-            raise StorageUnavailable("A stored file came back with a different size than recorded.")
+        payload = file_bytes(f, data.get(f.sop_instance_uid))
         assert choice is not None
         whole = part10.as_part10(
             payload,
@@ -183,7 +193,7 @@ def retrieve(
         parts.append((choice.part_content_type, whole))
     _audit_retrieval(reader, files, level=_level(series_uid, sop_uid), token=token, origin=origin)
     content_type, body = media.write_multipart_related(parts, type_parameter="application/dicom")
-    headers = {"Content-Type": content_type, "Cache-Control": IMMUTABLE if sop_uid else REVALIDATE}
+    headers = {"Content-Type": content_type, "Cache-Control": bytes_cache_control() if sop_uid else REVALIDATE}
     if sop_uid:
         headers["ETag"] = f'"{files[0].sha256}"'
     return Answer(200, body, headers)
@@ -198,9 +208,13 @@ def frames(
     frame_list: str,
     accept: str | None,
     origin: Origin,
+    decoded_path: str,
 ) -> Answer:
     """WADO-RS frames: each requested frame's bytes as stored (byte ranges of the file: uncompressed,
-    JPEG, JPEG-LS, JPEG 2000, RLE, never decoded here), one part each, in the order asked."""
+    JPEG, JPEG-LS, JPEG 2000, RLE, never decoded here), one part each, in the order asked. A client
+    that takes only decoded frames of a compressed instance is redirected (307) to the same path under
+    DECODED_ROOT (`decoded_path`: the request's path below DICOMWEB_ROOT and its query string), where
+    the render function decodes them."""
     numbers = parse_frame_list(frame_list)
     found = db.call(
         instances.read_frames,
@@ -216,18 +230,32 @@ def frames(
         raise InvalidToken("Invalid or expired token.")
     if found.status == 404:
         raise NotFound("No such instance, or no such frame of it.")
-    if found.status == 409 or found.transfer_syntax_uid is None:
-        raise NotAcceptable("This instance's frames are not stored as separable byte ranges.")
-    offered = media.frame_offers(found.transfer_syntax_uid, can_decode=False)
+    stored = found.transfer_syntax_uid if found.status == 200 else None
+    # Frames that are not byte ranges of the file (deflated, big endian) can only be sent decoded.
+    offered = media.frame_offers(stored, can_decode=True) if stored else [media.DECODED_FRAMES]
     choice = media.multipart_choice(media.parse_accept(accept), offered=offered)
     if choice is None:
+        stored_form = f"in their stored transfer syntax ({stored}) or " if stored else ""
         raise NotAcceptable(
-            f"Frames of this instance are sent in their stored transfer syntax ({found.transfer_syntax_uid})."
+            f"Frames of this instance are sent {stored_form}decoded "
+            '(multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2.1).'
         )
+    if stored is None or (choice == media.DECODED_FRAMES and stored not in media.NATIVE_LITTLE_ENDIAN):
+        # Decoding needs the codecs, which the render function has and this one does not.
+        return Answer(307, b"", {"Location": DECODED_ROOT + decoded_path, "Cache-Control": NO_STORE})
     parts = [(choice.part_content_type, _frame_bytes(frame, found)) for frame in found.frames]
     content_type, body = media.write_multipart_related(parts, type_parameter=choice.media_type)
     etag = f'"{found.sha256}-{",".join(str(n) for n in numbers)}"'
-    return Answer(200, body, {"Content-Type": content_type, "Cache-Control": IMMUTABLE, "ETag": etag})
+    return Answer(200, body, {"Content-Type": content_type, "Cache-Control": bytes_cache_control(), "ETag": etag})
+
+
+def file_bytes(f: instances.InstanceFile, read: bytes | None) -> bytes:
+    """A listed file's bytes: `read` from PostgreSQL, or from the S3 tier when None (in S3, or moved
+    there since the listing); StorageUnavailable when they are not what was recorded."""
+    payload = read if read is not None else _bucket().get(storage.object_key(f.owner_id, f.sha256))
+    if len(payload) != f.size:
+        raise StorageUnavailable("A stored file came back with a different size than recorded.")
+    return payload
 
 
 def parse_frame_list(text: str) -> list[int]:
@@ -333,7 +361,9 @@ def bulkdata(
         [("application/octet-stream", data)], type_parameter="application/octet-stream"
     )
     return Answer(
-        200, body, {"Content-Type": content_type, "Cache-Control": IMMUTABLE, "ETag": f'"{found.sha256}-{path}"'}
+        200,
+        body,
+        {"Content-Type": content_type, "Cache-Control": bytes_cache_control(), "ETag": f'"{found.sha256}-{path}"'},
     )
 
 

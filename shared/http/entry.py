@@ -8,6 +8,7 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from mangum import Mangum
+from mangum.adapter import DEFAULT_TEXT_MIME_TYPES
 from starlette.applications import Starlette
 
 from shared import db
@@ -16,6 +17,9 @@ from shared.core import observability
 from shared.http.image_responses import PRE_ENCODED_HEADER
 
 LambdaHandler = Callable[[dict[str, Any], Any], dict[str, Any]]
+# Bodies Mangum sends as text (a substring of the Content-Type): its defaults, and DICOM JSON (STOW-RS
+# answers), which none of them matches ("application/json" is not in "application/dicom+json").
+TEXT_MIME_TYPES = [*DEFAULT_TEXT_MIME_TYPES, "application/dicom+json"]
 
 
 def lambda_handler(
@@ -29,7 +33,7 @@ def lambda_handler(
     Requests that did not come through the CDN are refused first (shared.auth.origin), before any database
     access. Logged and measured by shared.core.observability; status_metrics names a counter per response status.
     """
-    adapter = Mangum(app, lifespan="off")
+    adapter = Mangum(app, lifespan="off", text_mime_types=TEXT_MIME_TYPES)
 
     def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         refused = origin.refuse(event)

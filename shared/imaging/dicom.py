@@ -10,9 +10,9 @@ import io
 import math
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pydicom
@@ -40,6 +40,8 @@ from shared.imaging.pixels import DICOM_CONTENT_TYPE, DicomInfo, Levels, Pixels,
 MAX_PIXEL_DATA_BYTES = 1 << 30
 # The header of a deflated dataset may add to its pixel data, within reason.
 _MAX_INFLATED_BYTES = MAX_PIXEL_DATA_BYTES + (64 << 20)
+
+_T = TypeVar("_T")
 
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _CODE = re.compile(r"[A-Z0-9_ ]{1,16}")
@@ -81,8 +83,21 @@ def register_plugins() -> None:
 register_plugins()
 
 
-def decode_dicom(data: bytes, *, max_pixels: int, bare: bool) -> Pixels:
-    """Decode the middle frame of a DICOM file (bare: a dataset without the Part 10 header) into Pixels."""
+def decode_dicom(data: bytes, *, max_pixels: int, bare: bool, frame_index: int | None = None) -> Pixels:
+    """Decode one frame of a DICOM file (bare: a dataset without the Part 10 header) into Pixels: the
+    frame at frame_index (0-based), or the middle frame when None (what analysis looks at)."""
+    return _guarded(lambda: _decode(data, max_pixels=max_pixels, bare=bare, frame_index=frame_index))
+
+
+def decode_frame_values(data: bytes, *, frame_indices: Sequence[int], max_pixels: int) -> list[bytes]:
+    """The stored pixel values of these frames (0-based) of a Part 10 file, decoded from whatever
+    transfer syntax holds them, as Explicit VR Little Endian pixel data of one frame each (PS3.5
+    8.1.1: samples interleaved, little-endian words of Bits Allocated; colour as pydicom decodes it,
+    RGB for YBR JPEG). What a WADO-RS client asking for uncompressed frames reads."""
+    return _guarded(lambda: _frame_values(data, frame_indices=frame_indices, max_pixels=max_pixels))
+
+
+def _guarded(decode: Callable[[], _T]) -> _T:
     # pydicom's WARN mode quotes a header value that fails validation (possibly PHI) in a warning and
     # a log line: never validate while reading. Set, never restored: pydicom's own switch for this
     # is a process-wide flag that another thread (the local gateway's containers) could restore mid-read.
@@ -91,7 +106,7 @@ def decode_dicom(data: bytes, *, max_pixels: int, bare: bool) -> Pixels:
         with warnings.catch_warnings():
             # Nor do its other warnings about harmless oddities change what we accept.
             warnings.simplefilter("ignore")
-            return _decode(data, max_pixels=max_pixels, bare=bare)
+            return decode()
     except (InvalidImage, MemoryError):
         raise
     except Exception:
@@ -104,7 +119,17 @@ def decode_dicom(data: bytes, *, max_pixels: int, bare: bool) -> Pixels:
         raise InvalidImage("The DICOM pixel data could not be decoded: the file is damaged or incomplete.") from None
 
 
-def _decode(data: bytes, *, max_pixels: int, bare: bool) -> Pixels:
+@dataclass(frozen=True)
+class _Opened:
+    """A DICOM file read and checked: its dataset, transfer syntax, image attributes and decoder."""
+
+    ds: Dataset
+    transfer_syntax: uids.UID
+    image: _ImageAttributes
+    decoder: Decoder
+
+
+def _open(data: bytes, *, max_pixels: int, bare: bool) -> _Opened:
     deflated = False
     if not bare:
         meta_end, declared_syntax = integrity.dicom_meta_end(data)
@@ -129,26 +154,55 @@ def _decode(data: bytes, *, max_pixels: int, bare: bool) -> Pixels:
     if image.declared_bytes > MAX_PIXEL_DATA_BYTES:
         raise InvalidImage("The DICOM file declares more pixel data than we accept (1 GiB uncompressed).")
     decoder = _decoder_for(transfer_syntax)
-    frame_index = (image.frames - 1) // 2
-    pixel_data = ds.PixelData
-    if transfer_syntax.is_encapsulated:
-        _check_encoded_frame(pixel_data, frame_index, image)
-    elif len(pixel_data) < image.declared_bytes:
+    if not transfer_syntax.is_encapsulated and len(ds.PixelData) < image.declared_bytes:
         raise InvalidImage(
             "The DICOM pixel data is shorter than its header declares: the file is damaged or incomplete."
         )
+    return _Opened(ds, transfer_syntax, image, decoder)
 
-    plugin = _PREFERRED_PLUGINS.get(transfer_syntax, "")
+
+def _frame_array(opened: _Opened, frame_index: int) -> tuple[NDArray[Any], dict[str, Any]]:
+    """One frame decoded by pydicom (0-based), after the guards on its codestream."""
+    if not 0 <= frame_index < opened.image.frames:
+        raise InvalidImage(f"The DICOM file has no frame {frame_index + 1} (it has {opened.image.frames}).")
+    if opened.transfer_syntax.is_encapsulated:
+        _check_encoded_frame(opened.ds.PixelData, frame_index, opened.image)
+    plugin = _PREFERRED_PLUGINS.get(opened.transfer_syntax, "")
+    decoder = opened.decoder
     try:
         array, properties = decoder.as_array(
-            ds, index=frame_index, decoding_plugin=plugin if plugin in decoder.available_plugins else ""
+            opened.ds, index=frame_index, decoding_plugin=plugin if plugin in decoder.available_plugins else ""
         )
     except MemoryError:
         raise
     except Exception:
         raise InvalidImage("The DICOM pixel data could not be decoded: the file is damaged or incomplete.") from None
+    return array, properties
 
-    info = _dicom_info(ds, image, transfer_syntax=transfer_syntax, frame_index=frame_index)
+
+def _frame_values(data: bytes, *, frame_indices: Sequence[int], max_pixels: int) -> list[bytes]:
+    opened = _open(data, max_pixels=max_pixels, bare=False)
+    values = []
+    for frame_index in frame_indices:
+        array, _ = _frame_array(opened, frame_index)
+        if opened.image.bits_allocated == 1:
+            # pydicom unpacks single-bit pixels to bytes; the uncompressed form packs eight to a byte,
+            # least significant bit first (PS3.5 8.1.1, per frame as WADO-RS sends a frame alone).
+            values.append(np.packbits(array.astype(np.uint8).ravel(), bitorder="little").tobytes())
+            continue
+        little = array.astype(array.dtype.newbyteorder("<"), copy=False)
+        values.append(np.ascontiguousarray(little).tobytes())
+    return values
+
+
+def _decode(data: bytes, *, max_pixels: int, bare: bool, frame_index: int | None) -> Pixels:
+    opened = _open(data, max_pixels=max_pixels, bare=bare)
+    ds, image = opened.ds, opened.image
+    if frame_index is None:
+        frame_index = (image.frames - 1) // 2
+    array, properties = _frame_array(opened, frame_index)
+
+    info = _dicom_info(ds, image, transfer_syntax=opened.transfer_syntax, frame_index=frame_index)
     photometric = str(properties.get("photometric_interpretation", image.photometric))
     common: dict[str, Any] = {
         "content_type": DICOM_CONTENT_TYPE,

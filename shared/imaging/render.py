@@ -8,11 +8,14 @@ from __future__ import annotations
 import functools
 import io
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageDraw, ImageFont
 
+from shared.core.errors import InvalidRequest
 from shared.imaging.pixels import Levels, Rgb, Window
 
 THUMBNAIL_MAX_SIDE = 256
@@ -27,6 +30,19 @@ _THUMBNAIL_QUALITY = 85
 
 Grey = NDArray[np.uint8]
 Box = tuple[int, int, int, int]  # x, y, width, height
+ImageFormat = Literal["jpeg", "png"]
+DEFAULT_QUALITY = _PREVIEW_QUALITY
+
+
+@dataclass(frozen=True)
+class Viewport:
+    """Where a rendered image goes (PS3.18 8.3.5.1.3): a viewport of width x height pixels, and the
+    region of the image to show in it (x, y of its top-left pixel, its width and height; a negative
+    width or height shows the region mirrored), the whole image when None."""
+
+    width: int
+    height: int
+    region: tuple[int, int, int, int] | None = None
 
 
 def apply_window(values: NDArray[np.floating] | NDArray[np.integer], window: Window) -> Grey:
@@ -127,6 +143,37 @@ def render_thumbnail(preview: Image.Image) -> bytes:
         if thumbnail.size != target:
             thumbnail = thumbnail.resize(target, Image.Resampling.BILINEAR)
     return encode_jpeg(thumbnail, quality=_THUMBNAIL_QUALITY)
+
+
+def fit_viewport(image: Image.Image, viewport: Viewport) -> Image.Image:
+    """The viewport's region of the image (InvalidRequest when it reaches outside the image), mirrored
+    as its signs say, scaled with its aspect ratio kept to the largest size that fits the viewport."""
+    if viewport.region is not None:
+        x, y, width, height = viewport.region
+        inside = x >= 0 and x + abs(width) <= image.width and y >= 0 and y + abs(height) <= image.height
+        if width == 0 or height == 0 or not inside:
+            raise InvalidRequest(
+                f"viewport: the region {x},{y},{width},{height} is not inside the {image.width}x{image.height} image."
+            )
+        image = image.crop((x, y, x + abs(width), y + abs(height)))
+        if width < 0:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        if height < 0:
+            image = image.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+    scale = min(viewport.width / image.width, viewport.height / image.height)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    if size == image.size:
+        return image
+    return image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+
+
+def encode(image: Image.Image, *, image_format: ImageFormat, quality: int | None) -> bytes:
+    """The image as JPEG (at `quality`, 1-100; DEFAULT_QUALITY when None) or PNG (lossless: no quality)."""
+    if image_format == "png":
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG", compress_level=1)
+        return buffer.getvalue()
+    return encode_jpeg(image, quality=quality or DEFAULT_QUALITY)
 
 
 def encode_jpeg(image: Image.Image, *, quality: int) -> bytes:
