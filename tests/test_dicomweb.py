@@ -335,6 +335,46 @@ def test_series_metadata_is_one_dicom_json_array_without_bulk_data_inline(
     assert changed.status_code == 200 and len(changed.json()) == 4
 
 
+def test_the_metadata_of_a_1000_slice_series_fits_one_response(
+    alice_web: DICOMwebClient, gateway: str, alice: User, pg: pg8000.native.Connection
+) -> None:
+    # CT_small's description (11 KB, private tags and all) stands for a scanner's slice; its copies
+    # under new SOP UIDs make a 1000-instance series, inserted directly (storing 1000 files is the bench's).
+    path = get_testdata_file("CT_small.dcm")
+    assert path is not None
+    ds = pydicom.dcmread(str(path))
+    stow(alice_web, [ds])
+    pg.run(
+        """
+        INSERT INTO dicom_instances (owner_id, object_data, object_hash, object_size, study_instance_uid,
+            series_instance_uid, sop_instance_uid, sop_class_uid, transfer_syntax_uid, instance_number,
+            number_of_frames, metadata)
+        SELECT owner_id, '\\x00', repeat('0', 64), 1, study_instance_uid, series_instance_uid,
+               sop_instance_uid || '.' || n, sop_class_uid, transfer_syntax_uid, n, number_of_frames,
+               replace(metadata, sop_instance_uid, sop_instance_uid || '.' || n)
+        FROM dicom_instances, generate_series(2, 1000) n
+        WHERE owner_id = :owner AND sop_instance_uid = :sop
+        """,
+        owner=alice.id,
+        sop=ds.SOPInstanceUID,
+    )
+    url = f"{gateway}{ROOT_PATH}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/metadata"
+    auth = {"Authorization": f"Bearer {alice.token}"}
+    reply = requests.get(url, headers={**auth, "Accept-Encoding": "gzip"}, timeout=60, stream=True)
+    compressed = reply.raw.read(decode_content=False)
+    assert reply.status_code == 200 and reply.headers["content-encoding"] == "gzip"
+    assert len(compressed) < 4_400_000  # what a Lambda response carries (base64 within 6 MB)
+    instances = json.loads(gzip.decompress(compressed))
+    assert len(instances) == 1000 and len(json.dumps(instances)) > 10_000_000
+    sop = ds.SOPInstanceUID
+    assert [value(i, "00080018") for i in instances] == [sop, *(f"{sop}.{n}" for n in range(2, 1001))]
+    assert len(alice_web.retrieve_series_metadata(ds.StudyInstanceUID, ds.SeriesInstanceUID)) == 1000
+    # A client that refuses gzip: what cannot fit is a clear 400, never a truncated array or a 502.
+    refused = requests.get(url, headers={**auth, "Accept-Encoding": "identity"}, timeout=60)
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "response_too_large"
+    assert "Accept-Encoding: gzip" in refused.json()["error"]["message"]
+
+
 def test_bulk_data_uri_of_the_metadata_gives_the_pixel_data(alice_web: DICOMwebClient, gateway: str) -> None:
     ds = series(1, seed=131)[0]
     stow(alice_web, [ds])

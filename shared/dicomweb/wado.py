@@ -136,9 +136,17 @@ def metadata(
     if if_none_match and etag in [tag.strip() for tag in if_none_match.split(",")]:
         return Answer(304, b"", headers)
     body = found.json.encode()
-    if _takes_gzip(accept_encoding) and len(body) >= GZIP_FROM_BYTES:
+    # RFC 9110 12.5.3: without Accept-Encoding any coding is acceptable; gzip then only where it must.
+    may_gzip = _takes_gzip(accept_encoding) or (accept_encoding is None and len(body) > MAX_RETRIEVE_BYTES)
+    if may_gzip and len(body) >= GZIP_FROM_BYTES:
         body = gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0)
         headers["Content-Encoding"] = "gzip"
+    if len(body) > MAX_RETRIEVE_BYTES:
+        raise ResponseTooLarge(
+            f"The metadata of these {found.count} instances is {len(body):,} bytes, more than one response "
+            f"carries ({MAX_RETRIEVE_BYTES:,}): ask with Accept-Encoding: gzip (it compresses many times over), "
+            "or for each instance's metadata."
+        )
     return Answer(200, body, {"Content-Type": DICOM_JSON, **headers})
 
 
