@@ -125,6 +125,22 @@ def test_mangum_passes_dicom_json_as_text(api: LambdaClient, alice: User) -> Non
     assert stored.raw["isBase64Encoded"] is False and json.loads(stored.raw["body"])["00081190"]
 
 
+def test_a_stow_request_over_the_size_limit_is_413_with_advice_and_stores_nothing(
+    api: LambdaClient, alice: User, pg: pg8000.native.Connection, settings_env: pytest.MonkeyPatch
+) -> None:
+    settings_env.setenv("MAX_UPLOAD_BYTES", "100000")
+    content_type, body = multipart([encoded(ds) for ds in series(12, seed=9, size=64)])
+    assert len(body) > 100_000
+    refused = api.request(
+        "POST", f"{ROOT_PATH}/studies", token=alice.token, headers={"content-type": content_type}, body=body
+    )
+    assert refused.status == 413 and refused.error_code == "upload_too_large"
+    message = refused.json()["error"]["message"]
+    assert "several requests" in message and "/api/v1/scans/uploads" in message
+    assert pg.run("SELECT count(*) FROM dicom_instances WHERE owner_id = :o", o=alice.id) == [[0]]
+    assert pg.run("SELECT count(*) FROM scans WHERE owner_id = :o", o=alice.id) == [[0]]
+
+
 def test_the_same_file_again_is_a_success_and_stores_nothing_new(
     alice_web: DICOMwebClient, pg: pg8000.native.Connection
 ) -> None:

@@ -8,6 +8,7 @@ from fastapi import Path, Request, Response
 from fastapi.responses import JSONResponse
 
 from shared.core.config import get_settings
+from shared.core.errors import UploadTooLarge
 from shared.core.observability import DUPLICATE_UPLOADS, UPLOADS
 from shared.db import Owner as DbOwner
 from shared.db.audit import Origin
@@ -152,7 +153,7 @@ async def finish_upload(upload_id: Annotated[str, Path(max_length=64)], owner: O
 @app.post(
     "/api/v1/dicomweb/studies",
     response_model=None,
-    responses={**STOW_RESPONSES, **error_responses(400, 401, 415, 503)},
+    responses={**STOW_RESPONSES, **error_responses(400, 401, 413, 415, 503)},
     summary="STOW-RS: store instances (multipart/related; type=application/dicom)",
     openapi_extra=STOW_BODY,
 )
@@ -163,7 +164,7 @@ async def stow(request: Request, owner: Owner) -> Response:
 @app.post(
     "/api/v1/dicomweb/studies/{study}",
     response_model=None,
-    responses={**STOW_RESPONSES, **error_responses(400, 401, 415, 503)},
+    responses={**STOW_RESPONSES, **error_responses(400, 401, 413, 415, 503)},
     summary="STOW-RS: store instances of one study; an instance of another study fails (0xA900)",
     openapi_extra=STOW_BODY,
 )
@@ -173,9 +174,18 @@ async def stow_study(request: Request, owner: Owner, study: Annotated[str, Path(
 
 async def _stow(request: Request, owner: DbOwner, *, study_uid: str | None) -> Response:
     settings = get_settings()
+    body = await request.body()
+    if len(body) > settings.max_upload_bytes:
+        # Refused whole, before any part is stored: a sender never holds a half-stored request it cannot see.
+        raise UploadTooLarge(
+            f"This STOW-RS request is {len(body):,} bytes; one request carries at most "
+            f"{settings.max_upload_bytes:,}. Send the study in several requests (each instance is stored on its "
+            "own, so any split works); a single file over the limit goes through POST /api/v1/scans/uploads "
+            "(a presigned upload, up to MAX_DIRECT_UPLOAD_BYTES), and DICOMweb finds it like any other."
+        )
     outcomes = store.store_instances(
         owner_id=owner.id,
-        body=await request.body(),
+        body=body,
         content_type=request.headers.get("content-type", ""),
         study_uid=study_uid,
         max_pixels=settings.max_image_pixels,
