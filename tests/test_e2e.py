@@ -272,3 +272,39 @@ def _find_all(text: str, needle: str) -> list[int]:
         found.append(start)
         start = text.find(needle, start + 1)
     return found
+
+
+def test_the_readme_dicomweb_examples_run_as_written(service: Service) -> None:
+    # Given `make run` (its entry point on a free port, its own embedded PostgreSQL)
+    service.start()
+    script = readme_block("## DICOMweb").replace("127.0.0.1:3000", f"127.0.0.1:{service.port}")
+    written = [ROOT / "frame.multipart", ROOT / "bone.png"]
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env["PGDATA_DIR"] = str(service.pgdata)
+
+    # When a reader pastes the README's DICOMweb commands into a shell
+    try:
+        result = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        frame, bone = (path.read_bytes() if path.exists() else b"" for path in written)
+    finally:
+        for path in written:
+            path.unlink(missing_ok=True)
+
+    # Then the series was stored, found by its patient's name, described, and read as frames and a picture
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    assert "5 instances stored or already held;" in out, out[-3000:]
+    found = json.JSONDecoder().raw_decode(out, out.index("[{"))[0]
+    assert found[0]["00100010"]["Value"] == [{"Alphabetic": "Phantom^Abdomen"}]
+    assert "5 instances described" in out
+    assert frame.startswith(b"--") and b"transfer-syntax=" in frame
+    assert bone[:8] == b"\x89PNG\r\n\x1a\n"
+    viewer = json.loads(out[out.rindex('{"token"') :])
+    assert viewer["token"] and viewer["expiresAt"]

@@ -23,6 +23,9 @@ def main(argv: list[str]) -> int:
     series_dir.mkdir(parents=True, exist_ok=True)
     slices = ct_series(SLICES, size=512)
     for dataset in slices:
+        # A synthetic patient, so that DICOMweb searches by patient (README, "DICOMweb") find something.
+        dataset.PatientName = "Phantom^Abdomen"
+        dataset.PatientID = "PHANTOM-0001"
         number = int(dataset.InstanceNumber)
         # JPEG Lossless, the most common CT compression, for the first slice; the rest uncompressed.
         syntax = JPEGLosslessSV1 if number == 1 else dataset.file_meta.TransferSyntaxUID
