@@ -6,26 +6,20 @@ Runs on a fresh database `ctscan_bench` on the embedded server (or DATABASE_URL'
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
-import functools
 import gzip
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from pydicom.uid import JPEGLosslessSV1
 
 from scripts.bench import orthanc as bench_orthanc
-from scripts.bench.common import REPORT, ct_image, percentile, timed
+from scripts.bench.common import REPORT, ct_image, fresh_database, gateway_process, percentile, timed
 from scripts.bench.compression import compression_figures
 from scripts.dev import phantom
 from scripts.dev.env import ROOT, prepare_database
@@ -135,38 +129,6 @@ def http_get_figures(port: int, path: str, headers: dict[str, str], label: str) 
     return figures
 
 
-@contextlib.contextmanager
-def gateway_process(database_url: str, *, workers: int | None = None, **env: str) -> Iterator[int]:
-    """The local gateway (python -m scripts.dev.localgw) in processes of its own, as `make run` starts it;
-    yields its port."""
-    args = [sys.executable, "-m", "scripts.dev.localgw", "--port", "0", "--no-access-log"]
-    if workers is not None:
-        args += ["--workers", str(workers)]
-    process = subprocess.Popen(
-        args,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "DATABASE_URL": database_url, **env},
-    )
-    try:
-        assert process.stdout is not None
-        banner = process.stdout.readline()
-        port = int(banner.split("http://", 1)[1].split(",")[0].split()[0].rsplit(":", 1)[1])
-        # Read and drop the functions' log lines and metrics (one or two per request), as CloudWatch
-        # takes them off a Lambda: a full pipe would stall the gateway mid-measurement.
-        drain = functools.partial(collections.deque, process.stdout, maxlen=0)
-        threading.Thread(target=drain, name="gateway-stdout", daemon=True).start()
-        yield port
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def read_path_figures(api: object, url: str, token: str, server_url: str) -> dict[str, object]:
     """A ~205 KB DICOM original read through the local gateway, and the same file from Orthanc.
 
@@ -212,16 +174,6 @@ def multipart_body(data: bytes) -> tuple[bytes, str]:
     from tests.lambda_client import multipart
 
     return multipart({"file": ("read.dcm", data, "application/dicom")})
-
-
-def fresh_database(server_url: str, name: str) -> str:
-    admin = db.connect(config.parse_database_url(server_url), timeout=30)
-    try:
-        admin.run(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.run(f"CREATE DATABASE {name}")
-    finally:
-        admin.close()
-    return urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
 
 
 def import_ms(module: str, runs: int = 5) -> float:
