@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pydicom.uid import JPEGLosslessSV1
 
+from scripts.bench import dicomweb as bench_dicomweb
 from scripts.bench import orthanc as bench_orthanc
 from scripts.bench.common import REPORT, ct_image, fresh_database, gateway_process, percentile, timed
 from scripts.bench.compression import compression_figures
@@ -40,8 +41,9 @@ TARGETS = {
     "gateway_205kb_get_p50_ms": 1.8,
     "bytes_per_scan_ratio": 1.1,
     "web_first_load_kb": 150.0,
+    **bench_dicomweb.TARGETS,
 }
-AT_LEAST = {"gateway_205kb_rps_16conn": 700.0}
+AT_LEAST = {"gateway_205kb_rps_16conn": 700.0, **bench_dicomweb.AT_LEAST}
 
 
 def analysis_step_figures(dataset: object) -> dict[str, object]:
@@ -366,6 +368,11 @@ def main() -> int:
         print_table(bytea_parameter_figures())
         db.close_connection()
         return 0
+    if sys.argv[1:] == ["--dicomweb"]:  # the DICOMweb section alone (ours and Orthanc's), in a fresh database
+        server_url, url = bench_database("ctscan_bench_dicomweb")
+        print_table(bench_dicomweb.section(server_url, url))
+        db.close_connection()
+        return 0
     if sys.argv[1:] == ["--compression"]:  # the compression section alone, in a fresh database
         _, url = bench_database("ctscan_bench_compression")
         print_table(compression_figures(url))
@@ -548,6 +555,10 @@ def main() -> int:
     figures["big_upload_rss_before_mb"] = round(memory["rss_before_mb"], 1)
     figures["big_upload_peak_rss_mb"] = round(memory["peak_rss_mb"], 1)
     figures["big_upload_traced_peak_mb"] = round(memory["traced_peak_mb"], 1)
+
+    # DICOMweb against Orthanc's plugin: a 300-slice series stored, its metadata, searches and frames
+    # read, over HTTP from both servers (after the bytes per scan above: its series adds 300 scans).
+    figures.update(bench_dicomweb.section(server_url, url))
 
     # Compression (issue 10), last: it measures on tables of its own, which it drops.
     figures.update(compression_figures(url))
