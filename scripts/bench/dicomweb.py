@@ -297,6 +297,7 @@ def frame_load(servers: Sequence[Server], series: Series, *, rounds: int = 3) ->
         "accept": FRAME_ACCEPT,
         "min_bytes": len(series.pixel_data),
         "rounds": rounds,
+        "requests": 480,
     }
     out = subprocess.run(
         [sys.executable, "-m", "scripts.bench.dicomweb"],
@@ -562,15 +563,17 @@ def _latency(
     """One kept-alive connection per server; blocks of 20 requests in turns; 10 warm-up requests each."""
     connections = {s["name"]: _connection(s) for s in specs}
     samples: dict[str, list[float]] = {s["name"]: [] for s in specs}
-    for block in range(11):
-        for spec in specs[block % len(specs) :] + specs[: block % len(specs)]:
-            for _ in range(10 if block == 0 else 20):
-                start = time.perf_counter()
-                _get(connections[spec["name"]], spec["frame"], headers[spec["name"]], min_bytes)
-                if block:
-                    samples[spec["name"]].append((time.perf_counter() - start) * 1000)
-    for connection in connections.values():
-        connection.close()
+    try:
+        for block in range(11):
+            for spec in specs[block % len(specs) :] + specs[: block % len(specs)]:
+                for _ in range(10 if block == 0 else 20):
+                    start = time.perf_counter()
+                    _get(connections[spec["name"]], spec["frame"], headers[spec["name"]], min_bytes)
+                    if block:
+                        samples[spec["name"]].append((time.perf_counter() - start) * 1000)
+    finally:
+        for connection in connections.values():
+            connection.close()
     return samples
 
 
@@ -619,7 +622,7 @@ def run_load(spec: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     sweep: dict[str, list[float]] = {s["name"]: [] for s in specs}
     for number in range(int(spec["rounds"]) + 1):
         for s in specs[number % len(specs) :] + specs[: number % len(specs)]:
-            rps = _throughput(s, [s["frame"]] * 480, headers[s["name"]], min_bytes)
+            rps = _throughput(s, [s["frame"]] * int(spec["requests"]), headers[s["name"]], min_bytes)
             sweeping = _throughput(s, s["sweep"], headers[s["name"]], min_bytes)
             if number:  # round 0 warms up every connection path
                 one[s["name"]].append(rps)
