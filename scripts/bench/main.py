@@ -6,6 +6,7 @@ Runs on a fresh database `ctscan_bench` on the embedded server (or DATABASE_URL'
 from __future__ import annotations
 
 import asyncio
+import copy
 import gzip
 import json
 import os
@@ -393,9 +394,14 @@ def main() -> int:
     runs = 30
     slices = [phantom.ct_slice_dataset(512, seed=1000 + i, instance_number=i + 1) for i in range(runs + 2)]
     dicom_files = [phantom.dicom_bytes(ds) for ds in slices]
+    # The JPEG Lossless copies get SOP Instance UIDs of their own: an owner holds one file per SOP
+    # Instance UID since DICOMweb (DUPLICATE_SOP_POLICY=reject refuses other bytes under a held UID).
+    jpeg_slices = [copy.deepcopy(ds) for ds in slices]
+    for ds in jpeg_slices:
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = phantom.uid("jpeg-lossless", ds.SOPInstanceUID)
     makers: dict[str, Callable[[int], bytes]] = {
         "dicom": lambda i: dicom_files[i],
-        "dicom_jpeg_lossless": lambda i: phantom.dicom_bytes(slices[i], JPEGLosslessSV1),
+        "dicom_jpeg_lossless": lambda i: phantom.dicom_bytes(jpeg_slices[i], JPEGLosslessSV1),
         "ct_png16": lambda i: phantom.stored_png16(slices[i]),
         "png16": lambda i: ct_image(512, 1000 + i),
         "jpeg": lambda i: ct_image(512, 1000 + i, bits=8, fmt="JPEG"),
