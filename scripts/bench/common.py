@@ -1,14 +1,27 @@
-"""What the benchmarks share: timing helpers and the synthetic CT-like PNG and JPEG images they upload."""
+"""What the benchmarks share: timing helpers, the synthetic CT-like PNG and JPEG images they upload, a
+fresh database on the bench server, and the local gateway in processes of its own."""
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import functools
 import io
+import os
+import signal
+import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 from PIL import Image
+
+from scripts.dev.env import ROOT
+from shared import db
+from shared.core import config
 
 # The table goes here. The handlers measured in process write their request log lines and metrics
 # to stdout as they do in Lambda (that cost is in the figures); bench.main sends those to /dev/null.
@@ -47,3 +60,46 @@ def timed(fn: Callable[[], object], runs: int) -> list[float]:
         fn()
         samples.append((time.perf_counter() - start) * 1000)
     return samples
+
+
+def fresh_database(server_url: str, name: str) -> str:
+    """A new, empty database `name` on the bench server (dropped first if it exists); its URL."""
+    admin = db.connect(config.parse_database_url(server_url), timeout=30)
+    try:
+        admin.run(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.run(f"CREATE DATABASE {name}")
+    finally:
+        admin.close()
+    return urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
+
+
+@contextlib.contextmanager
+def gateway_process(database_url: str, *, workers: int | None = None, **env: str) -> Iterator[int]:
+    """The local gateway (python -m scripts.dev.localgw) in processes of its own, as `make run` starts it;
+    yields its port."""
+    args = [sys.executable, "-m", "scripts.dev.localgw", "--port", "0", "--no-access-log"]
+    if workers is not None:
+        args += ["--workers", str(workers)]
+    process = subprocess.Popen(
+        args,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "DATABASE_URL": database_url, **env},
+    )
+    try:
+        assert process.stdout is not None
+        banner = process.stdout.readline()
+        port = int(banner.split("http://", 1)[1].split(",")[0].split()[0].rsplit(":", 1)[1])
+        # Read and drop the functions' log lines and metrics (one or two per request), as CloudWatch
+        # takes them off a Lambda: a full pipe would stall the gateway mid-measurement.
+        drain = functools.partial(collections.deque, process.stdout, maxlen=0)
+        threading.Thread(target=drain, name="gateway-stdout", daemon=True).start()
+        yield port
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -6,26 +6,22 @@ Runs on a fresh database `ctscan_bench` on the embedded server (or DATABASE_URL'
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
-import functools
+import copy
 import gzip
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from pydicom.uid import JPEGLosslessSV1
 
+from scripts.bench import dicomweb as bench_dicomweb
 from scripts.bench import orthanc as bench_orthanc
-from scripts.bench.common import REPORT, ct_image, percentile, timed
+from scripts.bench.common import REPORT, ct_image, fresh_database, gateway_process, percentile, timed
 from scripts.bench.compression import compression_figures
 from scripts.dev import phantom
 from scripts.dev.env import ROOT, prepare_database
@@ -46,8 +42,9 @@ TARGETS = {
     "gateway_205kb_get_p50_ms": 1.8,
     "bytes_per_scan_ratio": 1.1,
     "web_first_load_kb": 150.0,
+    **bench_dicomweb.TARGETS,
 }
-AT_LEAST = {"gateway_205kb_rps_16conn": 700.0}
+AT_LEAST = {"gateway_205kb_rps_16conn": 700.0, **bench_dicomweb.AT_LEAST}
 
 
 def analysis_step_figures(dataset: object) -> dict[str, object]:
@@ -135,38 +132,6 @@ def http_get_figures(port: int, path: str, headers: dict[str, str], label: str) 
     return figures
 
 
-@contextlib.contextmanager
-def gateway_process(database_url: str, *, workers: int | None = None, **env: str) -> Iterator[int]:
-    """The local gateway (python -m scripts.dev.localgw) in processes of its own, as `make run` starts it;
-    yields its port."""
-    args = [sys.executable, "-m", "scripts.dev.localgw", "--port", "0", "--no-access-log"]
-    if workers is not None:
-        args += ["--workers", str(workers)]
-    process = subprocess.Popen(
-        args,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "DATABASE_URL": database_url, **env},
-    )
-    try:
-        assert process.stdout is not None
-        banner = process.stdout.readline()
-        port = int(banner.split("http://", 1)[1].split(",")[0].split()[0].rsplit(":", 1)[1])
-        # Read and drop the functions' log lines and metrics (one or two per request), as CloudWatch
-        # takes them off a Lambda: a full pipe would stall the gateway mid-measurement.
-        drain = functools.partial(collections.deque, process.stdout, maxlen=0)
-        threading.Thread(target=drain, name="gateway-stdout", daemon=True).start()
-        yield port
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def read_path_figures(api: object, url: str, token: str, server_url: str) -> dict[str, object]:
     """A ~205 KB DICOM original read through the local gateway, and the same file from Orthanc.
 
@@ -212,16 +177,6 @@ def multipart_body(data: bytes) -> tuple[bytes, str]:
     from tests.lambda_client import multipart
 
     return multipart({"file": ("read.dcm", data, "application/dicom")})
-
-
-def fresh_database(server_url: str, name: str) -> str:
-    admin = db.connect(config.parse_database_url(server_url), timeout=30)
-    try:
-        admin.run(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.run(f"CREATE DATABASE {name}")
-    finally:
-        admin.close()
-    return urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
 
 
 def import_ms(module: str, runs: int = 5) -> float:
@@ -414,6 +369,11 @@ def main() -> int:
         print_table(bytea_parameter_figures())
         db.close_connection()
         return 0
+    if sys.argv[1:] == ["--dicomweb"]:  # the DICOMweb section alone (ours and Orthanc's), in a fresh database
+        server_url, url = bench_database("ctscan_bench_dicomweb")
+        print_table(bench_dicomweb.section(server_url, url))
+        db.close_connection()
+        return 0
     if sys.argv[1:] == ["--compression"]:  # the compression section alone, in a fresh database
         _, url = bench_database("ctscan_bench_compression")
         print_table(compression_figures(url))
@@ -434,9 +394,14 @@ def main() -> int:
     runs = 30
     slices = [phantom.ct_slice_dataset(512, seed=1000 + i, instance_number=i + 1) for i in range(runs + 2)]
     dicom_files = [phantom.dicom_bytes(ds) for ds in slices]
+    # The JPEG Lossless copies get SOP Instance UIDs of their own: an owner holds one file per SOP
+    # Instance UID since DICOMweb (DUPLICATE_SOP_POLICY=reject refuses other bytes under a held UID).
+    jpeg_slices = [copy.deepcopy(ds) for ds in slices]
+    for ds in jpeg_slices:
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = phantom.uid("jpeg-lossless", ds.SOPInstanceUID)
     makers: dict[str, Callable[[int], bytes]] = {
         "dicom": lambda i: dicom_files[i],
-        "dicom_jpeg_lossless": lambda i: phantom.dicom_bytes(slices[i], JPEGLosslessSV1),
+        "dicom_jpeg_lossless": lambda i: phantom.dicom_bytes(jpeg_slices[i], JPEGLosslessSV1),
         "ct_png16": lambda i: phantom.stored_png16(slices[i]),
         "png16": lambda i: ct_image(512, 1000 + i),
         "jpeg": lambda i: ct_image(512, 1000 + i, bits=8, fmt="JPEG"),
@@ -596,6 +561,10 @@ def main() -> int:
     figures["big_upload_rss_before_mb"] = round(memory["rss_before_mb"], 1)
     figures["big_upload_peak_rss_mb"] = round(memory["peak_rss_mb"], 1)
     figures["big_upload_traced_peak_mb"] = round(memory["traced_peak_mb"], 1)
+
+    # DICOMweb against Orthanc's plugin: a 300-slice series stored, its metadata, searches and frames
+    # read, over HTTP from both servers (after the bytes per scan above: its series adds 300 scans).
+    figures.update(bench_dicomweb.section(server_url, url))
 
     # Compression (issue 10), last: it measures on tables of its own, which it drops.
     figures.update(compression_figures(url))

@@ -6,6 +6,11 @@ packages are installed (they are not a dependency of this project: `apt-get inst
 orthanc-postgresql orthanc-dicomweb` to compare). Orthanc runs on loopback; for the bench with its
 index and its file storage in PostgreSQL, like our store keeps everything in PostgreSQL, and the same
 DICOM files are POSTed to its /instances, one at a time, over a kept-alive connection.
+
+With `orthanc-dicomweb` too, `running(..., dicomweb=True)` loads the DICOMweb plugin at
+DICOMWEB_ROOT, and the DICOMweb section (scripts/bench/dicomweb.py) measures both servers with one
+client. Everything else is Orthanc's and Debian's default configuration (keep-alive, TCP_NODELAY,
+50 HTTP threads, HTTP compression, a 128 MB storage cache, full series metadata read from the files).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from http.client import HTTPConnection
 from pathlib import Path
+from typing import Any
 
 ORTHANC = Path("/usr/sbin/Orthanc")
 PLUGINS = Path("/usr/share/orthanc/plugins")
@@ -39,6 +45,11 @@ def dicomweb_available() -> bool:
     return ORTHANC.exists() and DICOMWEB_PLUGIN.exists()
 
 
+def dicomweb_bench_available() -> bool:
+    """Orthanc, both PostgreSQL plugins and the DICOMweb plugin are installed (the bench's DICOMweb section)."""
+    return available() and DICOMWEB_PLUGIN.exists()
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -46,10 +57,16 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def running(*, host: str, port: int, database: str, user: str) -> Iterator[int]:
-    """Orthanc on loopback with its index and storage in PostgreSQL; yields its HTTP port."""
-    postgresql = {
-        "Plugins": [str(INDEX_PLUGIN), str(STORAGE_PLUGIN)],
+def running(
+    *, host: str, port: int, database: str, user: str, dicomweb: bool = False, index_connections: int = 1
+) -> Iterator[int]:
+    """Orthanc on loopback with its index and storage in PostgreSQL; yields its HTTP port.
+
+    dicomweb: with the DICOMweb plugin at DICOMWEB_ROOT (WADO-URI off). index_connections: the
+    PostgreSQL index plugin's pool (4.0's IndexConnectionsCount; Debian's default is 1).
+    """
+    postgresql: dict[str, object] = {
+        "Plugins": [str(INDEX_PLUGIN), str(STORAGE_PLUGIN), *([str(DICOMWEB_PLUGIN)] if dicomweb else [])],
         "PostgreSQL": {
             "EnableIndex": True,
             "EnableStorage": True,
@@ -59,8 +76,11 @@ def running(*, host: str, port: int, database: str, user: str) -> Iterator[int]:
             "Username": user,
             "Password": "",
             "Lock": False,
+            "IndexConnectionsCount": index_connections,
         },
     }
+    if dicomweb:
+        postgresql["DicomWeb"] = {"Enable": True, "Root": DICOMWEB_ROOT + "/", "EnableWado": False}
     with _running("bench", postgresql) as http_port:
         yield http_port
 
@@ -171,3 +191,26 @@ def _wait_until_up(http_port: int, process: subprocess.Popen[bytes], workdir: Pa
         except OSError:
             time.sleep(0.2)
     raise RuntimeError("Orthanc did not answer within 60 s")
+
+
+def versions(http_port: int) -> dict[str, str]:
+    """What is running: Orthanc's version and each loaded plugin's (GET /system, /plugins/{id})."""
+    connection = HTTPConnection("127.0.0.1", http_port, timeout=30)
+    try:
+        found = {"orthanc": str(_get_json(connection, "/system")["Version"])}
+        for plugin in _get_json(connection, "/plugins"):
+            if str(plugin).endswith(".js"):  # explorer.js: the Orthanc Explorer extensions, not a plugin
+                continue
+            found[str(plugin)] = str(_get_json(connection, f"/plugins/{plugin}")["Version"])
+        return found
+    finally:
+        connection.close()
+
+
+def _get_json(connection: HTTPConnection, path: str) -> Any:
+    connection.request("GET", path)
+    response = connection.getresponse()
+    body = response.read()
+    if response.status != 200:
+        raise RuntimeError(f"Orthanc answered {response.status} to GET {path}")
+    return json.loads(body)
