@@ -129,7 +129,8 @@ CREATE FUNCTION read_dicom_frames(
     p_sop        TEXT,
     p_frames     INTEGER[],
     p_source_ip  TEXT,
-    p_request_id TEXT
+    p_request_id TEXT,
+    p_known_sha256 TEXT DEFAULT NULL
 ) RETURNS TABLE (
     reader              BIGINT,
     status              INTEGER,
@@ -182,7 +183,9 @@ BEGIN
         SELECT reader, 200, transfer_syntax_uid, sha256,
                COALESCE(sc.original_storage, 'postgres'),
                f.n, v_frames -> (f.n - 1),
-               CASE WHEN COALESCE(sc.original_storage, 'postgres') = 'postgres' THEN
+               -- No bytes when the caller holds this file's frames already (its SHA-256 is the stored one).
+               CASE WHEN COALESCE(sc.original_storage, 'postgres') = 'postgres'
+                         AND sha256 IS DISTINCT FROM p_known_sha256 THEN
                    (SELECT string_agg(
                                substring(CASE WHEN i.scan_id IS NULL THEN i.object_data ELSE sc.original_image_data END
                                          FROM CAST(frag.value ->> 0 AS integer) + 1

@@ -29,6 +29,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, Exp
 
 from scripts.dev import phantom
 from scripts.dev.localgw.server import make_server
+from shared.http import image_cache
 from tests.conftest import ROOT, User
 from tests.lambda_client import LambdaClient
 
@@ -262,6 +263,21 @@ def test_search_each_level_and_match_as_ohif_asks(alice_web: DICOMwebClient) -> 
     assert value(instances[0], "00081190").endswith(f"/instances/{slices[0].SOPInstanceUID}")
 
 
+def test_search_results_are_gzipped_when_the_client_takes_it(
+    alice_web: DICOMwebClient, gateway: str, alice: User
+) -> None:
+    stow(alice_web, series(6, seed=77))
+    url = f"{gateway}{ROOT_PATH}/instances?includefield=all"
+    auth = {"Authorization": f"Bearer {alice.token}"}
+    zipped = requests.get(url, headers={**auth, "Accept-Encoding": "gzip"}, timeout=30, stream=True)
+    raw = zipped.raw.read(decode_content=False)
+    assert zipped.headers["content-encoding"] == "gzip" and zipped.headers["cache-control"] == "no-store"
+    plain = requests.get(url, headers={**auth, "Accept-Encoding": "identity"}, timeout=30)
+    assert "content-encoding" not in plain.headers
+    assert json.loads(gzip.decompress(raw)) == plain.json() and len(plain.json()) == 6
+    assert len(raw) < len(plain.content) / 3
+
+
 def test_search_pages_with_limit_and_offset_until_an_empty_page(alice_web: DICOMwebClient) -> None:
     slices = series(5, seed=81)
     stow(alice_web, slices)
@@ -462,6 +478,66 @@ def test_frames_as_ohif_asks_for_them_name_their_transfer_syntax(
             url.replace("frames/1", missing), headers={"Authorization": f"Bearer {alice.token}"}, timeout=30
         )
         assert bad.status_code in (400, 404), missing
+
+
+def test_a_warm_container_sends_frames_it_holds_without_reading_them_again(
+    alice_web: DICOMwebClient, bob_web: DICOMwebClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.db import instances
+
+    reads: list[tuple[str | None, bool]] = []
+    real = instances.read_frames
+
+    def spy(con: Any, **kwargs: Any) -> instances.FramesRead:
+        found = real(con, **kwargs)
+        reads.append((kwargs["known_sha256"], all(frame.data is not None for frame in found.frames)))
+        return found
+
+    monkeypatch.setattr(instances, "read_frames", spy)
+    image_cache.reset()  # nothing held from another test
+    ds = series(1, seed=143)[0]
+    stow(alice_web, [ds])
+    uids = (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    wanted = (("application/octet-stream", "*"),)
+    first = alice_web.retrieve_instance_frames(*uids, [1], media_types=wanted)
+    again = alice_web.retrieve_instance_frames(*uids, [1], media_types=wanted)
+    assert [bytes(f) for f in first] == [bytes(f) for f in again] == [ds.PixelData]
+    assert reads[0] == (None, True)
+    assert reads[1][0] is not None and reads[1][1] is False  # held: the database sent no bytes
+    # The database still decides: another owner asking for the same UID gets a 404, not the held frame.
+    with pytest.raises(requests.HTTPError) as refused:
+        bob_web.retrieve_instance_frames(*uids, [1], media_types=wanted)
+    assert refused.value.response.status_code == 404
+
+
+def test_a_warm_container_sends_metadata_it_holds_until_the_series_changes(
+    alice_web: DICOMwebClient, gateway: str, alice: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.db import instances
+
+    sent: list[bool] = []
+    real = instances.read_metadata
+
+    def spy(con: Any, **kwargs: Any) -> instances.Metadata:
+        found = real(con, **kwargs)
+        sent.append(found.json is not None)
+        return found
+
+    monkeypatch.setattr(instances, "read_metadata", spy)
+    image_cache.reset()
+    slices = series(3, seed=147)
+    stow(alice_web, slices[:2])
+    ds = slices[0]
+    url = f"{gateway}{ROOT_PATH}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/metadata"
+    auth = {"Authorization": f"Bearer {alice.token}", "Accept-Encoding": "gzip"}
+    first, again = (requests.get(url, headers=auth, timeout=30) for _ in range(2))
+    assert first.headers["content-encoding"] == again.headers["content-encoding"] == "gzip"
+    assert first.json() == again.json() and len(again.json()) == 2
+    assert first.headers["etag"] == again.headers["etag"]
+    assert sent == [True, False]  # the second time the database vouched for the tag and sent no JSON
+    stow(alice_web, slices[2:])  # the series changes: its tag too, and the JSON is read again
+    grown = requests.get(url, headers=auth, timeout=30)
+    assert len(grown.json()) == 3 and grown.headers["etag"] != first.headers["etag"] and sent[-1] is True
 
 
 def test_thumbnails_of_instance_series_and_study_are_jpeg(alice_web: DICOMwebClient, gateway: str, alice: User) -> None:

@@ -52,6 +52,7 @@ JSON_HEADERS = {"Accept": "application/dicom+json", "Accept-Encoding": "gzip"}
 TARGETS = {
     "dicomweb_metadata_vs_orthanc": 0.1,
     "dicomweb_metadata_vs_sql_floor": 2.0,
+    "dicomweb_metadata_nothing_held_vs_sql_floor": 2.0,
     "dicomweb_frame_p50_vs_orthanc": 1.5,
 }
 AT_LEAST = {"dicomweb_frames_per_s_vs_orthanc": 1.0}
@@ -380,6 +381,39 @@ def compare(
     return figures
 
 
+def nothing_held_figures(server: Server, series: Series, floor: Callable[[], str]) -> dict[str, Any]:
+    """Series metadata (beside its floor) and one frame from a gateway whose containers hold nothing
+    (IMAGE_CACHE_MB=0): every request reads and sends what a first request does."""
+
+    def check_metadata(server: Server, reply: Reply) -> None:
+        if reply.status != 200 or len(json.loads(reply.body)) != len(series.files):
+            raise RuntimeError(f"{server.name}: metadata answered {reply.status}: {reply.body[:300]!r}")
+
+    client = Client(server)
+    try:
+        figures = get_figures(
+            {"ours": client},
+            lambda s: series.path(s, "/metadata"),
+            check_metadata,
+            label="series_metadata_nothing_held",
+            runs=25,
+            floors={"ours": floor},
+        )["ours"]
+        figures.update(
+            get_figures(
+                {"ours": client},
+                lambda s: series.frame_path(s, series.middle),
+                lambda s, reply: check_frame(s, reply, series.pixel_data),
+                label="frame_nothing_held",
+                runs=50,
+                headers={"Accept": FRAME_ACCEPT},
+            )["ours"]
+        )
+    finally:
+        client.close()
+    return figures
+
+
 def dicomweb_figures(
     base_url: str, root: str, headers: Mapping[str, str], series: Series | None = None
 ) -> dict[str, Any]:
@@ -408,8 +442,11 @@ ROWS = [
     ("series_metadata_wire_kb", "  series metadata on the wire, kB"),
     ("series_metadata_identity_p50_ms", "  the same without gzip, p50 ms"),
     ("series_metadata_identity_sql_floor_p50_ms", "  its SQL floor in the same turns, p50 ms"),
+    ("series_metadata_nothing_held_p50_ms", "  gzip, nothing held in the container, p50 ms"),
+    ("series_metadata_nothing_held_sql_floor_p50_ms", "  its SQL floor in the same turns, p50 ms"),
     ("qido_instances_p50_ms", "QIDO-RS instances of the series, p50 ms"),
     ("frame_p50_ms", "one frame, p50 ms (1 kept-alive connection)"),
+    ("frame_nothing_held_p50_ms", "  nothing held in the container, p50 ms"),
     ("frames_per_s_16conn", "one frame, frames/s (16 connections)"),
     ("series_frames_per_s_16conn", "every frame of the series once, frames/s (16 conn.)"),
     ("ohif_first_image_ms", "OHIF time to first image, ms"),
@@ -463,6 +500,10 @@ def section(server_url: str, url: str, *, slices: int = SLICES) -> dict[str, obj
             return str(raw.run(FLOOR_SQL, owner_id=user_id, study=series.study_uid, series=series.series_uid)[0][0])
 
         results = compare(servers, series, floors={"ours": floor})
+        # Ours again with nothing held in its containers (IMAGE_CACHE_MB=0): what a first request costs.
+        cold_port = stack.enter_context(gateway_process(url, IMAGE_CACHE_MB="0"))
+        cold = Server("ours", f"http://127.0.0.1:{cold_port}", OUR_ROOT, ours.headers)
+        results["ours"].update(nothing_held_figures(cold, series, floor))
         for server in servers:
             results[server.name].update(
                 ohif_time_to_first_image(server.base_url, server.root, token if server is ours else None)
@@ -525,12 +566,20 @@ def flat_figures(results: Mapping[str, Mapping[str, Any]], versions: Mapping[str
     figures["dicomweb_metadata_vs_sql_floor"] = round(
         ours["series_metadata_p50_ms"] / ours["series_metadata_sql_floor_p50_ms"], 2
     )
+    if "series_metadata_nothing_held_p50_ms" in ours:
+        figures["dicomweb_metadata_nothing_held_vs_sql_floor"] = round(
+            ours["series_metadata_nothing_held_p50_ms"] / ours["series_metadata_nothing_held_sql_floor_p50_ms"], 2
+        )
     if theirs:
         figures["dicomweb_orthanc_versions"] = ", ".join(f"{k} {v}" for k, v in versions.items())
         figures["dicomweb_metadata_vs_orthanc"] = round(
             ours["series_metadata_p50_ms"] / theirs["series_metadata_p50_ms"], 4
         )
         figures["dicomweb_frame_p50_vs_orthanc"] = round(ours["frame_p50_ms"] / theirs["frame_p50_ms"], 2)
+        if "frame_nothing_held_p50_ms" in ours:
+            figures["dicomweb_frame_nothing_held_p50_vs_orthanc"] = round(
+                ours["frame_nothing_held_p50_ms"] / theirs["frame_p50_ms"], 2
+            )
         figures["dicomweb_frames_per_s_vs_orthanc"] = round(
             ours["frames_per_s_16conn"] / theirs["frames_per_s_16conn"], 2
         )

@@ -360,7 +360,11 @@ def search(
     page_sql, names = search_sql(query, params)
     page_sql = page_sql.replace(":owner_id", "(SELECT owner_id FROM reader)")
     sql = f"""
-        WITH reader AS (SELECT dicomweb_reader(CAST(:token_hash AS text), true) AS owner_id),
+        WITH reader AS (
+            -- The audit row's commit does not wait for the WAL flush, as an image read's (migration 005).
+            SELECT dicomweb_reader(CAST(:token_hash AS text), true) AS owner_id,
+                   set_config('synchronous_commit', 'off', true) AS no_flush_wait
+        ),
         page AS ({page_sql}),
         audit AS (
             INSERT INTO audit_events (user_id, action, via, status, source_ip, request_id, details)
@@ -399,7 +403,7 @@ class Metadata:
 
     reader: int | None
     count: int
-    json: str
+    json: bytes | None  # UTF-8, as PostgreSQL sent it; None when the caller holds this etag's JSON
     etag: str
 
 
@@ -412,15 +416,26 @@ def read_metadata(
     sop_uid: str | None,
     source_ip: str | None,
     request_id: str | None,
+    known_etag: str | None = None,
 ) -> Metadata:
     """The metadata of every instance of a study, series or one instance, in reading order, as one
-    JSON array built by the database from the descriptions stored at ingest; audited."""
-    params: dict[str, Any] = {"token_hash": token_hash, "source_ip": source_ip, "request_id": request_id}
+    JSON array built by the database from the descriptions stored at ingest; audited. When the
+    resource's tag is still `known_etag` (the caller holds that JSON), the JSON is neither built nor sent."""
+    params: dict[str, Any] = {
+        "token_hash": token_hash,
+        "source_ip": source_ip,
+        "request_id": request_id,
+        "known_etag": known_etag,
+    }
     where = _resource_where(study_uid, series_uid, sop_uid, params)
     level = "instance" if sop_uid else "series" if series_uid else "study"
     params["level"] = level
     sql = f"""
-        WITH reader AS (SELECT dicomweb_reader(CAST(:token_hash AS text), true) AS owner_id),
+        WITH reader AS (
+            -- The audit row's commit does not wait for the WAL flush, as an image read's (migration 005).
+            SELECT dicomweb_reader(CAST(:token_hash AS text), true) AS owner_id,
+                   set_config('synchronous_commit', 'off', true) AS no_flush_wait
+        ),
         found AS (
             SELECT i.id, i.scan_id, i.metadata, i.sop_instance_uid, i.series_instance_uid,
                    COALESCE(i.instance_number, 2147483647) AS n, i.object_hash
@@ -438,15 +453,24 @@ def read_metadata(
                    jsonb_build_object('level', CAST(:level AS text) || '.metadata',
                                       'instances', (SELECT count(*) FROM found))
             FROM reader WHERE owner_id IS NOT NULL
+        ),
+        summary AS (
+            SELECT count(*) AS instances,
+                   md5(COALESCE(string_agg(sop_instance_uid || ':' || COALESCE(scan_id, object_hash), ','
+                                           ORDER BY series_instance_uid, n, sop_instance_uid), '')) AS etag
+            FROM found
         )
-        SELECT (SELECT owner_id FROM reader), count(*),
-               '[' || COALESCE(string_agg(metadata, ',' ORDER BY series_instance_uid, n, sop_instance_uid), '') || ']',
-               md5(COALESCE(string_agg(sop_instance_uid || ':' || COALESCE(scan_id, object_hash), ','
-                                       ORDER BY series_instance_uid, n, sop_instance_uid), ''))
-        FROM found
+        SELECT (SELECT owner_id FROM reader), s.instances,
+               CASE WHEN s.etag IS DISTINCT FROM CAST(:known_etag AS text) THEN
+                   (SELECT '[' || COALESCE(string_agg(metadata, ',' ORDER BY series_instance_uid, n, sop_instance_uid),
+                                           '') || ']'
+                    FROM found)
+               END,
+               s.etag
+        FROM summary s
     """
-    reader, count, text, digest = con.run(sql, **params)[0]
-    return Metadata(None if reader is None else int(reader), int(count), str(text), str(digest))
+    reader, count, text, digest = con.run_with_raw_bytes(sql, params, column_count=4, raw_column=2)[0]
+    return Metadata(None if reader is None else int(reader), int(count), text, str(digest))
 
 
 @dataclass(frozen=True)
@@ -540,7 +564,8 @@ class FramesRead:
 READ_FRAMES = """
     SELECT reader, status, transfer_syntax_uid, sha256, storage, frame, fragments, data
     FROM read_dicom_frames(CAST(:token_hash AS text), :study_uid, :series_uid, :sop_uid,
-                           CAST(:frames AS integer[]), CAST(:source_ip AS text), CAST(:request_id AS text))
+                           CAST(:frames AS integer[]), CAST(:source_ip AS text), CAST(:request_id AS text),
+                           CAST(:known_sha256 AS text))
 """
 
 
@@ -554,9 +579,13 @@ def read_frames(
     frames: Sequence[int],
     source_ip: str | None,
     request_id: str | None,
+    known_sha256: str | None = None,
 ) -> FramesRead:
-    """Frames of one instance by number (1-based), authorised and audited in one call (read_dicom_frames())."""
+    """Frames of one instance by number (1-based), authorised and audited in one call (read_dicom_frames()).
+    With `known_sha256` the file's frames the caller already holds: when it is still the stored
+    file's hash, no bytes are read or sent (each Frame's data is None, as for an S3 file)."""
     params = {
+        "known_sha256": known_sha256,
         "token_hash": token_hash,
         "study_uid": study_uid,
         "series_uid": series_uid,

@@ -1,4 +1,5 @@
-"""A warm container's memory of whole images it has served, keyed by scan, image type and SHA-256.
+"""A warm container's memory of whole images it has served, keyed by scan, image type and SHA-256;
+and of the DICOMweb frame answers it has sent, keyed by instance, frames and Accept (functions/images/dicomweb.py).
 
 A viewer reads the same images again and again (scrolling a series back and forth, a grid that is
 re-rendered), and a warm Lambda container keeps its memory between invocations. Every read still
@@ -22,11 +23,19 @@ from shared.core.config import get_settings
 
 @dataclass(frozen=True)
 class CachedImage:
+    """A body as base64 text, and the version it is of: an image's SHA-256, a DICOMweb answer's tag."""
+
     sha256: str
     base64: str
+    # DICOMweb answers: the bytes before base64, and the headers the key does not determine
+    # (a multipart type with its boundary, the Content-Encoding).
+    size: int = 0
+    headers: tuple[tuple[str, str], ...] = ()
 
 
-Key = tuple[str, str]  # (scan id, image type)
+# (scan id, image type); DICOMweb: ("frames", SOP instance UID, frame list, Accept) and
+# ("metadata", study, series, instance, "gzip")
+Key = tuple[str, ...]
 
 
 class ImageCache:
