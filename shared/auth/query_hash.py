@@ -17,6 +17,7 @@ import functools
 import hashlib
 import hmac
 import logging
+from pathlib import Path
 
 from shared.auth.signing import SigningKey, ensure_key_file, parse_keys
 from shared.core.config import Settings, get_settings
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 @functools.cache
 def _keys(source: str, secret_arn: str | None) -> tuple[SigningKey, ...]:
     if secret_arn is None:
-        return parse_keys(ensure_key_file(get_settings().audit_key_file))
+        return parse_keys(ensure_key_file(Path(source)))
     from shared.core.secrets import read_secret_string
 
     try:
