@@ -6,6 +6,7 @@
     qido        a search request read and checked; its page as DICOM JSON
     wado        searches and retrievals answered from what ingest stored (the images function)
     store       STOW-RS (the upload function only: it imports shared.imaging)
+    audit_search  who searched for a value: searches found in the audit trail by its keyed hash (ops)
 
 Imported by module (`from shared.dicomweb import media`): this file holds only two constants the
 routes share and imports nothing, so the lean images function pays only for what it uses.
