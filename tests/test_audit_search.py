@@ -1,9 +1,12 @@
 """Who searched for this patient? Real QIDO-RS searches through the images function, then the admin
-function's audit_search finds them by the keyed hash of the value."""
+function's audit_search (and `manage.py audit-search`) finds them by the keyed hash of the value."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -17,7 +20,7 @@ from scripts.dev import phantom
 from shared.auth import query_hash
 from shared.auth.signing import parse_keys
 from shared.db import audit
-from tests.conftest import User
+from tests.conftest import ROOT, User
 from tests.lambda_client import LambdaClient
 
 DICOMWEB = "/api/v1/dicomweb"
@@ -217,6 +220,38 @@ def test_the_lookup_is_audited_with_the_values_hash_never_the_value(
     trail = json.dumps(pg.run("SELECT * FROM audit_events", types=None), default=str)
     assert not any(secret in trail for secret in phantom.PHI_STRINGS)
     assert "DOE" not in trail.upper().replace("DOES", "")
+
+
+@pytest.mark.slow
+def test_manage_audit_search_prints_the_searches(
+    api: LambdaClient, alice: User, doe: None, database_url: str, pg: pg8000.native.Connection
+) -> None:
+    qido(api, alice, PatientName=f"*{NAME}*")
+    qido(api, alice, PatientName="Roe^Richard")
+    env = {"DATABASE_URL": database_url, "AUDIT_KEY_FILE": os.environ["AUDIT_KEY_FILE"], "PATH": "/usr/bin:/bin"}
+
+    def manage(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "scripts.ops.manage", "audit-search", *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+
+    out = manage("--keyword", "PatientName", "--value", "doe^jane").stdout
+    header, columns, row, *rest = out.splitlines()
+    assert "PatientName" in header and "'*DOE^JANE*'" in header
+    assert columns.split()[:5] == ["at", "user", "level", "results", "form"]
+    assert row.split()[1:6] == ["alice", "study", "1", "wildcard", "PatientName"]
+    assert "203.0.113.9" in row and search_request_ids(pg)[0] in row
+    assert rest == []
+    assert manage("--keyword", "PatientName", "--value", "Poe^Edgar").stdout.splitlines()[-1] == "(no searches)"
+    refused = manage("--keyword", "Nobody", "--value", "x")
+    assert refused.returncode == 2 and "not a QIDO-RS matching key" in refused.stderr
+    assert pg.run("SELECT count(*) FROM audit_events WHERE action = 'admin.audit_search'")[0][0] == 2
 
 
 def test_the_lookup_is_an_index_probe_not_a_walk_of_the_trail(pg: pg8000.native.Connection) -> None:
