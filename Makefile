@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-scale bench-large-upload migrate cleanup move-to-s3 move-to-postgres user token audit package sample clean-data openapi publish-web web-vendor ohif
+.PHONY: run test lint bench bench-scale bench-large-upload migrate cleanup move-to-s3 move-to-postgres user token audit audit-search package sample clean-data openapi publish-web web-vendor ohif
 
 $(STAMP): requirements-images.txt requirements.txt requirements-upload.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -98,6 +98,16 @@ token: $(STAMP)
 # The audit trail, newest first: make audit [NAME=alice] [LIMIT=50]
 audit: $(STAMP)
 	@$(PY) -m scripts.ops.manage audit $(if $(NAME),--name '$(NAME)') --limit '$(or $(LIMIT),50)'
+
+# Who searched for a value through DICOMweb (QIDO-RS), newest first: the trail holds each search's
+# values only as keyed hashes, so this hashes VALUE under every audit key and looks the hashes up
+# (shared/dicomweb/audit_search.py; audited too). KEYWORD is a QIDO-RS matching key (PatientName,
+# PatientID, AccessionNumber, StudyDescription, ...); a person name matches in any case.
+# make audit-search KEYWORD=PatientName VALUE='Doe^Jane' [LIMIT=50]
+# (KEYWORD and VALUE reach the command through the environment: a name like O'Brien needs no quoting here.)
+audit-search: $(STAMP)
+	@test -n "$$KEYWORD" -a -n "$$VALUE" || { echo "usage: make audit-search KEYWORD=PatientName VALUE='Doe^Jane' [LIMIT=50]"; exit 2; }
+	@$(PY) -m scripts.ops.manage audit-search --keyword "$$KEYWORD" --value="$$VALUE" --limit '$(or $(LIMIT),50)'
 
 # A small synthetic CT series (DICOM, with known dense regions), generated here: nothing is downloaded.
 sample: $(STAMP)

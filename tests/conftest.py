@@ -21,7 +21,7 @@ import pg8000.native
 import pytest
 
 from shared import auth, db
-from shared.auth import signing
+from shared.auth import query_hash, signing
 from shared.core import config, observability
 from tests.lambda_client import LambdaClient
 
@@ -91,11 +91,14 @@ def database_url(fresh_database: Callable[..., str]) -> str:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _image_url_keys(tmp_path_factory: pytest.TempPathFactory) -> None:
+def _session_keys(tmp_path_factory: pytest.TempPathFactory) -> None:
     # URL signing keys of this test session, generated on first use; never the developer's .data/ ones.
     os.environ["IMAGE_URL_KEYS_FILE"] = str(tmp_path_factory.mktemp("signing") / "image-url-keys.json")
+    # Likewise the audit trail's query key: every QIDO search hashes its values with it.
+    os.environ["AUDIT_KEY_FILE"] = str(tmp_path_factory.mktemp("audit-key") / "audit-query-key.json")
     config.get_settings.cache_clear()
     signing.clear_cache()
+    query_hash.clear_cache()
 
 
 class CurrentStdout:

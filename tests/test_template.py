@@ -181,9 +181,13 @@ def test_only_the_lambdas_reach_the_database_port(template: dict[str, Any]) -> N
 
 SIGNING_SECRET = {"Ref": "ImageUrlSigningSecret"}
 ORIGIN_SECRET = {"Ref": "OriginVerifySecret"}
+AUDIT_SECRET = {"Ref": "AuditQueryKeySecret"}
+# The functions that hash DICOMweb search values (images) or look them up in the audit trail (admin).
+AUDIT_KEY_FUNCTIONS = {"images", "admin"}
 # The functions that sign image URLs (upload, scans) or verify them (images).
 SIGNING_FUNCTIONS = {"upload", "scans", "images"}
-# Each function's role (infra/roles.yml); migrate and admin share the framework's, the database secret only.
+# Each function's role (infra/roles.yml); migrate and admin share the framework's: the database secret and
+# the audit query key only.
 ROLES = {
     "upload": "UploadLambdaRole",
     "images": "ImagesLambdaRole",
@@ -205,9 +209,9 @@ def role_statements(template: dict[str, Any], logical_id: str) -> list[dict[str,
 @pytest.mark.parametrize(
     ("role", "secrets"),
     [
-        ("IamRoleLambdaExecution", [SECRET_ARN]),
+        ("IamRoleLambdaExecution", [SECRET_ARN, AUDIT_SECRET]),
         ("UploadLambdaRole", [SECRET_ARN, SIGNING_SECRET, ORIGIN_SECRET]),
-        ("ImagesLambdaRole", [SECRET_ARN, SIGNING_SECRET, ORIGIN_SECRET]),
+        ("ImagesLambdaRole", [SECRET_ARN, SIGNING_SECRET, ORIGIN_SECRET, AUDIT_SECRET]),
         ("RenderLambdaRole", [SECRET_ARN, ORIGIN_SECRET]),
         ("ScansLambdaRole", [SECRET_ARN, SIGNING_SECRET, ORIGIN_SECRET]),
         ("AuthLambdaRole", [SECRET_ARN, ORIGIN_SECRET]),
@@ -254,6 +258,25 @@ def test_image_url_signing_key_is_generated_by_the_stack_and_given_to_the_url_fu
             assert env["IMAGE_URL_SECRET_ARN"] == SIGNING_SECRET, name
         else:
             assert "IMAGE_URL_SECRET_ARN" not in env, name
+
+
+def test_audit_query_key_is_generated_kept_and_given_to_the_functions_that_hash(template: dict[str, Any]) -> None:
+    # The trail's search rows are unanswerable without it: it outlives the stack and any replacement.
+    secret = template["Resources"]["AuditQueryKeySecret"]
+    assert secret["Type"] == "AWS::SecretsManager::Secret"
+    assert secret["DeletionPolicy"] == "Retain" and secret["UpdateReplacePolicy"] == "Retain"
+    generated = secret["Properties"]["GenerateSecretString"]
+    assert generated["GenerateStringKey"] == "secret"
+    assert json.loads(generated["SecretStringTemplate"]) == {}
+    assert generated["PasswordLength"] >= 32  # shared.auth.signing.MIN_SECRET_BYTES
+    assert "SecretString" not in secret["Properties"]
+    assert template["Outputs"]["AuditQueryKeySecretArn"]["Value"] == AUDIT_SECRET
+    for name, function in resources(template, "AWS::Lambda::Function").items():
+        env = function["Properties"]["Environment"]["Variables"]
+        if name in {function_logical_id(n) for n in AUDIT_KEY_FUNCTIONS}:
+            assert env["AUDIT_KEY_SECRET_ARN"] == AUDIT_SECRET, name
+        else:
+            assert "AUDIT_KEY_SECRET_ARN" not in env, name
 
 
 def test_no_layers(template: dict[str, Any]) -> None:

@@ -5,6 +5,8 @@ python -m scripts.ops.manage user NAME [--password P]
 python -m scripts.ops.manage token NAME                  prints a fresh token as the last line
 python -m scripts.ops.manage migrate                     prints the migration report as JSON
 python -m scripts.ops.manage audit [--name NAME] [--limit N]   the audit trail, newest first
+python -m scripts.ops.manage audit-search --keyword PatientName --value 'Doe^Jane' [--limit N]
+    who searched for this value through DICOMweb (by its keyed hash: the trail never holds it), newest first
 python -m scripts.ops.manage cleanup                     the cleanup job (as the nightly function runs it): JSON report
 python -m scripts.ops.manage move-to-s3 [--older-than 30d] [--min-bytes N] [--limit N]
 python -m scripts.ops.manage move-to-postgres [--limit N]
@@ -28,6 +30,7 @@ from shared.core import observability
 from shared.core.config import get_settings
 from shared.core.errors import DomainError
 from shared.db import audit
+from shared.dicomweb import audit_search
 from shared.jobs import cleanup, tiering
 
 
@@ -67,11 +70,37 @@ def print_audit(username: str | None, limit: int) -> None:
         )
         for e in events
     ]
+    print_table(columns, rows, empty="(no events)")
+
+
+def print_searches(keyword: str, value: str, limit: int) -> None:
+    lookup = audit_search.find_searches(keyword=keyword, value=value, limit=limit, origin=audit.NOWHERE)
+    forms = ", ".join(f"{form.value} {sent!r}" for form, sent in lookup.forms.items())
+    print(f"DICOMweb searches that sent {lookup.keyword} as {forms}, newest first:")
+    columns = ("at", "user", "level", "results", "form", "query keys", "via", "source ip", "request id")
+    rows = [
+        (
+            found.event.at.isoformat(timespec="seconds"),
+            found.event.username or ("-" if found.event.user_id is None else f"#{found.event.user_id}"),
+            found.event.level or "-",
+            "-" if found.event.results is None else str(found.event.results),
+            found.form.value,
+            ",".join(found.event.query_keys) or "-",
+            found.event.via or "-",
+            found.event.source_ip or "-",
+            found.event.request_id or "-",
+        )
+        for found in lookup.searches
+    ]
+    print_table(columns, rows, empty="(no searches)")
+
+
+def print_table(columns: tuple[str, ...], rows: list[tuple[str, ...]], *, empty: str) -> None:
     widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(columns)]
     for row in [columns, *rows]:
         print("  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)).rstrip())
     if not rows:
-        print("(no events)")
+        print(empty)
 
 
 class ProgressBar:
@@ -141,6 +170,17 @@ def main(argv: list[str] | None = None) -> int:
     trail = commands.add_parser("audit", help="the audit trail, newest first (this listing is audited too)")
     trail.add_argument("--name", help="only this user's events")
     trail.add_argument("--limit", type=int, default=50, choices=range(1, 10_001), metavar="1..10000")
+    searches = commands.add_parser(
+        "audit-search",
+        help="who searched for a value through DICOMweb (found by its keyed hash; this lookup is audited too)",
+    )
+    searches.add_argument("--keyword", required=True, help="a QIDO-RS matching key (PatientName, PatientID, ...)")
+    searches.add_argument(
+        "--value", required=True, help="the value (a person name in any case); its *value* form is looked for too"
+    )
+    searches.add_argument(
+        "--limit", type=int, default=50, choices=range(1, audit_search.MAX_LIMIT + 1), metavar="1..1000"
+    )
     to_s3 = commands.add_parser("move-to-s3", help="move PostgreSQL images to the S3 tier; print the report")
     to_s3.add_argument("--older-than", help="only scans created before this: an age (30d, 12h) or ISO timestamp")
     to_s3.add_argument("--min-bytes", type=int, help="only images of at least this many bytes (default: the threshold)")
@@ -182,6 +222,9 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     elif args.command == "audit":
         migrate()
         print_audit(args.name, args.limit)
+    elif args.command == "audit-search":
+        migrate()
+        print_searches(args.keyword, args.value, args.limit)
     elif args.command == "user":
         if not args.password:
             parser.error("give a password: --password P, or PASSWORD=P in the environment")

@@ -10,6 +10,7 @@ statement that reads the image (shared.db.images); everything else calls record(
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -30,6 +31,7 @@ class Action(StrEnum):
     admin_create_user = "admin.create_user"
     admin_reset_password = "admin.reset_password"  # noqa: S105
     admin_audit = "admin.audit"
+    admin_audit_search = "admin.audit_search"
     dicomweb_store = "dicomweb.store"
     dicomweb_replace = "dicomweb.replace"
     dicomweb_retrieve = "dicomweb.retrieve"
@@ -163,3 +165,53 @@ def recent(con: Connection, *, username: str | None = None, limit: int = 50) -> 
     """The newest events first, of one user or of everyone."""
     rows = con.run(SELECT_RECENT_EVENTS, username=username, limit=limit)
     return [Event(*row) for row in rows]
+
+
+@dataclass(frozen=True)
+class SearchEvent:
+    """A DICOMweb search found by one of its keyed hashes: who, when, what it asked and got, from where.
+    `hash_index` is the position (from 0) of the (key id, digest) pair that matched it."""
+
+    at: datetime
+    user_id: int | None
+    username: str | None
+    level: str | None
+    results: int | None
+    via: str | None
+    status: int
+    source_ip: str | None
+    request_id: str | None
+    query_keys: list[str]
+    hash_index: int
+
+
+# One index probe per (key id, digest) pair: a search row holds one key id and one digest per
+# keyword, so no row matches two pairs. audit_events_search_keys_idx (migration 010) serves the
+# containment test, so the answer costs the matching rows, not a scan of the whole trail.
+SELECT_SEARCHES_BY_HASH = """
+    SELECT e.at, e.user_id, u.username, e.details ->> 'level', CAST(e.details ->> 'results' AS bigint),
+           e.via, e.status, e.source_ip, e.request_id,
+           ARRAY(SELECT jsonb_object_keys(e.details -> 'keys') ORDER BY 1), CAST(h.n AS integer) - 1
+    FROM unnest(CAST(:kids AS text[]), CAST(:digests AS text[])) WITH ORDINALITY AS h (kid, digest, n)
+    JOIN audit_events e
+      ON e.action = 'dicomweb.search'
+     AND e.details -> 'keys' @> jsonb_build_object(CAST(:keyword AS text), h.digest)
+     AND e.details ->> 'kid' = h.kid
+    LEFT JOIN users u ON u.id = e.user_id
+    ORDER BY e.at DESC, e.id DESC
+    LIMIT :limit
+"""
+
+
+def find_searches(con: Connection, *, keyword: str, hashes: Sequence[tuple[str, str]], limit: int) -> list[SearchEvent]:
+    """The DICOMweb searches whose `keyword` value had one of these (key id, digest) hashes, newest first."""
+    if not hashes:
+        return []
+    rows = con.run(
+        SELECT_SEARCHES_BY_HASH,
+        kids=[kid for kid, _ in hashes],
+        digests=[digest for _, digest in hashes],
+        keyword=keyword,
+        limit=limit,
+    )
+    return [SearchEvent(*row) for row in rows]

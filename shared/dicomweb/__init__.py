@@ -9,6 +9,7 @@
     rendered    rendered pictures and decoded frames (the render function: it imports shared.imaging)
     store       STOW-RS (the upload function only: it imports shared.imaging)
     deletion    DELETE of a study, series or instance (the scans function)
+    audit_search  who searched for a value: searches found in the audit trail by its keyed hash (ops)
 
 Imported by module (`from shared.dicomweb import media`): this file holds only two constants the
 routes share and imports nothing, so the lean images function pays only for what it uses.

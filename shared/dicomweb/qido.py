@@ -76,6 +76,11 @@ _LEVELS_UP_TO: Mapping[Level, tuple[Level, ...]] = {
     Level.instance: (Level.study, Level.series, Level.instance),
 }
 _RESERVED = frozenset({"limit", "offset", "includefield", "fuzzymatching"})
+# Every key a search matches on at some level: the keys whose values the audit trail holds as keyed hashes.
+MATCHING_KEYWORDS = frozenset(keyword for keys in _MATCHING.values() for keyword in keys)
+# Matched as UIDs, dates, times, numbers or a list: a `*` in their value is a 400 (or, for
+# ModalitiesInStudy, a literal), so no search of them was ever a wildcard search.
+_NO_WILDCARDS_VR = frozenset({"UI", "DA", "TM", "IS"})
 
 
 class MatchKind(StrEnum):
@@ -200,9 +205,33 @@ def _matches(keyed: Mapping[Attribute, str]) -> tuple[Match, ...]:
                 both = _date_time_range(keyed[date].strip(), keyed[time].strip())
                 matches.append(dataclasses.replace(both, sent=f"{keyed[date].strip()} {keyed[time].strip()}"))
             continue
-        sent = normalize_person_name(value) if attribute.vr == "PN" else value
-        matches.append(dataclasses.replace(_match(attribute, value), sent=sent))
+        matches.append(dataclasses.replace(_match(attribute, value), sent=audit_value(attribute, value)))
     return tuple(matches)
+
+
+def audit_value(attribute: Attribute, value: str) -> str:
+    """A query value as the audit trail hashes it: stripped, a person name normalized (upper-cased).
+    A search (Match.sent) and an audit search (shared.dicomweb.audit_search) both take it from here,
+    so that `Doe^Jane` asked of the trail is the `DOE^JANE` a viewer searched for."""
+    value = value.strip()
+    return normalize_person_name(value) if attribute.vr == "PN" else value
+
+
+def matching_attribute(key: str) -> Attribute:
+    """The matching key a keyword or tag names, as a search reads it; InvalidRequest for any other."""
+    attribute = lookup(key)
+    if attribute is None or attribute.keyword not in MATCHING_KEYWORDS:
+        raise InvalidRequest(
+            f"{_printable(key)} is not a QIDO-RS matching key: give one of {', '.join(sorted(MATCHING_KEYWORDS))}"
+            " (or its tag, 8 hex digits)."
+        )
+    return attribute
+
+
+def takes_wildcards(attribute: Attribute) -> bool:
+    """Whether a search may match this key with `*` and `?` (names, IDs, descriptions: not UIDs,
+    dates, times, numbers or the modalities list)."""
+    return attribute.vr not in _NO_WILDCARDS_VR and attribute.keyword != "ModalitiesInStudy"
 
 
 def _match(attribute: Attribute, value: str) -> Match:
