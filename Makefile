@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test lint bench bench-scale bench-large-upload migrate cleanup move-to-s3 move-to-postgres user token audit audit-search package sample clean-data openapi publish-web web-vendor ohif
 
-$(STAMP): requirements-images.txt requirements.txt requirements-upload.txt requirements-dev.txt
+$(STAMP): requirements-images.txt requirements.txt requirements-upload.txt requirements-migrate.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $(STAMP)
@@ -45,6 +45,8 @@ bench-scale: $(STAMP)
 bench-large-upload: $(STAMP)
 	$(PY) -m scripts.bench.large_upload --mb '$(or $(MB),480)'
 
+# The migrations, then the DICOMweb backfill (DICOM scans stored before migration 010 described for
+# DICOMweb, to the end here: no time limit): prints the report (README, "The DICOMweb backfill").
 migrate: $(STAMP)
 	$(PY) -m scripts.ops.manage migrate
 

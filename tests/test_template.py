@@ -186,8 +186,8 @@ AUDIT_SECRET = {"Ref": "AuditQueryKeySecret"}
 AUDIT_KEY_FUNCTIONS = {"images", "admin"}
 # The functions that sign image URLs (upload, scans) or verify them (images).
 SIGNING_FUNCTIONS = {"upload", "scans", "images"}
-# Each function's role (infra/roles.yml); migrate and admin share the framework's: the database secret and
-# the audit query key only.
+# Each function's role (infra/roles.yml); admin runs with the framework's: the database secret and the
+# audit query key only.
 ROLES = {
     "upload": "UploadLambdaRole",
     "images": "ImagesLambdaRole",
@@ -196,7 +196,7 @@ ROLES = {
     "auth": "AuthLambdaRole",
     "cleanup": "CleanupLambdaRole",
     "tiering": "TieringLambdaRole",
-    "migrate": "IamRoleLambdaExecution",
+    "migrate": "MigrateLambdaRole",
     "admin": "IamRoleLambdaExecution",
 }
 
@@ -217,6 +217,7 @@ def role_statements(template: dict[str, Any], logical_id: str) -> list[dict[str,
         ("AuthLambdaRole", [SECRET_ARN, ORIGIN_SECRET]),
         ("CleanupLambdaRole", [SECRET_ARN]),
         ("TieringLambdaRole", [SECRET_ARN]),
+        ("MigrateLambdaRole", [SECRET_ARN]),
     ],
 )
 def test_each_lambda_role_may_read_only_its_secrets(
@@ -528,11 +529,15 @@ def test_package_is_under_lambdas_unzipped_limit_and_holds_its_code(name: str) -
     assert not any(n.startswith("pydantic/v1/") for n in names), name
 
 
+# The migrate function's DICOMweb backfill describes DICOM files with pydicom (pure Python), as upload does.
+PYDICOM_ALONE = {"pydicom", "pydicom-3.0.2.dist-info"}
+
+
 @pytest.mark.parametrize("name", sorted(set(FUNCTIONS) - set(IMAGING_FUNCTIONS)))
 def test_only_the_upload_and_render_functions_carry_the_imaging_stack(name: str) -> None:
     tops = top_level(zip_names(name))
     imaging = {top for top in tops if top.lstrip("_").lower().split(".")[0].split("-")[0] in IMAGING_TOP_LEVEL}
-    assert not imaging, f"{name} carries {sorted(imaging)}"
+    assert imaging == (PYDICOM_ALONE if name == "migrate" else set()), f"{name} carries {sorted(imaging)}"
     # Only upload (and render, from the same requirements file) parse multipart bodies; starlette
     # imports python_multipart only if it is there.
     assert not tops & {"python_multipart", "multipart"}, name
@@ -551,6 +556,9 @@ def test_a_function_carries_only_the_shared_modules_it_imports() -> None:
     assert "shared/http/app.py" not in images and "shared/scans/uploads.py" not in images
     assert "shared/imaging/dicom.py" in upload and "shared/scans/direct_uploads.py" in upload
     assert "shared/db/migrations.py" in migrate and not any(n.startswith("shared/http/") for n in migrate)
+    # The backfill's lazy imports (pydicom on the first file to describe) are in the zip too.
+    assert {"shared/jobs/dicomweb_backfill.py", "shared/scans/instances.py", "shared/dicom/describe.py"} <= migrate
+    assert not any(n.startswith("shared/imaging/") for n in migrate) and "shared/scans/uploads.py" not in migrate
 
 
 def _our_imports(source: str) -> list[tuple[str, str | None]]:
@@ -790,6 +798,44 @@ def test_package_imports_and_answers_under_the_lambda_python(name: str, tmp_path
         assert report["result"]["ok"] is False
 
 
+# The migrate function's backfill step, from its zip: a DICOM file built with the zip's pydicom,
+# described as an upload describes it, without numpy (the zip has none to load).
+DESCRIBE = """
+import io, sys
+sys.path.insert(0, '.')
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from shared.dicom import describe_instance
+from shared.scans.instances import new_instance
+ds = Dataset()
+ds.file_meta = FileMetaDataset()
+ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = CTImageStorage
+ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = generate_uid(), generate_uid(), 'CT'
+ds.Rows = ds.Columns = 4
+ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, 'MONOCHROME2'
+ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+ds.PixelData = bytes(range(32))
+out = io.BytesIO()
+ds.save_as(out, enforce_file_format=True)
+data = out.getvalue()
+instance = new_instance(describe_instance(data))
+(((offset, length),),) = instance.frames
+assert data[offset:offset + length] == bytes(range(32)), instance.frames
+print('ok', instance.sop_instance_uid == ds.SOPInstanceUID, sorted(m for m in ('numpy', 'PIL') if m in sys.modules))
+"""
+
+
+def test_migrate_package_describes_dicom_under_the_lambda_python(tmp_path: Path) -> None:
+    python = lambda_python()
+    with zipfile.ZipFile(archive("migrate")) as zipped:
+        zipped.extractall(tmp_path)
+    result = run_in_package(python, tmp_path, DESCRIBE)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "ok True []", result.stdout
+
+
 def test_upload_package_analyzes_png_and_dicom_under_the_lambda_python(tmp_path: Path) -> None:
     python = lambda_python()
     with zipfile.ZipFile(archive("upload")) as zipped:
@@ -808,7 +854,7 @@ S3_TIER_SETTINGS = {
     "STORAGE_TIER_S3_MIN_BYTES": "1048576",
     "MAX_DIRECT_UPLOAD_BYTES": "500000000",
 }
-S3_TIER_FUNCTIONS = {"upload", "images", "render", "tiering", "cleanup"}
+S3_TIER_FUNCTIONS = {"upload", "images", "render", "tiering", "cleanup", "migrate"}
 # What each function may do in the images bucket: action -> the bucket ("") or key patterns.
 S3_ACCESS: dict[str, dict[str, set[str]]] = {
     "upload": {
@@ -821,7 +867,7 @@ S3_ACCESS: dict[str, dict[str, set[str]]] = {
     "render": {"s3:GetObject": {"scans/*"}},
     "scans": {},
     "auth": {},
-    "migrate": {},
+    "migrate": {"s3:GetObject": {"scans/*"}},
     "admin": {},
     "cleanup": {"s3:DeleteObject": {"scans/*", "uploads/*"}, "s3:ListBucket": {""}},
     "tiering": {

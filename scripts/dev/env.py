@@ -20,9 +20,11 @@ def prepare_database() -> str:
     return url
 
 
-def migrate() -> dict[str, object]:
-    """Apply migrations through the migrate function, as ops would invoke it."""
+def migrate(*, backfill: bool = False) -> dict[str, object]:
+    """Apply migrations through the migrate function, as ops would invoke it; with `backfill`, its
+    DICOMweb backfill too, to the end (no Lambda context, no time limit). The commands that only need
+    a current schema (user, audit, cleanup, the moves) leave the backfill to `make migrate`."""
     from functions.migrate.handler import handler
 
-    report: dict[str, object] = handler({}, None)
+    report: dict[str, object] = handler({"backfill": backfill}, None)
     return report

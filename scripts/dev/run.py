@@ -1,4 +1,4 @@
-"""`make run`: database, migrations, a dev user and token, then the local gateway on port 3000."""
+"""`make run`: database, migrations and the DICOMweb backfill, a dev user and token, then the gateway on :3000."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import os
 import secrets
 import sys
+from typing import Any
 
 from scripts.dev.env import migrate, prepare_database
 from shared import auth, db
@@ -32,8 +33,14 @@ def main(argv: list[str] | None = None) -> int:
     url = prepare_database()
     embedded = "host=/" in url
     print(f"database: {'embedded PostgreSQL in .data/pg' if embedded else 'DATABASE_URL'}")
-    report = migrate()
+    report = migrate(backfill=True)
     print(f"migrations: applied {report['applied']}, already applied {len(report['alreadyApplied'])}")  # type: ignore[arg-type]
+    backfilled: Any = report["dicomweb_backfill"]  # DICOM scans stored before migration 010, for DICOMweb
+    if backfilled["described"] or backfilled["conflictCount"] or backfilled["failedCount"]:
+        print(
+            f"dicomweb backfill: described {backfilled['described']}, conflicts {backfilled['conflicts']}, "
+            f"failed {backfilled['failed']}"
+        )
     token = ensure_dev_user("dev")
     print(f"dev token: {token}")
     print(f'try: curl -H "Authorization: Bearer {token}" http://{args.host}:{args.port}/api/v1/scans')

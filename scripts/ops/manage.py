@@ -3,7 +3,7 @@
 python -m scripts.ops.manage user NAME [--password P]
     (or PASSWORD in the environment; a reset ends the user's sessions)
 python -m scripts.ops.manage token NAME                  prints a fresh token as the last line
-python -m scripts.ops.manage migrate                     prints the migration report as JSON
+python -m scripts.ops.manage migrate                     migrations, then the DICOMweb backfill: the JSON report
 python -m scripts.ops.manage audit [--name NAME] [--limit N]   the audit trail, newest first
 python -m scripts.ops.manage audit-search --keyword PatientName --value 'Doe^Jane' [--limit N]
     who searched for this value through DICOMweb (by its keyed hash: the trail never holds it), newest first
@@ -161,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     user.add_argument("--password", default=os.environ.get("PASSWORD"))
     token = commands.add_parser("token", help="print a fresh bearer token for a user")
     token.add_argument("name")
-    commands.add_parser("migrate", help="apply pending migrations")
+    commands.add_parser(
+        "migrate", help="apply pending migrations, then describe DICOM scans stored before DICOMweb; print the report"
+    )
     commands.add_parser(
         "cleanup",
         help="remove expired sessions, throttle and audit rows, unreferenced S3 objects and expired uploads; "
@@ -207,7 +209,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         handler.setStream(sys.stderr)
     prepare_database()
     if args.command == "migrate":
-        print(json.dumps(migrate(), indent=2))
+        print(json.dumps(migrate(backfill=True), indent=2))
     elif args.command == "cleanup":
         migrate()
         print(json.dumps(cleanup.run_cleanup(get_settings()), indent=2))

@@ -13,6 +13,7 @@ name loads its module on first use, so the images function never loads the users
     uploads     presigned uploads in progress
     audit       the audit trail
     migrations  the migration runner
+    backfill    the DICOM scans stored before DICOMweb (migration 010), for the backfill job
 
 Functions are verb_noun, take the connection first and keyword arguments after, never commit (the
 caller owns the transaction, `transaction(con)`) and return dataclasses. SQL lives in module

@@ -190,6 +190,30 @@ def insert_instance(
         raise
 
 
+# The backfill's insert (shared.jobs.dicomweb_backfill): the instance of a scan stored before migration
+# 010. A scan that has one by now (another run, or a replacing upload, got there first) inserts
+# nothing; a scan deleted meanwhile fails the foreign key. The SOP Instance UID key still refuses.
+INSERT_MISSING_SCAN_INSTANCE = (
+    f"INSERT INTO dicom_instances ({_INSERT_COLUMNS}) VALUES ({_INSERT_VALUES}) "
+    "ON CONFLICT (scan_id) DO NOTHING RETURNING id"
+)
+FOREIGN_KEY_VIOLATION = "23503"
+
+
+def insert_missing_scan_instance(con: Connection, *, instance: NewInstance, owner_id: int, scan_id: str) -> int | None:
+    """Insert the instance of a scan that had none; its id, or None when the scan has one by now or is
+    gone. DuplicateSopInstance when the owner already holds its SOP Instance UID in another instance."""
+    params = instance_params(instance, owner_id=owner_id, scan_id=scan_id, object_data=None, object_hash=None)
+    try:
+        rows = con.run(INSERT_MISSING_SCAN_INSTANCE, **params)
+    except DatabaseError as exc:
+        raise_duplicate_sop(exc)
+        if sqlstate(exc) == FOREIGN_KEY_VIOLATION:
+            return None
+        raise
+    return int(rows[0][0]) if rows else None
+
+
 def raise_duplicate_sop(exc: DatabaseError) -> None:
     """DuplicateSopInstance for a unique violation of (owner_id, sop_instance_uid); returns otherwise."""
     detail = exc.args[0] if exc.args else None
