@@ -93,3 +93,17 @@ def test_a_front_door_name_loads_only_its_own_module() -> None:
     loaded = set(json.loads(out.stdout))
     assert {"shared.db.connection", "shared.auth.tokens"} <= loaded
     assert not loaded & {"shared.db.users", "shared.db.scans", "shared.auth.sessions", "shared.auth.passwords"}
+
+
+def test_the_images_function_loads_its_dicomweb_reads_only_when_one_is_asked_for() -> None:
+    # An image read's cold start pays for none of shared.dicomweb (functions/images/dicomweb.py routes
+    # lazily): the images function imports as it did before it spoke DICOMweb.
+    code = (
+        "import json, sys; import functions.images.handler; "
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith(('shared.', 'functions.')))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    loaded = set(json.loads(out.stdout.splitlines()[-1]))
+    assert "functions.images.dicomweb" in loaded
+    assert not {m for m in loaded if m.startswith("shared.dicomweb.") or m == "functions.images.dicomweb_reads"}
+    assert "shared.db.instances" not in loaded
