@@ -5,6 +5,7 @@ measures each server it is given, with OHIF's Accept header, and fails loudly on
 from __future__ import annotations
 
 import http.server
+import io
 import threading
 from collections.abc import Iterator
 
@@ -112,3 +113,34 @@ def test_the_frame_load_client_fails_on_an_error_answer(frame_servers: list[Fram
     frame_servers[1].status = 404
     with pytest.raises(RuntimeError, match="404"):
         dicomweb.run_load(spec(frame_servers))
+
+
+def test_ohif_time_to_first_image_says_why_and_reports_nothing_without_chromium(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given no Chromium on the machine
+    from scripts.bench import common
+    from scripts.web import browser
+
+    report = io.StringIO()
+    monkeypatch.setattr(common, "REPORT", report)
+    monkeypatch.setattr(browser, "chromium_executable", lambda: None)
+    server = dicomweb.Server("ours", "http://127.0.0.1:9", dicomweb.OUR_ROOT)
+    # When the bench asks for OHIF's time to first image, Then it reports nothing, in one line saying why
+    assert dicomweb.ohif_time_to_first_image([server], "1.2.3", 300, tokens={"ours": "t"}) == {}
+    lines = report.getvalue().splitlines()
+    assert len(lines) == 1 and "not measured" in lines[0] and "Chromium was not found" in lines[0]
+
+
+def test_flat_figures_give_the_ohif_ratio_only_where_both_servers_were_measured() -> None:
+    ours = {"series_metadata_p50_ms": 5.0, "series_metadata_sql_floor_p50_ms": 4.0}
+    ours |= {"frame_p50_ms": 4.0, "frames_per_s_16conn": 500.0}
+    theirs = {"series_metadata_p50_ms": 500.0, "frame_p50_ms": 5.0, "frames_per_s_16conn": 400.0}
+    versions = {"orthanc": "1.10.1"}
+    measured = dicomweb.flat_figures(
+        {"ours": {**ours, "ohif_first_image_ms": 3000}, "orthanc": {**theirs, "ohif_first_image_ms": 4000}}, versions
+    )
+    assert measured["dicomweb_ohif_first_image_vs_orthanc"] == 0.75
+    assert "dicomweb_ohif_first_image_vs_orthanc" not in dicomweb.TARGETS  # reported, no target
+    one_side = dicomweb.flat_figures({"ours": {**ours, "ohif_first_image_ms": 3000}, "orthanc": theirs}, versions)
+    assert "dicomweb_ohif_first_image_vs_orthanc" not in one_side

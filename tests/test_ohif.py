@@ -20,30 +20,27 @@ import io
 import json
 import re
 import secrets
-import subprocess
-import sys
 import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 import pydicom
 import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
-from PIL import Image
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless, RLELossless
 
 from scripts.bench import orthanc
 from scripts.dev import phantom
 from scripts.dev.localgw.server import make_server
-from scripts.web.ohif import dist
+from scripts.web.ohif import dist, harness
+from scripts.web.ohif.harness import OhifProcess, canvas_pixels, shows_an_image, until
 from scripts.web.ohif.server import OhifApp, listen, proxied_prefixes, uvicorn_server
 from shared import auth, db
 from tests.browser import launched_chromium, unavailable
@@ -56,7 +53,6 @@ OUR_ROOT = "/api/v1/dicomweb"
 PASSWORD_HASH = auth.hash_password("ohif harness password")
 TRANSFER_SYNTAXES = (JPEGLSLossless, JPEG2000Lossless, JPEGLosslessSV1, RLELossless, ExplicitVRLittleEndian)
 SIZE = 256
-BANNER = re.compile(r"^OHIF \S+ on http://127\.0\.0\.1:(\d+)/")
 # OHIF's slice indicator (bottom right of the viewport): "I:20 (1/20)"; its window (bottom left): "W: 400 L: 40".
 SLICE_INDICATOR = re.compile(r"\((\d+)/(\d+)\)")
 PRESETS = {"Soft tissue": ("400", "40"), "Lung": ("1500", "-600")}  # OHIF 3.13's CT presets, as labelled
@@ -178,19 +174,6 @@ def stored(backend: DicomWebBackend) -> StoredSeries:
 # --- OHIF's server ---------------------------------------------------------------------------------
 
 
-@dataclass
-class OhifProcess:
-    """`python -m scripts.web.ohif` (what `make ohif` runs) in a subprocess; its log kept line by line."""
-
-    port: int
-    process: subprocess.Popen[str]
-    lines: list[str] = field(default_factory=list)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-
 @pytest.fixture(scope="module")
 def prepared_ohif() -> Path:
     try:
@@ -201,87 +184,17 @@ def prepared_ohif() -> Path:
 
 @pytest.fixture(scope="module")
 def ohif(backend: DicomWebBackend, prepared_ohif: Path) -> Iterator[OhifProcess]:  # a skipped backend fetches nothing
-    command = [sys.executable, "-m", "scripts.web.ohif", "--port", "0"]
-    command += ["--upstream", backend.upstream, "--dicomweb-root", backend.root]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    server = OhifProcess(0, process)
-    started = threading.Event()
-
-    def drain() -> None:  # read everything, or a full pipe would stall the server
-        assert process.stdout is not None
-        for line in process.stdout:
-            server.lines.append(line.rstrip("\n"))
-            bound = BANNER.match(line)
-            if bound:
-                server.port = int(bound.group(1))
-                started.set()
-        started.set()
-
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
-    try:
-        assert started.wait(60) and process.poll() is None, "OHIF's server did not start:\n" + "\n".join(server.lines)
+    with harness.running(backend.upstream, backend.root) as server:
         yield server
-    finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-        reader.join(timeout=10)
-        if process.stdout is not None:
-            process.stdout.close()
 
 
 # --- the browser -----------------------------------------------------------------------------------
-
-# Before OHIF's own scripts: CSP violations, and the time from navigation to the first frame on which
-# the viewport's canvas (a 2D canvas cornerstone copies each rendered frame into) is not uniform.
-WATCH_PAGE = """
-window.__cspViolations = [];
-document.addEventListener('securitypolicyviolation', e =>
-  window.__cspViolations.push(`${e.violatedDirective} ${e.blockedURI}`));
-(function watch() {
-  const canvas = document.querySelector('.cornerstone-canvas');
-  const context = canvas && canvas.width > 1 && canvas.getContext('2d');
-  if (context) {
-    const row = context.getImageData(0, canvas.height >> 1, canvas.width, 1).data;
-    for (let i = 4; i < row.length; i += 4) {
-      if (row[i] !== row[0]) { window.__firstPixelsMs = performance.now(); return; }
-    }
-  }
-  requestAnimationFrame(watch);
-})();
-"""
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     with launched_chromium() as launched:
         yield launched
-
-
-@dataclass
-class Exchange:
-    method: str
-    path: str
-    query: str
-    accept: str
-    authorization: str
-    status: int
-
-
-def canvas_pixels(page: Any) -> np.ndarray[Any, np.dtype[np.uint8]]:
-    """The viewport canvas's own pixels (greyscale), without the overlays drawn over it in the DOM."""
-    url = page.locator(".cornerstone-canvas").evaluate("canvas => canvas.toDataURL('image/png')")
-    png = base64.b64decode(url.split(",", 1)[1])
-    return np.asarray(Image.open(io.BytesIO(png)).convert("L"))
-
-
-def shows_an_image(pixels: np.ndarray[Any, np.dtype[np.uint8]]) -> bool:
-    """Not blank: the phantom's body, bones and air give a wide spread of grey levels."""
-    return float(pixels.std()) > 20 and len(np.unique(pixels)) > 16
 
 
 def overlay(page: Any, corner: str) -> str:
@@ -292,13 +205,6 @@ def slice_position(page: Any) -> tuple[int, int]:
     found = SLICE_INDICATOR.search(overlay(page, "bottom-right"))
     assert found, overlay(page, "bottom-right")
     return int(found.group(1)), int(found.group(2))
-
-
-def until(page: Any, condition: Callable[[], bool], timeout_s: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting"
-        page.wait_for_timeout(50)
 
 
 def templated(path: str, stored: StoredSeries, root: str) -> str:
@@ -319,42 +225,14 @@ def test_ohif_opens_the_stored_series_pages_through_it_and_windows_it(
 
     context = browser.new_context(locale="en-US", viewport={"width": 1280, "height": 860})
     context.set_default_timeout(30_000)
-    page = context.new_page()
-    page.add_init_script(WATCH_PAGE)
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
-    exchanges: list[Exchange] = []
-    own_failures: list[str] = []
-
-    def record(response: Any) -> None:
-        parts = urlsplit(response.url)
-        if parts.netloc != urlsplit(ohif.url).netloc:
-            own_failures.append(f"another origin: {response.url}")
-        elif parts.path.startswith(backend.root + "/") or parts.path == backend.root:
-            headers = response.request.headers
-            exchanges.append(
-                Exchange(
-                    response.request.method,
-                    parts.path,
-                    parts.query,
-                    headers.get("accept", ""),
-                    headers.get("authorization", ""),
-                    response.status,
-                )
-            )
-        elif response.status >= 400:
-            own_failures.append(f"{response.status} {parts.path}")  # a file pruned that OHIF needs
-
-    page.on("response", record)
-    first_pixels_ms: float | None = None
+    viewer = harness.Viewer(context.new_page(), ohif.url, backend.root)
+    page = viewer.page
     try:
         # Given the stored series, when OHIF opens it with the token in the URL
-        page.goto(f"{ohif.url}/viewer?StudyInstanceUIDs={stored.study_uid}&token={backend.token}")
-        # (polled with evaluate, not wait_for_function: that evals its predicate, which the CSP refuses)
-        until(page, lambda: page.evaluate("window.__firstPixelsMs !== undefined"), timeout_s=60)
-        first_pixels_ms = page.evaluate("window.__firstPixelsMs")
-        print(f"\nOHIF {dist.VERSION} on {backend.name}: first image pixels {first_pixels_ms:.0f} ms after navigation")
+        first_drawn = viewer.open(stored.study_uid, backend.token)
+        print(f"\nOHIF {dist.VERSION} on {backend.name}: first image {viewer.first_image_ms:.0f} ms after navigation")
+        # (the figure the bench reports counts only if the frame it timed is an image, not a blank canvas)
+        assert shows_an_image(first_drawn)
 
         # OHIF's one-time tour and its "investigational use" notice cover the viewport: dismiss them.
         page.get_by_role("button", name="Skip all").click()
@@ -399,22 +277,20 @@ def test_ohif_opens_the_stored_series_pages_through_it_and_windows_it(
         assert lung[body].mean() > soft_tissue[body].mean() + 40
 
         # (d) every request to the DICOMweb root succeeded and carried the token; every slice was fetched
-        until(page, lambda: len({e.path for e in exchanges if e.path.endswith("/frames/1")}) >= SLICES)
-        failed = [f"{e.status} {e.method} {e.path}?{e.query}" for e in exchanges if not 200 <= e.status < 300]
-        assert failed == []
-        assert {e.authorization for e in exchanges} == {f"Bearer {backend.token}"}
-        fetched = {e.path.split("/instances/")[1].split("/")[0] for e in exchanges if e.path.endswith("/frames/1")}
-        assert fetched == set(stored.instance_uids)
-        assert own_failures == []
-        assert page.evaluate("window.__cspViolations") == []
-        assert errors == []
+        until(page, lambda: len(viewer.fetched_instances()) >= SLICES)
+        assert viewer.dicomweb_failures() == []
+        assert {e.authorization for e in viewer.exchanges} == {f"Bearer {backend.token}"}
+        assert viewer.fetched_instances() == set(stored.instance_uids)
+        assert viewer.own_failures == []
+        assert viewer.csp_violations() == []
+        assert viewer.errors == []
     finally:
         context.close()
-        write_requests_log(exchanges, stored, backend, first_pixels_ms)
+        write_requests_log(viewer.exchanges, stored, backend, viewer.first_image_ms)
 
 
 def write_requests_log(
-    exchanges: list[Exchange], stored: StoredSeries, backend: DicomWebBackend, first_pixels_ms: float | None
+    exchanges: list[harness.Exchange], stored: StoredSeries, backend: DicomWebBackend, first_pixels_ms: float | None
 ) -> None:
     """.artifacts/ohif-dicomweb-requests.json and the test's output: what OHIF asked the root, by kind."""
     kinds: dict[tuple[str, str, str], int] = {}

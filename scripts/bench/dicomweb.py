@@ -11,14 +11,17 @@ exports it):
   frames    GET .../instances/{sop}/frames/1 with OHIF's Accept: p50 on one kept-alive connection and
             frames/s over 16 kept-alive connections, from a client process of its own; then every
             frame of the series once over 16 connections, as a viewer opens a series
+  OHIF      OHIF 3.13.2's time to its first image of the series in headless Chromium, from the
+            navigation's start (the median of 5 runs each, in turns, each in a fresh browser context;
+            ohif_time_to_first_image), and how much of it came after OHIF's first request to the root
 
 Each measurement takes turns between the servers (a request or a block of requests each, in turn),
 so that drift on a shared 2-core machine (other processes, checkpoints, autovacuum) weighs on both;
 medians after warm-up runs. Each answer is checked (counts, the frame's bytes, the floor's JSON equal
-to ours) before its time counts for anything.
+to ours; in OHIF, every request to the root a 2xx and the frame timed an image) before its time
+counts for anything.
 
-`dicomweb_figures(base_url, root, headers)` measures one server alone with the same code;
-`ohif_time_to_first_image(base_url, root, token)` is where OHIF's time to first image goes.
+`dicomweb_figures(base_url, root, headers)` measures one server alone with the same code.
 
 Run as `python -m scripts.bench.dicomweb` it is the frame load client (a spec as JSON on stdin, the
 figures as JSON on stdout): standard library only at the top of this module, so that the client
@@ -421,15 +424,100 @@ def dicomweb_figures(
     return compare([Server("server", base_url, root, headers)], series or ct_series())["server"]
 
 
-def ohif_time_to_first_image(base_url: str, root: str, token: str | None) -> dict[str, float]:
-    """OHIF's time to its first image of the bench series against this DICOMweb root (ours with
-    ?token=<bearer>; Orthanc's with no token): {"ohif_first_image_ms": ...}.
+# OHIF in Chromium: counted runs per server, after one warm-up run each.
+OHIF_RUNS = 5
 
-    The hook for the Playwright harness (branch ohif-harness: tests/test_ohif.py serves OHIF over a
-    root and records the time to the first image): not measured yet, so nothing is reported.
-    """
-    del base_url, root, token
-    return {}
+
+def ohif_time_to_first_image(
+    servers: Sequence[Server], study_uid: str, instances: int, *, tokens: Mapping[str, str], runs: int = OHIF_RUNS
+) -> dict[str, dict[str, Any]]:
+    """OHIF's time to its first image of the study (its one series of `instances` slices) through each
+    server's root, in one headless Chromium: name -> {"ohif_first_image_ms": median, ...}.
+
+    OHIF's server (scripts.web.ohif) stands in front of each root; a server named in `tokens` gets its
+    token as ?token= (OHIF then sends it as a bearer token), the others none. One warm-up run per
+    server, then `runs` counted ones, the servers in turns; each run in a fresh browser context (no
+    HTTP cache, storage or service worker carried over), timed from the navigation's start to the first
+    frame on which the viewport canvas is not blank, which must show an image (harness.shows_an_image).
+    A run counts only once OHIF has fetched every slice's frame and every request it made to the root
+    was answered 2xx; one that does not is reported in a line and left out. Where Chromium, Playwright
+    or OHIF itself is missing (or does not start), one line says so and nothing is measured: {}."""
+    from scripts.bench.common import REPORT
+    from scripts.web import browser
+    from scripts.web.ohif import dist
+
+    problem = browser.missing()
+    if problem is None:
+        try:
+            dist.prepare()
+        except RuntimeError as failure:  # no npm, no registry
+            problem = f"OHIF {dist.VERSION} could not be fetched: {failure}"
+    if problem is not None:
+        print(f"(OHIF's time to first image not measured: {problem})", file=REPORT)
+        return {}
+    from playwright.sync_api import Error as PlaywrightError
+
+    from scripts.web.ohif import harness
+
+    first_image: dict[str, list[float]] = {s.name: [] for s in servers}
+    after_request: dict[str, list[float]] = {s.name: [] for s in servers}
+    with contextlib.ExitStack() as stack:
+        try:
+            ohifs = {
+                s.name: stack.enter_context(harness.running(s.base_url, s.root, access_log=False)) for s in servers
+            }
+            chromium = stack.enter_context(browser.launched_chromium())
+        except (RuntimeError, PlaywrightError) as failure:  # OHIF's server or Chromium did not start
+            print(f"(OHIF's time to first image not measured: {failure})", file=REPORT)
+            return {}
+        for number in range(1 + runs):
+            for server in _in_turns(servers, number):
+                try:
+                    ms, from_request = _ohif_run(
+                        chromium, ohifs[server.name].url, server, study_uid, instances, tokens.get(server.name)
+                    )
+                except (RuntimeError, TimeoutError, PlaywrightError) as failure:
+                    print(f"(an OHIF run on {server.name} is not counted: {failure})", file=REPORT)
+                    continue
+                if number:
+                    first_image[server.name].append(ms)
+                    after_request[server.name].append(from_request)
+    return {
+        name: {
+            "ohif_first_image_ms": round(statistics.median(samples)),
+            "ohif_first_image_min_ms": round(min(samples)),
+            "ohif_first_image_max_ms": round(max(samples)),
+            "ohif_first_image_after_first_request_ms": round(statistics.median(after_request[name])),
+            "ohif_runs": len(samples),
+        }
+        for name, samples in first_image.items()
+        if samples
+    }
+
+
+def _ohif_run(
+    chromium: Any, ohif_url: str, server: Server, study_uid: str, instances: int, token: str | None
+) -> tuple[float, float]:
+    """One run in a fresh context: (ms to the first image, ms from OHIF's first request to the root to it)."""
+    from scripts.web.ohif import harness
+
+    context = chromium.new_context(locale="en-US", viewport={"width": 1280, "height": 860})
+    try:
+        context.set_default_timeout(60_000)
+        viewer = harness.Viewer(context.new_page(), ohif_url, server.root)
+        drawn = viewer.open(study_uid, token, timeout_s=120)
+        if not harness.shows_an_image(drawn):
+            raise RuntimeError("the first frame drawn on the canvas is not an image")
+        harness.until(viewer.page, lambda: len(viewer.fetched_instances()) >= instances, timeout_s=180)
+        failures = viewer.dicomweb_failures()
+        if failures:
+            raise RuntimeError(f"{len(failures)} requests to the root failed, the first: {failures[:3]}")
+        first_request = viewer.first_request_ms()
+        if viewer.first_image_ms is None or first_request is None:
+            raise RuntimeError("the page recorded no request to the root")
+        return viewer.first_image_ms, viewer.first_image_ms - first_request
+    finally:
+        context.close()
 
 
 # ---------------------------------------------------------------- the section in make bench
@@ -449,7 +537,10 @@ ROWS = [
     ("frame_nothing_held_p50_ms", "  nothing held in the container, p50 ms"),
     ("frames_per_s_16conn", "one frame, frames/s (16 connections)"),
     ("series_frames_per_s_16conn", "every frame of the series once, frames/s (16 conn.)"),
-    ("ohif_first_image_ms", "OHIF time to first image, ms"),
+    ("ohif_first_image_ms", f"OHIF time to first image, ms (median of {OHIF_RUNS})"),
+    ("ohif_first_image_min_ms", "  fastest run, ms"),
+    ("ohif_first_image_max_ms", "  slowest run, ms"),
+    ("ohif_first_image_after_first_request_ms", "  from OHIF's first request to the root, ms"),
 ]
 
 
@@ -504,10 +595,10 @@ def section(server_url: str, url: str, *, slices: int = SLICES) -> dict[str, obj
         cold_port = stack.enter_context(gateway_process(url, IMAGE_CACHE_MB="0"))
         cold = Server("ours", f"http://127.0.0.1:{cold_port}", OUR_ROOT, ours.headers)
         results["ours"].update(nothing_held_figures(cold, series, floor))
-        for server in servers:
-            results[server.name].update(
-                ohif_time_to_first_image(server.base_url, server.root, token if server is ours else None)
-            )
+        # OHIF against the warm gateway and Orthanc, as compare() measured them; ours with the session token.
+        ohif = ohif_time_to_first_image(servers, series.study_uid, len(series.files), tokens={"ours": token})
+        for name, values in ohif.items():
+            results[name].update(values)
     print_side_by_side(results, orthanc_versions, slices=slices)
     return flat_figures(results, orthanc_versions)
 
@@ -547,7 +638,7 @@ def print_side_by_side(
     for key, text in ROWS:
         mine, other = ours.get(key), theirs.get(key)
         if mine is None and other is None:
-            note = "(not measured yet: ohif_time_to_first_image)" if key == "ohif_first_image_ms" else ""
+            note = "(not measured: see above)" if key.startswith("ohif_") else ""
             print(f"{text:<{width}}  {'-':>9}  {'-':>9}  {note}", file=REPORT)
             continue
         ratio = f"{mine / other:.3g}" if isinstance(mine, int | float) and isinstance(other, int | float) else ""
@@ -583,6 +674,10 @@ def flat_figures(results: Mapping[str, Mapping[str, Any]], versions: Mapping[str
         figures["dicomweb_frames_per_s_vs_orthanc"] = round(
             ours["frames_per_s_16conn"] / theirs["frames_per_s_16conn"], 2
         )
+        if "ohif_first_image_ms" in ours and "ohif_first_image_ms" in theirs:  # reported, no target
+            figures["dicomweb_ohif_first_image_vs_orthanc"] = round(
+                ours["ohif_first_image_ms"] / theirs["ohif_first_image_ms"], 2
+            )
     return figures
 
 
