@@ -39,6 +39,35 @@ def test_list_is_newest_first_and_paginates_with_a_cursor(api: LambdaClient, ali
     assert pages == 3
 
 
+def test_list_filters_dicom_files_or_png_and_jpeg_and_pages_within_the_filter(api: LambdaClient, alice: User) -> None:
+    from scripts.dev import phantom
+
+    pngs = [upload(api, alice, seed) for seed in range(3)]
+    dicoms = []
+    for index, ds in enumerate(phantom.ct_series(2, size=64, seed=301)):
+        body, ctype = multipart({"file": (f"slice-{index}.dcm", phantom.dicom_bytes(ds), "application/dicom")})
+        result = api.request(
+            "POST", "/api/v1/scans/analyze", token=alice.token, body=body, headers={"content-type": ctype}
+        )
+        assert result.status == 201, result.body
+        dicoms.append(result.json()["scanId"])
+
+    def listed(kind: str) -> list[str]:
+        seen, cursor = [], None
+        while True:
+            query = f"limit=2&dicom={kind}" + (f"&cursor={cursor}" if cursor else "")
+            page = api.request("GET", "/api/v1/scans", token=alice.token, query=query).json()
+            seen += [item["scanId"] for item in page["items"]]
+            if not (cursor := page["nextCursor"]):
+                return seen
+
+    assert listed("false") == list(reversed(pngs))
+    assert listed("true") == list(reversed(dicoms))
+    everything = api.request("GET", "/api/v1/scans", token=alice.token, query="limit=100").json()["items"]
+    assert len(everything) == 5
+    assert api.request("GET", "/api/v1/scans", token=alice.token, query="dicom=maybe").status == 422
+
+
 def test_list_items_carry_metadata_and_urls(api: LambdaClient, alice: User) -> None:
     scan_id = upload(api, alice, 1)
     item = api.request("GET", "/api/v1/scans", token=alice.token).json()["items"][0]

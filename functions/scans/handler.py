@@ -37,6 +37,9 @@ async def list_scans(
     cursor: Annotated[str | None, Query(max_length=400)] = None,
     series_instance_uid: Annotated[str | None, Query(alias="seriesInstanceUid", pattern=UID_PATTERN)] = None,
     study_instance_uid: Annotated[str | None, Query(alias="studyInstanceUid", pattern=UID_PATTERN)] = None,
+    dicom: Annotated[
+        bool | None, Query(description="true: only DICOM files; false: only PNG and JPEG (newest first only)")
+    ] = None,
 ) -> dict[str, Any]:
     # One extra row tells us whether there is a next page.
     if series_instance_uid or study_instance_uid:
@@ -53,7 +56,7 @@ async def list_scans(
         encode = encode_series_cursor
     else:
         before = decode_cursor(cursor) if cursor else None
-        rows = db.call(db.list_scans_for_owner, owner_id=owner.id, limit=limit + 1, before=before)
+        rows = db.call(db.list_scans_for_owner, owner_id=owner.id, limit=limit + 1, before=before, dicom=dicom)
         encode = encode_cursor
     page = rows[:limit]
     root = base_url(request)

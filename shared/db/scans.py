@@ -79,13 +79,16 @@ INSERT_SCAN = f"""
 """
 SELECT_SCAN = f"SELECT {SCAN_COLUMNS} FROM scans WHERE id = :scan_id AND owner_id = :owner_id"
 SELECT_SCAN_BY_HASH = f"SELECT {SCAN_COLUMNS} FROM scans WHERE owner_id = :owner_id AND file_hash = :file_hash"
+# `:dicom` NULL lists every scan; true only DICOM files, false only PNG and JPEG (the web app's
+# "Images", which are in no study).
+_KIND = "(CAST(:dicom AS boolean) IS NULL OR (content_type = 'application/dicom') = CAST(:dicom AS boolean))"
 SELECT_SCANS_FIRST_PAGE = f"""
-    SELECT {SCAN_COLUMNS} FROM scans WHERE owner_id = :owner_id
+    SELECT {SCAN_COLUMNS} FROM scans WHERE owner_id = :owner_id AND {_KIND}
     ORDER BY created_at DESC, id DESC LIMIT :limit
 """
 SELECT_SCANS_NEXT_PAGE = f"""
     SELECT {SCAN_COLUMNS} FROM scans
-    WHERE owner_id = :owner_id AND (created_at, id) < (:before_at, :before_id)
+    WHERE owner_id = :owner_id AND (created_at, id) < (:before_at, :before_id) AND {_KIND}
     ORDER BY created_at DESC, id DESC LIMIT :limit
 """
 # Reading order within a series: instance number, then slice position; a missing one sorts last.
@@ -209,13 +212,26 @@ def get_scan(con: Connection, *, scan_id: str, owner_id: int) -> Scan:
 
 
 def list_scans_for_owner(
-    con: Connection, *, owner_id: int, limit: int, before: tuple[datetime, str] | None = None
+    con: Connection,
+    *,
+    owner_id: int,
+    limit: int,
+    before: tuple[datetime, str] | None = None,
+    dicom: bool | None = None,
 ) -> list[Scan]:
-    """This owner's scans, newest first, strictly older than `before` (keyset pagination)."""
+    """This owner's scans, newest first, strictly older than `before` (keyset pagination); with
+    `dicom`, only DICOM files (True) or only PNG and JPEG (False)."""
     if before is None:
-        rows = con.run(SELECT_SCANS_FIRST_PAGE, owner_id=owner_id, limit=limit)
+        rows = con.run(SELECT_SCANS_FIRST_PAGE, owner_id=owner_id, limit=limit, dicom=dicom)
     else:
-        rows = con.run(SELECT_SCANS_NEXT_PAGE, owner_id=owner_id, before_at=before[0], before_id=before[1], limit=limit)
+        rows = con.run(
+            SELECT_SCANS_NEXT_PAGE,
+            owner_id=owner_id,
+            before_at=before[0],
+            before_id=before[1],
+            limit=limit,
+            dicom=dicom,
+        )
     return [_scan(row) for row in rows]
 
 

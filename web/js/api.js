@@ -134,9 +134,45 @@ export function createApi({ baseUrl, token, signal, onUnauthorized }) {
     return call(`/scans/uploads/${encodeURIComponent(started.uploadId)}/complete`, { method: "POST" });
   }
 
+  /** GET below /api/v1/dicomweb with the session's token: the raw response, or an ApiError. */
+  async function dicomwebResponse(path, { query, accept, signal: own } = {}) {
+    let response;
+    try {
+      response = await fetch(apiUrl(baseUrl, `/dicomweb${path}`, query), {
+        headers: { Authorization: `Bearer ${token}`, Accept: accept },
+        credentials: "omit",
+        signal: own ?? signal,
+      });
+    } catch (error) {
+      if (error?.name === "AbortError") throw new ApiError(0, "aborted", "Cancelled.");
+      throw new ApiError(0, "network_error", UNREACHABLE);
+    }
+    if (!response.ok) {
+      const body = await response.json().catch(() => null);
+      if (response.status === 401) onUnauthorized();
+      throw errorFrom(response.status, body, response.statusText);
+    }
+    return response;
+  }
+
   return {
-    listScans: ({ cursor, limit, seriesInstanceUid } = {}) =>
-      call("/scans", { query: { cursor, limit, seriesInstanceUid } }),
+    /** QIDO-RS or WADO-RS metadata: DICOM JSON. */
+    async dicomweb(path, query) {
+      return (await dicomwebResponse(path, { query, accept: "application/dicom+json" })).json();
+    },
+    /** A WADO-RS multipart answer (frames): its bytes and Content-Type. */
+    async dicomwebBytes(path, { accept, signal: own } = {}) {
+      const response = await dicomwebResponse(path, { accept, signal: own });
+      return { buffer: await response.arrayBuffer(), contentType: response.headers.get("Content-Type") };
+    },
+    /** An image URL the API signed (no token: the signature is the credential). */
+    async signedImage(url) {
+      const response = await fetch(url, { credentials: "omit" });
+      if (!response.ok) throw new ApiError(response.status, `http_${response.status}`, "The image could not be loaded.");
+      return response.blob();
+    },
+    listScans: ({ cursor, limit, seriesInstanceUid, studyInstanceUid, dicom } = {}) =>
+      call("/scans", { query: { cursor, limit, seriesInstanceUid, studyInstanceUid, dicom } }),
     getScan: (scanId) => call(`/scans/${encodeURIComponent(scanId)}`),
     deleteScan: (scanId) => call(`/scans/${encodeURIComponent(scanId)}`, { method: "DELETE" }),
     // Not cancelled with the rest when the page leaves the session (it is what leaving sends), and
@@ -144,12 +180,12 @@ export function createApi({ baseUrl, token, signal, onUnauthorized }) {
     endSession: () =>
       send(apiUrl(baseUrl, "/auth/sessions/current"), { method: "DELETE", token, keepalive: true }),
 
-    /** Every scan of one series in reading order, following nextCursor. */
-    async listSeries(seriesInstanceUid) {
+    /** Every scan of one series (or study) in reading order, following nextCursor. */
+    async listSeries(seriesInstanceUid, studyInstanceUid) {
       const items = [];
       let cursor;
       do {
-        const page = await call("/scans", { query: { seriesInstanceUid, limit: 100, cursor } });
+        const page = await call("/scans", { query: { seriesInstanceUid, studyInstanceUid, limit: 100, cursor } });
         items.push(...page.items);
         cursor = page.nextCursor;
       } while (cursor);

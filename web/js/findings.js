@@ -1,16 +1,51 @@
-// A scan's findings twice: as a table, and as boxes over the image; hovering or focusing one
-// highlights the other.
+// What the analysis measured, in the words of what it is: on CT, regions at or above a density
+// threshold in HU ("Dense regions"); on PNG and JPEG, regions brighter than the rest ("Bright
+// regions"); on other modalities nothing, and why. Never "findings": a threshold is not a diagnosis.
 import { html } from "./preact.js";
 import { decimal, integer } from "./format.js";
 
-export function FindingsTable({ results, active, onActive }) {
-  const { findings } = results;
-  const hu = results.analysis?.unit === "HU";
+const NO_THRESHOLD_MEANING = "a density threshold means nothing on this kind of image";
+
+/**
+ * {kind: "dense" | "bright" | "none", label, threshold, reason}: from results.regions where the API
+ * says it, else (scans analyzed before it did) from the unit and the format, as the API now decides.
+ */
+export function regionsOf(scan, results) {
+  const declared = results?.regions;
+  if (declared?.kind) return { label: null, threshold: null, reason: null, ...declared };
+  const analysis = results?.analysis;
+  if (analysis?.unit === "HU") {
+    const value = analysis.denseThreshold ?? analysis.thresholds?.dense;
+    return { kind: "dense", label: "Dense regions", threshold: value == null ? null : { value, unit: "HU" }, reason: null };
+  }
+  if (scan && !scan.dicom) return { kind: "bright", label: "Bright regions", threshold: null, reason: null };
+  const modality = scan?.dicom?.modality || "This DICOM image";
+  return { kind: "none", label: null, threshold: null, reason: `${modality}: ${NO_THRESHOLD_MEANING}.` };
+}
+
+/** The regions a scan has on screen: none where the analysis says none (older results included). */
+export function shownRegions(scan, results) {
+  return regionsOf(scan, results).kind === "none" ? [] : (results?.findings ?? []);
+}
+
+export function RegionsTable({ scan, results, active, onActive }) {
+  const regions = regionsOf(scan, results);
+  if (regions.kind === "none") {
+    return html`<section class="no-regions" aria-labelledby="regions-title">
+      <h2 id="regions-title">Regions</h2>
+      <p class="muted">No regions are measured on this image: ${regions.reason}</p>
+    </section>`;
+  }
+  const findings = results.findings;
+  const hu = regions.kind === "dense";
   const mm2 = findings.some((finding) => finding.areaMm2 !== null && finding.areaMm2 !== undefined);
   const columns = hu ? 5 : 4;
+  const threshold = regions.threshold
+    ? ` (${regions.threshold.unit === "HU" ? "≥ " : ""}${decimal(regions.threshold.value)} ${regions.threshold.unit})`
+    : "";
   return html`<div class="findings-scroll">
     <table class="findings">
-      <caption>Findings</caption>
+      <caption>${regions.label}${threshold}</caption>
       <thead>
         <tr>
           <th scope="col" class="num">#</th>
@@ -23,7 +58,7 @@ export function FindingsTable({ results, active, onActive }) {
       </thead>
       <tbody>
         ${findings.length === 0 &&
-        html`<tr><td colspan=${columns} class="muted">No dense regions found.</td></tr>`}
+        html`<tr><td colspan=${columns} class="muted">No ${regions.label.toLowerCase()} found.</td></tr>`}
         ${findings.map(
           (finding) => html`<tr
             key=${finding.id}
@@ -35,7 +70,7 @@ export function FindingsTable({ results, active, onActive }) {
             onBlur=${() => onActive(null)}
           >
             <td class="num">${finding.id}</td>
-            <td>${finding.label}</td>
+            <td>${regions.kind} region ${finding.id}</td>
             <td class="num">${mm2 ? decimal(finding.areaMm2) : integer(finding.areaPx)}</td>
             ${hu
               ? html`<td class="num">${decimal(finding.meanHu)}</td><td class="num">${decimal(finding.maxHu)}</td>`
@@ -45,24 +80,4 @@ export function FindingsTable({ results, active, onActive }) {
       </tbody>
     </table>
   </div>`;
-}
-
-/** Boxes in the image's own pixel coordinates, laid over it (the table says the same in words). */
-export function FindingBoxes({ width, height, findings, active, onActive, onlyActive = false }) {
-  const font = Math.max(10, Math.round(Math.max(width, height) / 36));
-  // Over the annotated rendering, which outlines every finding itself, only the highlighted one.
-  const shown = onlyActive ? findings.filter((finding) => finding.id === active) : findings;
-  return html`
-    <svg class="overlay" viewBox=${`0 0 ${width} ${height}`} preserveAspectRatio="none" aria-hidden="true"
-      font-size=${font}>
-      ${shown.map(({ id, bbox }) => {
-        const above = bbox.y > font + 2;
-        return html`<g key=${id} class=${id === active ? "box active" : "box"}
-          onMouseEnter=${() => onActive(id)} onMouseLeave=${() => onActive(null)}>
-          <rect x=${bbox.x} y=${bbox.y} width=${bbox.width} height=${bbox.height} vector-effect="non-scaling-stroke" />
-          <text x=${bbox.x} y=${above ? bbox.y - 3 : bbox.y + bbox.height + font}>${id}</text>
-        </g>`;
-      })}
-    </svg>
-  `;
 }

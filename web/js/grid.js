@@ -1,5 +1,5 @@
-// The grid: one tile per scan, and one per DICOM series (its slices stacked), in the order of the
-// newest scan in each. Every image is the signed thumbnail URL the list already carries: loading
+// The grid: one tile per scan, and one per DICOM series of more than one instance (its slices
+// stacked), in the order of the newest scan in each (a study's come in reading order). Every image is the signed thumbnail URL the list already carries: loading
 // the grid costs one list request and then only the images themselves.
 import { html, useMemo } from "./preact.js";
 import { modality, plural, when } from "./format.js";
@@ -61,13 +61,22 @@ export function Grid({ items, onImageError }) {
   </ul>`;
 }
 
+/** "2 dense regions" (CT), "3 bright regions" (PNG, JPEG), or nothing: other images have none measured. */
+export function regionCount(scan) {
+  if (!scan.dicom) return plural(scan.findingsCount, "bright region");
+  if (scan.dicom.modality === "CT") return plural(scan.findingsCount, "dense region");
+  return null;
+}
+
 function ScanTile({ scan, onImageError }) {
-  const findings = plural(scan.findingsCount, "finding");
-  const label = `${scan.filename}, ${modality(scan)}, ${findings}, uploaded ${when(scan.createdAt)}`;
-  return html`<a class="tile" href=${scanHref(scan.scanId)} aria-label=${label} data-key=${`scan:${scan.scanId}`}>
+  const regions = regionCount(scan);
+  const frames = scan.dicom?.frameCount > 1 ? plural(scan.dicom.frameCount, "frame") : null;
+  const label = [scan.filename, modality(scan), frames, regions, `uploaded ${when(scan.createdAt)}`].filter(Boolean).join(", ");
+  return html`<a class=${frames ? "tile series" : "tile"} href=${scanHref(scan.scanId)} aria-label=${label} data-key=${`scan:${scan.scanId}`}>
     <${Thumbnail} scan=${scan} onError=${onImageError} />
+    ${frames && html`<span class="badge" aria-hidden="true">${frames}</span>`}
     <span class="tile-name" aria-hidden="true">${scan.filename}</span>
-    <span class="tile-meta" aria-hidden="true">${modality(scan)} · ${findings}</span>
+    <span class="tile-meta" aria-hidden="true">${[modality(scan), regions].filter(Boolean).join(" · ")}</span>
   </a>`;
 }
 

@@ -1,6 +1,8 @@
 // Upload: a file picker, a folder picker (a whole CT series) and a drop zone for both. Files go up
 // three at a time, each with its own progress bar and one for them all; each row ends as stored,
-// duplicate (the API recognised the bytes) or rejected with the API's own message.
+// duplicate (the API recognised the bytes) or rejected with the API's own message. Rejected files
+// come first and are named in the summary; once a batch is done the list folds down to them, so the
+// library below stays in sight; a deleted scan's row loses its link.
 import { html, useEffect, useRef, useState } from "./preact.js";
 import { summaryOf } from "./api.js";
 import { bytes, plural } from "./format.js";
@@ -36,8 +38,9 @@ async function walk(entry, files) {
   }
 }
 
-export function Upload({ api, onStored, onStatus }) {
+export function Upload({ api, onStored, onStatus, deleted }) {
   const [rows, setRows] = useState([]);
+  const [expanded, setExpanded] = useState(false);
   const [dragging, setDragging] = useState(false);
   const queue = useRef([]);
   const running = useRef(0);
@@ -50,7 +53,11 @@ export function Upload({ api, onStored, onStatus }) {
     if (announced.current || rows.length === 0 || !rows.every((row) => FINISHED.has(row.phase))) return;
     announced.current = true;
     const count = (phase) => rows.filter((row) => row.phase === phase).length;
-    onStatus(`Uploads finished: ${count("stored")} stored, ${count("duplicate")} already stored, ${count("rejected")} rejected.`);
+    const rejected = rows.filter((row) => row.phase === "rejected").map((row) => row.name);
+    onStatus(
+      `Uploads finished: ${count("stored")} stored, ${count("duplicate")} already stored, ${count("rejected")} rejected` +
+        (rejected.length ? ` (${rejected.join(", ")}).` : "."),
+    );
   }, [rows]);
 
   function pump() {
@@ -84,6 +91,7 @@ export function Upload({ api, onStored, onStatus }) {
     // A new batch after the last one finished starts a new list; during one, it joins it.
     const joining = running.current > 0 || queue.current.length > 0;
     announced.current = false;
+    setExpanded(false);
     setRows((all) => (joining ? [...all, ...fresh] : fresh));
     queue.current.push(...fresh);
     pump();
@@ -104,6 +112,13 @@ export function Upload({ api, onStored, onStatus }) {
   const sent = rows.reduce((sum, row) => sum + (FINISHED.has(row.phase) ? row.size : row.sent), 0);
   const done = rows.filter((row) => FINISHED.has(row.phase)).length;
   const idle = done === rows.length;
+  const rejected = rows.filter((row) => row.phase === "rejected");
+  // Rejected first (they need attention), the rest in the order they were picked.
+  const ordered = [...rejected, ...rows.filter((row) => row.phase !== "rejected")];
+  const shown = idle && !expanded ? rejected : ordered;
+  const summary =
+    `${idle ? "All uploads finished" : "Uploading"}: ${done} of ${plural(rows.length, "file")} · ${bytes(sent)} of ${bytes(total)}` +
+    (rejected.length ? ` · ${rejected.length} rejected: ${rejected.map((row) => row.name).join(", ")}` : "");
 
   return html`
     <section class="panel upload" aria-labelledby="upload-title">
@@ -126,21 +141,23 @@ export function Upload({ api, onStored, onStatus }) {
       ${rows.length > 0 &&
       html`
         <div class="overall">
-          <label for="upload-overall">
-            ${`${idle ? "All uploads finished" : "Uploading"}: ${done} of ${plural(rows.length, "file")} · ${bytes(sent)} of ${bytes(total)}`}
-          </label>
+          <label for="upload-overall">${summary}</label>
           <progress id="upload-overall" max=${total || 1} value=${sent}></progress>
+          ${idle &&
+          rows.length > rejected.length &&
+          html`<button type="button" class="quiet" aria-expanded=${expanded} aria-controls="upload-list"
+            onClick=${() => setExpanded(!expanded)}>${expanded ? "Fold the list" : `Show all ${plural(rows.length, "upload")}`}</button>`}
           ${idle && html`<button type="button" class="quiet" onClick=${() => setRows([])}>Clear list</button>`}
         </div>
-        <ul class="uploads" aria-label="Uploads">
-          ${rows.map((row) => html`<${UploadRow} key=${row.id} row=${row} />`)}
+        <ul class="uploads" id="upload-list" aria-label="Uploads" hidden=${shown.length === 0}>
+          ${shown.map((row) => html`<${UploadRow} key=${row.id} row=${row} gone=${deleted?.has(row.scanId)} />`)}
         </ul>
       `}
     </section>
   `;
 }
 
-function UploadRow({ row }) {
+function UploadRow({ row, gone }) {
   const label = `Upload of ${row.name}`;
   let state;
   switch (row.phase) {
@@ -154,10 +171,14 @@ function UploadRow({ row }) {
       state = html`<span class="state">Analyzing…</span>`;
       break;
     case "stored":
-      state = html`<span class="state ok">Stored · <a href=${scanHref(row.scanId)}>open</a></span>`;
+      state = gone
+        ? html`<span class="state">Stored, since deleted</span>`
+        : html`<span class="state ok">Stored · <a href=${scanHref(row.scanId)}>open</a></span>`;
       break;
     case "duplicate":
-      state = html`<span class="state duplicate">Duplicate: already stored · <a href=${scanHref(row.scanId)}>open</a></span>`;
+      state = gone
+        ? html`<span class="state">Duplicate, since deleted</span>`
+        : html`<span class="state duplicate">Duplicate: already stored · <a href=${scanHref(row.scanId)}>open</a></span>`;
       break;
     default:
       state = html`<span class="state error" role="alert">Rejected: ${row.message}</span>`;

@@ -4,8 +4,7 @@ import { html, useCallback, useEffect, useLayoutEffect, useMemo, useRef, useStat
 import { createApi } from "./api.js";
 import { libraryHref, useRoute } from "./router.js";
 import { Library, useLibrary } from "./library.js";
-import { Viewer } from "./viewer.js";
-import { SeriesViewer } from "./series.js";
+import { SeriesViewer, Viewer } from "./viewer.js";
 
 const LONGEST_TIMER_MS = 2 ** 31 - 1;
 const STATUS_MS = 10_000;
@@ -63,9 +62,11 @@ export function Workspace({ apiBaseUrl, session, onExpired, onLoggedOut }) {
     ending.catch(() => {}); // the session is forgotten here either way
   }, [api, onLoggedOut]);
 
+  const [gone, setGone] = useState(() => new Set()); // deleted scans: their upload rows lose their links
   const deleted = useCallback(
     (scan) => {
-      library.remove(scan.scanId);
+      library.remove(scan);
+      setGone((all) => new Set(all).add(scan.scanId));
       setStatus(`Deleted ${scan.filename}.`);
       location.replace(libraryHref); // the deleted scan's view is not kept in the history
     },
@@ -86,6 +87,7 @@ export function Workspace({ apiBaseUrl, session, onExpired, onLoggedOut }) {
         library=${library}
         focusKey=${place.current.opened}
         onStatus=${setStatus}
+        deleted=${gone}
       />
       ${route.name === "scan" &&
       html`<${Viewer}

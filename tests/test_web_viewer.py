@@ -1,0 +1,327 @@
+"""The radiographer's viewer in Chromium, judged by what is on the screen: the canvas's pixels under
+each window preset and a drag (and how many paints a second a drag gets), a measured line against
+the phantom's known spacing, zoom against a known feature's size, one slice per wheel notch through
+a 60-slice series, the frames of a multi-frame instance, patients and studies found by a search, and
+no regions where a density threshold means nothing. Same service and browser as tests/test_web.py.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from pydicom.data import get_testdata_file
+
+from scripts.dev import phantom
+from tests import images
+from tests import test_web as web
+from tests.test_web import Service, Tab, canvas_spread, log_in, until, upload_row
+
+# tests/test_web.py's fixtures, for this module too (a service of its own: they are module-scoped)
+browser, service, tab = web.browser, web.service, web.tab
+
+pytestmark = pytest.mark.slow
+
+SIZE = 256
+SPACING_MM = 0.7
+# The series phantom's vertebra (scripts/dev/phantom.py series_discs): 800 HU at (64, 85) of 128, radius 5 mm.
+SCALE = SIZE / 128
+BONE = (round(64 * SCALE), round(85 * SCALE))
+TISSUE = (round(SIZE / 2 - SIZE * 0.2), SIZE // 2)  # soft tissue, clear of the discs and the gas pocket
+
+
+@pytest.fixture(scope="module")
+def series_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 60-slice CT series with a patient (Doe^Jane, MRN-PHI-0042), as a folder."""
+    folder = tmp_path_factory.mktemp("viewer-series") / "ct"
+    folder.mkdir()
+    for number, dataset in enumerate(phantom.ct_series(60, size=SIZE, seed=404, phi=True), start=1):
+        (folder / f"slice_{number:03d}.dcm").write_bytes(phantom.dicom_bytes(dataset))
+    return folder
+
+
+def pixel(page: Any, x: int, y: int) -> int:
+    """The grey level the viewer's canvas shows at image pixel (x, y)."""
+    return int(
+        page.evaluate(
+            "([x, y]) => document.querySelector('.viewport canvas').getContext('2d').getImageData(x, y, 1, 1).data[0]",
+            [x, y],
+        )
+    )
+
+
+def to_screen(page: Any, x: float, y: float) -> tuple[float, float]:
+    """Where image pixel (x, y) is on the screen (the canvas is drawn at the image's own size)."""
+    box = page.evaluate(
+        "() => { const c = document.querySelector('.viewport canvas'); const r = c.getBoundingClientRect();"
+        " return [r.left, r.top, r.width / c.width, r.height / c.height]; }"
+    )
+    return box[0] + (x + 0.5) * box[2], box[1] + (y + 0.5) * box[3]
+
+
+def open_series(tab: Tab, service: Service, series_files: Path, username: str) -> None:
+    from playwright.sync_api import expect
+
+    page = tab.page
+    service.create_user(username)
+    log_in(tab, service, username)
+    page.get_by_label("Upload a folder").set_input_files(series_files)
+    expect(page.get_by_label("All uploads finished: 60 of 60 files", exact=False)).to_be_visible(timeout=120_000)
+    page.get_by_role("link", name=re.compile("^Series of 60 slices")).click()
+    expect(page.get_by_role("heading", name="CT series of 60 slices")).to_be_focused()
+    until(page, lambda: canvas_spread(page) > 100, timeout_s=30)
+
+
+def test_web_viewer_windows_zooms_measures_and_steps_a_60_slice_series(
+    tab: Tab, service: Service, series_files: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    page = tab.page
+    open_series(tab, service, series_files, "rita")
+    center = page.get_by_label("Window center")
+    width = page.get_by_label("Window width")
+    expect(center).to_have_value("40")
+    expect(width).to_have_value("400")
+
+    # Presets: each changes the picture as its window says (soft tissue ~40 HU, the vertebra 800 HU)
+    soft = (pixel(page, *TISSUE), pixel(page, *BONE))
+    assert 110 <= soft[0] <= 150 and soft[1] == 255, soft
+    page.get_by_role("button", name="Bone").click()
+    expect(center).to_have_value("300")
+    until(page, lambda: pixel(page, *BONE) < 255)
+    bone = (pixel(page, *TISSUE), pixel(page, *BONE))
+    assert bone[0] < soft[0] - 20 and bone[1] > 170, (soft, bone)  # tissue goes dark, bone stays bright
+    page.get_by_role("button", name="Lung").click()
+    until(page, lambda: pixel(page, *TISSUE) > 200)  # W1500/L-600: soft tissue near white
+    page.get_by_role("button", name="Brain").click()
+    expect(width).to_have_value("80")
+    page.get_by_role("button", name="Reset window").click()
+    expect(center).to_have_value("40")
+    until(page, lambda: pixel(page, *TISSUE) == soft[0])
+
+    # Numbers: typed, the picture follows
+    width.fill("2000")
+    width.press("Enter")
+    until(page, lambda: pixel(page, *BONE) < 255)
+
+    # A drag across the image widens the window and up and down moves its center
+    page.get_by_role("button", name="Reset window").click()
+    before = pixel(page, *TISSUE)
+    x, y = to_screen(page, SIZE / 2, SIZE / 2)
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + 120, y - 60, steps=12)
+    page.mouse.up()
+    assert float(width.input_value()) > 400 and float(center.input_value()) > 40
+    until(page, lambda: pixel(page, *TISSUE) != before)
+    page.get_by_role("button", name="Bone").click()
+    tab.shot("bone-window")
+
+    # Measure: a line across 176 image pixels at 0.7 mm reads 123.2 mm (within 1 %)
+    page.get_by_role("button", name="Measure").click()
+    expect(page.get_by_role("button", name="Measure")).to_have_attribute("aria-pressed", "true")
+    a = to_screen(page, 40, 128)
+    b = to_screen(page, 216, 128)
+    page.mouse.move(*a)
+    page.mouse.down()
+    page.mouse.move(*b, steps=8)
+    page.mouse.up()
+    length = page.get_by_label("Measured length")
+    expect(length).to_have_text(re.compile(r"^\d+\.\d mm$"))
+    measured = float(length.inner_text().split()[0])
+    assert abs(measured - 176 * SPACING_MM) <= 0.01 * 176 * SPACING_MM, measured
+    tab.shot("measured")
+
+    # Zoom: "Zoom in" doubles the vertebra on the screen; the line stays on the same image points
+    def vertebra_on_screen() -> float:
+        shot = Image.open(io.BytesIO(page.locator(".viewport").screenshot())).convert("L")
+        row = np.asarray(shot)[round(to_screen(page, *BONE)[1] - page.locator(".viewport").bounding_box()["y"])]
+        return float(np.count_nonzero(row > 160))
+
+    before_zoom = vertebra_on_screen()
+    page.get_by_role("button", name="Zoom in").click()
+    until(page, lambda: abs(vertebra_on_screen() - 2 * before_zoom) <= 4)
+    line = page.locator(".measure line")
+    assert float(line.get_attribute("x1")) == pytest.approx(40, abs=1)
+    assert float(line.get_attribute("x2")) == pytest.approx(216, abs=1)
+    expect(page.locator("figcaption")).to_contain_text("zoom 200 %")
+    tab.shot("zoomed")
+    page.get_by_role("button", name="Fit").click()
+    expect(page.locator("figcaption")).to_contain_text("zoom 100 %")
+
+    # The stack: one slice per wheel notch, and the window and zoom stay from slice to slice
+    page.get_by_role("button", name="Measure").click()  # back to windowing
+    caption = page.locator("figcaption")
+    expect(caption).to_contain_text("Slice 1 of 60")
+    page.locator(".viewport").hover()
+    for notch in range(1, 6):
+        page.mouse.wheel(0, 100)
+        expect(caption).to_contain_text(f"Slice {1 + notch} of 60")
+    # A trackpad's small deltas: ten of 10 px make two steps of 50
+    for _ in range(10):
+        page.mouse.wheel(0, 10)
+    expect(caption).to_contain_text("Slice 8 of 60")
+    expect(page.get_by_label("Window center")).to_have_value("300")  # the bone window, kept
+    page.keyboard.press("End")
+    expect(caption).to_contain_text("Slice 60 of 60")
+    page.get_by_role("button", name="Play").click()
+    until(page, lambda: "Slice 60 of 60" not in caption.inner_text())  # cine wraps round and runs on
+    page.get_by_role("button", name="Play").click()
+    expect(page.get_by_role("button", name="Play")).to_have_attribute("aria-pressed", "false")
+
+
+DRAG_FOR_A_SECOND = """async () => {
+    // One pointer move an animation frame for a second, as a hand drags: how many of them are painted.
+    const viewport = document.querySelector('.viewport');
+    const box = viewport.getBoundingClientRect();
+    const [x, y] = [box.left + box.width / 2, box.top + box.height / 2];
+    const event = (type, i) => new PointerEvent(type, {
+        pointerId: 7, pointerType: 'mouse', button: 0, buttons: 1, bubbles: true, clientX: x + i * 2, clientY: y - i,
+    });
+    viewport.dispatchEvent(event('pointerdown', 0));
+    performance.clearMarks('viewer-paint');
+    const started = performance.now();
+    let moves = 0;
+    await new Promise((done) => {
+        const tick = () => {
+            moves += 1;
+            viewport.dispatchEvent(event('pointermove', moves));
+            if (performance.now() - started < 1000) requestAnimationFrame(tick); else done();
+        };
+        requestAnimationFrame(tick);
+    });
+    await new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)));
+    const elapsed = performance.now() - started;
+    viewport.dispatchEvent(event('pointerup', moves));
+    return { paints: performance.getEntriesByName('viewer-paint').length, moves, elapsed };
+}"""
+
+
+def test_web_viewer_windows_a_512_ct_at_display_rate_while_dragging(tab: Tab, service: Service, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    page = tab.page
+    slice_ = tmp_path / "ct512.dcm"
+    slice_.write_bytes(phantom.dicom_bytes(phantom.ct_slice_dataset(512, seed=31)))
+    service.create_user("sven")
+    log_in(tab, service, "sven")
+    page.get_by_label("Upload scans").set_input_files(slice_)
+    page.get_by_role("link", name=re.compile(r"^ct512\.dcm")).click()
+    until(page, lambda: canvas_spread(page) > 100, timeout_s=30)
+    assert page.evaluate("document.querySelector('.viewport canvas').width") == 512
+    width = page.get_by_label("Window width")
+    drag = page.evaluate(DRAG_FOR_A_SECOND)
+    fps = drag["paints"] / (drag["elapsed"] / 1000)
+    moved = f"{drag['paints']} paints for {drag['moves']} moves in {drag['elapsed']:.0f} ms"
+    print(f"\nwindowing a 512x512 CT by drag: {moved} = {fps:.1f} per second")
+    assert fps >= 15, drag  # the target is 30; CI machines are busy
+    expect(width).not_to_have_value("400")
+
+
+def test_web_viewer_steps_through_the_frames_of_a_multiframe_instance(tab: Tab, service: Service) -> None:
+    from playwright.sync_api import expect
+
+    page = tab.page
+    path = get_testdata_file("eCT_Supplemental.dcm")  # an enhanced CT, 2 frames
+    assert path is not None
+    service.create_user("mia")
+    log_in(tab, service, "mia")
+    page.get_by_label("Upload scans").set_input_files(str(path))
+    tile = page.get_by_role("link", name=re.compile(r"^eCT_Supplemental\.dcm, CT, 2 frames"))
+    expect(tile).to_be_visible()
+    tile.click()
+    caption = page.locator("figcaption")
+    expect(caption).to_contain_text("Frame 1 of 2")
+    until(page, lambda: canvas_spread(page) > 50)
+    first = page.locator(".viewport canvas").screenshot()
+    page.keyboard.press("ArrowDown")
+    expect(caption).to_contain_text("Frame 2 of 2")
+    until(page, lambda: page.locator(".viewport canvas").screenshot() != first)
+    expect(page.get_by_role("button", name="Next frame")).to_be_disabled()
+    tab.shot("multiframe")
+
+
+def test_web_library_groups_by_patient_and_study_and_finds_them_by_search(
+    tab: Tab, service: Service, series_files: Path, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    page = tab.page
+    service.create_user("nora")
+    log_in(tab, service, "nora")
+    # Two patients: Doe^Jane (the 60 slices, MRN-PHI-0042) and Roe^Richard (one slice, another ID)
+    other = phantom.ct_series(1, size=64, seed=808, phi=True)[0]
+    other.PatientName, other.PatientID, other.AccessionNumber = "Roe^Richard", "ROE-0007", "ACC-ROE-1"
+    other.StudyDate, other.StudyDescription = "20250310", "CT head"
+    roe = tmp_path / "roe.dcm"
+    roe.write_bytes(phantom.dicom_bytes(other))
+    png = tmp_path / "knee.png"
+    png.write_bytes(images.png8(size=128, seed=9, regions=(images.Region(40, 50, 12, 10),)))
+    page.get_by_label("Upload a folder").set_input_files(series_files)
+    expect(page.get_by_label("All uploads finished: 60 of 60 files", exact=False)).to_be_visible(timeout=120_000)
+    page.get_by_label("Upload scans").set_input_files([roe, png])
+    expect(page.get_by_label("All uploads finished: 2 of 2 files", exact=False)).to_be_visible()
+
+    studies = page.get_by_role("region", name="Patients and studies")
+    doe = studies.get_by_role("region", name=re.compile(r"^Doe, Jane"))
+    roe_patient = studies.get_by_role("region", name=re.compile(r"^Roe, Richard"))
+    expect(doe).to_contain_text("ID MRN-PHI-0042")
+    expect(doe.get_by_role("link", name=re.compile("^Series of 60 slices"))).to_be_visible()
+    expect(roe_patient).to_contain_text("ID ROE-0007")
+    expect(
+        page.get_by_role("region", name=re.compile("^Images")).get_by_role("link", name=re.compile("^knee.png"))
+    ).to_be_visible()
+    # The upload list, folded, leaves the library in sight at 1366 x 768
+    page.set_viewport_size({"width": 1366, "height": 768})
+    page.evaluate("window.scrollTo(0, 0)")
+    assert page.get_by_role("heading", name="Patients and studies").bounding_box()["y"] < 768
+    tab.shot("library")
+
+    # Search by patient ID (the server matches, with the wildcards OHIF uses)
+    page.get_by_label("Search").fill("PHI-0042")
+    page.get_by_role("button", name="Find studies").click()
+    expect(studies.get_by_role("region", name=re.compile(r"^Doe, Jane"))).to_be_visible()
+    expect(studies.get_by_role("region", name=re.compile(r"^Roe, Richard"))).to_have_count(0)
+    # By name, in any case; and a study-date range that leaves Doe's 2024 study out
+    page.get_by_label("Search").fill("roe")
+    page.get_by_role("button", name="Find studies").click()
+    expect(studies.get_by_role("region", name=re.compile(r"^Roe, Richard"))).to_be_visible()
+    expect(studies.get_by_role("region", name=re.compile(r"^Doe, Jane"))).to_have_count(0)
+    page.get_by_label("Search").fill("")
+    page.get_by_label("Study date from").fill("2025-01-01")
+    page.get_by_role("button", name="Find studies").click()
+    expect(studies.get_by_role("region", name=re.compile(r"^Roe, Richard"))).to_be_visible()
+    expect(studies.get_by_role("region", name=re.compile(r"^Doe, Jane"))).to_have_count(0)
+    page.get_by_role("button", name="Clear search").click()
+    expect(studies.get_by_role("region", name=re.compile(r"^Doe, Jane"))).to_be_visible()
+    tab.shot("search")
+
+
+def test_web_png_shows_bright_regions_and_a_deleted_scan_leaves_the_upload_list(
+    tab: Tab, service: Service, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    page = tab.page
+    service.create_user("olga")
+    log_in(tab, service, "olga")
+    png = tmp_path / "hand.png"
+    png.write_bytes(images.png8(size=128, seed=21, regions=(images.Region(30, 40, 14, 12),)))
+    page.get_by_label("Upload scans").set_input_files(png)
+    page.get_by_role("link", name=re.compile(r"^hand\.png")).click()
+    expect(page.get_by_role("table", name=re.compile(r"^Bright regions"))).to_be_visible()
+    expect(page.get_by_role("table", name=re.compile(r"^Dense"))).to_have_count(0)
+    until(page, lambda: canvas_spread(page) > 50)
+    page.get_by_role("button", name="Delete scan").click()
+    page.get_by_role("dialog", name="Delete this scan?").get_by_role("button", name="Delete", exact=True).click()
+    expect(page.get_by_role("status")).to_have_text("Deleted hand.png.")
+    page.get_by_role("button", name="Show all 1 upload").click()
+    row = upload_row(page, "hand.png")
+    expect(row).to_contain_text("Stored, since deleted")
+    expect(row.get_by_role("link")).to_have_count(0)
