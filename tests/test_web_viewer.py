@@ -325,3 +325,59 @@ def test_web_png_shows_bright_regions_and_a_deleted_scan_leaves_the_upload_list(
     row = upload_row(page, "hand.png")
     expect(row).to_contain_text("Stored, since deleted")
     expect(row.get_by_role("link")).to_have_count(0)
+
+
+def test_web_two_encodings_of_one_mr_instance_are_one_image_with_no_regions(tab: Tab, service: Service, tmp_path: Path) -> None:
+    """MR_small.dcm and its RLE encoding share a SOP Instance UID: the second is refused by name, first
+    in the upload list, and the one MR is an image, not a "series"; an MR gets no density regions (the
+    page says why); its window still drags, and the CT presets are off."""
+    from playwright.sync_api import expect
+
+    page = tab.page
+    service.create_user("mara")
+    log_in(tab, service, "mara")
+    files = []
+    for name in ("MR_small.dcm", "MR_small_RLE.dcm"):
+        target = tmp_path / name
+        target.write_bytes(Path(get_testdata_file(name)).read_bytes())
+        files.append(target)
+    page.get_by_label("Upload scans").set_input_files(files)
+    status = page.get_by_role("status").filter(has_text="Uploads finished")
+    expect(status).to_contain_text("1 stored, 0 already stored, 1 rejected", timeout=30_000)
+    expect(status).to_contain_text("MR_small")  # the rejected file, by name
+    rejected = page.get_by_role("alert").filter(has_text="SOP Instance UID")
+    expect(rejected).to_have_count(1)
+    expect(page.get_by_role("link", name=re.compile("^Series of"))).to_have_count(0)
+    tiles = page.get_by_role("link", name=re.compile(r"^MR_small"))
+    expect(tiles).to_have_count(1)
+    stored = tiles.get_attribute("aria-label").split(",")[0]
+    tiles.click()
+    expect(page.get_by_role("heading", name=stored)).to_be_focused()
+    expect(page.get_by_role("link", name="Open its series")).to_have_count(0)
+    expect(page.get_by_text("No regions are measured on this image: MR", exact=False)).to_be_visible()
+    expect(page.get_by_role("table", name=re.compile("regions"))).to_have_count(0)
+    for preset in ("Soft tissue", "Lung", "Bone", "Brain"):
+        expect(page.get_by_role("button", name=preset)).to_be_disabled()
+    until(page, lambda: canvas_spread(page) > 50)
+    width = page.get_by_label("Window width")
+    before = float(width.input_value())
+    box = page.locator(".viewport").bounding_box()
+    assert box is not None
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + 60, y, steps=6)
+    page.mouse.up()
+    assert float(width.input_value()) > before
+    # Scans stored before the SOP Instance UID rule (migration 010) can hold one instance twice: the
+    # library still shows it once, the newest upload.
+    kept = page.evaluate(
+        """async () => {
+            const { groupBySeries } = await import('/js/grid.js');
+            const scan = (scanId, createdAt, sop) => ({ scanId, createdAt, filename: scanId,
+                dicom: { seriesInstanceUid: '1.2.3', sopInstanceUid: sop, instanceNumber: 1 } });
+            return groupBySeries([scan('b', '2026-02-01', '1.2.3.1'), scan('a', '2026-01-01', '1.2.3.1')])
+                .map((group) => group.scans.map((s) => s.scanId));
+        }"""
+    )
+    assert kept == [["b"]]

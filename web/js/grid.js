@@ -7,11 +7,28 @@ import { scanHref, seriesHref } from "./router.js";
 
 const THUMBNAIL_SIDE = 256; // the API's thumbnails fit in 256 × 256
 
-/** Scans grouped by DICOM series (in order of first appearance); anything else stands alone. */
+/**
+ * One scan per DICOM instance: uploads of one SOP Instance UID (the same image in two encodings, say)
+ * are one image, shown as the newest of them. Scans without a SOP Instance UID all stay.
+ */
+export function oneScanPerInstance(scans) {
+  const newest = new Map();
+  for (const scan of scans) {
+    const uid = scan.dicom?.sopInstanceUid;
+    if (!uid) continue;
+    const held = newest.get(uid);
+    if (!held || scan.createdAt > held.createdAt || (scan.createdAt === held.createdAt && scan.scanId > held.scanId)) {
+      newest.set(uid, scan);
+    }
+  }
+  return scans.filter((scan) => !scan.dicom?.sopInstanceUid || newest.get(scan.dicom.sopInstanceUid) === scan);
+}
+
+/** Scans grouped by DICOM series (in order of first appearance), one scan per instance; anything else stands alone. */
 export function groupBySeries(items) {
   const groups = [];
   const bySeries = new Map();
-  for (const scan of items) {
+  for (const scan of oneScanPerInstance(items)) {
     const uid = scan.dicom?.seriesInstanceUid;
     if (uid && bySeries.has(uid)) {
       bySeries.get(uid).scans.push(scan);

@@ -5,8 +5,9 @@
 import { html, useCallback, useEffect, useMemo, useRef, useState } from "./preact.js";
 import { ConfirmDialog } from "./dialog.js";
 import { RegionsTable, regionsOf, shownRegions } from "./findings.js";
-import { DASH, bytes, decimal, modality, precise, when } from "./format.js";
+import { DASH, bytes, decimal, modality, plural, precise, when } from "./format.js";
 import { libraryHref, scanHref, seriesHref } from "./router.js";
+import { oneScanPerInstance } from "./grid.js";
 import { describeFrame, fetchFrame } from "./dicomweb.js";
 import { CT_PRESETS, defaultWindow } from "./pixels.js";
 import { Stage, clampZoom, lengthText } from "./stage.js";
@@ -25,7 +26,8 @@ export function Viewer({ api, scanId, summary, onDeleted }) {
     try {
       const scan = await api.getScan(scanId);
       const uid = scan.dicom?.seriesInstanceUid;
-      const inSeries = uid ? (await api.listScans({ seriesInstanceUid: uid, limit: 2 })).items.length : 0;
+      // Another instance in its series? (Other uploads of this same instance do not make a series.)
+      const inSeries = uid ? oneScanPerInstance((await api.listScans({ seriesInstanceUid: uid, limit: 10 })).items).length : 0;
       const frames = scan.dicom?.frameCount ?? 1;
       const items = Array.from({ length: frames }, (_, index) => ({ scan, frame: index + 1, frames }));
       setState({ scan, items, seriesSize: inSeries, error: "" });
@@ -76,12 +78,12 @@ export function SeriesViewer({ api, seriesUid }) {
           setState({ items: null, title: "Series not found", error: "This series has no scans: they may have been deleted." });
           return;
         }
-        const items = scans.flatMap((scan) => {
+        const items = oneScanPerInstance(scans).flatMap((scan) => {
           const frames = scan.dicom?.frameCount ?? 1;
           return Array.from({ length: frames }, (_, index) => ({ scan, frame: index + 1, frames }));
         });
-        const noun = items.length === scans.length ? "slice" : "image";
-        setState({ items, title: `${modality(scans[0])} series of ${items.length} ${noun}s`, error: "" });
+        const noun = items.every((item) => item.frames === 1) ? "slice" : "image";
+        setState({ items, title: `${modality(scans[0])} series of ${plural(items.length, noun)}`, error: "" });
       },
       (failure) => {
         if (failure.code !== "aborted" && failure.status !== 401) {
