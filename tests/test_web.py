@@ -652,6 +652,7 @@ def test_web_first_load_size_and_a_grid_of_100_thumbnails_a_page_by_cursor_and_t
     transferred = sum(s["responseBodySize"] + s["responseHeadersSize"] for s in first_load.values())
     assert any(path.endswith("/preact.mjs") for path in first_load)
     assert transferred < FIRST_LOAD_LIMIT, first_load
+    print(f"first load: {len(first_load)} requests, {transferred / 1000:.1f} KB transferred (gzip, headers included)")
 
     # The grid: one list request for the first 100, the next page when the end scrolls into view,
     # then each thumbnail once, and no other request per thumbnail

@@ -3,6 +3,7 @@ drives one)."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import http.client
 import json
@@ -285,3 +286,32 @@ def test_gateway_without_a_web_folder_serves_no_page(tmp_path: Path) -> None:
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+def test_gateway_compresses_text_as_cloudfront_does_with_a_weak_etag(gateway: tuple[str, int]) -> None:
+    """CloudFront compresses the page's files (infra/web.yml, Compress: true) for a viewer that takes
+    gzip, text types from 1,000 bytes, and makes the ETag weak; the local gateway answers the same."""
+    data = (WEB / "js/viewer.js").read_bytes()
+    strong = f'"{hashlib.sha256(data).hexdigest()}"'
+    status, headers, body = fetch(gateway, "/js/viewer.js", headers={"Accept-Encoding": "gzip, deflate"})
+    assert status == 200
+    assert headers["content-encoding"] == "gzip" and headers["vary"] == "Accept-Encoding"
+    assert gzip.decompress(body) == data and len(body) < len(data) / 2
+    assert headers["etag"] == f"W/{strong}"
+    assert headers["content-security-policy"] == web_assets.CONTENT_SECURITY_POLICY
+    # Either form of the tag revalidates (If-None-Match compares weakly)
+    for tag in (f"W/{strong}", strong):
+        status, again, body = fetch(
+            gateway, "/js/viewer.js", headers={"Accept-Encoding": "gzip", "If-None-Match": tag}
+        )
+        assert (status, body) == (304, b""), tag
+    # Without gzip in Accept-Encoding (or refused with q=0): the file as it is, with its strong tag
+    for accept in (None, "identity", "gzip;q=0, identity"):
+        status, headers, body = fetch(gateway, "/js/viewer.js", headers={"Accept-Encoding": accept} if accept else {})
+        assert (status, body, headers["etag"]) == (200, data, strong), accept
+        assert "content-encoding" not in headers and headers["vary"] == "Accept-Encoding"
+    # Not a PNG (compressed already), nor a file under 1,000 bytes
+    small = min((p for p in (WEB / "js").glob("*.js")), key=lambda p: p.stat().st_size)
+    assert small.stat().st_size < 1_000
+    _, headers, body = fetch(gateway, f"/js/{small.name}", headers={"Accept-Encoding": "gzip"})
+    assert "content-encoding" not in headers and body == small.read_bytes()

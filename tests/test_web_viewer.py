@@ -240,6 +240,23 @@ def test_web_viewer_steps_through_the_frames_of_a_multiframe_instance(tab: Tab, 
     expect(caption).to_contain_text("Frame 1 of 2")
     until(page, lambda: canvas_spread(page) > 50)
     first = page.locator(".viewport canvas").screenshot()
+    # On a phone: a finger swiped up steps to the next frame, down to the one before (touch events
+    # as Chromium gets them from a touch screen)
+    cdp = page.context.new_cdp_session(page)
+    box = page.locator(".viewport").bounding_box()
+    assert box is not None
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+
+    def swipe(dy: float) -> None:
+        cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [{"x": x, "y": y}]})
+        for k in range(1, 6):
+            cdp.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [{"x": x, "y": y + dy * k / 5}]})
+        cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+
+    swipe(-60)
+    expect(caption).to_contain_text("Frame 2 of 2")
+    swipe(60)
+    expect(caption).to_contain_text("Frame 1 of 2")
     page.keyboard.press("ArrowDown")
     expect(caption).to_contain_text("Frame 2 of 2")
     until(page, lambda: page.locator(".viewport canvas").screenshot() != first)

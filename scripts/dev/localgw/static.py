@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 from pathlib import Path
@@ -83,6 +84,30 @@ class Docs:
 # Locally the page and the API share this origin; the deploy writes its own config.json.
 LOCAL_WEB_CONFIG = b'{"apiBaseUrl": ""}\n'
 
+# What CloudFront compresses (infra/web.yml: Compress: true on the page's behaviour), as its
+# "Serve compressed files" page says: a viewer that sends Accept-Encoding: gzip, a type on its list
+# (text, JavaScript, JSON, SVG: not PNG), 1,000 to 10,000,000 bytes; the ETag becomes weak (W/).
+# Brotli aside: Chromium asks for it only over HTTPS, and the local gateway is plain HTTP.
+_COMPRESSED_TYPES = ("text/", "application/json", "application/manifest+json", "image/svg+xml")
+_COMPRESSED_SIZES = range(1_000, 10_000_001)
+
+
+def _takes_gzip(headers: list[tuple[str, str]]) -> bool:
+    """Whether Accept-Encoding lists gzip with a q above 0."""
+    for name, value in headers:
+        if name != "accept-encoding":
+            continue
+        for coding in value.split(","):
+            token, _, params = coding.partition(";")
+            if token.strip().lower() not in ("gzip", "x-gzip"):
+                continue
+            q = params.strip().removeprefix("q=").strip() if params.strip().startswith("q=") else "1"
+            try:
+                return float(q) > 0
+            except ValueError:
+                return False
+    return False
+
 
 class WebApp:
     """The files of web/ at /, served as the deployed CDN serves them (scripts/web/assets.py): their
@@ -93,6 +118,7 @@ class WebApp:
         self.root = root.resolve()
         # With IMAGES_BUCKET, the bucket's origin is in the CSP: the page posts large files there.
         self.security_headers = web_assets.security_headers(os.environ)
+        self._gzipped: dict[str, bytes] = {}  # strong ETag -> the file gzipped (each version once)
 
     def answer(self, method: str, raw_path: str, headers: list[tuple[str, str]]) -> HttpResponse | None:
         if method not in ("GET", "HEAD") or raw_path == "/api" or raw_path.startswith("/api/"):
@@ -108,16 +134,33 @@ class WebApp:
                 return None
             body = path.read_bytes()  # small files, read on every request: an edit shows on reload
         etag = f'"{hashlib.sha256(body).hexdigest()}"'
+        content_type = web_assets.content_type(relative) or "application/octet-stream"
+        compressible = content_type.startswith(_COMPRESSED_TYPES) and len(body) in _COMPRESSED_SIZES
+        encoding: list[tuple[str, str]] = []
+        if compressible and _takes_gzip(headers):
+            body = self._gzip(etag, body)
+            etag = f"W/{etag}"
+            encoding = [("Content-Encoding", "gzip")]
         out = [
-            ("Content-Type", web_assets.content_type(relative) or "application/octet-stream"),
+            ("Content-Type", content_type),
+            *encoding,
+            *([("Vary", "Accept-Encoding")] if compressible else []),
             ("Cache-Control", web_assets.cache_control(relative)),
             ("ETag", etag),
             *self.security_headers,
         ]
-        asked = [tag.strip() for n, v in headers if n == "if-none-match" for tag in v.split(",")]
-        if etag in asked or f"W/{etag}" in asked or "*" in asked:
+        # If-None-Match compares weakly (RFC 9110 13.1.2): W/"x" and "x" match.
+        strong = etag.removeprefix("W/")
+        asked = [tag.strip().removeprefix("W/") for n, v in headers if n == "if-none-match" for tag in v.split(",")]
+        if strong in asked or "*" in asked:
             return 304, out, b""
         return 200, out, body
+
+    def _gzip(self, etag: str, body: bytes) -> bytes:
+        held = self._gzipped.get(etag)
+        if held is None:
+            held = self._gzipped[etag] = gzip.compress(body, compresslevel=6, mtime=0)
+        return held
 
     @staticmethod
     def _relative(raw_path: str) -> str | None:
