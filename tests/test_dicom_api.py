@@ -8,13 +8,16 @@ import json
 import logging
 import random
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pg8000.native
 import pydicom
 import pytest
 from PIL import Image
-from pydicom.uid import ExplicitVRLittleEndian, RLELossless
+from pydicom.data import get_testdata_file
+from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian, RLELossless
 
 from scripts.dev import phantom
 from tests.conftest import User
@@ -110,6 +113,114 @@ def test_png_scans_have_no_dicom_block_but_a_preview(api: LambdaClient, alice: U
     assert preview.status == 200 and preview.headers["content-type"] == "image/jpeg"
     head = api.request("HEAD", f"/api/v1/scans/image/{body['scanId']}/preview", token=alice.token)
     assert head.status == 200 and head.headers["etag"] == preview.headers["etag"] and head.body == b""
+
+
+# --- what the regions are: dense on CT in HU, none on other modalities ---------------------------------
+
+
+def red_outline_pixels(jpeg: bytes) -> int:
+    """Pixels of the annotated image's outline colour (255, 64, 64), JPEG noise allowed for."""
+    rgb = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB")).astype(np.int64)
+    return int(np.count_nonzero((rgb[..., 0] - rgb[..., 1] > 80) & (rgb[..., 0] - rgb[..., 2] > 80)))
+
+
+def rendering(api: LambdaClient, user: User, scan_id: str, image_type: str) -> bytes:
+    result = api.request("GET", f"/api/v1/scans/image/{scan_id}/{image_type}", token=user.token)
+    assert result.status == 200
+    return result.body
+
+
+def test_ct_upload_has_dense_regions_at_or_above_the_hu_threshold_it_names(api: LambdaClient, alice: User) -> None:
+    body = upload(api, alice, slice_bytes(size=256)).json()
+
+    results = body["results"]
+    assert results["regions"] == {
+        "kind": "dense",
+        "label": "Dense regions",
+        "threshold": {"value": 300.0, "unit": "HU"},
+        "reason": None,
+    }
+    assert len(results["findings"]) == len(phantom.DEFAULT_DISCS)
+    for number, finding in enumerate(results["findings"], start=1):
+        assert finding["label"] == f"dense region {number}"
+        assert finding["meanHu"] >= 300 and finding["maxHu"] >= finding["meanHu"]
+        assert finding["areaMm2"] > 0
+    assert red_outline_pixels(rendering(api, alice, body["scanId"], "annotated")) > 0
+    # GET one and the list say the same
+    one = api.request("GET", f"/api/v1/scans/{body['scanId']}", token=alice.token).json()
+    assert one["results"]["regions"] == results["regions"]
+    item = api.request("GET", "/api/v1/scans", token=alice.token).json()["items"][0]
+    assert item["findingsCount"] == len(phantom.DEFAULT_DISCS)
+
+
+def test_ct_regions_name_the_configured_threshold(
+    api: LambdaClient, alice: User, settings_env: pytest.MonkeyPatch
+) -> None:
+    # The discs are 700 to 1000 HU: at 850 HU only the denser ones remain
+    settings_env.setenv("DENSE_HU_THRESHOLD", "850")
+
+    results = upload(api, alice, slice_bytes(size=256)).json()["results"]
+
+    assert results["regions"]["threshold"] == {"value": 850.0, "unit": "HU"}
+    assert 0 < len(results["findings"]) < len(phantom.DEFAULT_DISCS)
+    assert all(finding["maxHu"] >= 850 for finding in results["findings"])
+
+
+def assert_no_regions(api: LambdaClient, user: User, body: dict[str, Any], modality: str) -> None:
+    """No findings, kind none with a reason naming the modality, the body still found, nothing drawn."""
+    results = body["results"]
+    assert results["findings"] == []
+    assert results["regions"]["kind"] == "none"
+    assert results["regions"]["label"] is None and results["regions"]["threshold"] is None
+    assert results["regions"]["reason"] == f"{modality}: a density threshold means nothing on this kind of image."
+    assert results["body"] is not None and results["body"]["areaPx"] > 0
+    annotated = rendering(api, user, body["scanId"], "annotated")
+    preview = rendering(api, user, body["scanId"], "preview")
+    assert red_outline_pixels(annotated) == 0
+    shown = [np.asarray(Image.open(io.BytesIO(jpeg)).convert("L")).astype(np.int64) for jpeg in (annotated, preview)]
+    assert np.abs(shown[0] - shown[1]).max() <= 2
+    items = api.request("GET", "/api/v1/scans", token=user.token, query="limit=100").json()["items"]
+    assert [item["findingsCount"] for item in items if item["scanId"] == body["scanId"]] == [0]
+
+
+def test_mr_upload_has_no_regions_and_says_why(api: LambdaClient, alice: User) -> None:
+    path = get_testdata_file("MR_small.dcm")
+    assert path is not None
+
+    result = upload(api, alice, Path(str(path)).read_bytes(), filename="MR_small.dcm")
+
+    assert result.status == 201, result.body
+    assert result.json()["dicom"]["modality"] == "MR"
+    assert_no_regions(api, alice, result.json(), "MR")
+
+
+def test_cr_upload_has_no_regions_and_says_why(api: LambdaClient, alice: User) -> None:
+    # Given a computed radiograph: 12-bit, MONOCHROME1 (white is low), bright bone on darker tissue
+    ds = phantom.ct_slice_dataset(size=256, modality="CR", photometric="MONOCHROME1", bits_stored=12, seed=41)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = ComputedRadiographyImageStorage
+    ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+    ds.PixelData = (4095 - np.frombuffer(ds.PixelData, dtype=np.uint16)).astype(np.uint16).tobytes()
+    for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "SliceLocation", "SliceThickness"):
+        delattr(ds, keyword)
+
+    result = upload(api, alice, phantom.dicom_bytes(ds), filename="chest.dcm")
+
+    assert result.status == 201, result.body
+    body = result.json()
+    assert (body["dicom"]["modality"], body["dicom"]["photometricInterpretation"]) == ("CR", "MONOCHROME1")
+    assert body["dicom"]["bitsStored"] == 12
+    assert_no_regions(api, alice, body, "CR")
+
+
+def test_colour_ultrasound_upload_has_no_regions(api: LambdaClient, alice: User) -> None:
+    path = get_testdata_file("US1_J2KI.dcm")
+    assert path is not None
+
+    body = upload(api, alice, Path(str(path)).read_bytes(), filename="us.dcm").json()
+
+    assert body["results"]["findings"] == []
+    assert body["results"]["regions"]["kind"] == "none"
+    assert body["results"]["regions"]["reason"].startswith("US: ")
 
 
 def test_multi_frame_upload_reports_the_middle_frame(api: LambdaClient, alice: User) -> None:

@@ -250,9 +250,23 @@ def test_analyze_upload_numbers_findings_in_order(phantom: Phantom) -> None:
     findings = analyze_pixels(phantom.pixels).results["findings"]
 
     assert [finding["id"] for finding in findings] == [1, 2, 3]
-    assert [finding["label"] for finding in findings] == ["dense region 1", "dense region 2", "dense region 3"]
+    # A PNG has no density: its regions are brighter than the rest, and say so
+    assert [finding["label"] for finding in findings] == ["bright region 1", "bright region 2", "bright region 3"]
     corners = [(finding["bbox"]["y"], finding["bbox"]["x"]) for finding in findings]
     assert corners == sorted(corners)
+
+
+@pytest.mark.parametrize("encoding", ["png-16bit", "png-8bit", "png-rgb", "jpeg"])
+def test_analyze_upload_png_and_jpeg_regions_are_bright_regions_without_a_unit(phantom: Phantom, encoding: str) -> None:
+    encoder = LOSSLESS[encoding][0] if encoding in LOSSLESS else jpeg8
+
+    results = analyze_pixels(phantom.pixels, encoder).results
+
+    # The split is on the image's own scale: no threshold a person could read in a unit
+    assert results["regions"] == {"kind": "bright", "label": "Bright regions", "threshold": None, "reason": None}
+    assert [finding["label"] for finding in results["findings"]] == [f"bright region {n}" for n in (1, 2, 3)]
+    assert all("meanHu" not in finding for finding in results["findings"])
+    assert 0 < results["analysis"]["denseThreshold"] < 1
 
 
 def test_analyze_upload_orders_same_corner_by_area_descending() -> None:
@@ -286,7 +300,7 @@ def test_analyze_upload_reports_analysis_parameters(phantom: Phantom) -> None:
     analysis = analyze_pixels(phantom.pixels).results["analysis"]
 
     assert analysis["method"] == "otsu-body+otsu-dense"
-    assert analysis["version"] == 2
+    assert analysis["version"] == 3
     assert analysis["unit"] == "intensity"
     assert analysis["minAreaPx"] == 52
     assert analysis["bitDepth"] == 16

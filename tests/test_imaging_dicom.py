@@ -128,7 +128,7 @@ def test_hu_analysis_reports_its_parameters(uncompressed: AnalyzedScan) -> None:
 
     assert analysis == {
         "method": "hu-body+hu-dense",
-        "version": 2,
+        "version": 3,
         "unit": "HU",
         "bodyThreshold": -500.0,
         "denseThreshold": 300.0,
@@ -251,7 +251,8 @@ class RealFile:
     transfer_syntax: str
     frames: int = 1
     colour: bool = False
-    method: str = "otsu-body+otsu-dense"
+    # Only CT in HU has regions (dense ones); every other DICOM image has its body alone.
+    method: str = "otsu-body"
 
 
 REAL_FILES = [
@@ -308,6 +309,8 @@ def test_real_files_decode_in_their_transfer_syntax(real: RealFile) -> None:
     assert scan.dicom.transfer_syntax_uid == real.transfer_syntax
     assert (scan.dicom.frame_count, scan.dicom.frame_analyzed) == (real.frames, (real.frames - 1) // 2 + 1)
     assert scan.results["analysis"]["method"] == real.method
+    assert scan.results["regions"]["kind"] == ("dense" if real.method == "hu-body+hu-dense" else "none")
+    assert bool(scan.results["findings"]) == (real.method == "hu-body+hu-dense")
     assert json.loads(json.dumps(scan.results)) == scan.results
     preview = image(scan.preview_jpeg)
     assert preview.size == (scan.width, scan.height)
@@ -327,7 +330,9 @@ def test_every_encoding_of_the_same_mr_slice_gives_identical_results() -> None:
     results = [analyze_upload(read_testdata(name)).results for name in names]
 
     assert all(result == results[0] for result in results)
-    assert results[0]["findings"]
+    # An MR has no regions, but its body is measured the same from every encoding
+    assert results[0]["findings"] == []
+    assert results[0]["body"]["areaPx"] > 0
 
 
 @pytest.mark.parametrize(
@@ -517,10 +522,10 @@ def test_non_ct_without_window_gets_the_auto_window_on_the_intensity_path() -> N
     scan = analyze_upload(dicom_bytes(ct_slice_dataset(size=128, discs=series_discs(4, 5), modality="MR")))
 
     analysis = scan.results["analysis"]
-    assert analysis["method"] == "otsu-body+otsu-dense"
+    assert analysis["method"] == "otsu-body"
     assert analysis["window"]["source"] == "auto"
     assert analysis["window"]["function"] == "LINEAR_EXACT"
-    assert "meanHu" not in scan.results["findings"][0]
+    assert "meanHu" not in scan.results["body"]
 
 
 def test_ct_without_rescale_is_not_treated_as_hu() -> None:
@@ -529,6 +534,127 @@ def test_ct_without_rescale_is_not_treated_as_hu() -> None:
     del ds.RescaleIntercept
 
     assert analyze_upload(dicom_bytes(ds)).results["analysis"]["unit"] == "intensity"
+
+
+# --- what the regions are: dense on CT in HU, none on every other DICOM image ----------------------------------
+
+
+def red_pixels(jpeg: bytes) -> int:
+    """Pixels of the outline colour (255, 64, 64) in an annotated rendering, JPEG noise allowed for."""
+    rgb = np.asarray(image(jpeg).convert("RGB")).astype(np.int64)
+    return int(np.count_nonzero((rgb[..., 0] - rgb[..., 1] > 80) & (rgb[..., 0] - rgb[..., 2] > 80)))
+
+
+def test_ct_in_hu_has_dense_regions_at_or_above_the_threshold_it_names(uncompressed: AnalyzedScan) -> None:
+    results = uncompressed.results
+
+    assert results["regions"] == {
+        "kind": "dense",
+        "label": "Dense regions",
+        "threshold": {"value": 300.0, "unit": "HU"},
+        "reason": None,
+    }
+    assert [f["label"] for f in results["findings"]] == [f"dense region {n}" for n in (1, 2, 3)]
+    assert all(f["meanHu"] >= 300 and f["maxHu"] >= 300 for f in results["findings"])
+    assert red_pixels(uncompressed.annotated_jpeg) > 0
+
+
+def test_the_dense_threshold_shown_is_the_one_used() -> None:
+    # Given the default discs (700 to 1000 HU) and a threshold above the dimmest of them
+    data = dicom_bytes(ct_slice_dataset(size=256))
+
+    results = analyze_upload(data, dense_hu_threshold=850.0).results
+
+    assert results["regions"]["threshold"] == {"value": 850.0, "unit": "HU"}
+    assert results["analysis"]["denseThreshold"] == 850.0
+    assert 0 < len(results["findings"]) < len(DEFAULT_DISCS)
+    assert all(f["maxHu"] >= 850 for f in results["findings"])
+
+
+@pytest.mark.parametrize(
+    ("modality", "photometric"),
+    [
+        ("CR", "MONOCHROME1"),
+        ("DX", "MONOCHROME1"),
+        ("MG", "MONOCHROME2"),
+        ("MR", "MONOCHROME2"),
+        ("US", "MONOCHROME2"),
+        ("PT", "MONOCHROME2"),
+        ("NM", "MONOCHROME2"),
+        ("XA", "MONOCHROME2"),
+        ("OT", "MONOCHROME2"),
+    ],
+)
+def test_other_modalities_have_no_regions_and_say_why(modality: str, photometric: str) -> None:
+    # Given the CT phantom's pixels (bright discs, 12-bit, with a rescale) under another modality
+    ds = ct_slice_dataset(size=128, discs=series_discs(0, 5), modality=modality, photometric=photometric)
+
+    scan = analyze_upload(dicom_bytes(ds))
+
+    # Then no region is measured, the reason names the modality, and the body is still found
+    results = scan.results
+    assert results["findings"] == []
+    assert results["regions"] == {
+        "kind": "none",
+        "label": None,
+        "threshold": None,
+        "reason": f"{modality}: a density threshold means nothing on this kind of image.",
+    }
+    assert results["body"] is not None and results["body"]["areaPx"] > 0
+    assert results["analysis"]["method"] == "otsu-body"
+    assert results["analysis"]["denseThreshold"] is None
+    # And the annotated image has no outline: it is the preview
+    assert red_pixels(scan.annotated_jpeg) == 0
+    assert np.abs(grey(scan.annotated_jpeg) - grey(scan.preview_jpeg)).max() <= 2
+
+
+def test_the_same_pixels_as_ct_in_hu_have_dense_regions() -> None:
+    # The control for the test above: the same phantom as a CT has regions and outlines
+    scan = analyze_upload(dicom_bytes(ct_slice_dataset(size=128, discs=series_discs(0, 5))))
+
+    assert scan.results["regions"]["kind"] == "dense"
+    assert scan.results["findings"]
+    assert red_pixels(scan.annotated_jpeg) > 0
+
+
+def test_a_ct_without_hounsfield_units_has_no_regions() -> None:
+    ds = ct_slice_dataset(size=128)
+    del ds.RescaleSlope
+    del ds.RescaleIntercept
+
+    results = analyze_upload(dicom_bytes(ds)).results
+
+    assert results["findings"] == []
+    assert results["regions"]["kind"] == "none"
+    assert results["regions"]["reason"] == (
+        "A CT without Hounsfield units: a density threshold means nothing on this kind of image."
+    )
+
+
+def test_a_dicom_image_without_a_modality_has_no_regions() -> None:
+    ds = ct_slice_dataset(size=128, modality="MR")
+    del ds.Modality
+
+    results = analyze_upload(dicom_bytes(ds)).results
+
+    assert results["findings"] == []
+    assert results["regions"]["reason"] == "This DICOM image: a density threshold means nothing on this kind of image."
+
+
+@pytest.mark.parametrize("name", ["SC_rgb.dcm", "US1_J2KI.dcm", "MR_small.dcm"])
+def test_real_colour_and_mr_files_have_no_regions(name: str) -> None:
+    modality = pydicom.dcmread(io.BytesIO(read_testdata(name)), stop_before_pixels=True).Modality
+
+    scan = analyze_upload(read_testdata(name))
+
+    assert scan.results["findings"] == []
+    assert scan.results["regions"]["kind"] == "none"
+    assert scan.results["regions"]["reason"].startswith(f"{modality}: ")
+    # The annotated rendering is the preview: nothing drawn on it (only JPEG's rounding between them)
+    annotated, preview = (
+        np.asarray(image(jpeg).convert("RGB")).astype(np.int64) for jpeg in (scan.annotated_jpeg, scan.preview_jpeg)
+    )
+    assert np.abs(annotated - preview).max() <= 2
 
 
 # --- series and metadata ----------------------------------------------------------------------------------------

@@ -60,11 +60,12 @@ def test_every_protected_operation_names_its_security_and_the_error_shape() -> N
 def test_the_models_describe_what_the_handlers_answer(api: LambdaClient, alice: User) -> None:
     from scripts.dev import phantom
 
-    # Given a PNG and a DICOM scan
+    # Given a PNG, a CT and an MR scan: bright, dense and no regions
     answers = []
     for filename, data in (
         ("slice.png", images.png16(size=PHANTOM_SIZE, regions=(images.Region(20, 20, 10, 10),))),
         ("slice.dcm", phantom.dicom_bytes(phantom.ct_slice_dataset(PHANTOM_SIZE))),
+        ("mr.dcm", phantom.dicom_bytes(phantom.ct_slice_dataset(PHANTOM_SIZE, modality="MR", seed=8))),
     ):
         body, ctype = multipart({"file": (filename, data, "application/octet-stream")})
         result = api.request(
@@ -74,6 +75,7 @@ def test_the_models_describe_what_the_handlers_answer(api: LambdaClient, alice: 
         answers.append(result.json())
 
     # Then every answer validates against its documented model, field for field
+    assert [answer["results"]["regions"]["kind"] for answer in answers] == ["bright", "dense", "none"]
     for answer in answers:
         schemas.UploadResult.model_validate(answer, strict=False)
         assert set(answer) <= set(schemas.UploadResult.model_json_schema(by_alias=True)["properties"])

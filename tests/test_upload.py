@@ -75,6 +75,14 @@ def test_upload_stores_analyzes_and_answers(
     tolerance = 2 if content_type == "image/jpeg" else 0
     findings = body["results"]["findings"]
     assert len(findings) == len(images.DEFAULT_REGIONS)
+    # A PNG or JPEG has no density: its regions are the bright ones, on the image's own scale
+    assert body["results"]["regions"] == {
+        "kind": "bright",
+        "label": "Bright regions",
+        "threshold": None,
+        "reason": None,
+    }
+    assert [finding["label"] for finding in findings] == [f"bright region {n}" for n in range(1, len(findings) + 1)]
     for finding, region in zip(findings, images.DEFAULT_REGIONS, strict=True):
         box = finding["bbox"]
         assert abs(box["x"] - region.x) <= tolerance and abs(box["y"] - region.y) <= tolerance

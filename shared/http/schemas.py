@@ -40,7 +40,7 @@ class Bbox(_Model):
 
 
 class Region(_Model):
-    """A region of the image: its box, area and statistics (HU ones for CT only)."""
+    """A region of the image: its box, area and statistics (HU ones for CT in HU only)."""
 
     bbox: Bbox
     area_px: int
@@ -51,10 +51,39 @@ class Region(_Model):
 
 
 class Finding(Region):
-    """A dense region (bone, calcification, contrast on CT)."""
+    """One region a threshold picked out, numbered as on the annotated image: on CT a dense region
+    (HU at or above the threshold: bone, calcification, contrast), on PNG and JPEG a bright region.
+    A measurement, not a diagnosis."""
 
-    id: int
-    label: str
+    id: int = Field(description="1, 2, ... top to bottom, left to right: the number on the annotated image")
+    label: str = Field(examples=["dense region 1", "bright region 1"], description="'<kind> region <id>'")
+
+
+class RegionThreshold(_Model):
+    """The threshold the regions are at or above, in the unit a person reads."""
+
+    value: float = Field(examples=[300.0], description="DENSE_HU_THRESHOLD when the scan was analyzed")
+    unit: Literal["HU"]
+
+
+class Regions(_Model):
+    """What the regions are: dense regions at or above a HU threshold on CT, bright regions on
+    PNG/JPEG, none on other modalities, with the reason."""
+
+    kind: Literal["dense", "bright", "none"] = Field(
+        description="dense: CT in Hounsfield units, regions at or above `threshold`; bright: PNG or JPEG, "
+        "regions brighter than the rest of the body on the image's own scale (analysis.denseThreshold); "
+        "none: any other DICOM image (CR, DX, MG, MR, US, PT, NM, XA, colour, a CT without HU), where a "
+        "density threshold means nothing: `findings` is empty"
+    )
+    label: Literal["Dense regions", "Bright regions"] | None = Field(
+        description="the words to show the findings under; null when kind is none"
+    )
+    threshold: RegionThreshold | None = Field(description="the HU threshold on CT; null for bright and none")
+    reason: str | None = Field(
+        examples=["MR: a density threshold means nothing on this kind of image."],
+        description="why there are no regions, for a person (kind none only; null otherwise)",
+    )
 
 
 class Window(_Model):
@@ -67,7 +96,9 @@ class Window(_Model):
 
 
 class Analysis(_Model):
-    """How the findings were found: method, version, thresholds, window."""
+    """How the body and the findings were found: method, version, thresholds, window. Version 3 on:
+    hu-body+hu-dense (CT in HU), otsu-body+otsu-dense (PNG, JPEG), otsu-body (other DICOM: no regions,
+    denseThreshold null)."""
 
     method: str
     version: int
@@ -92,8 +123,17 @@ class ImageUrls(_Model):
 class Results(ImageUrls):
     """The analysis of a scan and its image URLs."""
 
-    findings: list[Finding]
-    body: Region | None
+    findings: list[Finding] = Field(
+        description="the regions results.regions names, numbered as on the annotated image: dense regions "
+        "(HU at or above the threshold) on CT, bright regions on PNG/JPEG, none (an empty list) on other "
+        "modalities. A density threshold, not a diagnosis"
+    )
+    regions: Regions | None = Field(
+        default=None,
+        description="what the findings are (dense, bright or none, the threshold, the reason); absent on "
+        "scans analyzed before analysis version 3",
+    )
+    body: Region | None = Field(description="the body (largest region above the background, holes filled)")
     analysis: Analysis
 
 
@@ -175,7 +215,7 @@ class DirectUpload(_Model):
 class ScanSummary(ScanMetadata, ImageUrls):
     """A scan as a list item."""
 
-    findings_count: int
+    findings_count: int = Field(description="how many findings (dense or bright regions) it has: 0 when none")
 
 
 class ScanPage(_Model):

@@ -1,11 +1,12 @@
-"""Decode an uploaded scan (PNG, JPEG or DICOM), find the body and its dense regions, and render its images.
+"""Decode an uploaded scan (PNG, JPEG or DICOM), find the body and the regions a threshold means something
+on (dense on CT in HU, bright on PNG and JPEG, none on other DICOM), and render its images.
 
     pixels      what every decoder produces: Pixels and its Window
     decode      sniff the format and hand the bytes to its decoder
     pillow      PNG and JPEG (Pillow)
     dicom       DICOM (pydicom and its codecs; imported only for DICOM uploads), dicom_jpeg beside it
     integrity   structural checks that refuse damaged files before a decoder sees them
-    analysis    body and dense regions, in HU when the unit is HU
+    analysis    body, and dense regions in HU on CT, bright regions on PNG and JPEG, none on other DICOM
     render      windowing and the JPEG renderings
 
 Bytes in, bytes out: nothing here touches the database, S3 or HTTP. Only the upload function
@@ -56,9 +57,11 @@ class AnalyzedScan:
 
 
 def analyze_upload(data: bytes, *, max_pixels: int = 40_000_000, dense_hu_threshold: float = 300.0) -> AnalyzedScan:
-    """Decode a PNG, JPEG or DICOM upload, find its dense regions, and render preview, annotated and thumbnail."""
+    """Decode a PNG, JPEG or DICOM upload, find its body and regions (results.regions says which kind),
+    and render preview, annotated (the regions outlined) and thumbnail."""
     pixels = decode_upload(data, max_pixels=max_pixels)
-    if pixels.unit == "HU":
+    kind = analysis.region_kind(pixels)
+    if kind == "dense":
         window = display_window(pixels)
         grey = _grey(pixels, window)
         result = analysis.analyze_hu(pixels, grey, window=window, dense_hu_threshold=dense_hu_threshold)
@@ -67,7 +70,9 @@ def analyze_upload(data: bytes, *, max_pixels: int = 40_000_000, dense_hu_thresh
         low, high = analysis.intensity_range(histogram, display_ready=pixels.display_ready)
         window = display_window(pixels, histogram=histogram)
         grey = _grey(pixels, window)
-        result = analysis.analyze_intensity(pixels, grey, window=window, histogram=histogram, scale=(low, high))
+        result = analysis.analyze_intensity(
+            pixels, grey, window=window, histogram=histogram, scale=(low, high), kind=kind
+        )
     preview = render.preview_image(grey, pixels.colour, invert=pixels.monochrome1)
     del grey
     boxes = [region.box for region in result.findings]

@@ -1,20 +1,26 @@
-"""Find the body and its dense regions: in HU for CT, on the image's own intensity range for everything else."""
+"""Find the body and the regions a threshold picks out, where a threshold means something: dense
+regions at or above a HU threshold on CT, bright regions on PNG and JPEG (the image's own intensity
+range), none on other modalities (a density threshold means nothing on an MR, a radiograph or an
+ultrasound, and reads as a diagnosis on a page for clinicians)."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import cc3d
 import numpy as np
 from numpy.typing import NDArray
 
-from shared.imaging.pixels import Levels, Pixels, Window
+from shared.imaging.pixels import DICOM_CONTENT_TYPE, Levels, Pixels, Window
 
-ANALYSIS_VERSION = 2
+# 3: results.regions says what the findings are; other DICOM than CT in HU has none, PNG and JPEG
+# findings are "bright region N". Results stored before keep their version (the web derives the kind).
+ANALYSIS_VERSION = 3
 HU_METHOD = "hu-body+hu-dense"
 INTENSITY_METHOD = "otsu-body+otsu-dense"
+BODY_ONLY_METHOD = "otsu-body"
 BODY_HU = -500.0
 MIN_AREA_MM2 = 10.0
 MIN_AREA_FLOOR_PX = 16
@@ -29,6 +35,11 @@ _MAX_LABELS_COUNTED_SINGLY = 8
 
 Mask = NDArray[np.bool_]
 Grey = NDArray[np.uint8]
+# What the findings of an image are: "dense" (CT in HU), "bright" (PNG, JPEG) or "none" (other DICOM).
+RegionKind = Literal["dense", "bright", "none"]
+_REGION_LABELS: dict[RegionKind, str | None] = {"dense": "Dense regions", "bright": "Bright regions", "none": None}
+# The web app words older results (without results.regions) the same way: web/js/findings.js.
+_NO_THRESHOLD_MEANING = "a density threshold means nothing on this kind of image"
 
 
 @dataclass(frozen=True)
@@ -73,6 +84,24 @@ class Analysis:
 
     results: dict[str, Any]
     findings: list[Region]
+
+
+def region_kind(pixels: Pixels) -> RegionKind:
+    """What a threshold finds on this image: dense regions on CT in HU, bright regions on PNG and
+    JPEG, nothing on any other DICOM image (CR, MR, US, colour, a CT without HU, ...)."""
+    if pixels.unit == "HU":
+        return "dense"
+    if pixels.content_type != DICOM_CONTENT_TYPE:
+        return "bright"
+    return "none"
+
+
+def no_regions_reason(pixels: Pixels) -> str:
+    """Why a DICOM image has no regions, for a person: its modality and what a threshold means there."""
+    modality = pixels.dicom.modality if pixels.dicom is not None else None
+    # A CT reaches here only when its values are not HU (no rescale, or a rescale type other than HU).
+    subject = "A CT without Hounsfield units" if modality == "CT" else modality or "This DICOM image"
+    return f"{subject}: {_NO_THRESHOLD_MEANING}."
 
 
 def level_histogram(levels: Levels) -> Histogram:
@@ -292,13 +321,26 @@ def analyze_hu(pixels: Pixels, display: Grey, *, window: Window, dense_hu_thresh
         "bitDepth": pixels.bit_depth,
         "window": window.to_json(),
     }
-    return Analysis(_results(findings, body, analysis, pixels, hu=True), findings)
+    regions = {
+        "kind": "dense",
+        "label": _REGION_LABELS["dense"],
+        "threshold": {"value": float(dense_hu_threshold), "unit": "HU"},
+        "reason": None,
+    }
+    return Analysis(_results(findings, body, analysis, pixels, kind="dense", regions=regions), findings)
 
 
 def analyze_intensity(
-    pixels: Pixels, display: Grey, *, window: Window, histogram: Histogram, scale: tuple[int, int]
+    pixels: Pixels,
+    display: Grey,
+    *,
+    window: Window,
+    histogram: Histogram,
+    scale: tuple[int, int],
+    kind: Literal["bright", "none"],
 ) -> Analysis:
-    """Everything but CT in HU: Otsu splits on exact level histograms, judged on the image's own intensity scale."""
+    """Everything but CT in HU: Otsu splits on exact level histograms, judged on the image's own
+    intensity scale; the body always, bright regions inside it only when kind is "bright"."""
     low, high = scale
     span = high - low
     height, width = pixels.levels.shape
@@ -311,13 +353,8 @@ def analyze_intensity(
         above_body = pixels.levels > body_split.last_lower
         body_mask = find_body(above_body)
         body = describe_mask(body_mask, pixels.levels, display)
-        # Filled holes (air inside the body) are not tissue; counting them would let the dense split
-        # separate air from soft tissue instead of soft tissue from dense tissue.
-        tissue = pixels.levels[body_mask & above_body]
-        dense_split = otsu_split(level_histogram(tissue))
-        del tissue
-        if dense_split is not None and (dense_split.upper_mean - dense_split.lower_mean) / span < _MIN_DENSE_CONTRAST:
-            dense_split = None
+        if kind == "bright":
+            dense_split = _bright_split(pixels.levels[body_mask & above_body], span=span)
         if dense_split is not None:
             dense_mask = body_mask & (pixels.levels > dense_split.last_lower)
             findings = find_regions(dense_mask, pixels.levels, display, min_area=min_area)
@@ -327,7 +364,7 @@ def analyze_intensity(
         return None if split is None else round((split.last_lower + 0.5 - low) / span, 4)
 
     analysis = {
-        "method": INTENSITY_METHOD,
+        "method": INTENSITY_METHOD if kind == "bright" else BODY_ONLY_METHOD,
         "version": ANALYSIS_VERSION,
         "unit": "intensity",
         "bodyThreshold": on_scale(body_split),
@@ -336,12 +373,36 @@ def analyze_intensity(
         "bitDepth": pixels.bit_depth,
         "window": window.to_json(),
     }
-    return Analysis(_results(findings, body, analysis, pixels, hu=False), findings)
+    regions = {
+        "kind": kind,
+        "label": _REGION_LABELS[kind],
+        # The split is on the image's own scale (analysis.denseThreshold), not in a unit a person reads.
+        "threshold": None,
+        "reason": None if kind == "bright" else no_regions_reason(pixels),
+    }
+    return Analysis(_results(findings, body, analysis, pixels, kind=kind, regions=regions), findings)
+
+
+def _bright_split(tissue: Levels, *, span: int) -> Split | None:
+    # Only the body's tissue: filled holes (air inside the body) counted would let the split separate
+    # air from soft tissue instead of soft tissue from what is brighter.
+    split = otsu_split(level_histogram(tissue))
+    if split is not None and (split.upper_mean - split.lower_mean) / span < _MIN_DENSE_CONTRAST:
+        return None
+    return split
 
 
 def _results(
-    findings: list[Region], body: Region | None, analysis: dict[str, Any], pixels: Pixels, *, hu: bool
+    findings: list[Region],
+    body: Region | None,
+    analysis: dict[str, Any],
+    pixels: Pixels,
+    *,
+    kind: RegionKind,
+    regions: dict[str, Any],
 ) -> dict[str, Any]:
+    hu = kind == "dense"
+
     def region_json(region: Region) -> dict[str, Any]:
         result: dict[str, Any] = {
             "bbox": {"x": region.x, "y": region.y, "width": region.width, "height": region.height},
@@ -359,9 +420,10 @@ def _results(
 
     return {
         "findings": [
-            {"id": number, "label": f"dense region {number}", **region_json(region)}
+            {"id": number, "label": f"{kind} region {number}", **region_json(region)}
             for number, region in enumerate(findings, start=1)
         ],
+        "regions": regions,
         "body": None if body is None else region_json(body),
         "analysis": analysis,
     }

@@ -24,6 +24,12 @@ DEFAULT_CT_WINDOW = Window(center=40.0, width=400.0, function="LINEAR", source="
 _OUTLINE_COLOUR = (255, 64, 64)
 _OUTLINE_WIDTH = 2
 _LABEL_BACKGROUND = (0, 0, 0)
+# The numbers may cover at most this share of the image in all: labels are drawn over anatomy.
+LABEL_AREA_BUDGET = 0.03
+# The smallest label that still reads (digits ~6 px tall); below it a number is noise, not a label.
+MIN_LABEL_FONT_SIZE = 9
+# A label's font grows with the image: 1/40 of its shorter side (12 px on a 512 x 512 slice).
+_LABEL_FONT_FRACTION = 40
 _PREVIEW_QUALITY = 90
 _ANNOTATED_QUALITY = 90
 _THUMBNAIL_QUALITY = 85
@@ -32,6 +38,23 @@ Grey = NDArray[np.uint8]
 Box = tuple[int, int, int, int]  # x, y, width, height
 ImageFormat = Literal["jpeg", "png"]
 DEFAULT_QUALITY = _PREVIEW_QUALITY
+
+
+@dataclass(frozen=True)
+class Label:
+    """Where a box's number is drawn: its number, the label's rectangle (x, y, width, height) and font size."""
+
+    number: int
+    x: int
+    y: int
+    width: int
+    height: int
+    font_size: int
+
+    @property
+    def area(self) -> int:
+        """Pixels the label covers (its background rectangle)."""
+        return self.width * self.height
 
 
 @dataclass(frozen=True)
@@ -110,20 +133,89 @@ def render_preview(preview: Image.Image) -> bytes:
 
 
 def render_annotated(preview: Image.Image, boxes: Sequence[Box]) -> bytes:
-    """The preview with each finding outlined and numbered 1, 2, ... in the order given, as JPEG."""
+    """The preview with each finding outlined and numbered 1, 2, ... in the order given (as many
+    numbers as label_layout allows), as JPEG."""
+    return encode_jpeg(annotate(preview, boxes), quality=_ANNOTATED_QUALITY)
+
+
+def annotate(preview: Image.Image, boxes: Sequence[Box], *, numbered: bool = True) -> Image.Image:
+    """The preview in RGB with each box outlined and, when numbered, the labels of label_layout on top."""
     canvas = preview.convert("RGB") if preview.mode != "RGB" else preview.copy()
-    if boxes:
-        draw = ImageDraw.Draw(canvas)
-        # Labels stay legible on large scans without swamping small ones.
-        font = _label_font(max(10, min(canvas.size) // 40))
-        for number, (x, y, width, height) in enumerate(boxes, start=1):
-            # The outline sits outside the region so the dense pixels themselves stay visible.
-            left, top = x - _OUTLINE_WIDTH, y - _OUTLINE_WIDTH
-            right = x + width - 1 + _OUTLINE_WIDTH
-            bottom = y + height - 1 + _OUTLINE_WIDTH
-            draw.rectangle((left, top, right, bottom), outline=_OUTLINE_COLOUR, width=_OUTLINE_WIDTH)
-            _draw_label(draw, canvas.size, number, font, box=(left, top))
-    return encode_jpeg(canvas, quality=_ANNOTATED_QUALITY)
+    if not boxes:
+        return canvas
+    draw = ImageDraw.Draw(canvas)
+    for x, y, width, height in boxes:
+        # The outline sits outside the region so the region's own pixels stay visible.
+        left, top = x - _OUTLINE_WIDTH, y - _OUTLINE_WIDTH
+        right = x + width - 1 + _OUTLINE_WIDTH
+        bottom = y + height - 1 + _OUTLINE_WIDTH
+        draw.rectangle((left, top, right, bottom), outline=_OUTLINE_COLOUR, width=_OUTLINE_WIDTH)
+    if numbered:
+        # After every outline, so that no later outline crosses a number.
+        for label in label_layout(canvas.size, boxes):
+            font = _label_font(label.font_size)
+            ink_left, ink_top, _, _ = font.getbbox(str(label.number))
+            right, bottom = label.x + label.width - 1, label.y + label.height - 1
+            draw.rectangle((label.x, label.y, right, bottom), fill=_LABEL_BACKGROUND)
+            draw.text(
+                (label.x + 1 - ink_left, label.y + 1 - ink_top), str(label.number), fill=_OUTLINE_COLOUR, font=font
+            )
+    return canvas
+
+
+def label_layout(size: tuple[int, int], boxes: Sequence[Box]) -> list[Label]:
+    """The numbers of boxes 1, 2, ... and where they go, covering at most LABEL_AREA_BUDGET of the image.
+
+    The font is 1/40 of the image's shorter side (never under MIN_LABEL_FONT_SIZE); when every label
+    does not fit the budget at that size, the largest smaller size at which they do; when they do not
+    even at the smallest legible size, the first boxes' labels that fit (none at all on a tiny image),
+    and outlines alone for the rest. Deterministic: the same size and boxes give the same labels.
+    """
+    if not boxes:
+        return []
+    budget = LABEL_AREA_BUDGET * size[0] * size[1]
+    preferred = max(MIN_LABEL_FONT_SIZE, min(size) // _LABEL_FONT_FRACTION)
+    font_size = preferred
+    if _labels_within(budget, font_size, len(boxes)) < len(boxes):
+        # The largest size at which all fit, by bisection (only sizes checked to fit are ever taken).
+        low, high = MIN_LABEL_FONT_SIZE, preferred - 1
+        font_size = MIN_LABEL_FONT_SIZE
+        while low <= high:
+            middle = (low + high) // 2
+            if _labels_within(budget, middle, len(boxes)) == len(boxes):
+                font_size, low = middle, middle + 1
+            else:
+                high = middle - 1
+    count = _labels_within(budget, font_size, len(boxes))
+    return [_place_label(size, number, box, font_size) for number, box in enumerate(boxes[:count], start=1)]
+
+
+def _labels_within(budget: float, font_size: int, count: int) -> int:
+    """How many labels, 1 first, fit the budget together at this font size."""
+    covered = 0
+    for number in range(1, count + 1):
+        width, height = _label_size(font_size, number)
+        covered += width * height
+        if covered > budget:
+            return number - 1
+    return count
+
+
+@functools.lru_cache(maxsize=4096)
+def _label_size(font_size: int, number: int) -> tuple[int, int]:
+    # The digits' ink and a pixel of background around it.
+    ink_left, ink_top, ink_right, ink_bottom = _label_font(font_size).getbbox(str(number))
+    return int(ink_right - ink_left) + 2, int(ink_bottom - ink_top) + 2
+
+
+def _place_label(size: tuple[int, int], number: int, box: Box, font_size: int) -> Label:
+    width, height = _label_size(font_size, number)
+    box_left, box_top = box[0] - _OUTLINE_WIDTH, box[1] - _OUTLINE_WIDTH
+    x = max(0, min(box_left, size[0] - width))
+    above = box_top - height
+    # Above the outline; inside the box, below its outline, when the box touches the top edge.
+    y = above if above >= 0 else max(0, box_top + _OUTLINE_WIDTH)
+    return Label(number=number, x=x, y=y, width=width, height=height, font_size=font_size)
 
 
 def render_thumbnail(preview: Image.Image) -> bytes:
@@ -183,26 +275,6 @@ def encode_jpeg(image: Image.Image, *, quality: int) -> bytes:
     return buffer.getvalue()
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=32)
 def _label_font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
-
-
-def _draw_label(
-    draw: ImageDraw.ImageDraw,
-    size: tuple[int, int],
-    number: int,
-    font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
-    *,
-    box: tuple[int, int],
-) -> None:
-    text = str(number)
-    ink_left, ink_top, ink_right, ink_bottom = draw.textbbox((0, 0), text, font=font)
-    label_width, label_height = ink_right - ink_left + 2, ink_bottom - ink_top + 2
-    box_left, box_top = box
-    x = max(0, min(box_left, size[0] - label_width))
-    above = box_top - label_height
-    # Inside the box, below its outline, when the box touches the top edge.
-    y = above if above >= 0 else max(0, box_top + _OUTLINE_WIDTH)
-    draw.rectangle((x, y, x + label_width - 1, y + label_height - 1), fill=_LABEL_BACKGROUND)
-    draw.text((x + 1 - ink_left, y + 1 - ink_top), text, fill=_OUTLINE_COLOUR, font=font)
