@@ -17,6 +17,7 @@ import pydicom
 import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
 from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian, RLELossless
 
 from scripts.dev import phantom
@@ -210,6 +211,11 @@ def test_cr_upload_has_no_regions_and_says_why(api: LambdaClient, alice: User) -
     assert (body["dicom"]["modality"], body["dicom"]["photometricInterpretation"]) == ("CR", "MONOCHROME1")
     assert body["dicom"]["bitsStored"] == 12
     assert_no_regions(api, alice, body, "CR")
+    # The body is the patient, not the air around it, though air has the highest values here
+    ct = phantom.ct_slice_dataset(size=256, seed=41)  # the same anatomy as a CT (MONOCHROME2)
+    ct.SOPInstanceUID = ct.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    same_as_ct = upload(api, alice, phantom.dicom_bytes(ct), filename="ct.dcm").json()["results"]["body"]
+    assert abs(body["results"]["body"]["areaPx"] - same_as_ct["areaPx"]) < 0.02 * same_as_ct["areaPx"]
 
 
 def test_colour_ultrasound_upload_has_no_regions(api: LambdaClient, alice: User) -> None:

@@ -351,7 +351,8 @@ def analyze_intensity(
     findings: list[Region] = []
     if body_split is not None:
         above_body = pixels.levels > body_split.last_lower
-        body_mask = find_body(above_body)
+        # MONOCHROME1 shows low values white: the body is the side below the split, air above it.
+        body_mask = find_body(~above_body if pixels.monochrome1 else above_body)
         body = describe_mask(body_mask, pixels.levels, display)
         if kind == "bright":
             dense_split = _bright_split(pixels.levels[body_mask & above_body], span=span)
