@@ -124,7 +124,7 @@ clean-data: $(STAMP)
 openapi: $(STAMP)
 	$(PY) -m scripts.build.openapi
 
-# The web app's libraries (Preact, htm), pinned in package-lock.json, copied from node_modules into
+# The web app's libraries (Preact, htm, jpeg-lossless-decoder-js), pinned in package-lock.json, copied from node_modules into
 # web/vendor/ (checked in: `make run` needs no npm). tests/test_web_static.py fails when they differ.
 web-vendor: $(STAMP) $(NODE_STAMP)
 	$(PY) -m scripts.web.vendor

@@ -588,6 +588,73 @@ def test_multipart_choice_for_frames(header: str, stored: str, can_decode: bool,
     assert media.multipart_choice(media.parse_accept(header), offered=offered) == chosen
 
 
+SV1 = media.JPEG_LOSSLESS_SV1
+LOSSLESS = Representation(OCTET, SV1)
+LOSSLESS_JPEG = Representation("image/jpeg", SV1)
+ASK_LOSSLESS = f'multipart/related; type="application/octet-stream"; transfer-syntax={SV1}'
+
+
+@pytest.mark.parametrize(
+    ("header", "stored", "chosen"),
+    [
+        # what the viewer asks for a frame too large to send decoded: re-encoded from any stored syntax
+        (ASK_LOSSLESS, EVRLE, LOSSLESS),
+        (ASK_LOSSLESS, JPEG_LS, LOSSLESS),
+        (ASK_LOSSLESS, JPEG_BASELINE, LOSSLESS),
+        (ASK_LOSSLESS, SV1, LOSSLESS),  # the stored bytes: the same representation, nothing to transcode
+        (f'multipart/related; type="image/jpeg"; transfer-syntax={SV1}', EVRLE, LOSSLESS_JPEG),
+        # image/jpeg's default is JPEG Lossless SV1 (Table 8.7.3-5) ...
+        ('multipart/related; type="image/jpeg"', EVRLE, LOSSLESS_JPEG),
+        ('multipart/related; type="image/jpeg"', JPEG_LS, LOSSLESS_JPEG),
+        # ... but a lossy original is sent lossy (PS3.18 8.7.3.3), not re-encoded without loss
+        ('multipart/related; type="image/jpeg"', JPEG_BASELINE, Representation("image/jpeg", JPEG_BASELINE)),
+        (f'multipart/related; type="image/jpeg"; transfer-syntax={SV1}', JPEG_BASELINE, None),
+        # the rest as before: the stored form first, decoded for octet-stream without a syntax
+        ("*/*", EVRLE, DECODED),
+        ("multipart/related; type=application/octet-stream; transfer-syntax=*", JPEG_LS, JLS_AS_OCTET),
+        ('multipart/related; type="application/octet-stream"', JPEG_LS, DECODED),
+        ('multipart/related; type="image/*"', JPEG_LS, STORED_JLS),
+    ],
+)
+def test_multipart_choice_for_frames_that_can_be_transcoded(header: str, stored: str, chosen: Representation) -> None:
+    offered = media.frame_offers(stored, can_decode=True, can_transcode=True)
+    assert media.multipart_choice(media.parse_accept(header), offered=offered) == chosen
+
+
+def test_transcoded_offers_come_after_the_stored_forms() -> None:
+    assert media.frame_offers(EVRLE, can_decode=True, can_transcode=True) == [DECODED, LOSSLESS_JPEG, LOSSLESS]
+    assert media.frame_offers(JPEG_LS, can_decode=True, can_transcode=True) == [
+        STORED_JLS,
+        JLS_AS_OCTET,
+        DECODED,
+        LOSSLESS_JPEG,
+        LOSSLESS,
+    ]
+    assert media.frame_offers(JPEG_BASELINE, can_decode=True, can_transcode=True)[-1:] == [LOSSLESS]
+    assert media.frame_offers(SV1, can_decode=True, can_transcode=True) == [LOSSLESS_JPEG, LOSSLESS, DECODED]
+    assert LOSSLESS.part_content_type == "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.4.70"
+
+
+@pytest.mark.parametrize(
+    ("choice", "stored", "transcoded"),
+    [
+        (DECODED, EVRLE, False),
+        (DECODED, media.IMPLICIT_VR_LITTLE_ENDIAN, False),
+        (DECODED, JPEG_LS, True),
+        (DECODED, None, True),  # not byte ranges of the file (deflated, big endian)
+        (STORED_JLS, JPEG_LS, False),
+        (LOSSLESS, SV1, False),
+        (LOSSLESS_JPEG, SV1, False),
+        (LOSSLESS, EVRLE, True),
+        (LOSSLESS, None, True),
+    ],
+)
+def test_is_transcoded_when_the_bytes_are_not_the_stored_ones(
+    choice: Representation, stored: str | None, transcoded: bool
+) -> None:
+    assert media.is_transcoded(choice, stored) is transcoded
+
+
 STORED_INSTANCE = Representation("application/dicom", JPEG_LS)
 TRANSCODED = Representation("application/dicom", EVRLE)
 

@@ -238,3 +238,10 @@ def test_main_publishes_the_stages_stack(
     assert asked == [(REGION, "ctscan-store-prod")]
     assert json.loads(stored(aws["s3"], "config.json")["body"]) == {"apiBaseUrl": ""}
     assert f"site: {aws['outputs'].url}/" in capsys.readouterr().out
+
+
+def test_the_real_site_publishes_the_jpeg_lossless_decoder_as_javascript() -> None:
+    # The viewer loads it with import(): a module script of any other type is refused by the browser.
+    files = {f.key: f for f in publish_web.collect_site(ROOT / "web").files}
+    decoder = files["vendor/jpeg-lossless-decoder-js-2.1.2/lossless.js"]
+    assert (decoder.content_type, decoder.cache_control) == ("text/javascript; charset=utf-8", IMMUTABLE)

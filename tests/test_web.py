@@ -344,7 +344,10 @@ def canvas_spread(page: Any) -> int:
                 if (!canvas || !canvas.width) return 0;
                 const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
                 let low = 255, high = 0;
-                for (let i = 0; i < data.length; i += 4) { low = Math.min(low, data[i]); high = Math.max(high, data[i]); }
+                for (let i = 0; i < data.length; i += 4) {
+                    low = Math.min(low, data[i]);
+                    high = Math.max(high, data[i]);
+                }
                 return high - low;
             }"""
         )
@@ -413,9 +416,9 @@ def test_web_clinic_flow_from_login_to_logout(tab: Tab, service: Service, files:
     studies = page.get_by_role("region", name="Patients and studies")
     expect(studies.get_by_role("link", name="chest_ct.dcm")).to_be_visible()
     expect(studies.get_by_role("link", name="chest_ct.dcm")).to_have_accessible_name(re.compile(r"dense regions?,"))
-    expect(page.get_by_role("region", name=re.compile("^Images")).get_by_role("link", name="knee.png")).to_have_accessible_name(
-        re.compile(r"^knee\.png, PNG, 2 bright regions,")
-    )
+    expect(
+        page.get_by_role("region", name=re.compile("^Images")).get_by_role("link", name="knee.png")
+    ).to_have_accessible_name(re.compile(r"^knee\.png, PNG, 2 bright regions,"))
     tab.shot("uploaded")
 
     # The same PNG again: shown as a duplicate, nothing new stored

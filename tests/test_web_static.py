@@ -8,6 +8,8 @@ import hashlib
 import http.client
 import json
 import re
+import shutil
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +23,8 @@ from tests.conftest import ROOT
 
 WEB = ROOT / "web"
 FIRST_LOAD_LIMIT = 150_000  # bytes: the issue's budget for the page, its scripts and styles
+# What web/js/dicomweb.js imports with import() for frames that come as JPEG Lossless SV1.
+LOSSLESS_DECODER = "vendor/jpeg-lossless-decoder-js-2.1.2/lossless.js"
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +78,7 @@ def test_web_vendor_rewrite_changes_only_the_bare_import() -> None:
 def test_web_modules_import_only_files_of_web() -> None:
     # No bare specifier (a browser would need an import map, an inline script the CSP forbids) and
     # nothing from another origin: every import resolves to a file in web/.
-    for module in [*WEB.glob("js/*.js"), *WEB.glob("vendor/*/*.mjs")]:
+    for module in [*WEB.glob("js/*.js"), *WEB.glob("vendor/*/*.mjs"), *WEB.glob("vendor/*/*.js")]:
         for specifier in web_assets.module_imports(module.read_text(encoding="utf-8")):
             assert specifier.startswith(("./", "../")), f"{module.relative_to(ROOT)} imports {specifier!r}"
             assert (module.parent / specifier).resolve().is_file(), f"{module.relative_to(ROOT)}: {specifier}"
@@ -104,6 +108,91 @@ def test_web_page_has_no_inline_script_or_style() -> None:
 def test_web_first_load_is_under_150_kb() -> None:
     sizes = {name: (WEB / name).stat().st_size for name in web_assets.first_load_files()}
     assert sum(sizes.values()) < FIRST_LOAD_LIMIT, sizes
+
+
+def test_web_jpeg_lossless_decoder_is_vendored_as_a_module_outside_the_first_load() -> None:
+    source = (WEB / "js" / "dicomweb.js").read_text(encoding="utf-8")
+    (specifier,) = re.findall(r'const DECODER_MODULE = "([^"]+)";', source)
+    assert "import(DECODER_MODULE)" in source
+    resolved = (WEB / "js" / specifier).resolve()
+    assert resolved == (WEB / LOSSLESS_DECODER).resolve() and resolved.is_file()
+    # MIT (package.json "license"): its LICENSE is the MIT grant under the RII-UTHSCSA copyright.
+    assert "Permission is hereby granted, free of charge" in (resolved.parent / "LICENSE").read_text(encoding="utf-8")
+    # An ES module that exports Decoder and imports nothing: import() under script-src 'self' loads it alone.
+    module = resolved.read_text(encoding="utf-8")
+    assert re.search(r"export \{[^}]*\bDecoder\b", module) and web_assets.module_imports(module) == []
+    assert LOSSLESS_DECODER not in web_assets.first_load_files()
+    assert web_assets.cache_control(LOSSLESS_DECODER) == web_assets.IMMUTABLE
+
+
+NODE = shutil.which("node")
+
+
+@pytest.mark.skipif(NODE is None, reason="no node here to run the viewer's module")
+def test_viewer_fetch_frame_decodes_the_servers_jpeg_lossless_to_pydicoms_values(tmp_path: Path) -> None:
+    # Given JPEG Lossless SV1 frames as the server sends them (shared.imaging and shared.dicomweb.media):
+    # signed 16-bit, signed 12-bit, 8 bits stored in 16, 12 of 16 (the chest CR's kind), and 8-bit
+    import pydicom
+
+    import shared.imaging.dicom  # noqa: F401  (pydicom's JPEG Lossless plugin, to read the stored values)
+    from scripts.dev import phantom
+    from shared import imaging
+    from shared.dicomweb import media
+
+    datasets = {
+        "signed16": pydicom.dcmread(str(pydicom.data.get_testdata_file("CT_small.dcm"))),
+        "signed12": phantom.ct_slice_dataset(size=32, signed=True, intercept=0.0, seed=5),
+        "bits8in16": phantom.ct_slice_dataset(size=32, bits_stored=8, slope=16.0, seed=3),
+        "cr12": phantom.chest_cr_dataset(columns=64, rows=80),
+        "bits8": pydicom.dcmread(str(pydicom.data.get_testdata_file("OBXXXX1A.dcm"))),
+    }
+    cases = {}
+    for name, ds in datasets.items():
+        (bitstream,) = imaging.encode_dicom_frames_lossless(phantom.dicom_bytes(ds), frame_indices=[0])
+        content_type, body = media.write_multipart_related(
+            [(media.LOSSLESS_FRAMES.part_content_type, bitstream)], type_parameter=media.OCTET_STREAM
+        )
+        (tmp_path / f"{name}.body").write_bytes(body)
+        image = {
+            "rows": int(ds.Rows),
+            "columns": int(ds.Columns),
+            "samples": 1,
+            "bitsAllocated": int(ds.BitsAllocated),
+            "bitsStored": int(ds.BitsStored),
+            "signed": int(ds.PixelRepresentation) == 1,
+        }
+        cases[name] = {"contentType": content_type, "image": image, "expected": ds.pixel_array.ravel().tolist()}
+    (tmp_path / "cases.json").write_text(json.dumps(cases))
+    script = f"""
+        import {{ readFileSync }} from "node:fs";
+        const {{ fetchFrame }} = await import({json.dumps((WEB / "js" / "dicomweb.js").as_uri())});
+        const cases = JSON.parse(readFileSync({json.dumps(str(tmp_path / "cases.json"))}, "utf8"));
+        const result = {{}};
+        for (const [name, c] of Object.entries(cases)) {{
+          const body = readFileSync({json.dumps(str(tmp_path))} + "/" + name + ".body");
+          const buffer = body.buffer.slice(body.byteOffset, body.byteOffset + body.length);
+          const values = await fetchFrame(async () => ({{ buffer, contentType: c.contentType }}), "/x", c.image, 1);
+          result[name] = {{ type: values.constructor.name, same: values.length === c.expected.length
+            && c.expected.every((v, i) => values[i] === v) }};
+        }}
+        console.log(JSON.stringify(result));
+    """
+
+    # When the viewer's fetchFrame reads them (it imports the vendored decoder on demand)
+    run = subprocess.run(
+        [str(NODE), "--no-warnings", "--input-type=module", "-e", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+
+    # Then every frame is pydicom's pixel_array, signed ones sign-extended from Bits Stored
+    result = json.loads(run.stdout)
+    assert {name: found["same"] for name, found in result.items()} == dict.fromkeys(datasets, True), result
+    assert result["signed16"]["type"] == result["signed12"]["type"] == "Int16Array"
+    assert result["bits8in16"]["type"] == result["cr12"]["type"] == "Uint16Array"
+    assert result["bits8"]["type"] == "Uint8Array"
 
 
 def test_web_first_load_files_refuse_references_outside_web(tmp_path: Path) -> None:
@@ -142,6 +231,8 @@ def test_web_cache_control_is_immutable_only_for_versioned_vendor_files(path: st
         ("/app.css", "app.css", "text/css; charset=utf-8"),
         ("/js/main.js", "js/main.js", "text/javascript; charset=utf-8"),
         ("/vendor/preact-11.2.0/preact.mjs", "vendor/preact-11.2.0/preact.mjs", "text/javascript; charset=utf-8"),
+        # The JPEG Lossless decoder, imported with import(): a module script needs a JavaScript type.
+        (f"/{LOSSLESS_DECODER}", LOSSLESS_DECODER, "text/javascript; charset=utf-8"),
         ("/icon.svg", "icon.svg", "image/svg+xml"),
     ],
 )

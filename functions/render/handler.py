@@ -1,7 +1,7 @@
-"""Render and decode DICOMweb images (shared.dicomweb.rendered): WADO-RS rendered instances and
-frames (JPEG, PNG) and frames decoded to uncompressed pixel data, which the images function cannot
-serve because it carries no codecs. A plain Starlette app behind Mangum: pydicom, numpy and Pillow
-are what its cold start pays for, not FastAPI.
+"""Render, decode and transcode DICOMweb images (shared.dicomweb.rendered): WADO-RS rendered instances
+and frames (JPEG, PNG), and frames decoded to uncompressed pixel data or re-encoded as JPEG Lossless
+SV1, which the images function cannot serve because it carries no codecs. A plain Starlette app
+behind Mangum: pydicom, numpy and Pillow are what its cold start pays for, not FastAPI.
 
 A session's bearer token or a viewer token (read-only, DICOMweb GETs only) authorises, as for every
 DICOMweb read.
@@ -45,9 +45,9 @@ async def render(request: Request) -> Response:
     )
 
 
-async def decoded(request: Request) -> Response:
+async def transcoded(request: Request) -> Response:
     return _send(
-        rendered.decoded_frames(
+        rendered.transcoded_frames(
             token=auth.parse_bearer(request.headers.get("authorization")),
             study_uid=request.path_params["study"],
             series_uid=request.path_params["series"],
@@ -63,7 +63,7 @@ app = Starlette(
     routes=[
         Route(INSTANCE + "/rendered", render, methods=["GET"]),
         Route(INSTANCE + "/frames/{frames}/rendered", render, methods=["GET"]),
-        Route(DECODED_INSTANCE + "/frames/{frames}", decoded, methods=["GET"]),
+        Route(DECODED_INSTANCE + "/frames/{frames}", transcoded, methods=["GET"]),
     ],
     exception_handlers={DomainError: domain_error, HTTPException: http_error, Exception: unexpected_error},
 )

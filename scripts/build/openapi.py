@@ -21,7 +21,7 @@ from fastapi import FastAPI, Header, Query, Response
 from fastapi import Path as PathParam
 from fastapi.openapi.utils import get_openapi
 
-from shared.http.schemas import error_responses
+from shared.http.schemas import ErrorBody, error_responses
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -233,8 +233,18 @@ def dicomweb_stub() -> FastAPI:
         )(fn)
     redirected = {
         307: {
-            "description": "Decoded frames of a compressed instance: the same path under /api/v1/dicomweb/decoded",
+            "description": "Frames that need a codec (decoded frames of a compressed instance, or JPEG Lossless SV1 "
+            "of an instance stored otherwise): the same path under /api/v1/dicomweb/decoded",
             "headers": {"Location": {"schema": {"type": "string"}}},
+        }
+    }
+    # The frames of one request go in one response (wado.MAX_RETRIEVE_BYTES, what Lambda carries).
+    too_large = {
+        400: {
+            "model": ErrorBody,
+            "description": "Malformed request; or response_too_large: the frames asked for hold more than one "
+            "response carries (4.4 MB): ask for fewer per request, and for decoded frames ask for JPEG Lossless "
+            "(transfer-syntax=1.2.840.10008.1.2.4.70), which the message names",
         }
     }
     app.get(
@@ -246,16 +256,24 @@ def dicomweb_stub() -> FastAPI:
             200: {"description": "One part per frame, in the order asked", "content": MULTIPART},
             **redirected,
             **errors,
+            **too_large,
         },
     )(frames)
     app.get(
         DICOMWEB + "/decoded/studies/{study}/series/{series}/instances/{instance}/frames/{frames}",
         operation_id="wado_frames_decoded",
-        summary="WADO-RS: frames decoded to uncompressed pixel data (where wado_frames redirects)",
+        summary="WADO-RS: frames decoded to uncompressed pixel data or transcoded to JPEG Lossless SV1 "
+        "(where wado_frames redirects)",
         response_model=None,
         responses={
-            200: {"description": "One part per frame, Explicit VR Little Endian", "content": MULTIPART},
+            200: {
+                "description": "One part per frame, in the order asked: Explicit VR Little Endian (decoded), or "
+                "JPEG Lossless SV1 (transfer-syntax=1.2.840.10008.1.2.4.70, as application/octet-stream or "
+                "image/jpeg)",
+                "content": MULTIPART,
+            },
             **error_responses(400, 401, 404, 406, 422, 503),
+            **too_large,
         },
     )(frames)
 

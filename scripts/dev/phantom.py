@@ -1,10 +1,12 @@
-"""Synthetic CT phantoms as DICOM datasets and bytes: known HU regions, every transfer syntax we decode, PHI on demand.
+"""Synthetic phantoms as DICOM datasets and bytes: CT slices with known HU regions in every transfer syntax we
+decode, a large chest radiograph (CR), PHI on demand.
 
 Used by the imaging tests, `make sample` and the benchmark. Deterministic: noise and UIDs derive from a seed.
 
     ds = ct_slice_dataset(discs=(Disc(256, 330, 12.0, 900.0),), pixel_spacing=(0.7, 0.7))
     data = dicom_bytes(ds, transfer_syntax=JPEGLosslessSV1)
     series = ct_series(5)                       # one study, one series, slices 1..5
+    chest = dicom_bytes(chest_cr_dataset(), JPEGLosslessSV1)   # 2,000 x 2,500, ~3.2 MB (10 MB decoded)
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
     UID,
+    ComputedRadiographyImageStorage,
     CTImageStorage,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
@@ -306,6 +309,124 @@ def _compress_jpeg(ds: Dataset, syntax: UID) -> None:
     ds["PixelData"].is_undefined_length = True
 
 
+# The chest radiograph: a detector of 0.139 mm pixels, 12 bits stored, MONOCHROME1 (high values show dark).
+CR_COLUMNS, CR_ROWS = 2000, 2500
+CR_PIXEL_SPACING = (0.139, 0.139)
+CR_BITS_STORED = 12
+# Direct exposure (air beside the body) and the window from the darkest lung to the densest bone.
+CR_AIR = 3900.0
+CR_WINDOW = (2800.0, 2400.0)
+CR_NOISE = 3.0
+
+
+def chest_cr_dataset(
+    *,
+    columns: int = CR_COLUMNS,
+    rows: int = CR_ROWS,
+    seed: int = 29,
+    patient_name: str = "Phantom^Chest",
+    patient_id: str = "PHANTOM-0002",
+    phi: bool = False,
+) -> Dataset:
+    """A synthetic PA chest radiograph (CR), uncompressed: torso, lungs with vascular markings, heart,
+    spine, ribs and clavicles, in 12-bit MONOCHROME1 values (exposure: air and lungs high, bone low).
+
+    2,000 x 2,500 by default, as a 35 x 43 cm cassette at 0.139 mm (ImagerPixelSpacing; a radiograph
+    has no PixelSpacing at the patient): 10 MB decoded, about 3.2 MB as JPEG Lossless SV1
+    (dicom_bytes(ds, JPEGLosslessSV1)), so one frame fits a Lambda response only compressed. Other
+    sizes scale the same anatomy.
+    """
+    ds = Dataset()
+    ds.SOPClassUID = ComputedRadiographyImageStorage
+    ds.StudyInstanceUID = uid("cr-study", seed)
+    ds.SeriesInstanceUID = uid("cr-series", seed)
+    ds.SOPInstanceUID = uid("cr-instance", seed, columns, rows)
+    ds.PatientName = patient_name
+    ds.PatientID = patient_id
+    ds.Modality = "CR"
+    ds.BodyPartExamined = "CHEST"
+    ds.ViewPosition = "PA"
+    ds.PatientOrientation = ["L", "F"]
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = 1
+    ds.ImagerPixelSpacing = list(CR_PIXEL_SPACING)
+    ds.Rows = rows
+    ds.Columns = columns
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    ds.BitsAllocated = 16
+    ds.BitsStored = CR_BITS_STORED
+    ds.HighBit = CR_BITS_STORED - 1
+    ds.PixelRepresentation = 0
+    ds.WindowCenter, ds.WindowWidth = CR_WINDOW
+    if phi:
+        add_phi(ds)
+    ds.PixelData = chest_cr_values(columns=columns, rows=rows, seed=seed).tobytes()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    return ds
+
+
+def chest_cr_values(*, columns: int = CR_COLUMNS, rows: int = CR_ROWS, seed: int = 29) -> NDArray[np.uint16]:
+    """The stored values of chest_cr_dataset: CR_AIR less the attenuation along each ray, plus noise."""
+    rng = np.random.default_rng(seed)
+    # Positions as fractions of the image (x across, y down), so that any size shows the same chest.
+    y = (np.arange(rows, dtype=np.float32) / rows)[:, None]
+    x = (np.arange(columns, dtype=np.float32) / columns)[None, :]
+    side = np.abs(x - 0.5)
+    edge = 4.0 / columns  # soft edges, a few pixels wide
+    # Torso: the neck widening over the shoulders; soft tissue thickest along the midline.
+    half = 0.12 + 0.32 * np.clip((y - 0.03) / 0.15, 0, 1) ** 0.5
+    body = _soft(half - side, edge)
+    depth = np.sqrt(np.clip(1 - (side / half) ** 2, 0, 1))
+    attenuation = 1500 * body * (0.35 + 0.65 * depth)
+    # Lungs from the apices to the diaphragm (the right dome higher), less the heart and mediastinum.
+    lungs = np.maximum(
+        _lung(x, y, centre=0.305, width=0.175, dome=0.66), _lung(x, y, centre=0.695, width=0.17, dome=0.69)
+    )
+    heart = _soft(1 - (((x - 0.565) / 0.17) ** 2 + ((y - 0.635) / 0.13) ** 2), 0.03)
+    mediastinum = _soft(0.065 - side, edge) * _soft(0.80 - y, 0.01)
+    lungs = lungs * (1 - heart) * (1 - mediastinum)
+    # Vascular markings: smooth random texture, denser towards the hila.
+    coarse = rng.normal(0, 1, (rows // 25 + 2, columns // 25 + 2)).astype(np.float32)
+    texture = np.asarray(Image.fromarray(coarse, "F").resize((columns, rows), Image.Resampling.BICUBIC))
+    hilum = np.exp(-(((side - 0.10) / 0.10) ** 2 + ((y - 0.45) / 0.12) ** 2))
+    attenuation -= lungs * (1000 - 70 * texture - 300 * hilum)
+    attenuation += 150 * heart * body
+    # Spine (vertebrae denser than the discs between them), ten pairs of ribs, the clavicles.
+    vertebrae = 0.85 + 0.15 * np.cos(np.pi * y / 0.07) ** 2
+    attenuation += 420 * _soft(0.03 - side, edge) * vertebrae * body
+    for rib in range(10):
+        curve = 0.17 + rib * 0.057 + 0.09 * (side / 0.4) ** 2 - 0.03 * side / 0.4
+        attenuation += 200 * _soft(0.008 - np.abs(y - curve), 1.5 / rows) * body * _soft(side - 0.035, edge)
+    clavicle = 0.125 - 0.05 * side / 0.3
+    attenuation += (
+        380 * _soft(0.010 - np.abs(y - clavicle), 1.5 / rows) * _soft(0.30 - side, edge) * _soft(side - 0.03, edge)
+    )
+    stored = CR_AIR - attenuation + rng.normal(0, CR_NOISE, (rows, columns)).astype(np.float32)
+    values: NDArray[np.uint16] = np.clip(np.rint(stored), 0, (1 << CR_BITS_STORED) - 1).astype(np.uint16)
+    return values
+
+
+def _soft(distance: NDArray[np.float32], width: float) -> NDArray[np.float32]:
+    """A smooth step from 0 (distance well below 0) to 1 (well above), `width` wide."""
+    step: NDArray[np.float32] = 1.0 / (1.0 + np.exp(-np.clip(distance / width, -40, 40)))
+    return step
+
+
+def _lung(
+    x: NDArray[np.float32], y: NDArray[np.float32], *, centre: float, width: float, dome: float
+) -> NDArray[np.float32]:
+    """One lung field: rounded at the apex, its floor the diaphragm dome, lower towards the chest wall."""
+    across = (x - centre) / width
+    floor = dome + 0.10 * np.clip(np.abs(x - 0.5) - 0.06, 0, None) / 0.3
+    apex = 0.15 + 0.13 * np.abs(across) ** 1.5
+    inside = np.minimum(np.minimum(1 - across**2, (y - apex) / 0.05), (floor - y) / 0.05)
+    return _soft(inside, 0.04)
+
+
 def stored_png16(ds: Dataset) -> bytes:
     """The stored values of a single-frame greyscale dataset as a 16-bit PNG, as a viewer's raw export writes it."""
     pixels = ds.pixel_array.astype(np.int32)
@@ -344,6 +465,8 @@ __all__ = [
     "ExplicitVRLittleEndian",
     "ImplicitVRLittleEndian",
     "body_ellipse_mask",
+    "chest_cr_dataset",
+    "chest_cr_values",
     "ct_series",
     "ct_slice_dataset",
     "default_discs",

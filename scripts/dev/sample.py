@@ -2,7 +2,9 @@
 
 Nothing is downloaded: the phantom (scripts/dev/phantom.py) is a body of soft tissue and fat in air with
 bone discs of known size and density, in Hounsfield units, as real DICOM files. Also writes
-slice.png, the middle slice's stored values as a 16-bit PNG (what a viewer's raw export looks like).
+slice.png, the middle slice's stored values as a 16-bit PNG (what a viewer's raw export looks like),
+and chest_cr.dcm, a 2,000 x 2,500 chest radiograph in JPEG Lossless SV1 (~3.2 MB; 10 MB decoded,
+more than a Lambda response carries: the viewer fetches its frame as JPEG Lossless).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 
 from pydicom.uid import JPEGLosslessSV1
 
-from scripts.dev.phantom import ct_series, dicom_bytes, stored_png16
+from scripts.dev.phantom import chest_cr_dataset, ct_series, dicom_bytes, stored_png16
 
 SLICES = 5
 
@@ -31,7 +33,10 @@ def main(argv: list[str]) -> int:
         syntax = JPEGLosslessSV1 if number == 1 else dataset.file_meta.TransferSyntaxUID
         (series_dir / f"slice_{number:03d}.dcm").write_bytes(dicom_bytes(dataset, syntax))
     (target / "slice.png").write_bytes(stored_png16(slices[len(slices) // 2]))
-    print(f"wrote {SLICES} DICOM slices to {series_dir}/ and {target / 'slice.png'}")
+    chest = target / "chest_cr.dcm"
+    chest.write_bytes(dicom_bytes(chest_cr_dataset(), JPEGLosslessSV1))
+    size = chest.stat().st_size
+    print(f"wrote {SLICES} DICOM slices to {series_dir}/, {target / 'slice.png'} and {chest} ({size:,} bytes)")
     return 0
 
 

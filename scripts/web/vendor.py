@@ -6,6 +6,11 @@ The files are the packages' own ES module builds. One change is made, and `--che
 to compare: preact's hooks module imports the bare specifier "preact", which a browser resolves
 only through an import map, and an inline import map is an inline script that our Content Security
 Policy (script-src 'self') refuses; so that one specifier becomes "./preact.mjs", the file beside it.
+
+jpeg-lossless-decoder-js (MIT) decodes the JPEG Lossless frames of images too large to fetch decoded;
+the viewer imports it with import() when it first needs it, so it is not part of the first load. Its
+release/lossless.js is the package's "module" build (package.json "type": "module"): an ES module
+that exports Decoder and imports nothing, vendored as it is.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ VENDOR = ROOT / "web" / "vendor"
 FILES = {
     "preact": {"dist/preact.mjs": "preact.mjs", "hooks/dist/hooks.mjs": "hooks.mjs", "LICENSE": "LICENSE"},
     "htm": {"dist/htm.mjs": "htm.mjs", "LICENSE": "LICENSE"},
+    "jpeg-lossless-decoder-js": {"release/lossless.js": "lossless.js", "LICENSE": "LICENSE"},
 }
 # (package, file) -> the one bare import it has, and what it becomes
 REWRITES = {("preact", "hooks/dist/hooks.mjs"): ('from"preact"', 'from"./preact.mjs"')}

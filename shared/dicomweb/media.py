@@ -25,6 +25,7 @@ from shared.core.errors import InvalidRequest, UnsupportedMediaType
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
+JPEG_LOSSLESS_SV1 = "1.2.840.10008.1.2.4.70"  # JPEG Lossless, Non-Hierarchical, First-Order Prediction
 
 DICOM = "application/dicom"
 DICOM_JSON = "application/dicom+json"
@@ -37,7 +38,7 @@ COMPRESSED_MEDIA_TYPES: Mapping[str, str] = {
     "1.2.840.10008.1.2.4.50": "image/jpeg",  # JPEG Baseline (Process 1)
     "1.2.840.10008.1.2.4.51": "image/jpeg",  # JPEG Extended (Process 2 & 4)
     "1.2.840.10008.1.2.4.57": "image/jpeg",  # JPEG Lossless (Process 14)
-    "1.2.840.10008.1.2.4.70": "image/jpeg",  # JPEG Lossless, First-Order Prediction
+    JPEG_LOSSLESS_SV1: "image/jpeg",  # JPEG Lossless, First-Order Prediction
     "1.2.840.10008.1.2.5": "image/dicom-rle",  # RLE Lossless
     "1.2.840.10008.1.2.4.80": "image/jls",  # JPEG-LS Lossless
     "1.2.840.10008.1.2.4.81": "image/jls",  # JPEG-LS Near-Lossless
@@ -58,7 +59,7 @@ COMPRESSED_MEDIA_TYPES: Mapping[str, str] = {
 DEFAULT_TRANSFER_SYNTAXES: Mapping[str, str] = {
     DICOM: EXPLICIT_VR_LITTLE_ENDIAN,
     OCTET_STREAM: EXPLICIT_VR_LITTLE_ENDIAN,
-    "image/jpeg": "1.2.840.10008.1.2.4.70",
+    "image/jpeg": JPEG_LOSSLESS_SV1,
     "image/dicom-rle": "1.2.840.10008.1.2.5",
     "image/jls": "1.2.840.10008.1.2.4.80",
     "image/jp2": "1.2.840.10008.1.2.4.90",
@@ -76,6 +77,23 @@ MEDIA_TYPE_ALIASES: Mapping[str, str] = {"image/x-dicom-rle": "image/dicom-rle",
 # frame stored in it goes out labelled Explicit VR Little Endian, which has the same pixel bytes.)
 NATIVE_LITTLE_ENDIAN = frozenset(
     {EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN}
+)
+
+# Syntaxes whose frames may have lost detail to compression (PS3.5 8.2: baseline and extended JPEG,
+# near-lossless JPEG-LS, JPEG 2000 and HTJ2K that may be lossy, JPEG XL): re-encoding such frames
+# without loss keeps their loss, so image/jpeg, whose default is JPEG Lossless, still names the stored
+# form for them (PS3.18 8.7.3.3: an origin server with only lossy pixel data sends them lossy).
+LOSSY_SYNTAXES = frozenset(
+    {
+        "1.2.840.10008.1.2.4.50",
+        "1.2.840.10008.1.2.4.51",
+        "1.2.840.10008.1.2.4.81",
+        "1.2.840.10008.1.2.4.91",
+        "1.2.840.10008.1.2.4.93",
+        "1.2.840.10008.1.2.4.203",
+        "1.2.840.10008.1.2.4.111",
+        "1.2.840.10008.1.2.4.112",
+    }
 )
 
 # RFC 9110 5.6.2 token characters: types, subtypes and parameter names.
@@ -447,9 +465,14 @@ class Representation:
 
 # Frames decoded to uncompressed pixel data, the default frame representation (PS3.18 Table 8.7.3-4).
 DECODED_FRAMES = Representation(OCTET_STREAM, EXPLICIT_VR_LITTLE_ENDIAN)
+# Frames as JPEG Lossless, Non-Hierarchical, First-Order Prediction (SV1): the stored values, compressed
+# without loss; what a frame too large to send decoded (a 2,000 x 2,500 CR: ~10 MB) is sent as.
+LOSSLESS_FRAMES = Representation(OCTET_STREAM, JPEG_LOSSLESS_SV1)
+# The same bitstream as image/jpeg, whose default syntax it is (PS3.18 Table 8.7.3-5).
+LOSSLESS_JPEG_FRAMES = Representation("image/jpeg", JPEG_LOSSLESS_SV1)
 
 
-def frame_offers(stored_transfer_syntax: str, *, can_decode: bool) -> list[Representation]:
+def frame_offers(stored_transfer_syntax: str, *, can_decode: bool, can_transcode: bool = False) -> list[Representation]:
     """What the server can send for frames (and the pixel data bulk data) of an instance stored in
     this transfer syntax, in the server's order of preference: the stored form first.
 
@@ -458,18 +481,37 @@ def frame_offers(stored_transfer_syntax: str, *, can_decode: bool) -> list[Repre
         then the same bytes as application/octet-stream with transfer-syntax=<stored> (what
         Cornerstone asks for with `type=application/octet-stream; transfer-syntax=*`, and what
         servers with a "universal" transfer syntax answer), then, when the route can decode them,
-        the decoded pixels as application/octet-stream in Explicit VR Little Endian.
+        the decoded pixels as application/octet-stream in Explicit VR Little Endian;
+      - then, when the route can transcode and the stored syntax is not JPEG Lossless SV1 already,
+        the frames re-encoded as JPEG Lossless SV1: as image/jpeg (unless the stored form is lossy,
+        LOSSY_SYNTAXES, for which image/jpeg keeps naming the stored bitstream) and as
+        application/octet-stream; transfer-syntax=1.2.840.10008.1.2.4.70.
     A compressed syntax outside Table 8.7.3-5 (video, deflated images, ...) has only the
     octet-stream forms.
     """
     if stored_transfer_syntax in NATIVE_LITTLE_ENDIAN:
-        return [DECODED_FRAMES]
-    offers = [Representation(OCTET_STREAM, stored_transfer_syntax)]
-    if stored_transfer_syntax in COMPRESSED_MEDIA_TYPES:
-        offers.insert(0, Representation(COMPRESSED_MEDIA_TYPES[stored_transfer_syntax], stored_transfer_syntax))
-    if can_decode:
-        offers.append(DECODED_FRAMES)
+        offers = [DECODED_FRAMES]
+    else:
+        offers = [Representation(OCTET_STREAM, stored_transfer_syntax)]
+        if stored_transfer_syntax in COMPRESSED_MEDIA_TYPES:
+            offers.insert(0, Representation(COMPRESSED_MEDIA_TYPES[stored_transfer_syntax], stored_transfer_syntax))
+        if can_decode:
+            offers.append(DECODED_FRAMES)
+    if can_transcode and stored_transfer_syntax != JPEG_LOSSLESS_SV1:
+        if stored_transfer_syntax not in LOSSY_SYNTAXES:
+            offers.append(LOSSLESS_JPEG_FRAMES)
+        offers.append(LOSSLESS_FRAMES)
     return offers
+
+
+def is_transcoded(choice: Representation, stored_transfer_syntax: str | None) -> bool:
+    """Whether sending frames in this representation needs a codec: decoding a compressed (or not
+    byte-addressable: None) original, or re-encoding it as JPEG Lossless SV1."""
+    if stored_transfer_syntax is None:
+        return True
+    if choice.transfer_syntax == EXPLICIT_VR_LITTLE_ENDIAN:
+        return stored_transfer_syntax not in NATIVE_LITTLE_ENDIAN
+    return choice.transfer_syntax != stored_transfer_syntax
 
 
 def instance_offers(stored_transfer_syntax: str, *, can_transcode: bool) -> list[Representation]:

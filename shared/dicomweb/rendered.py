@@ -1,7 +1,8 @@
-"""WADO-RS rendered resources (PS3.18 10.4.1.1.3 and the parameters of 8.3.5) and decoded frames:
-the pixels of a stored image turned into a picture a browser shows, or into uncompressed frames.
-Both decode, so both run where the codecs are (the render function), never in the images function:
-it answers only byte ranges, and redirects a request for decoded frames here (wado.DECODED_ROOT).
+"""WADO-RS rendered resources (PS3.18 10.4.1.1.3 and the parameters of 8.3.5) and transcoded frames:
+the pixels of a stored image turned into a picture a browser shows, or into frames in another
+transfer syntax (decoded to uncompressed pixel data, or JPEG Lossless SV1). All decode, so all run
+where the codecs are (the render function), never in the images function: it answers only byte
+ranges, and redirects a request for frames it would have to decode or re-encode here (wado.DECODED_ROOT).
 
 Rendered: instance (its first frame) and one frame, JPEG (the default) or PNG, chosen by the Accept
 header or the `accept` parameter. Parameters: `window=center,width[,function]` (linear,
@@ -41,8 +42,11 @@ IGNORED = {
     "iccprofile": "iccprofile is not supported: images are rendered without an ICC profile",
     "charset": "charset does not apply to rendered images",
 }
-# Decoded frames of one request: what one Lambda response carries, before base64.
+# Decoded or transcoded frames of one request: what one Lambda response carries, before base64.
 MAX_DECODED_BYTES = wado.MAX_RETRIEVE_BYTES
+# What the render function sends frames as, in its order of preference (decoded, the default of
+# application/octet-stream, first).
+TRANSCODED_OFFERS = (media.DECODED_FRAMES, media.LOSSLESS_JPEG_FRAMES, media.LOSSLESS_FRAMES)
 
 
 @dataclass(frozen=True)
@@ -237,7 +241,7 @@ def rendered(
     return wado.Answer(200, picture, headers)
 
 
-def decoded_frames(
+def transcoded_frames(
     *,
     token: str,
     study_uid: str,
@@ -247,34 +251,45 @@ def decoded_frames(
     accept: str | None,
     origin: Origin,
 ) -> wado.Answer:
-    """WADO-RS frames decoded from any stored transfer syntax: multipart/related;
-    type="application/octet-stream", Explicit VR Little Endian, one part per frame in the order asked
-    (what the images function redirects a client to when it asks for frames it would have to decode)."""
-    if media.multipart_choice(media.parse_accept(accept), offered=[media.DECODED_FRAMES]) is None:
+    """WADO-RS frames decoded or transcoded from any stored transfer syntax, one part per frame in the
+    order asked (what the images function redirects a client to when it asks for frames it would have
+    to decode or re-encode): multipart/related; type="application/octet-stream" in Explicit VR Little
+    Endian (decoded), or JPEG Lossless SV1 (transfer-syntax=1.2.840.10008.1.2.4.70, as
+    application/octet-stream or image/jpeg): the stored values compressed without loss, which is how
+    a frame too large to send decoded comes. Past what one response carries: 400 response_too_large."""
+    choice = media.multipart_choice(media.parse_accept(accept), offered=TRANSCODED_OFFERS)
+    if choice is None:
         raise NotAcceptable(
-            'Decoded frames are multipart/related; type="application/octet-stream"; '
-            f"transfer-syntax={media.EXPLICIT_VR_LITTLE_ENDIAN}."
+            'Transcoded frames are multipart/related; type="application/octet-stream", decoded '
+            f"(transfer-syntax={media.EXPLICIT_VR_LITTLE_ENDIAN}) or JPEG Lossless "
+            f"(transfer-syntax={media.JPEG_LOSSLESS_SV1}; also as image/jpeg)."
         )
     numbers = wado.parse_frame_list(frame_list)
     image = _read_image(token=token, study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid)
     count = image.file.number_of_frames
     if max(numbers) > count:
         raise wado.NotFound(f"No frame {max(numbers)}: this instance has {count}.")
-    values = imaging.decode_dicom_frames(image.data, frame_indices=[n - 1 for n in numbers])
+    indices = [n - 1 for n in numbers]
+    if choice == media.DECODED_FRAMES:
+        values = imaging.decode_dicom_frames(image.data, frame_indices=indices)
+        level = "frame.decoded"
+    else:
+        values = imaging.encode_dicom_frames_lossless(image.data, frame_indices=indices, limit_bytes=MAX_DECODED_BYTES)
+        level = "frame.transcoded"
     total = sum(len(v) for v in values)
     if total > MAX_DECODED_BYTES:
-        raise wado.ResponseTooLarge(
-            f"These {len(numbers)} decoded frames hold {total:,} bytes, more than one response can carry "
-            f"({MAX_DECODED_BYTES:,}): ask for fewer frames per request."
-        )
+        raise wado.frames_too_large(len(numbers), total, choice, at_least=len(values) < len(numbers))
     content_type, body = media.write_multipart_related(
-        [(media.DECODED_FRAMES.part_content_type, v) for v in values], type_parameter=media.OCTET_STREAM
+        [(choice.part_content_type, v) for v in values], type_parameter=choice.media_type
     )
-    _audit(image, level="frame.decoded", token=token, origin=origin)
-    etag = f'"{image.file.sha256}-decoded-{",".join(str(n) for n in numbers)}"'
-    return wado.Answer(
-        200, body, {"Content-Type": content_type, "Cache-Control": wado.bytes_cache_control(), "ETag": etag}
-    )
+    _audit(image, level=level, token=token, origin=origin)
+    headers = {
+        "Content-Type": content_type,
+        "Cache-Control": wado.bytes_cache_control(),
+        "ETag": wado.frames_etag(image.file.sha256, choice, numbers),
+        "Vary": "Accept",
+    }
+    return wado.Answer(200, body, headers)
 
 
 def _audit(image: _Image, *, level: str, token: str, origin: Origin) -> None:

@@ -234,10 +234,13 @@ def frames(
 ) -> Answer:
     """WADO-RS frames: each requested frame's bytes as stored (byte ranges of the file: uncompressed,
     JPEG, JPEG-LS, JPEG 2000, RLE, never decoded here), one part each, in the order asked. A client
-    that takes only decoded frames of a compressed instance is redirected (307) to the same path under
-    DECODED_ROOT (`decoded_path`: the request's path below DICOMWEB_ROOT and its query string), where
-    the render function decodes them. `known_sha256`: the file whose frames the caller holds for
-    this request (a container's cache): when it is still the stored one, no bytes are read."""
+    that takes only frames this function would have to decode or re-encode (decoded frames of a
+    compressed instance, JPEG Lossless SV1 of one stored otherwise) is redirected (307) to the same
+    path under DECODED_ROOT (`decoded_path`: the request's path below DICOMWEB_ROOT and its query
+    string), where the render function decodes or transcodes them. Frames past what one response
+    carries are a 400 (response_too_large) that names what fits. `known_sha256`: the file whose
+    frames the caller holds for this request (a container's cache): when it is still the stored one,
+    no bytes are read."""
     numbers = parse_frame_list(frame_list)
     found = db.call(
         instances.read_frames,
@@ -255,25 +258,62 @@ def frames(
     if found.status == 404:
         raise NotFound("No such instance, or no such frame of it.")
     stored = found.transfer_syntax_uid if found.status == 200 else None
-    # Frames that are not byte ranges of the file (deflated, big endian) can only be sent decoded.
-    offered = media.frame_offers(stored, can_decode=True) if stored else [media.DECODED_FRAMES]
+    if stored is None:
+        # Frames that are not byte ranges of the file (deflated, big endian): decoded or transcoded only.
+        offered = [media.DECODED_FRAMES, media.LOSSLESS_JPEG_FRAMES, media.LOSSLESS_FRAMES]
+    else:
+        offered = media.frame_offers(stored, can_decode=True, can_transcode=True)
     choice = media.multipart_choice(media.parse_accept(accept), offered=offered)
     if choice is None:
-        stored_form = f"in their stored transfer syntax ({stored}) or " if stored else ""
+        stored_form = f"in their stored transfer syntax ({stored}), " if stored else ""
         raise NotAcceptable(
             f"Frames of this instance are sent {stored_form}decoded "
-            '(multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2.1).'
+            f'(multipart/related; type="application/octet-stream"; transfer-syntax={media.EXPLICIT_VR_LITTLE_ENDIAN}) '
+            f"or as JPEG Lossless (transfer-syntax={media.JPEG_LOSSLESS_SV1})."
         )
-    if stored is None or (choice == media.DECODED_FRAMES and stored not in media.NATIVE_LITTLE_ENDIAN):
-        # Decoding needs the codecs, which the render function has and this one does not.
-        return Answer(307, b"", {"Location": DECODED_ROOT + decoded_path, "Cache-Control": NO_STORE})
-    etag = f'"{found.sha256}-{",".join(str(n) for n in numbers)}"'
-    headers = {"Cache-Control": bytes_cache_control(), "ETag": etag}
+    if media.is_transcoded(choice, stored):
+        # Decoding and encoding need the codecs, which the render function has and this one does not.
+        return Answer(307, b"", {"Location": DECODED_ROOT + decoded_path, "Cache-Control": NO_STORE, "Vary": "Accept"})
+    total = sum(length for frame in found.frames for _, length in frame.fragments)
+    if total > MAX_RETRIEVE_BYTES:
+        raise frames_too_large(len(numbers), total, choice)
+    headers = {
+        "Cache-Control": bytes_cache_control(),
+        "ETag": frames_etag(found.sha256 or "", choice, numbers),
+        # One URL, several representations: a cache must not answer one Accept with another's frames.
+        "Vary": "Accept",
+    }
     if known_sha256 is not None and found.sha256 == known_sha256:
         return Answer(200, b"", headers, sha256=found.sha256, held=True)
     parts = [(choice.part_content_type, _frame_bytes(frame, found)) for frame in found.frames]
     content_type, body = media.write_multipart_related(parts, type_parameter=choice.media_type)
     return Answer(200, body, {"Content-Type": content_type, **headers}, sha256=found.sha256)
+
+
+def frames_etag(sha256: str, choice: media.Representation, numbers: Sequence[int]) -> str:
+    """The tag of frames of one file sent in one representation: its media type and transfer syntax
+    are part of it, so that decoded and JPEG Lossless answers for the same URL never share a cache entry."""
+    return f'"{sha256}-{choice.media_type}-{choice.transfer_syntax}-{",".join(str(n) for n in numbers)}"'
+
+
+def frames_too_large(
+    count: int, size: int, choice: media.Representation, *, at_least: bool = False
+) -> ResponseTooLarge:
+    """The 400 for frames past what one response carries (`size` bytes, or more than the limit when
+    `at_least`), naming what fits: fewer frames per request, and for decoded frames JPEG Lossless."""
+    kind = {media.DECODED_FRAMES: "decoded frames", media.LOSSLESS_FRAMES: "frames as JPEG Lossless"}
+    amount = f"more than {MAX_RETRIEVE_BYTES:,}" if at_least else f"{size:,}"
+    message = (
+        f"The {kind.get(choice, 'frames')} asked for ({count}) hold {amount} bytes, more than one response "
+        f"can carry ({MAX_RETRIEVE_BYTES:,}): ask for fewer frames per request"
+    )
+    if choice == media.DECODED_FRAMES:
+        message += (
+            f', or for them as JPEG Lossless (multipart/related; type="application/octet-stream"; '
+            f"transfer-syntax={media.JPEG_LOSSLESS_SV1}), the same values compressed without loss to "
+            "typically a third to a half of their decoded size"
+        )
+    return ResponseTooLarge(message + ".")
 
 
 def file_bytes(f: instances.InstanceFile, read: bytes | None) -> bytes:

@@ -38,6 +38,7 @@ __all__ = [
     "analyze_upload",
     "decode_dicom_frames",
     "display_window",
+    "encode_dicom_frames_lossless",
     "render_dicom_frame",
 ]
 
@@ -130,6 +131,18 @@ def decode_dicom_frames(data: bytes, *, frame_indices: Sequence[int], max_pixels
     from shared.imaging import dicom
 
     return dicom.decode_frame_values(data, frame_indices=frame_indices, max_pixels=max_pixels)
+
+
+def encode_dicom_frames_lossless(
+    data: bytes, *, frame_indices: Sequence[int], limit_bytes: int | None = None, max_pixels: int = 40_000_000
+) -> list[bytes]:
+    """These frames (0-based) of a stored DICOM file as JPEG Lossless SV1 bitstreams of their stored
+    values, one frame each; stops early once they hold more than `limit_bytes`."""
+    from shared.imaging import dicom
+
+    return dicom.encode_frames_lossless(
+        data, frame_indices=frame_indices, max_pixels=max_pixels, limit_bytes=limit_bytes
+    )
 
 
 def _grey(pixels: Pixels, window: Window) -> render.Grey:

@@ -32,7 +32,7 @@ from pydicom.pixels.decoders.base import (
 )
 from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, convert_color_space
 
-from shared.core.errors import InvalidImage, NoImageData, UnsupportedTransferSyntax
+from shared.core.errors import InvalidImage, NoImageData, NotAcceptable, UnsupportedTransferSyntax
 from shared.imaging import dicom_jpeg, integrity
 from shared.imaging.pixels import DICOM_CONTENT_TYPE, DicomInfo, Levels, Pixels, Rgb, Window, too_large
 
@@ -97,6 +97,23 @@ def decode_frame_values(data: bytes, *, frame_indices: Sequence[int], max_pixels
     return _guarded(lambda: _frame_values(data, frame_indices=frame_indices, max_pixels=max_pixels))
 
 
+def encode_frames_lossless(
+    data: bytes, *, frame_indices: Sequence[int], max_pixels: int, limit_bytes: int | None = None
+) -> list[bytes]:
+    """The stored values of these frames (0-based) of a Part 10 file, decoded from whatever transfer
+    syntax holds them and encoded as JPEG Lossless SV1 (1.2.840.10008.1.2.4.70), one bitstream each.
+
+    Sample precision is Bits Stored; the samples are the stored bit patterns masked to it, so signed
+    pixel data (Pixel Representation 1) travels as its two's complement within Bits Stored, which the
+    reader sign-extends (PS3.5 8.2.1: JPEG has no sign). Colour goes as RGB samples (YBR decoded to
+    RGB, as decode_frame_values sends it). NotAcceptable for what JPEG Lossless cannot hold: 1-bit
+    pixels and more than 16 bits stored. With `limit_bytes`, stops once the frames encoded so far
+    hold more than that (the caller refuses them: no response carries them)."""
+    return _guarded(
+        lambda: _lossless_frames(data, frame_indices=frame_indices, max_pixels=max_pixels, limit_bytes=limit_bytes)
+    )
+
+
 def _guarded(decode: Callable[[], _T]) -> _T:
     # pydicom's WARN mode quotes a header value that fails validation (possibly PHI) in a warning and
     # a log line: never validate while reading. Set, never restored: pydicom's own switch for this
@@ -107,7 +124,7 @@ def _guarded(decode: Callable[[], _T]) -> _T:
             # Nor do its other warnings about harmless oddities change what we accept.
             warnings.simplefilter("ignore")
             return decode()
-    except (InvalidImage, MemoryError):
+    except (InvalidImage, NotAcceptable, MemoryError):
         raise
     except Exception:
         # Messages from pydicom can quote header values (PHI): never pass them on, not even as a cause.
@@ -193,6 +210,35 @@ def _frame_values(data: bytes, *, frame_indices: Sequence[int], max_pixels: int)
         little = array.astype(array.dtype.newbyteorder("<"), copy=False)
         values.append(np.ascontiguousarray(little).tobytes())
     return values
+
+
+def _lossless_frames(
+    data: bytes, *, frame_indices: Sequence[int], max_pixels: int, limit_bytes: int | None
+) -> list[bytes]:
+    opened = _open(data, max_pixels=max_pixels, bare=False)
+    bits = opened.image.bits_stored
+    if opened.image.bits_allocated == 1 or bits > 16:
+        raise NotAcceptable(
+            f"JPEG Lossless holds 2 to 16 bits per sample; this image has {opened.image.bits_allocated} bits "
+            f"allocated and {bits} stored: ask for its frames decoded or as stored."
+        )
+    frames: list[bytes] = []
+    total = 0
+    for frame_index in frame_indices:
+        array, _ = _frame_array(opened, frame_index)
+        samples = _stored_samples(_native(array), bits)
+        frames.append(dicom_jpeg.encode_lossless_sv1(samples, precision=max(bits, 2)))
+        total += len(frames[-1])
+        if limit_bytes is not None and total > limit_bytes:
+            break
+    return frames
+
+
+def _stored_samples(array: NDArray[Any], bits_stored: int) -> NDArray[Any]:
+    """The frame's samples as unsigned stored bit patterns within Bits Stored: uint8 up to 8 bits, else uint16."""
+    unsigned = array.view(np.dtype(f"u{array.dtype.itemsize}"))
+    masked = unsigned & unsigned.dtype.type((1 << bits_stored) - 1)
+    return np.ascontiguousarray(masked, dtype=np.uint8 if bits_stored <= 8 else np.uint16)
 
 
 def _decode(data: bytes, *, max_pixels: int, bare: bool, frame_index: int | None) -> Pixels:

@@ -147,8 +147,9 @@ export async function fetchFrame(call, path, image, frameNumber, signal) {
   let values;
   if (syntax === JPEG_LOSSLESS_SV1) {
     const { Decoder } = await import(DECODER_MODULE);
-    const decoded = new Decoder().decode(part.body.slice().buffer, 0, part.body.length);
-    values = image.bitsAllocated > 8 ? new Uint16Array(decoded.buffer ?? decoded) : new Uint8Array(decoded.buffer ?? decoded);
+    // decode() returns a typed array: Uint8Array up to 8 bits of precision, else Uint16Array, unless
+    // told the bytes per sample (words with 8 or fewer bits stored would come back as bytes).
+    values = new Decoder().decode(part.body.slice().buffer, 0, part.body.length, image.bitsAllocated > 8 ? 2 : 1);
   } else {
     const copy = part.body.slice(); // aligned, and owned
     values = image.bitsAllocated > 8 ? new Uint16Array(copy.buffer) : copy;
