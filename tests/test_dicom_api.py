@@ -17,8 +17,7 @@ import pydicom
 import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
-from pydicom.uid import generate_uid
-from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian, RLELossless
+from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian, RLELossless, generate_uid
 
 from scripts.dev import phantom
 from tests.conftest import User

@@ -392,9 +392,7 @@ def test_gateway_compresses_text_as_cloudfront_does_with_a_weak_etag(gateway: tu
     assert headers["content-security-policy"] == web_assets.CONTENT_SECURITY_POLICY
     # Either form of the tag revalidates (If-None-Match compares weakly)
     for tag in (f"W/{strong}", strong):
-        status, again, body = fetch(
-            gateway, "/js/viewer.js", headers={"Accept-Encoding": "gzip", "If-None-Match": tag}
-        )
+        status, _, body = fetch(gateway, "/js/viewer.js", headers={"Accept-Encoding": "gzip", "If-None-Match": tag})
         assert (status, body) == (304, b""), tag
     # Without gzip in Accept-Encoding (or refused with q=0): the file as it is, with its strong tag
     for accept in (None, "identity", "gzip;q=0, identity"):

@@ -344,7 +344,9 @@ def test_web_png_shows_bright_regions_and_a_deleted_scan_leaves_the_upload_list(
     expect(row.get_by_role("link")).to_have_count(0)
 
 
-def test_web_two_encodings_of_one_mr_instance_are_one_image_with_no_regions(tab: Tab, service: Service, tmp_path: Path) -> None:
+def test_web_two_encodings_of_one_mr_instance_are_one_image_with_no_regions(
+    tab: Tab, service: Service, tmp_path: Path
+) -> None:
     """MR_small.dcm and its RLE encoding share a SOP Instance UID: the second is refused by name, first
     in the upload list, and the one MR is an image, not a "series"; an MR gets no density regions (the
     page says why); its window still drags, and the CT presets are off."""
@@ -420,7 +422,8 @@ def test_web_chest_cr_too_large_to_send_decoded_windows_from_jpeg_lossless_and_m
     page.get_by_label("Upload scans").set_input_files(cr)
     page.get_by_role("link", name=re.compile(r"^chest\.dcm, CR")).click()
     until(page, lambda: canvas_spread(page) > 100, timeout_s=60)
-    assert page.evaluate("[document.querySelector('.viewport canvas').width, document.querySelector('.viewport canvas').height]") == [2000, 2500]
+    size = "(c => [c.width, c.height])(document.querySelector('.viewport canvas'))"
+    assert page.evaluate(size) == [2000, 2500]
     frames = [r for r in requests if "/frames/1" in r.url]
     assert frames and all("transfer-syntax=1.2.840.10008.1.2.4.70" in r.headers["accept"] for r in frames)
     assert any(r.url.endswith("/vendor/jpeg-lossless-decoder-js-2.1.2/lossless.js") for r in requests)
