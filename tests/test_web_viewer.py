@@ -155,8 +155,52 @@ def test_web_viewer_windows_zooms_measures_and_steps_a_60_slice_series(
     page.get_by_role("button", name="Fit").click()
     expect(page.locator("figcaption")).to_contain_text("zoom 100 %")
 
+    # ctrl + wheel zooms about the pointer: the vertebra under it stays under it
+    bone_at = to_screen(page, *BONE)
+    page.mouse.move(*bone_at)
+    page.keyboard.down("Control")
+    page.mouse.wheel(0, -100)
+    page.keyboard.up("Control")
+    expect(page.locator("figcaption")).not_to_contain_text("zoom 100 %")
+    assert to_screen(page, *BONE) == pytest.approx(bone_at, abs=2)
+
+    # Pan: with "Pan" pressed a drag moves the image and its overlay together, by the drag
+    page.get_by_role("button", name="Pan").click()
+    expect(page.get_by_role("button", name="Pan")).to_have_attribute("aria-pressed", "true")
+    expect(page.get_by_role("button", name="Measure")).to_have_attribute("aria-pressed", "false")
+    line_before = page.locator(".measure line").bounding_box()
+    page.mouse.move(*bone_at)
+    page.mouse.down()
+    page.mouse.move(bone_at[0] + 60, bone_at[1] + 30, steps=6)
+    page.mouse.up()
+    assert to_screen(page, *BONE) == pytest.approx((bone_at[0] + 60, bone_at[1] + 30), abs=2)
+    line_after = page.locator(".measure line").bounding_box()
+    assert line_before is not None and line_after is not None
+    assert (line_after["x"] - line_before["x"], line_after["y"] - line_before["y"]) == pytest.approx((60, 30), abs=2)
+
+    # Two fingers spread apart on a touch screen zoom in
+    zoom_text = page.locator("figcaption").inner_text()
+    cdp = page.context.new_cdp_session(page)
+    cx, cy = bone_at
+    cdp.send(
+        "Input.dispatchTouchEvent",
+        {"type": "touchStart", "touchPoints": [{"x": cx - 20, "y": cy, "id": 1}, {"x": cx + 20, "y": cy, "id": 2}]},
+    )
+    for k in range(1, 6):
+        cdp.send(
+            "Input.dispatchTouchEvent",
+            {
+                "type": "touchMove",
+                "touchPoints": [{"x": cx - 20 - 10 * k, "y": cy, "id": 1}, {"x": cx + 20 + 10 * k, "y": cy, "id": 2}],
+            },
+        )
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+    expect(page.locator("figcaption")).not_to_have_text(zoom_text)
+    page.get_by_role("button", name="Pan").click()
+    page.get_by_role("button", name="Fit").click()
+    expect(page.locator("figcaption")).to_contain_text("zoom 100 %")
+
     # The stack: one slice per wheel notch, and the window and zoom stay from slice to slice
-    page.get_by_role("button", name="Measure").click()  # back to windowing
     caption = page.locator("figcaption")
     expect(caption).to_contain_text("Slice 1 of 60")
     page.locator(".viewport").hover()
