@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from datetime import datetime, timedelta
 from typing import Any
@@ -269,3 +270,27 @@ def test_no_password_token_or_typed_username_is_stored_in_the_trail_or_the_failu
     assert pg.run("SELECT username_key FROM login_failures ORDER BY id") == [
         [hashlib.sha256(name.lower().encode()).hexdigest()] for name in [*typed, "alice"]
     ]
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        "scrypt$16384$8$1$c2FsdHNhbHRzYWx0c2FsdA==$not base64!",  # the digest part undecodable
+        "scrypt$16384$8$1$!!$AAAA",  # the salt undecodable
+        "scrypt$3$8$1$c2FsdA==$AAAA",  # n not a power of two
+        "bcrypt$2b$12$abcdefghijklmnopqrstuv",  # another scheme
+        "garbage",
+    ],
+)
+def test_login_against_a_malformed_stored_hash_is_401_and_logged_not_500(
+    api: LambdaClient, alice: User, pg: pg8000.native.Connection, caplog: pytest.LogCaptureFixture, stored: str
+) -> None:
+    pg.run("UPDATE users SET password_hash = :h WHERE username = 'alice'", h=stored)
+
+    with caplog.at_level(logging.ERROR, logger="shared.auth.passwords"):
+        result = log_in(api, {"username": "alice", "password": alice.password})
+
+    assert result.status == 401 and result.error_code == "invalid_credentials"
+    logged = [r.getMessage() for r in caplog.records if r.name == "shared.auth.passwords"]
+    assert len(logged) == 1 and "malformed" in logged[0]
+    assert stored not in logged[0] and alice.password not in logged[0]
