@@ -588,3 +588,21 @@ def test_the_cache_keeps_the_most_recently_used_within_its_budget() -> None:
     assert cache.get(("big", "original")) is None
     cache.discard(("scan1", "thumbnail"))
     assert cache.get(("scan1", "thumbnail")) is None and cache.size_bytes == 700
+
+
+def test_every_json_error_of_the_images_function_says_nosniff_and_no_store(
+    api: LambdaClient, alice: User, scan: dict[str, object]
+) -> None:
+    """The images function is plain Starlette (no FastAPI middleware): its JSON errors carry the
+    headers anyway, as the README's security headers promise."""
+    answers = {
+        401: api.request("GET", path(scan["id"], "original")),
+        403: api.request("GET", path(scan["id"], "original"), query="exp=4102444800&kid=k1&sig=AAAA"),
+        404: api.request("GET", path("scan_doesnotexist00000000", "original"), token=alice.token),
+        422: api.request("GET", path(scan["id"], "raw"), token=alice.token),
+    }
+    for status, result in answers.items():
+        assert result.status == status, (status, result.body)
+        assert result.headers["content-type"].startswith("application/json"), status
+        assert result.headers["x-content-type-options"] == "nosniff", status
+        assert result.headers["cache-control"] == "no-store", status

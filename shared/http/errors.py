@@ -62,9 +62,17 @@ STATUS_FOR: dict[type[DomainError], int] = {
 }
 
 
+# On every error of every function, the Starlette-only ones (images, render) and a 500 included,
+# which no middleware sees (Starlette answers it outside them): a browser never sniffs a JSON error
+# into something else, and no cache keeps one.
+ERROR_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
+
+
 def error_response(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     """The one JSON error shape: {"error": {"code", "message"}}."""
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+    return JSONResponse(
+        {"error": {"code": code, "message": message}}, status_code=status, headers={**ERROR_HEADERS, **(headers or {})}
+    )
 
 
 async def domain_error(request: Request, exc: Exception) -> Response:
