@@ -16,7 +16,6 @@ import io
 import json
 import logging
 import secrets
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,11 +36,11 @@ from pydicom.encaps import generate_frames
 from pydicom.uid import ExplicitVRLittleEndian, JPEGLosslessSV1
 
 from scripts.dev import phantom
-from scripts.dev.localgw.server import make_server
 from shared import storage
 from shared.http.image_cache import image_cache
 from shared.storage import MAX_INLINE_BYTES
-from tests.conftest import ROOT, User
+from tests import test_dicomweb
+from tests.conftest import User
 from tests.lambda_client import LambdaClient
 
 ROOT_PATH = "/api/v1/dicomweb"
@@ -52,16 +51,8 @@ ACCEPT_STORED = "multipart/related; type=application/octet-stream; transfer-synt
 REGION = "eu-central-1"
 
 
-@pytest.fixture(scope="module")
-def gateway(database_url: str) -> Iterator[str]:
-    """The local gateway over HTTP on the real serverless.yml, in a thread; its base URL."""
-    server = make_server("127.0.0.1", 0, serverless_yml=ROOT / "serverless.yml", containers=2)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=10)
+# tests/test_dicomweb.py's local gateway (module-scoped: one of its own here)
+gateway = test_dicomweb.gateway
 
 
 @pytest.fixture
