@@ -19,6 +19,7 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian, RLELossless, generate_uid
 
+from scripts.bench import hostile
 from scripts.dev import phantom
 from tests.conftest import User
 from tests.lambda_client import LambdaClient, Result, multipart
@@ -399,6 +400,15 @@ def bad_dicom_files() -> list[tuple[str, Callable[[], bytes], str]]:
         dataset.save_as(out, enforce_file_format=True)
         return out.getvalue()
 
+    def huge_declared_frames() -> bytes:
+        # A 64x64 JPEG 2000 frame in a file whose header says a million of them (8 GB uncompressed).
+        data = bytearray(hostile.huge_frame(64))
+        dataset = pydicom.dcmread(io.BytesIO(bytes(data)))
+        dataset.NumberOfFrames = 1_000_000
+        out = io.BytesIO()
+        dataset.save_as(out, enforce_file_format=True)
+        return out.getvalue()
+
     def garbage_frame() -> bytes:
         data = bytearray(slice_bytes(size=64, transfer_syntax=RLELossless))
         data[-400:-8] = bytes(range(256)) + bytes(136)
@@ -411,6 +421,9 @@ def bad_dicom_files() -> list[tuple[str, Callable[[], bytes], str]]:
         ("declared size over the pixel cap", huge, "invalid_image"),
         ("unsupported transfer syntax", unsupported, "unsupported_transfer_syntax"),
         ("garbage in an encapsulated frame", garbage_frame, "invalid_image"),
+        # 1 MB on disk, 1000 MiB of zeros in a private OB once inflated: refused in a stream at 64 MiB.
+        ("deflated header that inflates to 1000 MiB", hostile.deflate_bomb, "invalid_image"),
+        ("frames declaring 8 GB in a small file", huge_declared_frames, "invalid_image"),
     ]
 
 
@@ -431,4 +444,19 @@ def test_bad_dicom_is_a_422_and_writes_nothing(
     assert message
     if code == "unsupported_transfer_syntax":
         assert MPEG2 in message
+    assert scan_count(pg) == 0
+
+
+def test_a_frame_in_a_million_fragments_is_a_422_and_writes_nothing(
+    api: LambdaClient, alice: User, pg: pg8000.native.Connection, settings_env: pytest.MonkeyPatch
+) -> None:
+    # A 64x64 frame split into 1,000,000 fragments (8 MB): each costs a Python object in every reader.
+    settings_env.setenv("MAX_UPLOAD_BYTES", "10000000")
+    data = hostile.many_fragments(1_000_000)
+
+    result = upload(api, alice, data)
+
+    assert result.status == 422, result.body
+    assert result.error_code == "invalid_image"
+    assert "fragments" in result.json()["error"]["message"]
     assert scan_count(pg) == 0

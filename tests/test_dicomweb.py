@@ -900,3 +900,17 @@ def sr_document(image: Dataset) -> Dataset:
     item.TextValue = "DLP 412 mGy.cm"
     ds.ContentSequence = [item]
     return ds
+
+
+def test_stow_of_a_deflated_header_that_inflates_to_1000_mib_fails_and_stores_nothing(
+    api: LambdaClient, alice: User, pg: pg8000.native.Connection
+) -> None:
+    from scripts.bench import hostile
+
+    content_type, body = multipart([hostile.deflate_bomb()])
+    refused = api.request(
+        "POST", f"{ROOT_PATH}/studies", token=alice.token, headers={"content-type": content_type}, body=body
+    )
+    assert refused.status == 409, refused.body
+    assert pg.run("SELECT count(*) FROM dicom_instances") == [[0]]
+    assert pg.run("SELECT count(*) FROM scans") == [[0]]

@@ -843,7 +843,7 @@ def test_deflated_dataset_is_refused_when_it_inflates_beyond_the_limit(monkeypat
     from shared.imaging import dicom
 
     data = dicom_bytes(ct_slice_dataset(size=128), DeflatedExplicitVRLittleEndian)
-    monkeypatch.setattr(dicom, "_MAX_INFLATED_BYTES", 20_000)
+    monkeypatch.setattr(dicom, "MAX_INFLATED_BYTES", 20_000)
 
     with pytest.raises(InvalidImage, match="inflates"):
         analyze_upload(data)

@@ -36,10 +36,13 @@ from shared.core.errors import InvalidImage, NoImageData, NotAcceptable, Unsuppo
 from shared.imaging import dicom_jpeg, integrity
 from shared.imaging.pixels import DICOM_CONTENT_TYPE, DicomInfo, Levels, Pixels, Rgb, Window, too_large
 
-# Declared uncompressed pixel data (all frames) or an inflated deflated dataset beyond this is refused unread.
+# Declared uncompressed pixel data (all frames) beyond this is refused unread.
 MAX_PIXEL_DATA_BYTES = 1 << 30
-# The header of a deflated dataset may add to its pixel data, within reason.
-_MAX_INFLATED_BYTES = MAX_PIXEL_DATA_BYTES + (64 << 20)
+# What a deflated dataset may inflate to, its header and its pixel data together: the same bound as
+# shared.dicom.read.MAX_HEADER_BYTES (which describes the instance). pydicom inflates the whole dataset
+# at once and copies its pixel data out of it, so a file that inflates to n bytes costs about 2n: a
+# cap of 1 GiB let a 1 MB file of zeros take 2 GB. Checked in a stream that stops at the cap, first.
+MAX_INFLATED_BYTES = 64 << 20
 
 _T = TypeVar("_T")
 
@@ -152,7 +155,7 @@ def _open(data: bytes, *, max_pixels: int, bare: bool) -> _Opened:
         meta_end, declared_syntax = integrity.dicom_meta_end(data)
         deflated = declared_syntax == uids.DeflatedExplicitVRLittleEndian
         if deflated:
-            integrity.check_inflated_size(data, start=meta_end, limit=_MAX_INFLATED_BYTES)
+            integrity.check_inflated_size(data, start=meta_end, limit=MAX_INFLATED_BYTES)
     ds = _read(data, bare=bare)
     if not deflated:
         # Offsets of a deflated dataset are in the inflated stream; zlib itself notices a truncated one.

@@ -100,16 +100,22 @@ def dicom_meta_end(data: bytes) -> tuple[int, str | None]:
 
 
 def check_inflated_size(data: bytes, *, start: int, limit: int) -> None:
-    """Refuse a deflated dataset that inflates beyond limit bytes, without holding the inflated data."""
+    """Refuse a deflated dataset that inflates beyond limit bytes, without holding the inflated data:
+    inflated a chunk at a time, counted and dropped, stopping as soon as the count passes the limit."""
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     total = 0
-    pending = data[start:]
+    pending = memoryview(data)[start:]
     try:
-        while pending:
-            total += len(inflater.decompress(pending, _INFLATE_CHUNK))
+        while not inflater.eof:
+            chunk = inflater.decompress(pending, _INFLATE_CHUNK)
+            total += len(chunk)
             if total > limit:
-                raise InvalidImage("The DICOM file inflates to more data than we accept.")
-            pending = inflater.unconsumed_tail
+                raise InvalidImage(
+                    f"The DICOM file inflates to more than we accept ({limit >> 20} MiB for a deflated dataset)."
+                )
+            pending = memoryview(inflater.unconsumed_tail)
+            if not chunk and not pending:
+                break  # the input ended before the deflate stream did
     except zlib.error as error:
         raise damaged() from error
     if not inflater.eof:
