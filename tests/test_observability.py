@@ -376,3 +376,52 @@ def test_the_local_gateway_prints_each_line_once_as_each_request_ends(database_u
     assert output.totals() == {("images", "Responses4xx"): 1}
     assert len(output.documents) == 3
     assert alice.token not in output.text
+
+
+def test_a_defect_in_our_dicom_decoding_is_a_500_logged_with_its_stack_and_counted(
+    api: LambdaClient, alice: User, read_output: Reader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a bug in our own decode code (an internal helper that raises TypeError)
+    from shared.imaging import dicom
+
+    def broken_helper(*args: object, **kwargs: object) -> None:
+        raise TypeError(f"a defect mentioning {phantom.PHI_STRINGS[0]}")
+
+    monkeypatch.setattr(dicom, "_dicom_info", broken_helper)
+    data = phantom.dicom_bytes(phantom.ct_slice_dataset(64, phi=True))
+    read_output()
+
+    # When a sound DICOM file is uploaded
+    result = upload(api, alice, data, "slice.dcm", "application/dicom")
+    output = read_output()
+
+    # Then it is a 500 internal_error, not a 422 that blames the file
+    assert result.status == 500, result.body
+    assert result.error_code == "internal_error"
+    # And the defect is logged with its stack (frames and type, no message) and counted
+    (record,) = [d for d in output.documents if d.get("name") == "shared.imaging.dicom"]
+    assert record["level"] == "ERROR" and record["message"] == "defect in DICOM decoding: TypeError"
+    assert "in broken_helper" in record["exception"] and record["exception"].endswith("TypeError")
+    assert [metric for _, metric in output.totals() if metric == "DecodeDefects"] == ["DecodeDefects"]
+    assert sum(n for (_, metric), n in output.totals().items() if metric == "DecodeDefects") == 1
+    assert not any(secret in output.text for secret in phantom.PHI_STRINGS)
+
+
+def test_a_garbled_pixel_stream_is_the_files_fault_a_422_and_no_defect(
+    api: LambdaClient, alice: User, read_output: Reader
+) -> None:
+    from pydicom.uid import JPEG2000Lossless
+
+    data = bytearray(phantom.dicom_bytes(phantom.ct_slice_dataset(64), JPEG2000Lossless))
+    # The codestream's tile data, after its main header, replaced by noise of the same length.
+    start = len(data) - 1200
+    data[start:-8] = bytes((i * 73 + 41) % 256 for i in range(len(data) - 8 - start))
+    read_output()
+
+    result = upload(api, alice, bytes(data), "slice.dcm", "application/dicom")
+    output = read_output()
+
+    assert result.status == 422, result.body
+    assert result.error_code == "invalid_image"
+    assert not any(metric == "DecodeDefects" for _, metric in output.totals())
+    assert not any(d.get("level") == "ERROR" for d in output.documents)

@@ -1,6 +1,6 @@
 """The upload function's peak memory for the worst DICOM file of each hostile kind we can construct.
 
-`make bench` runs it (its `upload_peak_mb_*` rows); alone: `python -m scripts.bench.hostile`.
+`make bench` runs it (its `upload_peak_mb_*` rows); alone: `python -m scripts.bench.main --hostile`.
 Each file is small on disk and built here with pydicom and zlib:
 
     deflate_bomb      Deflated Explicit VR Little Endian, a 1000 MiB private OB of zeros in its header
@@ -84,7 +84,8 @@ def deflate_bomb(private_bytes: int = 1000 << 20, *, size: int = 64) -> bytes:
     for element in ds:
         (before if element.tag <= 0x00090010 else after).add(element)
     compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
-    parts = [compressor.compress(_explicit_little(before) + struct.pack("<HH2sHI", 0x0009, 0x1000, b"OB", 0, private_bytes))]
+    private_header = struct.pack("<HH2sHI", 0x0009, 0x1000, b"OB", 0, private_bytes)
+    parts = [compressor.compress(_explicit_little(before) + private_header)]
     zeros = bytes(1 << 20)
     for _ in range(private_bytes >> 20):
         parts.append(compressor.compress(zeros))
@@ -180,7 +181,7 @@ def child(path: str) -> int:
         if analyzed.dicom is not None:
             instances.describe(data)
     except DomainError as error:
-        outcome = f"{error.status} {error.code}"
+        outcome = f"refused: {error.code}"
     except MemoryError:
         outcome = f"MemoryError (over the {ADDRESS_SPACE_LIMIT >> 20} MB address space cap)"
     seconds = time.perf_counter() - started
@@ -204,9 +205,8 @@ def figures() -> dict[str, object]:
                 timeout=600,
             )
             if result.returncode != 0:
-                outcome = {"peak_mb": "?", "outcome": f"child failed: {result.stderr.strip().splitlines()[-1:]}"}
-            else:
-                outcome = json.loads(result.stdout.strip().splitlines()[-1])
+                raise SystemExit(f"{kind}: the child failed\n{result.stderr}")
+            outcome = json.loads(result.stdout.strip().splitlines()[-1])
             out[f"upload_peak_mb_{kind}"] = outcome["peak_mb"]
             out[f"upload_{kind}_file_kb"] = round(path.stat().st_size / 1024)
             out[f"upload_{kind}_answer"] = outcome["outcome"]
@@ -223,8 +223,7 @@ def main() -> int:
         return child(sys.argv[2])
     from scripts.bench.main import print_table
 
-    results = figures()
-    print_table(results)
+    print_table(figures())
     return 0
 
 

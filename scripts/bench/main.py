@@ -20,6 +20,7 @@ from pathlib import Path
 from pydicom.uid import JPEGLosslessSV1
 
 from scripts.bench import dicomweb as bench_dicomweb
+from scripts.bench import hostile
 from scripts.bench import orthanc as bench_orthanc
 from scripts.bench.common import REPORT, ct_image, fresh_database, gateway_process, percentile, timed
 from scripts.bench.compression import compression_figures
@@ -43,6 +44,8 @@ TARGETS = {
     "bytes_per_scan_ratio": 1.1,
     "web_first_load_kb": 150.0,
     **bench_dicomweb.TARGETS,
+    # The upload function's peak memory on the hostile DICOM files: half its memorySize at most.
+    **hostile.targets(hostile.upload_memory_mb()),
 }
 AT_LEAST = {"gateway_205kb_rps_16conn": 700.0, **bench_dicomweb.AT_LEAST}
 
@@ -374,6 +377,9 @@ def main() -> int:
         print_table(bench_dicomweb.section(server_url, url))
         db.close_connection()
         return 0
+    if sys.argv[1:] == ["--hostile"]:  # the upload function's peak memory on hostile DICOM files, alone
+        print_table(hostile.figures())
+        return 0
     if sys.argv[1:] == ["--compression"]:  # the compression section alone, in a fresh database
         _, url = bench_database("ctscan_bench_compression")
         print_table(compression_figures(url))
@@ -561,6 +567,10 @@ def main() -> int:
     figures["big_upload_rss_before_mb"] = round(memory["rss_before_mb"], 1)
     figures["big_upload_peak_rss_mb"] = round(memory["peak_rss_mb"], 1)
     figures["big_upload_traced_peak_mb"] = round(memory["traced_peak_mb"], 1)
+
+    # The worst DICOM file of each hostile kind (deflate bomb, huge frame, many fragments) beside a
+    # plain CT slice: the upload function's peak memory on each, in a process of its own.
+    figures.update(hostile.figures())
 
     # DICOMweb against Orthanc's plugin: a 300-slice series stored, its metadata, searches and frames
     # read, over HTTP from both servers (after the bytes per scan above: its series adds 300 scans).

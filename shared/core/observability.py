@@ -22,6 +22,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Collection, Mapping
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.logging import Logger
@@ -41,6 +42,8 @@ DUPLICATE_UPLOADS = "DuplicateUploads"
 IMAGE_BYTES_SERVED = "ImageBytesServed"
 CLIENT_ERRORS = "Responses4xx"
 SERVER_ERRORS = "Responses5xx"
+# An exception our own decode code raised (a defect), answered 500 instead of passing for a damaged file.
+DECODE_DEFECTS = "DecodeDefects"
 
 # Our loggers, printed as JSON at the service's level. Mangum's from WARNING only: at INFO it logs
 # every request with its raw path.
@@ -53,6 +56,16 @@ LambdaHandler = Callable[[dict[str, Any], Any], dict[str, Any]]
 # process, and Powertools' Metrics shares its set across instances. Reused, not made per request
 # (making one costs ~30 µs); every flush empties it.
 _thread_metrics = threading.local()
+# Counters code deep in a request adds to (count()); a list per invocation, shared by the threads and
+# tasks of that invocation (they copy the context, and with it the same list).
+_invocation_counters: ContextVar[list[str] | None] = ContextVar("invocation_counters", default=None)
+
+
+def count(name: str) -> None:
+    """Add 1 to counter `name` in the current invocation's metrics; outside an invocation, nothing."""
+    counters = _invocation_counters.get()
+    if counters is not None:
+        counters.append(name)
 
 
 class _Formatter(LambdaPowertoolsFormatter):
@@ -112,6 +125,8 @@ def observed(
         )
         cold = False
         result: dict[str, Any] | None = None
+        counted_inside: list[str] = []
+        context_token = _invocation_counters.set(counted_inside)
         try:
             result = handler(event, context)
             return result
@@ -130,6 +145,8 @@ def observed(
             counters = [counted[status]] if status in counted and in_scope else []
             if status >= 400:
                 counters.append(CLIENT_ERRORS if status < 500 else SERVER_ERRORS)
+            counters += counted_inside
+            _invocation_counters.reset(context_token)
             served = _body_bytes(event, result) if bytes_metric and status in (200, 206) else 0
             _flush_metrics(function_name, counters, {bytes_metric: served} if bytes_metric and served else {})
             logger.thread_safe_clear_keys()

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import math
 import re
+import struct
 import warnings
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -32,6 +35,7 @@ from pydicom.pixels.decoders.base import (
 )
 from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, convert_color_space
 
+from shared.core import observability
 from shared.core.errors import InvalidImage, NoImageData, NotAcceptable, UnsupportedTransferSyntax
 from shared.imaging import dicom_jpeg, integrity
 from shared.imaging.pixels import DICOM_CONTENT_TYPE, DicomInfo, Levels, Pixels, Rgb, Window, too_large
@@ -44,7 +48,23 @@ MAX_PIXEL_DATA_BYTES = 1 << 30
 # cap of 1 GiB let a 1 MB file of zeros take 2 GB. Checked in a stream that stops at the cap, first.
 MAX_INFLATED_BYTES = 64 << 20
 
+# Fragments of encapsulated pixel data: each costs Python objects in pydicom's walk (and a frame's are
+# joined), so a 64x64 frame in a million 2-byte fragments (8 MB) took 5 s and 110 MB. Real encoders
+# write one fragment per frame or split a frame into pieces of kilobytes: at most one fragment per
+# frame plus one per KiB of pixel data, and never more than DICOMweb's reader takes.
+_MIN_BYTES_PER_FRAGMENT = 1024
+MAX_FRAGMENTS = 1 << 20
+
 _T = TypeVar("_T")
+
+log = logging.getLogger(__name__)
+
+# Where a failure is the file's fault: these libraries refuse what they cannot read. Anything raised
+# in our own code is a defect (logged with its stack, counted, a 500), except the errors numpy and
+# the standard library raise on bad data from within our lines (a reshape of the file's bytes, a
+# struct unpack past the end).
+_THIRD_PARTY = frozenset({"pydicom", "pylibjpeg", "openjpeg", "rle", "libjpeg", "imagecodecs", "numpy", "PIL"})
+_DATA_ERRORS: tuple[type[Exception], ...] = (ValueError, OverflowError, struct.error, EOFError, zlib.error)
 
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _CODE = re.compile(r"[A-Z0-9_ ]{1,16}")
@@ -129,7 +149,13 @@ def _guarded(decode: Callable[[], _T]) -> _T:
             return decode()
     except (InvalidImage, NotAcceptable, MemoryError):
         raise
-    except Exception:
+    except Exception as error:
+        if _is_defect(error):
+            # Our own bug, not bad input: its stack (the log formatter drops the message, which may quote
+            # header values) and a metric, and the caller answers 500.
+            log.error("defect in DICOM decoding: %s", type(error).__name__, exc_info=True)
+            observability.count(observability.DECODE_DEFECTS)
+            raise
         # Messages from pydicom can quote header values (PHI): never pass them on, not even as a cause.
         raise InvalidImage("The DICOM file is damaged or could not be read.") from None
     except BaseException as error:
@@ -137,6 +163,20 @@ def _guarded(decode: Callable[[], _T]) -> _T:
         if type(error).__name__ != "PanicException":
             raise
         raise InvalidImage("The DICOM pixel data could not be decoded: the file is damaged or incomplete.") from None
+
+
+def _is_defect(error: BaseException) -> bool:
+    """Whether an exception is our code's fault rather than the file's: raised in a frame of none of
+    the decoding libraries, and not an error numpy or the standard library raise on bad data."""
+    trace = error.__traceback__
+    if trace is None:
+        return False
+    while trace.tb_next is not None:
+        trace = trace.tb_next
+    module = str(trace.tb_frame.f_globals.get("__name__", ""))
+    if module.partition(".")[0] in _THIRD_PARTY:
+        return False
+    return not isinstance(error, _DATA_ERRORS)
 
 
 @dataclass(frozen=True)
@@ -174,7 +214,9 @@ def _open(data: bytes, *, max_pixels: int, bare: bool) -> _Opened:
     if image.declared_bytes > MAX_PIXEL_DATA_BYTES:
         raise InvalidImage("The DICOM file declares more pixel data than we accept (1 GiB uncompressed).")
     decoder = _decoder_for(transfer_syntax)
-    if not transfer_syntax.is_encapsulated and len(ds.PixelData) < image.declared_bytes:
+    if transfer_syntax.is_encapsulated:
+        _check_fragment_count(ds.PixelData, image.frames)
+    elif len(ds.PixelData) < image.declared_bytes:
         raise InvalidImage(
             "The DICOM pixel data is shorter than its header declares: the file is damaged or incomplete."
         )
@@ -195,7 +237,9 @@ def _frame_array(opened: _Opened, frame_index: int) -> tuple[NDArray[Any], dict[
         )
     except MemoryError:
         raise
-    except Exception:
+    except Exception as error:
+        if _is_defect(error):
+            raise  # our plugin's bug: _guarded logs and counts it
         raise InvalidImage("The DICOM pixel data could not be decoded: the file is damaged or incomplete.") from None
     return array, properties
 
@@ -409,6 +453,24 @@ class _ImageAttributes:
             return (samples + 7) // 8
         length = samples * (self.bits_allocated // 8)
         return length // 3 * 2 if self.photometric == "YBR_FULL_422" else length
+
+
+def _check_fragment_count(pixel_data: bytes, frames: int) -> None:
+    """Refuse pixel data in more fragments than its frames and size explain, before pydicom walks them."""
+    limit = min(MAX_FRAGMENTS, frames + len(pixel_data) // _MIN_BYTES_PER_FRAGMENT)
+    offset, items = 0, 0
+    # Item headers only: the value is skipped by its length. The first item is the Basic Offset Table.
+    while offset + 8 <= len(pixel_data):
+        group, element, length = struct.unpack_from("<HHI", pixel_data, offset)
+        if (group, element) != (0xFFFE, 0xE000):
+            return  # the sequence delimiter, or damage the decoder's own walk refuses
+        items += 1
+        if items - 1 > limit:
+            raise InvalidImage(
+                f"The DICOM pixel data is split into more fragments than we accept ({limit:,} for this file: "
+                "one per frame and one per KiB)."
+            )
+        offset += 8 + length
 
 
 def _check_encoded_frame(pixel_data: bytes, frame_index: int, image: _ImageAttributes) -> None:
