@@ -424,6 +424,8 @@ def bad_dicom_files() -> list[tuple[str, Callable[[], bytes], str]]:
         # 1 MB on disk, 1000 MiB of zeros in a private OB once inflated: refused in a stream at 64 MiB.
         ("deflated header that inflates to 1000 MiB", hostile.deflate_bomb, "invalid_image"),
         ("frames declaring 8 GB in a small file", huge_declared_frames, "invalid_image"),
+        # 1 KB of JPEG 2000 declaring one 6320x6320 frame of 32-bit RGB: 480 MB decoded, 1.3 GB analyzed.
+        ("a 1 KB frame that decodes to 480 MB", lambda: hostile.huge_frame(bits=32), "invalid_image"),
     ]
 
 

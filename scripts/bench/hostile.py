@@ -4,7 +4,7 @@
 Each file is small on disk and built here with pydicom and zlib:
 
     deflate_bomb      Deflated Explicit VR Little Endian, a 1000 MiB private OB of zeros in its header
-    huge_frame        one JPEG 2000 frame of zeros as large as MAX_IMAGE_PIXELS allows (6320x6320, 16 bits)
+    huge_frame        one JPEG 2000 frame of zeros as large as we decode (6320x6320 RGB, 16 bits a sample)
     many_fragments    encapsulated pixel data in 1,000,000 fragments
     ct_512            the baseline: an uncompressed 512x512 CT slice
 
@@ -109,8 +109,9 @@ def _item(value: bytes) -> bytes:
     return struct.pack("<HHI", 0xFFFE, 0xE000, len(value)) + value
 
 
-def huge_frame(side: int = HUGE_SIDE) -> bytes:
-    """One JPEG 2000 Lossless frame of zeros, side x side at 16 bits: a few KB declaring 80 MB of pixels."""
+def huge_frame(side: int = HUGE_SIDE, *, samples: int = 3, bits: int = 16) -> bytes:
+    """One JPEG 2000 Lossless frame of zeros, side x side, RGB of 16-bit samples by default (the
+    largest a frame may decode to): a few KB declaring 240 MB of pixels."""
     import numpy as np
     from imagecodecs import jpeg2k_encode
     from pydicom.uid import JPEG2000Lossless
@@ -119,7 +120,13 @@ def huge_frame(side: int = HUGE_SIDE) -> bytes:
 
     ds = phantom.ct_slice_dataset(64, seed=6)
     ds.Rows = ds.Columns = side
-    codestream = jpeg2k_encode(np.zeros((side, side), np.uint16), level=0, codecformat="J2K", reversible=True)
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = bits, min(bits, 24), min(bits, 24) - 1
+    shape: tuple[int, ...] = (side, side)
+    if samples == 3:
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+        shape = (side, side, 3)
+    zeros = np.zeros(shape, np.uint16 if bits == 16 else np.uint32)
+    codestream = jpeg2k_encode(zeros, level=0, codecformat="J2K", reversible=True)
     return _encapsulated_file(ds, JPEG2000Lossless, _item(b"") + _item(bytes(codestream)))
 
 

@@ -42,6 +42,10 @@ from shared.imaging.pixels import DICOM_CONTENT_TYPE, DicomInfo, Levels, Pixels,
 
 # Declared uncompressed pixel data (all frames) beyond this is refused unread.
 MAX_PIXEL_DATA_BYTES = 1 << 30
+# What one frame may decode to (rows x columns x samples x bytes a sample). Decoding, analysis and the
+# renderings hold a few copies of it: a 1 KB JPEG 2000 file of a 40 MP frame of 32-bit RGB zeros took
+# the upload function to 1.3 GB. 256 MiB takes a 40 MP frame of 16-bit RGB or of 32-bit grey.
+MAX_FRAME_BYTES = 256 << 20
 # What a deflated dataset may inflate to, its header and its pixel data together: the same bound as
 # shared.dicom.read.MAX_HEADER_BYTES (which describes the instance). pydicom inflates the whole dataset
 # at once and copies its pixel data out of it, so a file that inflates to n bytes costs about 2n: a
@@ -54,6 +58,9 @@ MAX_INFLATED_BYTES = 64 << 20
 # frame plus one per KiB of pixel data, and never more than DICOMweb's reader takes.
 _MIN_BYTES_PER_FRAGMENT = 1024
 MAX_FRAGMENTS = 1 << 20
+
+# Rows of a colour frame scaled to 8 bits at a time.
+_SCALE_ROWS = 256
 
 _T = TypeVar("_T")
 
@@ -213,6 +220,10 @@ def _open(data: bytes, *, max_pixels: int, bare: bool) -> _Opened:
         raise too_large(max_pixels)
     if image.declared_bytes > MAX_PIXEL_DATA_BYTES:
         raise InvalidImage("The DICOM file declares more pixel data than we accept (1 GiB uncompressed).")
+    if image.frame_bytes > MAX_FRAME_BYTES:
+        raise InvalidImage(
+            f"The DICOM file's frames are larger than we decode ({MAX_FRAME_BYTES >> 20} MiB uncompressed a frame)."
+        )
     decoder = _decoder_for(transfer_syntax)
     if transfer_syntax.is_encapsulated:
         _check_fragment_count(ds.PixelData, image.frames)
@@ -454,6 +465,11 @@ class _ImageAttributes:
         length = samples * (self.bits_allocated // 8)
         return length // 3 * 2 if self.photometric == "YBR_FULL_422" else length
 
+    @property
+    def frame_bytes(self) -> int:
+        """Bytes one frame decodes to: rows x columns x samples x bytes a sample (a byte for 1-bit pixels)."""
+        return self.rows * self.columns * self.samples * max(1, self.bits_allocated // 8)
+
 
 def _check_fragment_count(pixel_data: bytes, frames: int) -> None:
     """Refuse pixel data in more fragments than its frames and size explain, before pydicom walks them."""
@@ -523,11 +539,15 @@ def _colour_pixels(rgb: NDArray[Any], *, bits: int, **common: Any) -> Pixels:
     if rgb.dtype == np.uint8:
         rgb8 = np.ascontiguousarray(rgb)
     else:
-        scaled = rgb.astype(np.float32)
-        scaled *= np.float32(255 / (2 ** min(bits, 32) - 1))
-        np.rint(scaled, out=scaled)
-        np.clip(scaled, 0, 255, out=scaled)
-        rgb8 = scaled.astype(np.uint8)
+        # A band of rows at a time: float32 copies of a whole 40 MP frame would cost twice the frame.
+        rgb8 = np.empty(rgb.shape, np.uint8)
+        factor = np.float32(255 / (2 ** min(bits, 32) - 1))
+        for start in range(0, rgb.shape[0], _SCALE_ROWS):
+            scaled = rgb[start : start + _SCALE_ROWS].astype(np.float32)
+            scaled *= factor
+            np.rint(scaled, out=scaled)
+            np.clip(scaled, 0, 255, out=scaled)
+            rgb8[start : start + _SCALE_ROWS] = scaled
     luminance = np.asarray(Image.fromarray(rgb8, "RGB").convert("L"))
     return Pixels(levels=luminance, display_ready=True, colour=rgb8, **common)
 
