@@ -7,6 +7,7 @@ migrate function, and drops the database at the end.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -75,6 +76,24 @@ def fresh_database(server_url: str) -> Iterator[Callable[..., str]]:
             con.run(f"DROP DATABASE IF EXISTS {pg8000.native.identifier(name)} WITH (FORCE)")
     finally:
         con.close()
+
+
+@pytest.fixture(scope="session")
+def through_pgbouncer(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., str]]:
+    """Factory: a database URL of the test server -> the same database through pgbouncer in
+    transaction mode (tests/pgbouncer.py), with `pool_size` server connections per database."""
+    from tests.pgbouncer import running_pgbouncer
+
+    with contextlib.ExitStack() as stack:
+        started: dict[int, str] = {}
+
+        def through(url: str, *, pool_size: int = 20) -> str:
+            if pool_size not in started:
+                workdir = tmp_path_factory.mktemp(f"pgbouncer-{pool_size}")
+                started[pool_size] = stack.enter_context(running_pgbouncer(server_url, workdir, pool_size=pool_size))
+            return with_database(started[pool_size], urlsplit(url).path.lstrip("/"))
+
+        yield through
 
 
 @pytest.fixture(scope="session")
