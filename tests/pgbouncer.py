@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -87,10 +88,8 @@ def running_pgbouncer(server_url: str, workdir: Path, *, pool_size: int = 20) ->
     ini = workdir / "pgbouncer.ini"
     ini.write_text(_config(server_url, port=port, pool_size=pool_size, auth_file=auth_file))
     log_path = workdir / "pgbouncer.log"
-    # pgbouncer refuses to run as root; as root (containers, CI) it runs as nobody, who must read the ini.
-    as_user = ["-u", "nobody"] if os.geteuid() == 0 else []
-    for path in (workdir, ini, auth_file):
-        path.chmod(0o755 if path.is_dir() else 0o644)
+    # Root reads the ini and the auth file (at start), then pgbouncer runs as that user.
+    as_user = ["-u", _unprivileged_user(params.unix_sock)] if os.geteuid() == 0 else []
     with log_path.open("wb") as log:
         process = subprocess.Popen([binary, *as_user, str(ini)], stdout=log, stderr=subprocess.STDOUT)
     user = quote(params.user, safe="")
@@ -105,6 +104,14 @@ def running_pgbouncer(server_url: str, workdir: Path, *, pool_size: int = 20) ->
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def _unprivileged_user(unix_sock: str | None) -> str:
+    """Who pgbouncer runs as under root (containers, CI), which it refuses to run as: the owner of the
+    server's socket directory (the embedded server's data directory, its user's alone), else nobody."""
+    if unix_sock is None:
+        return "nobody"
+    return pwd.getpwuid(Path(unix_sock).parent.stat().st_uid).pw_name
 
 
 def _wait_until_up(url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
