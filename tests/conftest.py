@@ -7,6 +7,7 @@ migrate function, and drops the database at the end.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -40,8 +41,19 @@ def with_database(url: str, name: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def server_url() -> Iterator[str]:
-    """A URL of a running PostgreSQL server we may create databases on."""
+def server_url(postgres_url: str, through_pgbouncer: Callable[..., str]) -> str:
+    """A URL of a running PostgreSQL server we may create databases on. With TEST_POOLER=pgbouncer,
+    that server through pgbouncer in transaction mode: the whole suite as behind a transaction
+    pooler (RDS Proxy multiplexes the same way), where nothing may lean on a session."""
+    pooler = os.environ.get("TEST_POOLER", "").strip()
+    if pooler not in ("", "pgbouncer"):
+        raise pytest.UsageError(f"TEST_POOLER: pgbouncer or unset, not {pooler!r}")
+    return through_pgbouncer(postgres_url) if pooler else postgres_url
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A URL of the PostgreSQL server itself: DATABASE_URL's, else an embedded one."""
     url = os.environ.get("DATABASE_URL", "").strip()
     if url:
         yield url
@@ -78,6 +90,24 @@ def fresh_database(server_url: str) -> Iterator[Callable[..., str]]:
 
 
 @pytest.fixture(scope="session")
+def through_pgbouncer(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., str]]:
+    """Factory: a database URL of the test server -> the same database through pgbouncer in
+    transaction mode (tests/pgbouncer.py), with `pool_size` server connections per database."""
+    from tests.pgbouncer import running_pgbouncer
+
+    with contextlib.ExitStack() as stack:
+        started: dict[int, str] = {}
+
+        def through(url: str, *, pool_size: int = 20) -> str:
+            if pool_size not in started:
+                workdir = tmp_path_factory.mktemp(f"pgbouncer-{pool_size}")
+                started[pool_size] = stack.enter_context(running_pgbouncer(postgres_url, workdir, pool_size=pool_size))
+            return with_database(started[pool_size], urlsplit(url).path.lstrip("/"))
+
+        yield through
+
+
+@pytest.fixture(scope="session")
 def database_url(fresh_database: Callable[..., str]) -> str:
     """The test database, migrated by the migrate function exactly as ops would run it."""
     url: str = fresh_database()
@@ -88,6 +118,13 @@ def database_url(fresh_database: Callable[..., str]) -> str:
     report = handler({}, None)
     assert report["status"] == "ok", report
     return url
+
+
+@pytest.fixture(scope="session")
+def unpooled_database_url(database_url: str, postgres_url: str) -> str:
+    """The test database on the server itself, past any pooler (TEST_POOLER): for a test that acts
+    on the server behind the functions' backs, and must not share a pooled server connection with them."""
+    return with_database(postgres_url, urlsplit(database_url).path.lstrip("/"))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pg8000.native
@@ -12,7 +12,7 @@ from functions.cleanup.handler import handler
 from shared.auth import LOGIN_LIMITS
 from shared.jobs import cleanup
 from shared.jobs.cleanup import TableState, needs_vacuum
-from tests.conftest import User
+from tests.conftest import User, admin_connection
 
 # Three image columns of 3 KB each: STORAGE EXTERNAL stores them uncompressed in TOAST (a row goes
 # there above ~2 KB), as real images are. md5 of the row number keeps every scan's bytes distinct.
@@ -159,6 +159,31 @@ def test_cleanup_stops_before_the_functions_deadline_and_says_partial(
     assert report["status"] == "partial"
     assert report["removed"] == {"sessions": 0, "login_failures": 0, "audit_events": 0}
     assert counts(pg) == {"sessions": 3, "login_failures": 3, "audit_events": 3}
+
+
+def test_cleanup_leaves_no_statement_timeout_on_a_pooled_server_connection(
+    pg: pg8000.native.Connection,
+    alice: User,
+    database_url: str,
+    through_pgbouncer: Callable[..., str],
+    settings_env: pytest.MonkeyPatch,
+) -> None:
+    # Given enough expired sessions that the job vacuums their table (with a time limit: the
+    # Lambda's), run through pgbouncer in transaction mode with one server connection, which the
+    # next client then gets: what the job's session leaves there, that client inherits
+    seed_expiring_rows(pg, alice, old=600, retention_days=2190)
+    pooled = through_pgbouncer(database_url, pool_size=1)
+    settings_env.setenv("DATABASE_URL", pooled)
+
+    report = handler({}, Context(remaining_ms=900_000))
+
+    assert report["status"] == "ok" and "sessions" in report["vacuumed"]
+    # Then the next client of that server connection runs under the server's default, no time limit
+    con = admin_connection(pooled)
+    try:
+        assert con.run("SHOW statement_timeout")[0][0] == "0"
+    finally:
+        con.close()
 
 
 @pytest.mark.parametrize(

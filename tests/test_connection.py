@@ -14,7 +14,7 @@ import pytest
 
 from shared import db
 from shared.core.config import get_settings
-from tests.conftest import User
+from tests.conftest import User, admin_connection
 from tests.lambda_client import LambdaClient
 
 
@@ -81,14 +81,17 @@ def test_hung_database_answers_503_within_the_timeout_instead_of_hanging(
     assert elapsed < 10, elapsed
 
 
-def test_a_killed_backend_is_replaced_transparently(
-    api: LambdaClient, alice: User, pg: pg8000.native.Connection
-) -> None:
+def test_a_killed_backend_is_replaced_transparently(api: LambdaClient, alice: User, unpooled_database_url: str) -> None:
     assert api.request("GET", "/api/v1/scans", token=alice.token).status == 200
     backend = db.call(lambda con: con.run("SELECT pg_backend_pid()")[0][0])
 
-    # The database drops the container's connection (failover, idle timeout, proxy restart)
-    pg.run("SELECT pg_terminate_backend(:pid)", pid=backend)
+    # The database drops the container's connection (failover, idle timeout, proxy restart). Killed
+    # from outside any pooler: through one, the killer could be handed the very backend it kills.
+    killer = admin_connection(unpooled_database_url)
+    try:
+        killer.run("SELECT pg_terminate_backend(:pid)", pid=backend)
+    finally:
+        killer.close()
 
     result = api.request("GET", "/api/v1/scans", token=alice.token)
     assert result.status == 200

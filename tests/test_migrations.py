@@ -15,7 +15,13 @@ from pg8000.exceptions import DatabaseError
 
 from shared import db
 from shared.core import config
-from shared.db.migrations import MIGRATIONS_DIR, MigrationError, load_migrations, run_migrations
+from shared.db.migrations import (
+    CREATE_MIGRATION_LOCK,
+    MIGRATIONS_DIR,
+    MigrationError,
+    load_migrations,
+    run_migrations,
+)
 
 EXPECTED = [
     "001_create_scans",
@@ -191,3 +197,138 @@ def test_misnamed_migration_files_are_rejected(tmp_path: Path) -> None:
     (tmp_path / "4_oops.sql").write_text("SELECT 1;")
     with pytest.raises(MigrationError, match="NNN_description"):
         load_migrations(tmp_path)
+
+
+# The migration lock behind a transaction pooler (pgbouncer in transaction mode, tests/pgbouncer.py).
+# Pool size 1: every client shares one server connection, so a session advisory lock taken by one
+# runner is "held" by the next runner's statements too (the double grant the probe saw); 4: a runner's
+# statements land on different server connections, so an unlock may miss the one holding the lock.
+@pytest.mark.parametrize("pool_size", [1, 4])
+def test_parallel_runners_through_a_transaction_pooler_apply_each_migration_once(
+    fresh_database: Callable[..., str], through_pgbouncer: Callable[..., str], pool_size: int
+) -> None:
+    url = fresh_database()
+    pooled = through_pgbouncer(url, pool_size=pool_size)
+    barrier = threading.Barrier(4)
+    reports: list[dict[str, Any]] = []
+    errors: list[BaseException] = []
+
+    def runner() -> None:
+        try:
+            barrier.wait()
+            reports.append(run_on(pooled))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=runner) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=180)
+
+    # Exactly one runner applies each migration; the others waited, then found them applied.
+    assert not errors, errors
+    assert len(reports) == 4
+    assert sorted(name for report in reports for name in report["applied"]) == EXPECTED
+    for report in reports:
+        assert report["status"] == "ok"
+        assert sorted(report["applied"] + report["alreadyApplied"]) == EXPECTED
+    con = db.connect(config.parse_database_url(url), timeout=30)
+    try:
+        assert [r[0] for r in con.run("SELECT version FROM schema_migrations ORDER BY version")] == [
+            name[:3] for name in EXPECTED
+        ]
+        assert con.run("SELECT count(*) FROM migration_lock")[0][0] == 0  # given back
+    finally:
+        con.close()
+    # And the next run, on whichever server connection, finds the lock free at once.
+    assert run_on(pooled)["alreadyApplied"] == EXPECTED
+
+
+def test_migrate_function_runs_through_a_transaction_pooler(
+    fresh_database: Callable[..., str], through_pgbouncer: Callable[..., str], settings_env: pytest.MonkeyPatch
+) -> None:
+    settings_env.setenv("DATABASE_URL", through_pgbouncer(fresh_database(), pool_size=1))
+    from functions.migrate.handler import handler
+
+    first = handler({}, None)
+    second = handler({}, None)
+
+    assert first["applied"] == EXPECTED and first["dicomweb_backfill"]["done"] is True
+    assert second["applied"] == [] and second["alreadyApplied"] == EXPECTED
+
+
+STALE_LOCK = """
+    INSERT INTO migration_lock (id, holder, acquired_at, expires_at)
+    VALUES (1, :holder, now() - interval '1 hour', now() + make_interval(secs => CAST(:expires_in AS integer)))
+"""
+
+
+def hold_lock(url: str, *, holder: str, expires_in: int) -> None:
+    """Write the lock row as another runner would have left it (expires_in < 0: its lease ran out)."""
+    con = db.connect(config.parse_database_url(url), timeout=30)
+    try:
+        con.run(CREATE_MIGRATION_LOCK)
+        con.run(STALE_LOCK, holder=holder, expires_in=expires_in)
+    finally:
+        con.close()
+
+
+def test_a_crashed_runners_lock_is_taken_over_once_its_lease_ran_out(
+    fresh_database: Callable[..., str], through_pgbouncer: Callable[..., str]
+) -> None:
+    # Given a runner that took the lock and died without giving it back, its lease now over
+    url = fresh_database()
+    hold_lock(url, holder="crashed-runner", expires_in=-1)
+
+    # When the next run starts
+    report = run_on(through_pgbouncer(url, pool_size=1))
+
+    # Then it takes the lock over, applies everything and gives the lock back
+    assert report["applied"] == EXPECTED
+    con = db.connect(config.parse_database_url(url), timeout=30)
+    try:
+        assert con.run("SELECT count(*) FROM migration_lock")[0][0] == 0
+    finally:
+        con.close()
+
+
+def test_a_held_lock_makes_the_next_run_wait_then_fail_clearly(fresh_database: Callable[..., str]) -> None:
+    # Given a live runner's lock, its lease good for an hour
+    url = fresh_database()
+    hold_lock(url, holder="other-runner", expires_in=3600)
+
+    # When another run waits for it no longer than half a second
+    con = db.connect(config.parse_database_url(url), timeout=30)
+    try:
+        with pytest.raises(MigrationError, match=r"another migration run held the lock .*other-runner"):
+            run_migrations(con, lock_wait_seconds=0.5)
+
+        # Then it applied nothing and left the other's lock alone
+        assert con.run("SELECT to_regclass('schema_migrations')")[0][0] is None
+        assert con.run("SELECT holder FROM migration_lock")[0][0] == "other-runner"
+    finally:
+        con.close()
+
+
+def test_a_run_whose_lease_was_taken_over_commits_no_further_migration(
+    fresh_database: Callable[..., str], tmp_path: Path
+) -> None:
+    # Given a migration during which another runner takes the lock over (as after a lease ran out;
+    # here the migration itself rewrites the row, which its own transaction then sees)
+    url = fresh_database()
+    copy = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS_DIR, copy)
+    (copy / "099_taken_over.sql").write_text(
+        "CREATE TABLE taken_over (id int);\nUPDATE migration_lock SET holder = 'the-next-runner';\n"
+    )
+
+    # When it runs, then that migration rolls back instead of committing beside the new holder's
+    with pytest.raises(MigrationError, match="lease ran out"):
+        run_on(url, copy)
+    con = db.connect(config.parse_database_url(url), timeout=30)
+    try:
+        assert con.run("SELECT to_regclass('taken_over')")[0][0] is None
+        assert con.run("SELECT count(*) FROM schema_migrations WHERE version = '099'")[0][0] == 0
+    finally:
+        con.close()

@@ -32,13 +32,14 @@ PUT, the object is still on the list).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pg8000.exceptions import DatabaseError
+from pg8000.exceptions import DatabaseError, InterfaceError
 from pg8000.native import identifier
 
 from shared import db, storage
@@ -94,7 +95,14 @@ SELECT_TABLE_STATE = """
     FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
     WHERE s.schemaname = current_schema() AND s.relname::text = ANY(CAST(:tables AS text[]))
 """
-SET_STATEMENT_TIMEOUT = "SELECT set_config('statement_timeout', :value, false)"
+# The VACUUM's time limit is a session setting: VACUUM cannot run in a transaction block, so a SET
+# LOCAL (or set_config(..., true)) would end before it starts. An explicit SET, not set_config():
+# SET is what RDS Proxy recognises and pins the session for (so the VACUUM runs on the backend that
+# got the setting); RESET_STATEMENT_TIMEOUT then takes it off again, so a backend that goes back to
+# a pool carries nothing to its next client. SET takes no parameters: the value is an int we
+# computed, formatted as one.
+SET_STATEMENT_TIMEOUT = "SET statement_timeout = {milliseconds:d}"
+RESET_STATEMENT_TIMEOUT = "RESET statement_timeout"
 
 # An orphan-list row, or an upload past its expiry, is acted on only once it is this old: the
 # upload, move or presigned POST that wrote it has long finished (each takes seconds to minutes).
@@ -296,15 +304,19 @@ def vacuum_table(con: db.Connection, table: str, clock: Deadline) -> str | None:
     timeout_ms = 0 if left is None else int((left - VACUUM_MARGIN_SECONDS) * 1000)
     if table not in TABLES:
         raise ValueError(f"not a table the cleanup job vacuums: {table!r}")
-    # set_config, not SET: a SET cannot take a parameter. (It pins the session on RDS Proxy: fine
-    # for a job that runs alone once a night, as the migrate function's advisory lock is.)
-    con.run(SET_STATEMENT_TIMEOUT, value=str(timeout_ms))
+    # Pins this connection's session on RDS Proxy until it closes: fine for a job that runs alone
+    # once a night on a connection of its own. Reset right after, whatever the VACUUM did.
+    con.run(SET_STATEMENT_TIMEOUT.format(milliseconds=int(timeout_ms)))
     try:
         con.run(f"VACUUM (ANALYZE) {identifier(table)}")
     except DatabaseError as exc:
         if db.sqlstate(exc) != QUERY_CANCELED:
             raise
         return "cancelled at the time limit"
+    finally:
+        # A dead connection takes its session, setting and all, with it.
+        with contextlib.suppress(InterfaceError, OSError):
+            con.run(RESET_STATEMENT_TIMEOUT)
     return None
 
 
