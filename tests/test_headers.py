@@ -1,0 +1,138 @@
+"""Headers and paths as a client sees them (issue 18): through the Lambda entry points with AWS-exact
+events, and through the local gateway over HTTP on the real serverless.yml."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import pytest
+
+from scripts.dev.localgw.events import build_event
+from scripts.dev.localgw.server import make_server
+from shared.auth import signing
+from tests import images
+from tests.conftest import ROOT, User
+from tests.lambda_client import ROUTES, LambdaClient, multipart
+
+IMAGE_ROUTE = "/api/v1/scans/image/{scan_id}/{image_type}"
+
+
+@pytest.fixture(scope="module")
+def gateway(database_url: str) -> Iterator[tuple[str, int]]:
+    """The local gateway on the real serverless.yml and web/, in a thread."""
+    server = make_server("127.0.0.1", 0, serverless_yml=ROOT / "serverless.yml", containers=1)
+    server.access_log = False
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield "127.0.0.1", server.server_address[1]
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)
+
+
+def fetch(
+    gateway: tuple[str, int],
+    path: str,
+    *,
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+    body: bytes = b"",
+) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection(*gateway, timeout=30)
+    try:
+        conn.request(method, path, body=body or None, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()
+
+
+def upload(gateway: tuple[str, int], user: User, host: str) -> dict[str, object]:
+    body, ctype = multipart({"file": ("scan.png", images.png16(), "image/png")})
+    headers = {"Host": host, "Authorization": f"Bearer {user.token}", "Content-Type": ctype}
+    status, _, answer = fetch(gateway, "/api/v1/scans/analyze", method="POST", headers=headers, body=body)
+    assert status == 201, answer
+    loaded: dict[str, object] = json.loads(answer)
+    return loaded
+
+
+# --- an IPv6 literal Host ([::1]:port) ------------------------------------------------------------
+
+
+def test_an_ipv6_literal_host_reaches_every_kind_of_function_and_names_itself_in_urls(
+    gateway: tuple[str, int], pg: object, alice: User
+) -> None:
+    # Given the gateway's own IPv6 name, as a browser at http://[::1]:port/ sends it
+    host = f"[::1]:{gateway[1]}"
+    # When Alice uploads (FastAPI behind Mangum) and lists, then follows the signed URL (Starlette)
+    scan = upload(gateway, alice, host)
+    authorized = {"Host": host, "Authorization": f"Bearer {alice.token}"}
+    status, _, listed = fetch(gateway, "/api/v1/scans", headers=authorized)
+    image_url = str(scan["results"]["imageUrl"])  # type: ignore[index]
+    parts = urlsplit(image_url)
+    got = fetch(gateway, f"{parts.path}?{parts.query}", headers={"Host": host})
+    # Then each answers as with any other Host (not a 502), and the URLs name the host asked for
+    assert status == 200 and json.loads(listed)["items"], listed
+    assert image_url.startswith(f"http://{host}/api/v1/scans/image/")
+    assert got[0] == 200 and got[2] == images.png16()
+    unsigned = fetch(gateway, urlsplit(image_url).path, headers={"Host": host})
+    assert unsigned[0] == 401 and json.loads(unsigned[2])["error"]["code"]
+
+
+# --- a path that only a redirect would match -----------------------------------------------------
+
+
+def slashed_events(scan_id: str, query: str) -> list[dict[str, object]]:
+    """`…/original%2F?<query>` as an HTTP API event: rawPath as sent, and rawPath decoded (HTTP APIs
+    deliver the path decoded), with the path parameter API Gateway would give each."""
+    (route,) = [r for r in ROUTES if r.method == "GET" and r.path_template == IMAGE_ROUTE]
+    common = {"method": "GET", "raw_query": query, "body": b"", "source_ip": "203.0.113.9", "route": route}
+    headers = [("host", "api.example.test"), ("x-forwarded-proto", "https"), ("x-forwarded-port", "443")]
+    return [
+        build_event(
+            raw_path=f"/api/v1/scans/image/{scan_id}/{raw}",
+            headers=headers,
+            path_params={"scan_id": scan_id, "image_type": "original/"},
+            **common,  # type: ignore[arg-type]
+        )
+        for raw in ("original%2F", "original%2f", "original/")
+    ]
+
+
+def test_an_encoded_slash_after_the_image_type_is_a_404_that_echoes_nothing(api: LambdaClient) -> None:
+    # Given a genuine signature for the image, and the same path with an encoded slash after its type
+    scan_id = "scan_0123456789abcdef"
+    query = signing.signed_query(f"/api/v1/scans/image/{scan_id}/original")
+    for event in slashed_events(scan_id, query):
+        # When the images function's entry point receives it
+        result = api.invoke("images", event)
+        # Then it is unknown, as any path no route takes: no redirect carrying the query back
+        assert result.status == 404, event["rawPath"]
+        assert result.error_code == "not_found"
+        assert "location" not in result.headers
+        assert "sig=" not in json.dumps(result.raw)
+        assert result.headers["x-content-type-options"] == "nosniff"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/scans/image/scan_0123456789abcdef/original%2F",
+        "/api/v1/scans/image/scan_0123456789abcdef/thumbnail%2f",
+        "/api/v1/dicomweb/studies/1.2.3%2F",
+        "/api/v1/scans/scan_0123456789abcdef%2F",
+    ],
+)
+def test_through_the_gateway_an_encoded_trailing_slash_is_a_404_that_echoes_nothing(
+    gateway: tuple[str, int], path: str
+) -> None:
+    query = signing.signed_query("/api/v1/scans/image/scan_0123456789abcdef/original")
+    status, headers, body = fetch(gateway, f"{path}?{query}")
+    assert status == 404, (path, headers)
+    assert json.loads(body)["error"]["code"] == "not_found"
+    assert "location" not in headers
+    assert "sig=" not in body.decode() and not any("sig=" in value for value in headers.values())
