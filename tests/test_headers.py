@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
+import socket
 import threading
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import pytest
 
+from scripts.dev.localgw import static
 from scripts.dev.localgw.events import build_event
 from scripts.dev.localgw.server import make_server
+from scripts.web import assets as web_assets
+from scripts.web.assets import SECURITY_HEADERS
 from shared.auth import signing
 from tests import images
 from tests.conftest import ROOT, User
@@ -136,3 +141,75 @@ def test_through_the_gateway_an_encoded_trailing_slash_is_a_404_that_echoes_noth
     assert json.loads(body)["error"]["code"] == "not_found"
     assert "location" not in headers
     assert "sig=" not in body.decode() and not any("sig=" in value for value in headers.values())
+
+
+# --- what the gateway answers itself: the security headers the deployed CDN adds --------------------
+
+
+def assert_security_headers(headers: dict[str, str], what: object) -> None:
+    for name, value in SECURITY_HEADERS:
+        assert headers.get(name.lower()) == value, (what, name, headers)
+
+
+OWN_REQUESTS = [
+    ("GET", "/nothing-here.txt", {}, b"", 404),
+    ("GET", "/api/v1/no-such-route", {}, b"", 404),
+    ("DELETE", "/docs", {}, b"", 404),
+    ("GET", "/openapi.json", {}, b"", 200),
+    ("HEAD", "/openapi.json", {}, b"", 200),
+    ("GET", "/docs", {}, b"", 200),
+    ("GET", "/docs/", {}, b"", 200),
+    ("GET", "/docs/docs.js", {}, b"", 200),
+    ("GET", "/api/v1/scans", {"Host": "evil.example"}, b"", 400),
+    ("GET", "/api/v1/scans", {"X-Big": "a" * 11_000}, b"", 431),
+    ("POST", "/api/v1/scans/analyze", {"Content-Length": "11000000", "Expect": "100-continue"}, b"", 413),
+    (
+        "OPTIONS",
+        "/api/v1/scans",
+        {"Origin": "http://elsewhere.example", "Access-Control-Request-Method": "GET"},
+        b"",
+        204,
+    ),
+    ("OPTIONS", "/api/v1/scans", {"Origin": "http://localhost:5173", "Access-Control-Request-Method": "GET"}, b"", 204),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "headers", "body", "status"), OWN_REQUESTS)
+def test_everything_the_gateway_answers_itself_carries_the_security_headers(
+    gateway: tuple[str, int], method: str, path: str, headers: dict[str, str], body: bytes, status: int
+) -> None:
+    got, answered, _ = fetch(gateway, path, method=method, headers=headers, body=body)
+    assert got == status, (method, path)
+    assert_security_headers(answered, (method, path))
+
+
+def test_the_gateway_own_malformed_request_answer_carries_the_security_headers(gateway: tuple[str, int]) -> None:
+    with socket.create_connection(gateway, timeout=10) as sock:
+        sock.sendall(b"NONSENSE\r\n\r\n")
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        assert response.status == 400
+        assert_security_headers({k.lower(): v for k, v in response.getheaders()}, "malformed")
+
+
+@pytest.mark.parametrize("swagger", [True, False])
+def test_docs_page_loads_its_script_and_style_as_files_under_the_csp(
+    swagger: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the page as served with Swagger UI's files installed (requirements-dev.txt), and without them
+    if swagger and static._swagger_dir() is None:
+        pytest.skip("swagger-ui-bundle is not installed")
+    if not swagger:
+        monkeypatch.setattr(static, "_swagger_dir", lambda: None)
+    docs = static.Docs(ROOT)
+    status, headers, page = docs.answer("GET", "/docs") or (0, [], b"")
+    # Then the page has no inline script, style or handler, and every file it names is served
+    html = page.decode()
+    assert status == 200 and dict(headers)["Content-Security-Policy"] == web_assets.CONTENT_SECURITY_POLICY
+    assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", html), html
+    assert "<style" not in html and not re.search(r"\son[a-z]+=", html) and " style=" not in html
+    for linked in re.findall(r'(?:src|href)="([^"]+)"', html):
+        if swagger or not linked.startswith("/docs/swagger"):
+            answer = docs.answer("GET", linked)
+            assert answer is not None and answer[0] == 200, linked
+            assert_security_headers({k.lower(): v for k, v in answer[1]}, linked)

@@ -26,7 +26,7 @@ from scripts.dev.localgw.containers import Gateway
 from scripts.dev.localgw.cors import Cors, load_cors
 from scripts.dev.localgw.events import build_event
 from scripts.dev.localgw.hosts import AllowedHosts
-from scripts.dev.localgw.responses import HttpResponse, error, error_body
+from scripts.dev.localgw.responses import OWN_HEADERS, HttpResponse, error, error_body
 from scripts.dev.localgw.routes import load_routes
 from scripts.dev.localgw.static import Docs, WebApp
 
@@ -58,9 +58,10 @@ def raw_error(status: int, code: str, message: str) -> bytes:
     """A whole JSON error response that closes the connection, for answers given outside h11's cycle."""
     body = error_body(code, message)
     phrase = HTTPStatus(status).phrase
+    own = "".join(f"{name}: {value}\r\n" for name, value in OWN_HEADERS)
     head = (
         f"HTTP/1.1 {status} {phrase}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-        "Connection: close\r\n\r\n"
+        f"{own}Connection: close\r\n\r\n"
     )
     return head.encode() + body
 
@@ -210,7 +211,7 @@ class GatewayApp:
         requested = next((v for n, v in headers if n == "access-control-request-method"), None)
         if self.cors is not None and method == "OPTIONS" and origin is not None and requested is not None:
             asked = ",".join(v for n, v in headers if n == "access-control-request-headers")
-            return 204, self.cors.preflight(origin, requested, asked), b""
+            return 204, [*self.cors.preflight(origin, requested, asked), *OWN_HEADERS], b""
         found = self.server.gateway.match(method, raw_path)
         if found is None:
             response = (
