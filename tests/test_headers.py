@@ -9,10 +9,12 @@ import re
 import socket
 import threading
 from collections.abc import Iterator
-from urllib.parse import urlsplit
+from email.utils import formatdate
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
+from scripts.build.serverless_yml import read_serverless_yml
 from scripts.dev.localgw import static
 from scripts.dev.localgw.events import build_event
 from scripts.dev.localgw.server import make_server
@@ -213,3 +215,43 @@ def test_docs_page_loads_its_script_and_style_as_files_under_the_csp(
             answer = docs.answer("GET", linked)
             assert answer is not None and answer[0] == 200, linked
             assert_security_headers({k.lower(): v for k, v in answer[1]}, linked)
+
+
+# --- signed images: CloudFront caches by s-maxage, viewers get `private` ------------------------------
+
+
+def images_viewer_policy() -> dict[str, object]:
+    """The response headers policy infra/web.yml attaches to the signed image route's behaviour."""
+    resources = read_serverless_yml(ROOT / "infra" / "web.yml")["Resources"]
+    config = resources["WebDistribution"]["Properties"]["DistributionConfig"]
+    (behaviour,) = [b for b in config["CacheBehaviors"] if b["PathPattern"] == "/api/v1/scans/image/*"]
+    policy: dict[str, object] = resources[behaviour["ResponseHeadersPolicyId"]["Ref"]]["Properties"]
+    return policy
+
+
+def test_the_signed_image_route_gives_viewers_private_in_place_of_the_origins_cache_control() -> None:
+    items = images_viewer_policy()["ResponseHeadersPolicyConfig"]["CustomHeadersConfig"]["Items"]  # type: ignore[index]
+    (cache_control,) = [item for item in items if item["Header"].lower() == "cache-control"]
+    assert cache_control == {"Header": "Cache-Control", "Value": "private", "Override": True}
+
+
+def test_through_the_gateway_a_signed_image_is_private_until_its_signature_ends(
+    gateway: tuple[str, int], pg: object, alice: User
+) -> None:
+    # Given a signed URL of Alice's scan
+    scan = upload(gateway, alice, f"127.0.0.1:{gateway[1]}")
+    parts = urlsplit(str(scan["results"]["imageUrl"]))  # type: ignore[index]
+    exp = int(dict(parse_qsl(parts.query))["exp"])
+    # When a browser loads it, and asks again with its ETag
+    status, headers, body = fetch(gateway, f"{parts.path}?{parts.query}")
+    again = fetch(gateway, f"{parts.path}?{parts.query}", headers={"If-None-Match": headers["etag"]})
+    unsigned = fetch(gateway, parts.path)
+    # Then it gets what CloudFront's viewers get: private, fresh until the signature's end, never s-maxage
+    assert (status, body) == (200, images.png16())
+    for got in (headers, again[1], unsigned[1]):
+        assert got["cache-control"] == "private", got
+    assert again[0] == 304 and unsigned[0] == 401
+    assert headers["expires"] == again[1]["expires"] == formatdate(exp, usegmt=True)
+    # And elsewhere the function's own Cache-Control passes through
+    listed = fetch(gateway, "/api/v1/scans", headers={"Authorization": f"Bearer {alice.token}"})
+    assert listed[0] == 200 and listed[1]["cache-control"] == "no-store"

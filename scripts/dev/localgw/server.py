@@ -22,6 +22,7 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from scripts.dev.localgw.cdn import ViewerCacheControl, load_viewer_cache_control, viewer_headers
 from scripts.dev.localgw.containers import Gateway
 from scripts.dev.localgw.cors import Cors, load_cors
 from scripts.dev.localgw.events import build_event
@@ -145,9 +146,12 @@ class GatewayApp:
         docs: Docs,
         limits: Limits,
         web: WebApp | None = None,
+        viewer: list[ViewerCacheControl] | None = None,
     ) -> None:
         self.server, self.cors, self.allowed_hosts, self.docs, self.limits = server, cors, allowed_hosts, docs, limits
         self.web = web
+        # The deployed CDN's Cache-Control for viewers, per path (infra/web.yml): what a browser gets.
+        self.viewer = viewer or []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -233,6 +237,7 @@ class GatewayApp:
                 path_params=params,
             )
             response = await self.server.gateway.invoke_async(route, event)
+        response = response[0], viewer_headers(self.viewer, raw_path, response[1]), response[2]
         if self.cors is None:
             return response
         return response[0], self.cors.apply(origin, response[1]), response[2]
@@ -305,7 +310,15 @@ class GatewayServer:
         self.server_address: tuple[str, int] = self.socket.getsockname()[:2]
         hosts = AllowedHosts.for_address(address[0], self.server_address[1], allowed_hosts)
         web = WebApp(docs_root / "web" if web_root is None else web_root)
-        app = GatewayApp(self, cors=cors, allowed_hosts=hosts, docs=Docs(docs_root), limits=limits, web=web)
+        app = GatewayApp(
+            self,
+            cors=cors,
+            allowed_hosts=hosts,
+            docs=Docs(docs_root),
+            limits=limits,
+            web=web,
+            viewer=load_viewer_cache_control(docs_root),
+        )
         protocol = type("GatewayConnection", (GatewayProtocol,), {"limits": limits})
         config = uvicorn.Config(
             app,
