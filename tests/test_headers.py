@@ -90,6 +90,15 @@ def test_an_ipv6_literal_host_reaches_every_kind_of_function_and_names_itself_in
     assert unsigned[0] == 401 and json.loads(unsigned[2])["error"]["code"]
 
 
+@pytest.mark.parametrize("host", ["[::1]:3401", "[::1]", "[2001:db8::7]:8443"])
+def test_the_entry_points_take_an_ipv6_literal_host(pg: object, alice: User, host: str) -> None:
+    client = LambdaClient(host=host)
+    listed = client.request("GET", "/api/v1/scans", token=alice.token)  # FastAPI, lambda_handler
+    image = client.request("GET", "/api/v1/scans/image/scan_0123456789abcdef/original", token=alice.token)
+    assert listed.status == 200, listed.body
+    assert image.status == 404 and image.error_code == "scan_not_found"  # Starlette, lambda_handler_for_base64_bodies
+
+
 # --- a path that only a redirect would match -----------------------------------------------------
 
 

@@ -45,7 +45,8 @@ class HttpApiEvents(HTTPGateway):
         finally:
             self.event = event
         scope["headers"].append([b"host", host.encode()])
-        scope["server"] = (f"{name}]", int(rest[1:]) if rest else 80)
+        port = rest[1:] if rest else str(event["headers"].get("x-forwarded-port", "80"))  # as Mangum does
+        scope["server"] = (f"{name}]", int(port) if port.isdigit() else 80)
         scope["aws.event"] = event
         return scope
 
