@@ -58,6 +58,7 @@ DEV_TOOLS = (
 )
 CPYTHON_312_MAGIC = (3531).to_bytes(2, "little") + b"\r\n"
 SECRET_ARN = {"Fn::GetAtt": ["Database", "MasterUserSecret.SecretArn"]}
+IMAGE_ROUTE = "/api/v1/scans/image/*"  # the signed image route's CloudFront behaviour
 
 if not TEMPLATE.exists():
     # CI packages before it tests (.ci/run), so there a missing template is a failure, not a skip.
@@ -448,12 +449,30 @@ def test_signed_image_urls_point_at_the_distribution(template: dict[str, Any]) -
     assert template["Outputs"]["WebUrl"]["Value"] == base
 
 
-def test_every_response_carries_the_security_headers(template: dict[str, Any]) -> None:
+def response_headers_policies(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each behaviour's response headers policy config, by the behaviour's path pattern ("" for the default)."""
     config = distribution_config(template)
     behaviors = [config["DefaultCacheBehavior"], *config["CacheBehaviors"]]
-    (policy_id,) = {json.dumps(b["ResponseHeadersPolicyId"]) for b in behaviors}
-    (name,) = references(json.loads(policy_id))
-    headers = template["Resources"][name]["Properties"]["ResponseHeadersPolicyConfig"]["SecurityHeadersConfig"]
+    policies = {}
+    for behavior in behaviors:
+        (name,) = references(behavior["ResponseHeadersPolicyId"])
+        policies[behavior.get("PathPattern", "")] = template["Resources"][name]["Properties"][
+            "ResponseHeadersPolicyConfig"
+        ]
+    return policies
+
+
+@pytest.mark.parametrize("pattern", ["", "/api/*", IMAGE_ROUTE])
+def test_every_response_carries_the_security_headers(template: dict[str, Any], pattern: str) -> None:
+    policies = response_headers_policies(template)
+    assert set(policies) == {"", "/api/*", IMAGE_ROUTE}
+    policy = policies[pattern]
+    # One set of security headers for every behaviour: the signed image route's policy differs only
+    # in its Cache-Control (test_signed_image_viewers_get_private_in_place_of_the_origins_cache_control).
+    assert policy["SecurityHeadersConfig"] == policies[""]["SecurityHeadersConfig"]
+    custom = [item for item in policy["CustomHeadersConfig"]["Items"] if item["Header"] != "Cache-Control"]
+    assert custom == policies[""]["CustomHeadersConfig"]["Items"]
+    headers = policy["SecurityHeadersConfig"]
     assert headers["StrictTransportSecurity"]["AccessControlMaxAgeSec"] >= 31536000
     assert headers["ContentTypeOptions"]["Override"] is True
     assert headers["FrameOptions"]["FrameOption"] == "DENY"
@@ -475,6 +494,16 @@ def test_every_response_carries_the_security_headers(template: dict[str, Any]) -
     assert bucket_name == {
         "Fn::Join": ["-", ["ctscan-store-ci-images", {"Ref": "AWS::AccountId"}, {"Ref": "AWS::Region"}]]
     }
+
+
+def test_signed_image_viewers_get_private_in_place_of_the_origins_cache_control(template: dict[str, Any]) -> None:
+    # The images function answers a signed URL with s-maxage (CloudFront's copy) and Expires; viewers
+    # get `private` instead, so nothing past the CDN shares the bytes (shared/http/image_responses.py).
+    policies = response_headers_policies(template)
+    for pattern, policy in policies.items():
+        cache_control = [i for i in policy["CustomHeadersConfig"]["Items"] if i["Header"].lower() == "cache-control"]
+        expected = [{"Header": "Cache-Control", "Value": "private", "Override": True}] if pattern == IMAGE_ROUTE else []
+        assert cache_control == expected, pattern
 
 
 def test_outputs_name_the_web_bucket_distribution_and_url(template: dict[str, Any]) -> None:
@@ -847,7 +876,6 @@ def test_upload_package_analyzes_png_and_dicom_under_the_lambda_python(tmp_path:
 
 # ---------------------------------------------------------------- issue 10: the S3 tier, the CDN, the origin lock
 
-IMAGE_ROUTE = "/api/v1/scans/image/*"
 BUCKET_ARN = {"Fn::GetAtt": ["ImagesBucket", "Arn"]}
 S3_TIER_SETTINGS = {
     "IMAGES_BUCKET": {"Ref": "ImagesBucket"},
@@ -1046,7 +1074,7 @@ def test_the_image_cache_key_is_the_path_and_the_signature_and_nothing_else(temp
     assert key["CookiesConfig"] == {"CookieBehavior": "none"}
     assert key["EnableAcceptEncodingGzip"] is False and key["EnableAcceptEncodingBrotli"] is False
     # MinTTL 0: the origin's Cache-Control decides, so `private` (a token's answer) is never cached and
-    # a signed answer's max-age (the seconds its signature has left) bounds the copy.
+    # a signed answer's s-maxage (the seconds its signature has left) bounds the copy.
     assert config["MinTTL"] == 0
     assert config["DefaultTTL"] >= 3600 and config["MaxTTL"] >= config["DefaultTTL"]
 

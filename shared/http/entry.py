@@ -9,6 +9,8 @@ from typing import Any
 
 from mangum import Mangum
 from mangum.adapter import DEFAULT_TEXT_MIME_TYPES
+from mangum.handlers import HTTPGateway
+from mangum.types import Scope
 from starlette.applications import Starlette
 
 from shared import db
@@ -22,6 +24,45 @@ LambdaHandler = Callable[[dict[str, Any], Any], dict[str, Any]]
 TEXT_MIME_TYPES = [*DEFAULT_TEXT_MIME_TYPES, "application/dicom+json"]
 
 
+class HttpApiEvents(HTTPGateway):
+    """Mangum's HTTP API handler, reading a Host that names an IPv6 literal (`[::1]:3000`) as one.
+
+    Mangum 0.22 splits Host on every ':' for the ASGI server tuple and raises on an IPv6 literal, so
+    every route answered 502. API Gateway forwards only its own domain names, but the local gateway
+    also serves http://[::1]:port/, and the functions copy Host into the URLs they answer with.
+    """
+
+    @property
+    def scope(self) -> Scope:
+        event = self.event
+        host = str((event.get("headers") or {}).get("host", ""))
+        name, bracket, rest = host.partition("]")
+        if not host.startswith("[") or not bracket or (rest and not rest[1:].isdigit()):
+            return super().scope  # a name, or nothing Mangum would misread
+        self.event = {**event, "headers": {k: v for k, v in event["headers"].items() if k != "host"}}
+        try:
+            scope = super().scope
+        finally:
+            self.event = event
+        scope["headers"].append([b"host", host.encode()])
+        port = rest[1:] if rest else str(event["headers"].get("x-forwarded-port", "80"))  # as Mangum does
+        scope["server"] = (f"{name}]", int(port) if port.isdigit() else 80)
+        scope["aws.event"] = event
+        return scope
+
+
+def without_slash_redirects(app: Starlette) -> Starlette:
+    """The app, answering a path that no route matches with 404 instead of Starlette's 307 to the path
+    with its trailing slash added or removed.
+
+    A route's last segment ending in an encoded slash (`.../original%2F?exp=…&sig=…`, which Mangum
+    decodes) would otherwise be redirected, query and all, before any route checked the signature.
+    API Gateway routed the request already: a path none of our routes takes is unknown, as any other.
+    """
+    app.router.redirect_slashes = False
+    return app
+
+
 def lambda_handler(
     app: Starlette,
     *,
@@ -33,7 +74,9 @@ def lambda_handler(
     Requests that did not come through the CDN are refused first (shared.auth.origin), before any database
     access. Logged and measured by shared.core.observability; status_metrics names a counter per response status.
     """
-    adapter = Mangum(app, lifespan="off", text_mime_types=TEXT_MIME_TYPES)
+    adapter = Mangum(
+        without_slash_redirects(app), lifespan="off", text_mime_types=TEXT_MIME_TYPES, custom_handlers=[HttpApiEvents]
+    )
 
     def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         refused = origin.refuse(event)
@@ -74,7 +117,9 @@ def lambda_handler_for_base64_bodies(app: Starlette) -> LambdaHandler:
     Requests that did not come through the CDN are refused first, and behind the CDN an unsigned
     request gets a 401 that says why (shared.auth.origin), before any database access.
     """
-    adapter = Mangum(app, lifespan="off", text_mime_types=[""])
+    adapter = Mangum(
+        without_slash_redirects(app), lifespan="off", text_mime_types=[""], custom_handlers=[HttpApiEvents]
+    )
 
     def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         refused = origin.refuse(event) or origin.unsigned_image_read(event)

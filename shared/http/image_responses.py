@@ -4,6 +4,7 @@ or 416 that the read decided, with its body already base64 (Starlette only)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from email.utils import formatdate
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -81,11 +82,7 @@ def image_part_response(part: db.ImagePart, request: Request, *, signed_until: i
         "Accept-Ranges": "bytes",
     }
     if signed_until is not None:
-        # A signed URL must not outlive its signature in a cache, nor leak through a Referer. public:
-        # the CDN (infra/web.yml) does not cache `private`, and the URL itself is the credential, so
-        # every holder of it gets the same bytes; max-age ends with the signature, in CloudFront too.
-        # Token-authorized reads stay private (IMMUTABLE_CACHE).
-        headers["Cache-Control"] = f"public, max-age={max(0, signed_until - int(now))}, immutable"
+        headers.update(signed_cache_headers(signed_until, now))
         headers["Referrer-Policy"] = "no-referrer"
     if part.status == 304:
         return Response(status_code=304, headers=headers)
@@ -99,6 +96,23 @@ def image_part_response(part: db.ImagePart, request: Request, *, signed_until: i
         return Response(status_code=part.status, headers=headers, media_type=part.content_type)
     headers[PRE_ENCODED_HEADER] = "1"
     return Response(part.base64.encode("ascii"), status_code=part.status, headers=headers, media_type=part.content_type)
+
+
+def signed_cache_headers(signed_until: int, now: float) -> dict[str, str]:
+    """How long caches may keep a signed answer: until its signature ends, and only CloudFront shares it.
+
+    The URL is the credential, so CloudFront keeps one copy per URL for everyone who holds it, for
+    s-maxage: the seconds the signature has left (a shared cache reads s-maxage before max-age, and
+    with the cache policy's MinTTL 0 it never stores `private`). max-age=0 keeps any other cache from
+    serving it without asking. The route's response headers policy (infra/web.yml,
+    ImagesResponseHeadersPolicy; the local gateway applies it too) then gives viewers
+    `Cache-Control: private` in its place, and Expires, the signature's end, tells a browser how long
+    its own copy is fresh: nothing outlives the URL, and nothing past the CDN shares the bytes.
+    """
+    return {
+        "Cache-Control": f"s-maxage={max(0, signed_until - int(now))}, max-age=0",
+        "Expires": formatdate(signed_until, usegmt=True),
+    }
 
 
 def redirect_response(url: str) -> Response:

@@ -9,6 +9,7 @@ One module per concern; each imports only modules listed above it:
     containers.py  each function's containers (timeouts, lost containers), Lambda's payload limits and
                    the result's shape, and Gateway, which routes an event to its function
     cors.py        CORS as HTTP API applies provider.httpApi.cors
+    cdn.py         the Cache-Control CloudFront gives viewers on a path (infra/web.yml's policies)
     hosts.py       the Host names the gateway answers
     static.py      /openapi.json, /docs and the web app (web/) at /, local only
     server.py      uvicorn (h11): the ASGI app, connection limits, the server and its worker processes

@@ -1,11 +1,16 @@
-"""What the gateway answers: an HTTP response as (status, headers, body), and the project's one JSON
-error shape."""
+"""What the gateway answers: an HTTP response as (status, headers, body), the project's one JSON
+error shape, and the security headers of everything the gateway answers itself."""
 
 from __future__ import annotations
 
 import json
 
+from scripts.web.assets import SECURITY_HEADERS
+
 JSON_HEADERS = [("Content-Type", "application/json")]
+# What the deployed CDN adds to every response (infra/web.yml, WebSecurityHeadersPolicy): the gateway's
+# own answers (its errors, preflights, /openapi.json and /docs) carry them too.
+OWN_HEADERS = list(SECURITY_HEADERS)
 
 HttpResponse = tuple[int, list[tuple[str, str]], bytes]
 
@@ -16,4 +21,4 @@ def error_body(code: str, message: str) -> bytes:
 
 
 def error(status: int, code: str, message: str) -> HttpResponse:
-    return status, list(JSON_HEADERS), error_body(code, message)
+    return status, [*JSON_HEADERS, *OWN_HEADERS], error_body(code, message)

@@ -22,11 +22,12 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from scripts.dev.localgw.cdn import ViewerCacheControl, load_viewer_cache_control, viewer_headers
 from scripts.dev.localgw.containers import Gateway
 from scripts.dev.localgw.cors import Cors, load_cors
 from scripts.dev.localgw.events import build_event
 from scripts.dev.localgw.hosts import AllowedHosts
-from scripts.dev.localgw.responses import HttpResponse, error, error_body
+from scripts.dev.localgw.responses import OWN_HEADERS, HttpResponse, error, error_body
 from scripts.dev.localgw.routes import load_routes
 from scripts.dev.localgw.static import Docs, WebApp
 
@@ -58,9 +59,10 @@ def raw_error(status: int, code: str, message: str) -> bytes:
     """A whole JSON error response that closes the connection, for answers given outside h11's cycle."""
     body = error_body(code, message)
     phrase = HTTPStatus(status).phrase
+    own = "".join(f"{name}: {value}\r\n" for name, value in OWN_HEADERS)
     head = (
         f"HTTP/1.1 {status} {phrase}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-        "Connection: close\r\n\r\n"
+        f"{own}Connection: close\r\n\r\n"
     )
     return head.encode() + body
 
@@ -144,9 +146,12 @@ class GatewayApp:
         docs: Docs,
         limits: Limits,
         web: WebApp | None = None,
+        viewer: list[ViewerCacheControl] | None = None,
     ) -> None:
         self.server, self.cors, self.allowed_hosts, self.docs, self.limits = server, cors, allowed_hosts, docs, limits
         self.web = web
+        # The deployed CDN's Cache-Control for viewers, per path (infra/web.yml): what a browser gets.
+        self.viewer = viewer or []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -210,7 +215,7 @@ class GatewayApp:
         requested = next((v for n, v in headers if n == "access-control-request-method"), None)
         if self.cors is not None and method == "OPTIONS" and origin is not None and requested is not None:
             asked = ",".join(v for n, v in headers if n == "access-control-request-headers")
-            return 204, self.cors.preflight(origin, requested, asked), b""
+            return 204, [*self.cors.preflight(origin, requested, asked), *OWN_HEADERS], b""
         found = self.server.gateway.match(method, raw_path)
         if found is None:
             response = (
@@ -232,6 +237,7 @@ class GatewayApp:
                 path_params=params,
             )
             response = await self.server.gateway.invoke_async(route, event)
+        response = response[0], viewer_headers(self.viewer, raw_path, response[1]), response[2]
         if self.cors is None:
             return response
         return response[0], self.cors.apply(origin, response[1]), response[2]
@@ -304,7 +310,15 @@ class GatewayServer:
         self.server_address: tuple[str, int] = self.socket.getsockname()[:2]
         hosts = AllowedHosts.for_address(address[0], self.server_address[1], allowed_hosts)
         web = WebApp(docs_root / "web" if web_root is None else web_root)
-        app = GatewayApp(self, cors=cors, allowed_hosts=hosts, docs=Docs(docs_root), limits=limits, web=web)
+        app = GatewayApp(
+            self,
+            cors=cors,
+            allowed_hosts=hosts,
+            docs=Docs(docs_root),
+            limits=limits,
+            web=web,
+            viewer=load_viewer_cache_control(docs_root),
+        )
         protocol = type("GatewayConnection", (GatewayProtocol,), {"limits": limits})
         config = uvicorn.Config(
             app,

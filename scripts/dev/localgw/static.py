@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from urllib.parse import unquote
 
-from scripts.dev.localgw.responses import JSON_HEADERS, HttpResponse, error
+from scripts.dev.localgw.responses import JSON_HEADERS, OWN_HEADERS, HttpResponse, error
 from scripts.web import assets as web_assets
 
 # --- /openapi.json and /docs ----------------------------------------------------------------------
@@ -19,32 +19,43 @@ SWAGGER_ASSETS = {
     "swagger-ui-bundle.js": "text/javascript; charset=utf-8",
     "favicon-32x32.png": "image/png",
 }
+# The pages load their script and style as files: the same Content-Security-Policy as the web app
+# (script-src 'self', style-src 'self', no inline code) covers them.
 SWAGGER_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>CT scan store API</title>
 <link rel="icon" href="/docs/favicon-32x32.png"><link rel="stylesheet" href="/docs/swagger-ui.css"></head>
-<body><div id="swagger-ui"></div><script src="/docs/swagger-ui-bundle.js"></script>
-<script>window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui", deepLinking: true});</script>
+<body><div id="swagger-ui" data-spec="/openapi.json"></div><script src="/docs/swagger-ui-bundle.js"></script>
+<script src="/docs/docs.js"></script>
 </body></html>
+"""
+SWAGGER_SCRIPT = """const root = document.getElementById("swagger-ui");
+window.ui = SwaggerUIBundle({url: root.dataset.spec, dom_id: "#swagger-ui", deepLinking: true});
 """
 # Without the swagger-ui-bundle package: a page that lists the operations, with nothing to download.
 PLAIN_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>CT scan store API</title>
-<style>body{font:15px system-ui,sans-serif;margin:2em}code{font-weight:bold}li{margin:.3em 0}</style></head>
-<body><h1 id="title">API</h1><ul id="ops"></ul><script>
-fetch("/openapi.json").then(r => r.json()).then(spec => {
+<link rel="stylesheet" href="/docs/docs.css"></head>
+<body><h1 id="title">API</h1><ul id="ops" data-spec="/openapi.json"></ul><script src="/docs/docs.js"></script>
+</body></html>
+"""
+PLAIN_STYLE = """body{font:15px system-ui,sans-serif;margin:2em}code{font-weight:bold}li{margin:.3em 0}
+"""
+PLAIN_SCRIPT = """const list = document.getElementById("ops");
+fetch(list.dataset.spec).then(r => r.json()).then(spec => {
   document.getElementById("title").textContent = spec.info.title + " " + spec.info.version;
-  const list = document.getElementById("ops");
   for (const [path, item] of Object.entries(spec.paths))
     for (const [method, op] of Object.entries(item)) {
       const li = document.createElement("li");
-      li.innerHTML = "<code></code> ";
-      li.firstChild.textContent = method.toUpperCase() + " " + path;
-      li.append(op.summary || op.operationId || "");
+      const code = document.createElement("code");
+      code.textContent = method.toUpperCase() + " " + path;
+      li.append(code, " ", op.summary || op.operationId || "");
       list.append(li);
     }
 });
-</script></body></html>
 """
+_HTML = "text/html; charset=utf-8"
+_JS = "text/javascript; charset=utf-8"
+_CSS = "text/css; charset=utf-8"
 
 
 def _swagger_dir() -> Path | None:
@@ -56,26 +67,36 @@ def _swagger_dir() -> Path | None:
 
 
 class Docs:
-    """The checked-in OpenAPI document and a page that renders it: local only, never deployed."""
+    """The checked-in OpenAPI document and a page that renders it: local only, never deployed. Every
+    answer carries the security headers the deployed CDN adds (OWN_HEADERS), the page its CSP."""
 
     def __init__(self, root: Path) -> None:
         self.openapi = root / OPENAPI_FILE
         self.assets = _swagger_dir()
+        plain = self.assets is None
+        self.files: dict[str, tuple[str, bytes]] = {
+            "docs.js": (_JS, (PLAIN_SCRIPT if plain else SWAGGER_SCRIPT).encode()),
+            **({"docs.css": (_CSS, PLAIN_STYLE.encode())} if plain else {}),
+        }
+        self.page = (PLAIN_PAGE if plain else SWAGGER_PAGE).encode()
 
     def answer(self, method: str, raw_path: str) -> HttpResponse | None:
         if method not in ("GET", "HEAD"):
             return None
         if raw_path == "/openapi.json":
             try:
-                return 200, [*JSON_HEADERS, ("Cache-Control", "no-cache")], self.openapi.read_bytes()
+                body = self.openapi.read_bytes()
             except FileNotFoundError:
                 return error(404, "not_found", f"{OPENAPI_FILE} is missing from the repository root")
-        html = [("Content-Type", "text/html; charset=utf-8")]
+            return 200, [*JSON_HEADERS, ("Cache-Control", "no-cache"), *OWN_HEADERS], body
         if raw_path in ("/docs", "/docs/"):
-            return 200, html, (PLAIN_PAGE if self.assets is None else SWAGGER_PAGE).encode()
+            return 200, [("Content-Type", _HTML), ("Cache-Control", "no-cache"), *OWN_HEADERS], self.page
         name = raw_path.removeprefix("/docs/")
+        if name in self.files:
+            content_type, body = self.files[name]
+            return 200, [("Content-Type", content_type), ("Cache-Control", "no-cache"), *OWN_HEADERS], body
         if self.assets is not None and name in SWAGGER_ASSETS:
-            return 200, [("Content-Type", SWAGGER_ASSETS[name])], (self.assets / name).read_bytes()
+            return 200, [("Content-Type", SWAGGER_ASSETS[name]), *OWN_HEADERS], (self.assets / name).read_bytes()
         return None
 
 
