@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -218,6 +220,46 @@ def test_make_user_and_make_token(service: Service) -> None:
     assert "Traceback" not in short.stderr + short.stdout
 
 
+@contextlib.contextmanager
+def files_a_reader_keeps(names: list[str]) -> Iterator[None]:
+    """A reader's own files of these names in the checkout (written here if absent): each must survive."""
+    kept = {}
+    for name in names:
+        path = ROOT / name
+        kept[path] = path.read_bytes() if path.exists() else None
+        if kept[path] is None:
+            path.write_bytes(b"a reader's own " + name.encode())
+    expected = {path: path.read_bytes() for path in kept}
+    try:
+        yield
+        for path, content in expected.items():
+            assert path.exists() and path.read_bytes() == content, f"{path.name} in the checkout was touched"
+    finally:
+        for path, original in kept.items():
+            if original is None:
+                path.unlink(missing_ok=True)
+
+
+def run_readme_block(script: str, workdir: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The block in a shell in a folder of its own, as a reader pastes it, with `make` run in the checkout.
+
+    Files the block writes (curl -o ...) land in `workdir`, never in the checkout, so the tests neither
+    overwrite nor delete a reader's files of the same names; samples/ and .venv are the checkout's.
+    """
+    workdir.mkdir()
+    for name in ("samples", ".venv"):
+        (workdir / name).symlink_to(ROOT / name)
+    prelude = f'make() {{ command make -C {shlex.quote(str(ROOT))} --no-print-directory "$@"; }}\n'
+    return subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", prelude + script],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 def readme_block(heading: str) -> str:
     """The first ```sh block after a README heading."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -226,28 +268,20 @@ def readme_block(heading: str) -> str:
     return section[start : section.index("```", start)]
 
 
-def test_the_readme_api_examples_run_as_written(service: Service) -> None:
+def test_the_readme_api_examples_run_as_written(service: Service, tmp_path: Path) -> None:
     # Given `make run` (here: its entry point on a free port and its own embedded PostgreSQL)
     service.start()
     script = readme_block("## Using the API").replace("127.0.0.1:3000", f"127.0.0.1:{service.port}")
-    written = [ROOT / "preview.jpg", ROOT / "original.dcm"]
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     env["PGDATA_DIR"] = str(service.pgdata)
+    workdir = tmp_path / "reader"
 
-    # When the README's commands run in a shell, as a reader would paste them
-    try:
-        result = subprocess.run(
-            ["bash", "-euo", "pipefail", "-c", script + '\necho "SCAN=$SCAN SERIES=$SERIES"\n'],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        preview, original = (path.read_bytes() if path.exists() else b"" for path in written)
-    finally:
-        for path in written:
-            path.unlink(missing_ok=True)
+    # When the README's commands run in a shell, as a reader would paste them, beside a reader's own
+    # preview.jpg and original.dcm in the checkout
+    with files_a_reader_keeps(["preview.jpg", "original.dcm"]):
+        result = run_readme_block(script + '\necho "SCAN=$SCAN SERIES=$SERIES"\n', workdir, env)
+    written = [workdir / "preview.jpg", workdir / "original.dcm"]
+    preview, original = (path.read_bytes() if path.exists() else b"" for path in written)
 
     # Then every step worked: five slices stored, the series listed in order, images fetched
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -274,28 +308,20 @@ def _find_all(text: str, needle: str) -> list[int]:
     return found
 
 
-def test_the_readme_dicomweb_examples_run_as_written(service: Service) -> None:
+def test_the_readme_dicomweb_examples_run_as_written(service: Service, tmp_path: Path) -> None:
     # Given `make run` (its entry point on a free port, its own embedded PostgreSQL)
     service.start()
     script = readme_block("## DICOMweb").replace("127.0.0.1:3000", f"127.0.0.1:{service.port}")
-    written = [ROOT / "frame.multipart", ROOT / "bone.png"]
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     env["PGDATA_DIR"] = str(service.pgdata)
+    workdir = tmp_path / "reader"
 
-    # When a reader pastes the README's DICOMweb commands into a shell
-    try:
-        result = subprocess.run(
-            ["bash", "-euo", "pipefail", "-c", script],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        frame, bone = (path.read_bytes() if path.exists() else b"" for path in written)
-    finally:
-        for path in written:
-            path.unlink(missing_ok=True)
+    # When a reader pastes the README's DICOMweb commands into a shell (their own frame.multipart and
+    # bone.png in the checkout survive it)
+    with files_a_reader_keeps(["frame.multipart", "bone.png"]):
+        result = run_readme_block(script, workdir, env)
+    written = [workdir / "frame.multipart", workdir / "bone.png"]
+    frame, bone = (path.read_bytes() if path.exists() else b"" for path in written)
 
     # Then the series was stored, found by its patient's name, described, and read as frames and a picture
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
