@@ -97,7 +97,9 @@ token: $(STAMP)
 	@test -n "$(NAME)" || { echo "usage: make token NAME=alice"; exit 2; }
 	@$(PY) -m scripts.ops.manage token '$(NAME)'
 
-# The audit trail, newest first: make audit [NAME=alice] [LIMIT=50]
+# The audit trail, newest first: make audit [NAME=alice] [LIMIT=50]. It holds image reads (200, 206, 304),
+# scan deletes, logins, logouts, password changes, viewer tokens, DICOMweb requests and admin actions; not
+# the scan listings, a scan's JSON or uploads (README, "Audit trail").
 audit: $(STAMP)
 	@$(PY) -m scripts.ops.manage audit $(if $(NAME),--name '$(NAME)') --limit '$(or $(LIMIT),50)'
 
