@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 
 $(RUN_STAMP): requirements-run.txt requirements-images.txt requirements.txt requirements-upload.txt requirements-migrate.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-run.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile -r requirements-run.txt
 	touch $(RUN_STAMP)
 
 $(STAMP): $(RUN_STAMP) requirements-dev.txt
