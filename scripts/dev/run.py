@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "3000")))
     parser.add_argument("--containers", type=int, default=4)
     args = parser.parse_args(argv)
+    os.environ.setdefault("LOG_FORMAT", "text")  # readable lines here; LOG_FORMAT=json: as deployed
 
     try:
         bucket = ensure_local_bucket()
