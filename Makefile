@@ -3,12 +3,19 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# Two stamps: `make run` (and the everyday commands beside it) install only what the service needs,
+# requirements-run.txt; `make test`, lint, package and bench add the tools of requirements-dev.txt.
+RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed
 
 .PHONY: run test lint bench bench-scale bench-large-upload migrate cleanup move-to-s3 move-to-postgres user token audit audit-search package sample clean-data openapi publish-web web-vendor ohif
 
-$(STAMP): requirements-images.txt requirements.txt requirements-upload.txt requirements-migrate.txt requirements-dev.txt
+$(RUN_STAMP): requirements-run.txt requirements-images.txt requirements.txt requirements-upload.txt requirements-migrate.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile -r requirements-run.txt
+	touch $(RUN_STAMP)
+
+$(STAMP): $(RUN_STAMP) requirements-dev.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $(STAMP)
 
@@ -21,7 +28,7 @@ $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $(NODE_STAMP)
 
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(PY) -m scripts.dev.run
 
 test: $(STAMP) $(NODE_STAMP)
@@ -47,24 +54,24 @@ bench-large-upload: $(STAMP)
 
 # The migrations, then the DICOMweb backfill (DICOM scans stored before migration 010 described for
 # DICOMweb, to the end here: no time limit): prints the report (README, "The DICOMweb backfill").
-migrate: $(STAMP)
+migrate: $(RUN_STAMP)
 	$(PY) -m scripts.ops.manage migrate
 
 # The nightly cleanup function's job, here and now (expired sessions, old throttle and audit rows,
 # VACUUM when dead rows pass the threshold): prints its JSON report.
-cleanup: $(STAMP)
+cleanup: $(RUN_STAMP)
 	$(PY) -m scripts.ops.manage cleanup
 
 # Move existing images between the tiers, online, verified and resumable (shared/jobs/tiering.py), with
 # a progress bar on stderr and the JSON report at the end. Both need IMAGES_BUCKET and AWS credentials
 # (locally a moto server: AWS_ENDPOINT_URL_S3=http://127.0.0.1:PORT, any test credentials, AWS_REGION).
 # make move-to-s3 [OLDER_THAN=30d] [MIN_BYTES=...] [LIMIT=...]   (MIN_BYTES defaults to STORAGE_TIER_S3_MIN_BYTES)
-move-to-s3: $(STAMP)
+move-to-s3: $(RUN_STAMP)
 	@$(PY) -m scripts.ops.manage move-to-s3 $(if $(OLDER_THAN),--older-than '$(OLDER_THAN)') \
 		$(if $(MIN_BYTES),--min-bytes '$(MIN_BYTES)') $(if $(LIMIT),--limit '$(LIMIT)')
 
 # make move-to-postgres [LIMIT=...]: images over 4.4 MB stay in S3 (the report lists them as "kept").
-move-to-postgres: $(STAMP)
+move-to-postgres: $(RUN_STAMP)
 	@$(PY) -m scripts.ops.manage move-to-postgres $(if $(LIMIT),--limit '$(LIMIT)')
 
 # Offline: no AWS credentials are needed (or used) to package and lint the stack.
@@ -89,16 +96,18 @@ publish-web: $(STAMP)
 	@test -n "$(STAGE)" || { echo "usage: make publish-web STAGE=prod [REGION=eu-central-1]"; exit 2; }
 	$(PY) -m scripts.web.publish --stage '$(STAGE)' $(if $(REGION),--region '$(REGION)')
 
-user: $(STAMP)
+user: $(RUN_STAMP)
 	@test -n "$(NAME)" || { echo "usage: make user NAME=alice PASSWORD=..."; exit 2; }
 	@PASSWORD='$(PASSWORD)' $(PY) -m scripts.ops.manage user '$(NAME)'
 
-token: $(STAMP)
+token: $(RUN_STAMP)
 	@test -n "$(NAME)" || { echo "usage: make token NAME=alice"; exit 2; }
 	@$(PY) -m scripts.ops.manage token '$(NAME)'
 
-# The audit trail, newest first: make audit [NAME=alice] [LIMIT=50]
-audit: $(STAMP)
+# The audit trail, newest first: make audit [NAME=alice] [LIMIT=50]. It holds image reads (200, 206, 304),
+# scan deletes, logins, logouts, password changes, viewer tokens, DICOMweb requests and admin actions; not
+# the scan listings, a scan's JSON or uploads (README, "Audit trail").
+audit: $(RUN_STAMP)
 	@$(PY) -m scripts.ops.manage audit $(if $(NAME),--name '$(NAME)') --limit '$(or $(LIMIT),50)'
 
 # Who searched for a value through DICOMweb (QIDO-RS), newest first: the trail holds each search's
@@ -107,16 +116,16 @@ audit: $(STAMP)
 # PatientID, AccessionNumber, StudyDescription, ...); a person name matches in any case.
 # make audit-search KEYWORD=PatientName VALUE='Doe^Jane' [LIMIT=50]
 # (KEYWORD and VALUE reach the command through the environment: a name like O'Brien needs no quoting here.)
-audit-search: $(STAMP)
+audit-search: $(RUN_STAMP)
 	@test -n "$$KEYWORD" -a -n "$$VALUE" || { echo "usage: make audit-search KEYWORD=PatientName VALUE='Doe^Jane' [LIMIT=50]"; exit 2; }
 	@$(PY) -m scripts.ops.manage audit-search --keyword "$$KEYWORD" --value="$$VALUE" --limit '$(or $(LIMIT),50)'
 
 # A small synthetic CT series (DICOM, with known dense regions), generated here: nothing is downloaded.
-sample: $(STAMP)
+sample: $(RUN_STAMP)
 	$(PY) -m scripts.dev.sample samples
 
 # Stop the embedded PostgreSQL servers and delete their data (dev and test): the next run starts fresh.
-clean-data: $(STAMP)
+clean-data: $(RUN_STAMP)
 	$(PY) -m scripts.dev.devdb stop $${PGDATA_DIR:-.data/pg} .data/test-pg
 	rm -rf .data
 

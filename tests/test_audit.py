@@ -198,3 +198,26 @@ def test_make_audit_prints_recent_events(
         check=True,
     ).stdout
     assert "image.read" in out and scan["id"] in out and "alice" in out and "203.0.113.9" in out
+
+
+def test_listings_a_scans_json_and_uploads_are_not_audited_as_the_readme_and_makefile_say(
+    api: LambdaClient, alice: User, scan: dict[str, Any], pg: pg8000.native.Connection
+) -> None:
+    # Given an upload (the scan fixture), when alice lists her scans, a series and reads a scan's JSON
+    assert api.request("GET", "/api/v1/scans", query="limit=5", token=alice.token).status == 200
+    assert api.request("GET", "/api/v1/scans", query="seriesInstanceUid=1.2.3&limit=5", token=alice.token).status == 200
+    assert api.request("GET", f"/api/v1/scans/{scan['id']}", token=alice.token).status == 200
+
+    # Then the trail holds none of it; an image read is the first row
+    assert trail(pg) == []
+    assert image(api, scan["id"], token=alice.token).status == 200
+    assert [row["action"] for row in trail(pg)] == ["image.read"]
+
+    # And the README and `make audit`'s comment say exactly that, not "reads"
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    paragraph = readme[readme.index("**Audit trail.**") :].split("\n\n", 1)[0]
+    assert "It does not record the REST listings" in paragraph and "a scan's JSON" in paragraph
+    assert "uploads (`/analyze`, `/uploads`, `/complete`" in paragraph
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    comment = makefile[makefile.index("# The audit trail, newest first") : makefile.index("\naudit:")]
+    assert "not\n# the scan listings, a scan's JSON or uploads" in comment

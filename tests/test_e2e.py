@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import json
+import logging
 import os
 import re
+import secrets
+import shlex
 import signal
 import subprocess
 import sys
@@ -14,6 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import boto3
 import psutil
 import pytest
 
@@ -36,10 +41,12 @@ class Service:
         self.pgdata, self.port = pgdata, 0
         self.process: subprocess.Popen[str] | None = None
         self.token = ""
+        self.env: dict[str, str] = {}  # more environment for scripts/dev/run.py
+        self.output: list[str] = []  # what it printed before the gateway's banner
 
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-        env.update(PGDATA_DIR=str(self.pgdata), PORT="0", PYTHONUNBUFFERED="1")
+        env.update(PGDATA_DIR=str(self.pgdata), PORT="0", PYTHONUNBUFFERED="1", **self.env)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "scripts.dev.run"],
             cwd=ROOT,
@@ -61,6 +68,7 @@ class Service:
             bound = BANNER.match(line)
             if bound:
                 self.port = int(bound.group(1))
+                self.output = lines
                 return
         raise AssertionError("service did not start:\n" + "".join(lines))
 
@@ -218,6 +226,46 @@ def test_make_user_and_make_token(service: Service) -> None:
     assert "Traceback" not in short.stderr + short.stdout
 
 
+@contextlib.contextmanager
+def files_a_reader_keeps(names: list[str]) -> Iterator[None]:
+    """A reader's own files of these names in the checkout (written here if absent): each must survive."""
+    kept = {}
+    for name in names:
+        path = ROOT / name
+        kept[path] = path.read_bytes() if path.exists() else None
+        if kept[path] is None:
+            path.write_bytes(b"a reader's own " + name.encode())
+    expected = {path: path.read_bytes() for path in kept}
+    try:
+        yield
+        for path, content in expected.items():
+            assert path.exists() and path.read_bytes() == content, f"{path.name} in the checkout was touched"
+    finally:
+        for path, original in kept.items():
+            if original is None:
+                path.unlink(missing_ok=True)
+
+
+def run_readme_block(script: str, workdir: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The block in a shell in a folder of its own, as a reader pastes it, with `make` run in the checkout.
+
+    Files the block writes (curl -o ...) land in `workdir`, never in the checkout, so the tests neither
+    overwrite nor delete a reader's files of the same names; samples/ and .venv are the checkout's.
+    """
+    workdir.mkdir()
+    for name in ("samples", ".venv"):
+        (workdir / name).symlink_to(ROOT / name)
+    prelude = f'make() {{ command make -C {shlex.quote(str(ROOT))} --no-print-directory "$@"; }}\n'
+    return subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", prelude + script],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 def readme_block(heading: str) -> str:
     """The first ```sh block after a README heading."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -226,28 +274,20 @@ def readme_block(heading: str) -> str:
     return section[start : section.index("```", start)]
 
 
-def test_the_readme_api_examples_run_as_written(service: Service) -> None:
+def test_the_readme_api_examples_run_as_written(service: Service, tmp_path: Path) -> None:
     # Given `make run` (here: its entry point on a free port and its own embedded PostgreSQL)
     service.start()
     script = readme_block("## Using the API").replace("127.0.0.1:3000", f"127.0.0.1:{service.port}")
-    written = [ROOT / "preview.jpg", ROOT / "original.dcm"]
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     env["PGDATA_DIR"] = str(service.pgdata)
+    workdir = tmp_path / "reader"
 
-    # When the README's commands run in a shell, as a reader would paste them
-    try:
-        result = subprocess.run(
-            ["bash", "-euo", "pipefail", "-c", script + '\necho "SCAN=$SCAN SERIES=$SERIES"\n'],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        preview, original = (path.read_bytes() if path.exists() else b"" for path in written)
-    finally:
-        for path in written:
-            path.unlink(missing_ok=True)
+    # When the README's commands run in a shell, as a reader would paste them, beside a reader's own
+    # preview.jpg and original.dcm in the checkout
+    with files_a_reader_keeps(["preview.jpg", "original.dcm"]):
+        result = run_readme_block(script + '\necho "SCAN=$SCAN SERIES=$SERIES"\n', workdir, env)
+    written = [workdir / "preview.jpg", workdir / "original.dcm"]
+    preview, original = (path.read_bytes() if path.exists() else b"" for path in written)
 
     # Then every step worked: five slices stored, the series listed in order, images fetched
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -274,28 +314,20 @@ def _find_all(text: str, needle: str) -> list[int]:
     return found
 
 
-def test_the_readme_dicomweb_examples_run_as_written(service: Service) -> None:
+def test_the_readme_dicomweb_examples_run_as_written(service: Service, tmp_path: Path) -> None:
     # Given `make run` (its entry point on a free port, its own embedded PostgreSQL)
     service.start()
     script = readme_block("## DICOMweb").replace("127.0.0.1:3000", f"127.0.0.1:{service.port}")
-    written = [ROOT / "frame.multipart", ROOT / "bone.png"]
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     env["PGDATA_DIR"] = str(service.pgdata)
+    workdir = tmp_path / "reader"
 
-    # When a reader pastes the README's DICOMweb commands into a shell
-    try:
-        result = subprocess.run(
-            ["bash", "-euo", "pipefail", "-c", script],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        frame, bone = (path.read_bytes() if path.exists() else b"" for path in written)
-    finally:
-        for path in written:
-            path.unlink(missing_ok=True)
+    # When a reader pastes the README's DICOMweb commands into a shell (their own frame.multipart and
+    # bone.png in the checkout survive it)
+    with files_a_reader_keeps(["frame.multipart", "bone.png"]):
+        result = run_readme_block(script, workdir, env)
+    written = [workdir / "frame.multipart", workdir / "bone.png"]
+    frame, bone = (path.read_bytes() if path.exists() else b"" for path in written)
 
     # Then the series was stored, found by its patient's name, described, and read as frames and a picture
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -308,3 +340,67 @@ def test_the_readme_dicomweb_examples_run_as_written(service: Service) -> None:
     assert bone[:8] == b"\x89PNG\r\n\x1a\n"
     viewer = json.loads(out[out.rindex('{"token"') :])
     assert viewer["token"] and viewer["expiresAt"]
+
+
+def test_make_run_creates_the_images_bucket_on_a_local_s3(service: Service) -> None:
+    from moto.server import ThreadedMotoServer
+
+    # Given a local S3 (moto's server) without the bucket IMAGES_BUCKET names
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    moto.start()
+    try:
+        host, port = moto.get_host_and_port()
+        endpoint, bucket, region = f"http://{host}:{port}", f"ctscan-local-{secrets.token_hex(4)}", "eu-central-1"
+        aws = dict(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_REGION=region)
+        client = boto3.client("s3", endpoint_url=endpoint, region_name=region, **_credentials(aws))
+        assert bucket not in [b["Name"] for b in client.list_buckets()["Buckets"]]
+        service.env = dict(IMAGES_BUCKET=bucket, AWS_ENDPOINT_URL_S3=endpoint, STORAGE_TIER_S3_MIN_BYTES="1", **aws)
+
+        # When `make run` starts (its entry point)
+        service.start()
+
+        # Then the bucket exists in the configured region, make run said so, and an upload lands in it
+        assert f"images bucket: created {bucket} at {endpoint}\n" in service.output, service.output
+        assert client.get_bucket_location(Bucket=bucket)["LocationConstraint"] == region
+        body, ctype = multipart({"file": ("chest.png", images.png16(seed=3), "image/png")})
+        status, _, raw = service.request("POST", "/api/v1/scans/analyze", body=body, headers={"Content-Type": ctype})
+        assert status == 201, raw
+        assert client.list_objects_v2(Bucket=bucket)["KeyCount"] > 0
+
+        # And a second start finds the bucket there and keeps its objects
+        service.kill_gateway()
+        service.start()
+        assert f"images bucket: {bucket} at {endpoint}\n" in service.output, service.output
+        assert client.list_objects_v2(Bucket=bucket)["KeyCount"] > 0
+    finally:
+        moto.stop()
+
+
+def test_make_run_says_in_one_line_when_the_local_s3_is_unreachable(tmp_path: Path) -> None:
+    # Given IMAGES_BUCKET and an endpoint where nothing listens
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env.update(
+        PGDATA_DIR=str(tmp_path / "pg"),
+        IMAGES_BUCKET="ctscan-local",
+        AWS_ENDPOINT_URL_S3="http://127.0.0.1:9",
+        AWS_ACCESS_KEY_ID="test",
+        AWS_SECRET_ACCESS_KEY="test",
+        AWS_REGION="eu-central-1",
+        AWS_MAX_ATTEMPTS="1",
+    )
+
+    # When make run starts
+    result = subprocess.run(
+        [sys.executable, "-m", "scripts.dev.run"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+
+    # Then it stops with one line naming the bucket and the endpoint, not a traceback
+    assert result.returncode == 1
+    assert "images bucket ctscan-local at http://127.0.0.1:9: " in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "pg").exists()
+
+
+def _credentials(aws: dict[str, str]) -> dict[str, str]:
+    return {"aws_access_key_id": aws["AWS_ACCESS_KEY_ID"], "aws_secret_access_key": aws["AWS_SECRET_ACCESS_KEY"]}

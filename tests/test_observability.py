@@ -338,6 +338,7 @@ def test_the_local_gateway_prints_each_line_once_as_each_request_ends(database_u
     # Given the local gateway as `make run` starts it (worker processes), its stdout a pipe
     command = [sys.executable, "-m", "scripts.dev.localgw", "--port", "0", "--no-access-log"]
     env = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
+    env["LOG_FORMAT"] = "json"  # as deployed (the gateway's own default is a readable line)
     with subprocess.Popen(
         command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     ) as process:
@@ -425,3 +426,136 @@ def test_a_garbled_pixel_stream_is_the_files_fault_a_422_and_no_defect(
     assert result.error_code == "invalid_image"
     assert not any(metric == "DecodeDefects" for _, metric in output.totals())
     assert not any(d.get("level") == "ERROR" for d in output.documents)
+
+
+# --- the local gateway's output: whole lines; readable by default, JSON on request -----------------
+
+ACCESS_LINE = re.compile(r"(GET|POST) /api/v1/\S+ \d{3} \d+\.\dms")
+
+
+def gateway_output(env: dict[str, str], token: str, *, clients: int, requests: int) -> tuple[list[str], int]:
+    """The lines a gateway of 2 worker processes with 2 containers each prints (stdout and stderr into
+    one pipe, as `make run | tee` or a CI log) while `clients` threads send `requests` requests each,
+    after its banner and route list; and how many requests were sent."""
+    command = [sys.executable, "-m", "scripts.dev.localgw", "--port", "0", "--workers", "2", "--containers", "2"]
+    with subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    ) as process:
+        try:
+            assert process.stdout is not None
+            banner = process.stdout.readline()
+            port = int(re.findall(r"http://127\.0\.0\.1:(\d+)", banner)[0])
+            lines: queue.SimpleQueue[str] = queue.SimpleQueue()
+            reader = threading.Thread(target=lambda: [lines.put(line) for line in process.stdout or ()], daemon=True)
+            reader.start()
+            paths = ("/api/v1/scans?limit=5", "/api/v1/scans/image/scan_x/preview", "/api/v1/scans/scan_y")
+
+            def client(n: int) -> None:
+                for i in range(requests):
+                    get(port, paths[(n + i) % len(paths)], token)
+
+            threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            process.send_signal(signal.SIGINT)
+            assert process.wait(timeout=30) == 0
+            reader.join(10)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    printed = []
+    while not lines.empty():
+        printed.append(lines.get())
+    # The route list the gateway prints after its banner: indented lines
+    return [line.rstrip("\n") for line in printed if not line.startswith("  ")], clients * requests
+
+
+@pytest.mark.slow
+def test_the_local_gateway_with_log_format_json_prints_only_whole_json_lines(database_url: str, alice: User) -> None:
+    # Given the gateway as make run starts it, 2 processes of 2 containers, LOG_FORMAT=json
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
+    env["LOG_FORMAT"] = "json"
+
+    # When 8 clients send 40 requests each at once
+    printed, sent = gateway_output(env, alice.token, clients=8, requests=40)
+
+    # Then every line is one whole JSON document: a request line per request, its metrics, the access line
+    documents = [json.loads(line) for line in printed]
+    assert sum(d.get("message") == "request" for d in documents) == sent
+    assert sum(d.get("message") == "access" for d in documents) == sent
+    assert all(set(d) & {"message", "_aws"} for d in documents)
+    assert alice.token not in "\n".join(printed)
+
+
+@pytest.mark.slow
+def test_the_local_gateway_prints_one_readable_line_per_request_by_default(database_url: str, alice: User) -> None:
+    # Given the gateway as make run starts it, LOG_FORMAT unset
+    env = {name: value for name, value in os.environ.items() if name not in ("PYTHONUNBUFFERED", "LOG_FORMAT")}
+
+    # When 4 clients send 10 requests each
+    printed, sent = gateway_output(env, alice.token, clients=4, requests=10)
+
+    # Then it printed one line per request, `GET /path status latency`, and nothing else
+    assert len(printed) == sent, printed
+    assert all(ACCESS_LINE.fullmatch(line) for line in printed), printed
+
+
+LINE_WRITER_SCRIPT = """
+import logging, os, sys, threading
+from scripts.dev.localgw import lines
+
+lines.install()
+log = logging.getLogger("spam")
+log.addHandler(logging.StreamHandler(sys.stderr))
+log.setLevel(logging.INFO)
+
+def lines_of(tag):
+    for n in range(30):
+        size = (n * 7919) % 70000 + 1  # up to 70 KB: past a pipe's 4 KB and TextIOWrapper's 8 KB
+        line = f"{tag}N{n}:" + "x" * size + f":{size}"
+        if n % 2:
+            print(line)
+        else:
+            log.info(line)
+
+children = []
+for process in range(2):
+    pid = os.fork()
+    if pid == 0:
+        threads = [threading.Thread(target=lines_of, args=(f"P{process}T{t}",)) for t in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        os._exit(0)
+    children.append(pid)
+for pid in children:
+    os.waitpid(pid, 0)
+"""
+
+
+def test_the_gateways_processes_and_threads_write_whole_lines_however_long() -> None:
+    # Given two processes of four threads each printing and logging lines of up to 70 KB into one pipe
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
+    run = subprocess.run(
+        [sys.executable, "-c", LINE_WRITER_SCRIPT],
+        cwd=ROOT,
+        env=env,
+        capture_output=False,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        timeout=120,
+    )
+    assert run.returncode == 0
+
+    # Then every line arrived whole, and each once
+    printed = run.stdout.decode().splitlines()
+    whole = [re.fullmatch(r"(P\dT\dN\d+):(x+):(\d+)", line) for line in printed]
+    assert all(found and len(found.group(2)) == int(found.group(3)) for found in whole), [
+        line[:80] for line, found in zip(printed, whole, strict=True) if not found
+    ][:5]
+    assert sorted(found.group(1) for found in whole if found) == sorted(
+        f"P{p}T{t}N{n}" for p in range(2) for t in range(4) for n in range(30)
+    )

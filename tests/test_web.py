@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
@@ -714,6 +714,77 @@ def test_web_first_load_size_and_a_grid_of_100_thumbnails_a_page_by_cursor_and_t
     assert set(again.values()) == {r.split(" ", 1)[1] for r in thumbnails}, "the same signed URLs"
     assert all(request in from_cache or answered[request] == 304 for request in again), (from_cache, answered)
     assert all(status == 304 for _, _, status in service.image_reads_since(mark))
+
+
+# Every IntersectionObserver the page makes, with its callback and what it watches, so that a test can
+# fire one as the browser would, and count how often the library subscribes.
+OBSERVERS_SPY = """
+(() => {
+  const Native = window.IntersectionObserver;
+  window.__observers = [];
+  window.IntersectionObserver = class extends Native {
+    constructor(callback, options) {
+      super(callback, options);
+      Object.assign(this, { spiedCallback: callback, spiedMargin: options?.rootMargin, spiedTargets: new Set() });
+      window.__observers.push(this);
+    }
+    observe(target) { this.spiedTargets.add(target); super.observe(target); }
+    unobserve(target) { this.spiedTargets.delete(target); super.unobserve(target); }
+    disconnect() { this.spiedTargets.clear(); super.disconnect(); }
+  };
+})();
+"""
+
+# Fire every observer that watches the "Load more images" button `times` times in a row, as the
+# browser does when it subscribes and as the button scrolls by; answers how many were fired.
+FIRE_MORE = """(times) => {
+  const watching = window.__observers.filter((o) => [...o.spiedTargets].some((t) => t.matches("button.more")));
+  for (let i = 0; i < times; i++) {
+    for (const o of watching) {
+      o.spiedCallback([...o.spiedTargets].map((target) => ({ target, isIntersecting: true })), o);
+    }
+  }
+  return watching.length;
+}"""
+
+
+def test_web_each_page_of_images_is_asked_for_once_however_often_the_observer_fires(tab: Tab, service: Service) -> None:
+    from playwright.sync_api import expect
+
+    page = tab.page
+    page.add_init_script(OBSERVERS_SPY)
+    # Given a user with 101 scans: a first page of 100 and one behind the cursor
+    service.create_user("grace")
+    token = service.log_in("grace")
+    for seed in range(101):
+        status, answer = service.upload(
+            token, f"g_{seed:03d}.png", images.png8(size=32, seed=seed, regions=(images.Region(10, 12, 6, 5),))
+        )
+        assert status == 201, answer
+    lists: list[str] = []
+    page.on("request", lambda r: re.match(r"GET \S+/api/v1/scans\?", f"{r.method} {r.url}") and lists.append(r.url))
+    page.goto(service.url)
+    page.get_by_label("Username").fill("grace")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    tiles = page.locator(".grid img")
+    expect(tiles).to_have_count(100)
+    expect(page.get_by_role("button", name="Load more images")).to_be_attached()
+
+    # When the button's observer fires three times in a row, before the next page can answer
+    assert page.evaluate(FIRE_MORE, 3) == 1
+
+    # Then the next page is asked for once, and comes
+    expect(tiles).to_have_count(101)
+    expect(page.get_by_role("button", name="Load more images")).to_have_count(0)
+    # And when an observer fires again after the last page (a late callback), nothing more is asked
+    page.evaluate(FIRE_MORE, 2)
+    page.get_by_role("button", name="Log out").wait_for()
+    cursors = [dict(parse_qsl(urlsplit(url).query)).get("cursor") for url in lists]
+    assert len(cursors) == 2 and cursors[0] is None and cursors[1], lists
+    # And the library subscribed one observer to the button for all its pages and renders
+    more_observers = page.evaluate("() => window.__observers.filter((o) => o.spiedMargin === '600px').length")
+    assert more_observers == 1
 
 
 # --- files past 4.5 MB: through the images bucket (a moto S3 server here) -------------------------------

@@ -1,4 +1,5 @@
-"""`make run`: database, migrations and the DICOMweb backfill, a dev user and token, then the gateway on :3000."""
+"""`make run`: the images bucket on a local S3 (if set), database, migrations and the DICOMweb backfill, a dev
+user and token, then the gateway on :3000."""
 
 from __future__ import annotations
 
@@ -23,13 +24,51 @@ def ensure_dev_user(username: str) -> str:
     return db.call(auth.issue_session, user_id=user_id, ttl_seconds=get_settings().session_ttl_seconds).token
 
 
+def ensure_local_bucket() -> str | None:
+    """With IMAGES_BUCKET set and a local S3 (AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL: a moto server),
+    create the bucket when it is missing. Real AWS is never touched: the stack creates its bucket.
+    Returns the line to print (None without a bucket); raises RuntimeError, in one line, when the
+    endpoint cannot be reached or refuses."""
+    bucket = os.environ.get("IMAGES_BUCKET", "").strip()
+    if not bucket:
+        return None
+    endpoint = (os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "").strip()
+    if not endpoint:
+        return f"images bucket: {bucket} on AWS (created by the stack, never here)"
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None  # as the functions'
+        client = boto3.client("s3", endpoint_url=endpoint, region_name=region)
+        try:
+            client.head_bucket(Bucket=bucket)
+            return f"images bucket: {bucket} at {endpoint}"
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket"):
+                raise
+        where = {} if region in (None, "us-east-1") else {"CreateBucketConfiguration": {"LocationConstraint": region}}
+        client.create_bucket(Bucket=bucket, **where)
+    except (BotoCoreError, ClientError) as exc:
+        raise RuntimeError(f"images bucket {bucket} at {endpoint}: {exc}") from None
+    return f"images bucket: created {bucket} at {endpoint}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "3000")))
     parser.add_argument("--containers", type=int, default=4)
     args = parser.parse_args(argv)
+    os.environ.setdefault("LOG_FORMAT", "text")  # readable lines here; LOG_FORMAT=json: as deployed
 
+    try:
+        bucket = ensure_local_bucket()
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    if bucket:
+        print(bucket)
     url = prepare_database()
     embedded = "host=/" in url
     print(f"database: {'embedded PostgreSQL in .data/pg' if embedded else 'DATABASE_URL'}")

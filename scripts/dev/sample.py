@@ -9,7 +9,7 @@ more than a Lambda response carries: the viewer fetches its frame as JPEG Lossle
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
 from pydicom.uid import JPEGLosslessSV1
@@ -19,8 +19,13 @@ from scripts.dev.phantom import chest_cr_dataset, ct_series, dicom_bytes, stored
 SLICES = 5
 
 
-def main(argv: list[str]) -> int:
-    target = Path(argv[0] if argv else "samples")
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.dev.sample",
+        description=(__doc__ or "").split("\n\n", 1)[0],
+    )
+    parser.add_argument("folder", nargs="?", default="samples", help="where to write (default: samples)")
+    target = Path(parser.parse_args(argv).folder)
     series_dir = target / "series"
     series_dir.mkdir(parents=True, exist_ok=True)
     slices = ct_series(SLICES, size=512)
@@ -41,4 +46,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    raise SystemExit(main())

@@ -112,7 +112,7 @@ class ProgressBar:
         self.moved_bytes = 0
 
     def begin(self, total: int) -> None:
-        from tqdm import tqdm  # a dev tool (requirements-dev.txt): only these commands need it
+        from tqdm import tqdm  # requirements-run.txt: only these commands need it
 
         self.bar = tqdm(total=total, desc=self.direction, unit="image", file=sys.stderr, dynamic_ncols=True)
 

@@ -12,12 +12,17 @@ Never logged: headers (tokens), query strings (URL signatures), bodies and filen
 a traceback keeps its frames and the exception's type.
 
 Log level: POWERTOOLS_LOG_LEVEL (or LOG_LEVEL), default INFO; Powertools reads it.
+
+LOG_FORMAT: `json` (the default, and what a deployed function prints) or `text`, which the local
+gateway (`make run`) sets unless told otherwise: records as readable lines, and no request line or EMF
+document per invocation (the gateway prints one readable line per request instead).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 import time
 import traceback
@@ -68,8 +73,20 @@ def count(name: str) -> None:
         counters.append(name)
 
 
+def text_logs() -> bool:
+    """LOG_FORMAT=text: readable lines, for a person at a terminal (the local gateway's default)."""
+    return os.environ.get("LOG_FORMAT", "").strip().lower() == "text"
+
+
 class _Formatter(LambdaPowertoolsFormatter):
-    """Powertools' JSON record, except that a traceback keeps its frames and type, never the message."""
+    """Powertools' JSON record, except that a traceback keeps its frames and type, never the message;
+    with LOG_FORMAT=text, `LEVEL logger: message` and that traceback."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if not text_logs():
+            return super().format(record)
+        line = f"{record.levelname} {record.name}: {record.getMessage()}"
+        return line + "\n" + self.formatException(record.exc_info) if record.exc_info else line
 
     def formatException(self, ei: _SysExcInfoType) -> str:
         kind, _, trace = ei
@@ -133,22 +150,23 @@ def observed(
         finally:
             # A handler that raises is a 500 at the gateway.
             status = int(result.get("statusCode", 500)) if result is not None else 500
-            logger.info(
-                "request",
-                extra={
-                    "route": event.get("routeKey"),
-                    "status_code": status,
-                    "latency_ms": round((time.perf_counter() - started) * 1000, 1),
-                },
-            )
-            in_scope = status_metric_routes is None or event.get("routeKey") in status_metric_routes
-            counters = [counted[status]] if status in counted and in_scope else []
-            if status >= 400:
-                counters.append(CLIENT_ERRORS if status < 500 else SERVER_ERRORS)
-            counters += counted_inside
             _invocation_counters.reset(context_token)
-            served = _body_bytes(event, result) if bytes_metric and status in (200, 206) else 0
-            _flush_metrics(function_name, counters, {bytes_metric: served} if bytes_metric and served else {})
+            if not text_logs():  # LOG_FORMAT=text: the local gateway prints the request's one readable line
+                logger.info(
+                    "request",
+                    extra={
+                        "route": event.get("routeKey"),
+                        "status_code": status,
+                        "latency_ms": round((time.perf_counter() - started) * 1000, 1),
+                    },
+                )
+                in_scope = status_metric_routes is None or event.get("routeKey") in status_metric_routes
+                counters = [counted[status]] if status in counted and in_scope else []
+                if status >= 400:
+                    counters.append(CLIENT_ERRORS if status < 500 else SERVER_ERRORS)
+                counters += counted_inside
+                served = _body_bytes(event, result) if bytes_metric and status in (200, 206) else 0
+                _flush_metrics(function_name, counters, {bytes_metric: served} if bytes_metric and served else {})
             logger.thread_safe_clear_keys()
 
     return invoke

@@ -75,17 +75,26 @@ export function useLibrary(api) {
   const [version, setVersion] = useState(0); // bumped when stored or deleted DICOM changes the studies
   const current = useRef({ images, studies });
   current.current = { images, studies };
-  const busy = useRef(false);
   const refreshed = useRef(0);
+  // The images' paging, kept where the state is set rather than read back from a render: the next
+  // cursor (undefined: the first page is still to come), the request in flight (one at a time), and
+  // every cursor already asked for since the first page, so a cursor is requested once however often
+  // the observer fires (as it does when it is subscribed, and for each scroll past the button).
+  const paging = useRef({ cursor: undefined, inFlight: false, asked: new Set() });
 
   const loadImages = useCallback(
     async (fromStart) => {
-      if (busy.current) return;
-      busy.current = true;
+      const state = paging.current;
+      if (state.inFlight) return;
+      const cursor = fromStart ? undefined : state.cursor;
+      if (!fromStart && (!cursor || state.asked.has(cursor))) return;
+      if (fromStart) state.asked = new Set();
+      else state.asked.add(cursor);
+      state.inFlight = true;
       setImages((s) => ({ ...s, loading: true, error: "" }));
       try {
-        const cursor = fromStart ? undefined : current.current.images.nextCursor;
         const page = await api.listScans({ limit: PAGE_SIZE, cursor, dicom: false });
+        state.cursor = page.nextCursor || undefined;
         setImages((s) => {
           const kept = fromStart ? [] : s.items;
           const known = new Set(kept.map((item) => item.scanId));
@@ -93,14 +102,16 @@ export function useLibrary(api) {
           return { items, nextCursor: page.nextCursor, loading: false, loaded: true, error: "" };
         });
       } catch (error) {
+        if (!fromStart) state.asked.delete(cursor); // not answered: "Load more images" may ask again
         if (error.code === "aborted" || error.status === 401) return;
         setImages((s) => ({ ...s, loading: false, error: `The images could not be loaded. ${error.message}` }));
       } finally {
-        busy.current = false;
+        state.inFlight = false;
       }
     },
     [api],
   );
+  const loadMoreImages = useCallback(() => loadImages(false), [loadImages]);
 
   const loadStudies = useCallback(
     async (query, fromStart) => {
@@ -157,7 +168,7 @@ export function useLibrary(api) {
       images,
       studies,
       version,
-      loadMoreImages: () => loadImages(false),
+      loadMoreImages,
       loadMoreStudies: () => loadStudies(current.current.studies.query, false),
       search: (query) => loadStudies(query, true),
       // Signed image URLs expire (an hour or two): a page left open all day fetches fresh ones.
@@ -180,7 +191,7 @@ export function useLibrary(api) {
       },
       find: (scanId) => images.items.find((item) => item.scanId === scanId),
     }),
-    [images, studies, version, loadImages, loadStudies, studiesChanged],
+    [images, studies, version, loadImages, loadMoreImages, loadStudies, studiesChanged],
   );
 }
 
@@ -190,7 +201,6 @@ export function Library({ hidden, api, library, focusKey, onStatus, onUploadsCha
   const { images, studies } = library;
   const heading = useRef(null);
   const section = useRef(null);
-  const more = useRef(null);
 
   // Focus: the heading when the library first shows, the tile that was open when coming back.
   useEffect(() => {
@@ -199,17 +209,26 @@ export function Library({ hidden, api, library, focusKey, onStatus, onUploadsCha
     (tile || heading.current).focus({ preventScroll: Boolean(tile) });
   }, [hidden]);
 
-  // The next page of images loads as the button that asks for it comes near the viewport.
-  useEffect(() => {
-    const button = more.current;
-    if (!button || hidden) return undefined;
-    const observer = new IntersectionObserver(
-      (entries) => entries.some((entry) => entry.isIntersecting) && library.loadMoreImages(),
-      { rootMargin: "600px" },
-    );
-    observer.observe(button);
-    return () => observer.disconnect();
-  }, [images.nextCursor, hidden, library.loadMoreImages]);
+  // The next page of images loads as the button that asks for it comes near the viewport. One
+  // observer for the library's life, watching the button whenever it is there (a callback ref); it
+  // calls the latest loadMoreImages, which asks for each cursor once.
+  const loadMore = useRef(library.loadMoreImages);
+  loadMore.current = library.loadMoreImages;
+  const observer = useMemo(
+    () =>
+      new IntersectionObserver((entries) => entries.some((entry) => entry.isIntersecting) && loadMore.current(), {
+        rootMargin: "600px",
+      }),
+    [],
+  );
+  useEffect(() => () => observer.disconnect(), [observer]);
+  const more = useCallback(
+    (button) => {
+      observer.disconnect();
+      if (button) observer.observe(button);
+    },
+    [observer],
+  );
 
   const stored = useCallback((scan) => library.add(scan), [library.add]);
   const nothing = images.loaded && studies.loaded && !studies.query && images.items.length === 0 && studies.items.length === 0;

@@ -8,6 +8,7 @@ import socket
 import sys
 from pathlib import Path
 
+from scripts.dev.localgw import lines
 from scripts.dev.localgw.server import (
     PROJECT_ROOT,
     GatewayServer,
@@ -36,11 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be at least 1")
-    # Lambda sends a function's output to CloudWatch line by line; so do we, into a pipe too: the
-    # functions' JSON log lines and EMF metrics (shared.core.observability) appear as each request ends.
-    reconfigure = getattr(sys.stdout, "reconfigure", None)
-    if reconfigure is not None:
-        reconfigure(line_buffering=True)
+    # One readable line per request here, unless LOG_FORMAT=json asks for what a deployed function
+    # prints (its JSON log line and EMF metrics, shared.core.observability).
+    log_format = os.environ.setdefault("LOG_FORMAT", "text").strip().lower()
+    if log_format not in ("text", "json"):
+        parser.error(f"LOG_FORMAT must be text or json, not {log_format!r}")
+    # Lambda sends a function's output to CloudWatch line by line; so do we, into a pipe too, each
+    # line as each request ends and whole, whichever worker process or container thread writes it.
+    lines.install()
     listener = listening_socket((args.host, args.port), GatewayServer.request_queue_size)
 
     def make(sock: socket.socket) -> GatewayServer:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -175,7 +176,7 @@ class GatewayApp:
         await self._send(send, method, status, out, payload, close=close)
         if self.server.access_log:
             elapsed_ms = (time.monotonic() - started) * 1000
-            print(f"{method} {raw_path} {status} {elapsed_ms:.1f}ms", file=sys.stderr, flush=True)
+            print(access_line(method, raw_path, status, elapsed_ms), file=sys.stderr, flush=True)
 
     async def _read_body(self, receive: Receive, headers: list[tuple[str, str]]) -> bytes:
         too_large = error(413, "payload_too_large", "Request Entity Too Large")
@@ -283,6 +284,15 @@ def listening_socket(address: tuple[str, int], backlog: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def access_line(method: str, path: str, status: int, elapsed_ms: float) -> str:
+    """The gateway's line per request (never the query string, which may hold a signature or token):
+    readable, or JSON with LOG_FORMAT=json, like every other line then."""
+    if os.environ.get("LOG_FORMAT", "").strip().lower() == "json":
+        fields = {"level": "INFO", "message": "access", "method": method, "path": path, "status_code": status}
+        return json.dumps({**fields, "latency_ms": round(elapsed_ms, 1)}, separators=(",", ":"))
+    return f"{method} {path} {status} {elapsed_ms:.1f}ms"
 
 
 class GatewayServer:
