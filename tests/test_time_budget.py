@@ -1,8 +1,8 @@
 """Never outlive the function's timeout: a frozen database costs a JSON 503 in the invocation's time.
 
 The database is frozen by a TCP proxy between the functions and the test server that stops moving
-bytes, every socket left open: to a client that is exactly a server stopped with SIGSTOP, or a dead
-network. Connects complete in the kernel's backlog, sends fill buffers, and nothing comes back.
+bytes, every socket left open (tests/db_proxy.py): to a client that is exactly a server stopped
+with SIGSTOP, or a dead network.
 """
 
 from __future__ import annotations
@@ -10,11 +10,9 @@ from __future__ import annotations
 import dataclasses
 import http.client
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
-from urllib.parse import quote
 
 import pytest
 
@@ -23,92 +21,12 @@ from scripts.dev.localgw.events import LambdaContext, build_event
 from scripts.dev.localgw.server import GatewayServer
 from shared import db
 from shared.core import config
-from shared.core.config import DatabaseParams
 from shared.core.errors import DatabaseUnavailable
 from tests.conftest import ROOT, User
+from tests.db_proxy import FreezableProxy
 from tests.lambda_client import ROUTES, LambdaClient, Result
 
 SCANS = "/api/v1/scans"
-
-
-class FreezableProxy:
-    """A TCP proxy to the test database that can be frozen and thawed."""
-
-    def __init__(self, upstream: DatabaseParams) -> None:
-        self.upstream = upstream
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.05)
-        self.port: int = self.listener.getsockname()[1]
-        self._thawed = threading.Event()
-        self._thawed.set()
-        self._stopping = threading.Event()
-        self._sockets: list[socket.socket] = []
-        self._threads = [threading.Thread(target=self._accept, daemon=True)]
-        self._threads[0].start()
-
-    def url(self) -> str:
-        """A DATABASE_URL that reaches the test database through this proxy."""
-        who = quote(self.upstream.user) + (f":{quote(self.upstream.password)}" if self.upstream.password else "")
-        return f"postgresql://{who}@127.0.0.1:{self.port}/{self.upstream.database}?sslmode={self.upstream.sslmode}"
-
-    def freeze(self) -> None:
-        self._thawed.clear()
-
-    def thaw(self) -> None:
-        self._thawed.set()
-
-    def close(self) -> None:
-        self._stopping.set()
-        self._thawed.set()
-        for thread in self._threads:
-            thread.join(5)
-        for sock in [self.listener, *self._sockets]:
-            sock.close()
-
-    def _wait_until_thawed(self) -> bool:
-        while not self._thawed.wait(0.05):
-            pass
-        return not self._stopping.is_set()
-
-    def _accept(self) -> None:
-        while self._wait_until_thawed():
-            try:
-                client, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            # Accepted just as it froze: hold the connection until it thaws.
-            if not self._wait_until_thawed():
-                client.close()
-                return
-            if self.upstream.unix_sock:
-                server = socket.socket(socket.AF_UNIX)
-                server.connect(self.upstream.unix_sock)
-            else:
-                server = socket.create_connection((self.upstream.host or "localhost", self.upstream.port))
-            self._sockets += [client, server]
-            for source, target in ((client, server), (server, client)):
-                pump = threading.Thread(target=self._pump, args=(source, target), daemon=True)
-                self._threads.append(pump)
-                pump.start()
-
-    def _pump(self, source: socket.socket, target: socket.socket) -> None:
-        source.settimeout(0.05)
-        while self._wait_until_thawed():
-            try:
-                data = source.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                break
-            # Read just as it froze: hold the bytes until it thaws.
-            if not data or not self._wait_until_thawed():
-                break
-            try:
-                target.sendall(data)
-            except OSError:
-                break
-        for sock in (source, target):
-            sock.close()
 
 
 @pytest.fixture

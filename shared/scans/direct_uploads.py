@@ -176,8 +176,16 @@ def complete_upload(
         owner_id=owner_id, filename=upload.filename, data=data, file_hash=file_hash, analyzed=analyzed
     )
     instance = None if record is None else dicom_instances.new_instance(record)
-    stored, duplicate = db.call(
-        _insert_completed, scan=scan, upload_id=upload_id, instance=instance, conflict=conflict, origin=origin
+    # db.call_once: a retry after a lost reply answers what the first attempt stored, where running
+    # it again would find the upload gone (404).
+    stored, duplicate = db.call_once(
+        _insert_completed,
+        replay=_replay_completed,
+        scan=scan,
+        upload_id=upload_id,
+        instance=instance,
+        conflict=conflict,
+        origin=origin,
     )
     _delete_staged(store, key)
     return uploads.StoredUpload(stored, duplicate=duplicate)
@@ -216,9 +224,11 @@ def _insert_completed(
     instance: instances.NewInstance | None,
     conflict: dicom_instances.Conflict | None,
     origin: audit.Origin,
+    outcome_key: str,
 ) -> tuple[db.Scan, bool]:
     """One transaction: take the upload (its row goes, its staging key onto the orphan list) and
-    insert the scan, an S3 original copied from the staging key. (scan, duplicate)."""
+    insert the scan, an S3 original copied from the staging key, and record the outcome under the
+    call's key (db.call_once). (scan, duplicate)."""
     source_key = upload_key(upload_id)
     scan_keys = uploads.s3_keys(scan)
     storage.record_orphans(con, scan_keys)
@@ -237,13 +247,22 @@ def _insert_completed(
         else:
             stored = db.insert_scan(con, scan=scan)
         if stored is not None:
+            uploads.record_stored(con, stored, outcome_key=outcome_key, duplicate=False)
             return stored, False
         # A concurrent upload of the same file by the same owner won the unique index.
         winner = db.find_scan_by_hash(con, owner_id=scan.owner_id, file_hash=scan.file_hash)
         if winner is None:
             # ... and was deleted at once: roll back (the upload stays) and let the client retry.
             raise UploadIncomplete("The same file was stored and deleted meanwhile: complete the upload again.")
+        uploads.record_stored(con, winner, outcome_key=outcome_key, duplicate=True)
         return winner, True
+
+
+def _replay_completed(con: db.Connection, outcome: dict[str, Any]) -> tuple[db.Scan, bool]:
+    stored = uploads.replay_stored(con, outcome)
+    if stored is None:
+        raise AssertionError("a completed upload records the scan it resolved to")
+    return stored, bool(outcome["duplicate"])
 
 
 def _retire(store: storage.ObjectStore, *, owner_id: int, upload_id: str) -> None:

@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from shared import db, imaging, storage
 from shared.core.config import get_settings
@@ -61,8 +62,11 @@ def store_upload(
     scan = store_new_scan(scan=new_scan, instance=instance, conflict=conflict, origin=origin)
     if scan is not None:
         return StoredUpload(scan, duplicate=False)
-    # A concurrent upload of the same file by the same owner won the unique index.
+    # A concurrent upload of the same file by the same owner won the unique index; or, with our
+    # own id, our first attempt did (its reply was lost and the retry found our row).
     winner = db.call(db.find_scan_by_hash, owner_id=owner_id, file_hash=file_hash)
+    if winner is not None and winner.id == new_scan.id:
+        return StoredUpload(winner, duplicate=False)
     if winner is None:  # it was deleted in between: store ours after all
         return store_upload(
             owner_id=owner_id,
@@ -83,28 +87,56 @@ def store_new_scan(
     origin: audit.Origin = audit.NOWHERE,
 ) -> db.Scan | None:
     """Write a new scan whole (its images in their tiers, its DICOMweb instance), replacing the
-    conflicting instance in the same transaction; None when the owner already has these bytes."""
-    if scan.in_s3:
-        return db.call(insert_scan_with_objects, scan=scan, instance=instance, conflict=conflict, origin=origin)
-    if conflict is not None:
-        return db.call(_insert_replacing, scan=scan, instance=instance, conflict=conflict, origin=origin)
-    if instance is not None:
-        # One statement is one implicit transaction: the row, its images and its instance, or nothing.
-        return db.call(instances.insert_scan_with_instance, scan=scan, instance=instance)
-    return db.call(db.insert_scan, scan=scan)
+    conflicting instance in the same transaction; None when the owner already has these bytes.
+
+    Safe to retry (db.call_once): a transaction records the scan it stored under the call's key,
+    and a retry after a lost reply answers that scan. A single INSERT records nothing: its retry
+    meets its own row in the unique index (None here), and the scan's id, made once per upload,
+    tells the caller that row is its own (store_upload).
+    """
+    return db.call_once(
+        _store_new_scan, replay=replay_stored, scan=scan, instance=instance, conflict=conflict, origin=origin
+    )
 
 
-def _insert_replacing(
+def _store_new_scan(
     con: db.Connection,
     *,
+    outcome_key: str,
     scan: db.NewScan,
     instance: instances.NewInstance | None,
-    conflict: dicom_instances.Conflict,
+    conflict: dicom_instances.Conflict | None,
     origin: audit.Origin,
 ) -> db.Scan | None:
-    with db.transaction(con):
-        dicom_instances.remove_replaced(con, owner_id=scan.owner_id, conflict=conflict, origin=origin)
-        return _insert_row(con, scan=scan, instance=instance)
+    if scan.in_s3:
+        return insert_scan_with_objects(
+            con, scan=scan, instance=instance, conflict=conflict, origin=origin, outcome_key=outcome_key
+        )
+    if conflict is not None:
+        with db.transaction(con):
+            dicom_instances.remove_replaced(con, owner_id=scan.owner_id, conflict=conflict, origin=origin)
+            return record_stored(con, _insert_row(con, scan=scan, instance=instance), outcome_key=outcome_key)
+    if instance is not None:
+        # One statement is one implicit transaction: the row, its images and its instance, or nothing.
+        return instances.insert_scan_with_instance(con, scan=scan, instance=instance)
+    return db.insert_scan(con, scan=scan)
+
+
+def record_stored(
+    con: db.Connection, stored: db.Scan | None, *, outcome_key: str | None, **extra: bool
+) -> db.Scan | None:
+    """Record, in the caller's transaction, which scan this write stored (None: the owner had it)."""
+    if outcome_key is not None:
+        scan_id, owner_id = (None, None) if stored is None else (stored.id, stored.owner_id)
+        db.record_outcome(con, key=outcome_key, result={"scan_id": scan_id, "owner_id": owner_id, **extra})
+    return stored
+
+
+def replay_stored(con: db.Connection, outcome: dict[str, Any]) -> db.Scan | None:
+    """The scan a write that committed had stored (record_stored), as it is now."""
+    if outcome["scan_id"] is None:
+        return None
+    return db.get_scan(con, scan_id=outcome["scan_id"], owner_id=outcome["owner_id"])
 
 
 def _insert_row(con: db.Connection, *, scan: db.NewScan, instance: instances.NewInstance | None) -> db.Scan | None:
@@ -150,6 +182,7 @@ def insert_scan_with_objects(
     instance: instances.NewInstance | None = None,
     conflict: dicom_instances.Conflict | None = None,
     origin: audit.Origin = audit.NOWHERE,
+    outcome_key: str | None = None,
 ) -> db.Scan | None:
     """insert_scan for a scan with images in the S3 tier (scan.in_s3): write them, then the row.
 
@@ -164,7 +197,8 @@ def insert_scan_with_objects(
     with db.transaction(con):
         if conflict is not None:
             dicom_instances.remove_replaced(con, owner_id=scan.owner_id, conflict=conflict, origin=origin)
-        return write_scan_with_objects(con, scan=scan, instance=instance)
+        stored = write_scan_with_objects(con, scan=scan, instance=instance)
+        return record_stored(con, stored, outcome_key=outcome_key)
 
 
 def s3_keys(scan: db.NewScan) -> list[str]:
