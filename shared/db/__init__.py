@@ -36,7 +36,7 @@ if TYPE_CHECKING:
         sqlstate,
         transaction,
     )
-    from shared.db.images import WHOLE_IMAGE, ImagePart, ImageRead, ImageType, read_image
+    from shared.db.images import WHOLE_IMAGE, ImagePart, ImageRead, ImageType, read_image, set_read_status
     from shared.db.outcomes import call_once, record_outcome
     from shared.db.protocol import Connection
     from shared.db.scans import (
@@ -87,7 +87,7 @@ else:  # each name loads with its module on first use (shared/core/front_door.py
                 "transaction",
             ),
             "outcomes": ("call_once", "record_outcome"),
-            "images": ("WHOLE_IMAGE", "ImagePart", "ImageRead", "ImageType", "read_image"),
+            "images": ("WHOLE_IMAGE", "ImagePart", "ImageRead", "ImageType", "read_image", "set_read_status"),
             "protocol": ("Connection",),
             "scans": (
                 "SERIES_START",
@@ -170,6 +170,7 @@ __all__ = [
     "replay_delete_scan",
     "reserve_login_attempt",
     "series_position",
+    "set_read_status",
     "set_user_password",
     "sqlstate",
     "transaction",
