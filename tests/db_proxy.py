@@ -1,4 +1,5 @@
-"""A TCP proxy between the functions and the test database that can freeze, or lose one reply.
+"""A TCP proxy between the functions and the test database (or any TCP server: to_address) that can
+freeze, or lose one reply.
 
 Frozen, it stops moving bytes with every socket left open: to a client that is exactly a server
 stopped with SIGSTOP, or a dead network. Connects complete in the kernel's backlog, sends fill
@@ -42,6 +43,11 @@ class FreezableProxy:
         self.replies_lost = 0
         self._threads = [threading.Thread(target=self._accept, daemon=True)]
         self._threads[0].start()
+
+    @classmethod
+    def to_address(cls, host: str, port: int) -> FreezableProxy:
+        """The same proxy in front of any TCP server (moto's S3, say) instead of the database."""
+        return cls(DatabaseParams(user="", database="", host=host, port=port))
 
     def url(self) -> str:
         """A DATABASE_URL that reaches the test database through this proxy."""

@@ -7,8 +7,9 @@ holds the exact key, a content-length-range up to the declared size, signature v
 expiry. complete_upload reads the staged file once, streamed to /tmp while it is hashed, and then
 does what /analyze does (shared/scans/uploads.py): this owner's scan of the same bytes is the answer, else
 the file is analyzed and stored. An original for the S3 tier is copied within the bucket from the
-staging key (server side, verified by SHA-256) under the key lock, in the transaction that inserts
-the scan and deletes the upload row; a smaller one goes to PostgreSQL as a direct upload's would.
+staging key (server side, verified by SHA-256) before the transaction that inserts the scan and
+deletes the upload row, holding no lock while S3 copies (uploads.write_objects); a smaller one
+goes to PostgreSQL as a direct upload's would.
 
 The staging object is deleted after that commit. Until then its key is on the orphan list (recorded
 in the same transaction as the row's delete), so a crash in between leaves a key the cleanup job
@@ -176,6 +177,8 @@ def complete_upload(
         owner_id=owner_id, filename=upload.filename, data=data, file_hash=file_hash, analyzed=analyzed
     )
     instance = None if record is None else dicom_instances.new_instance(record)
+    if scan.in_s3:  # under no lock: the copy from the staging key may take a while
+        uploads.write_objects(scan, original_source_key=key)
     # db.call_once: a retry after a lost reply answers what the first attempt stored, where running
     # it again would find the upload gone (404).
     stored, duplicate = db.call_once(
@@ -227,11 +230,10 @@ def _insert_completed(
     outcome_key: str,
 ) -> tuple[db.Scan, bool]:
     """One transaction: take the upload (its row goes, its staging key onto the orphan list) and
-    insert the scan, an S3 original copied from the staging key, and record the outcome under the
-    call's key (db.call_once). (scan, duplicate)."""
+    insert the scan (its S3 objects already written, the original copied from the staging key), and
+    record the outcome under the call's key (db.call_once). (scan, duplicate)."""
     source_key = upload_key(upload_id)
     scan_keys = uploads.s3_keys(scan)
-    storage.record_orphans(con, scan_keys)
     with db.transaction(con):
         # One sorted lock call: the same order as every other holder of these keys.
         storage.lock_keys(con, [*scan_keys, source_key])
@@ -240,8 +242,8 @@ def _insert_completed(
         storage.record_orphans(con, [source_key])
         if conflict is not None:
             dicom_instances.remove_replaced(con, owner_id=scan.owner_id, conflict=conflict, origin=origin)
-        if scan.in_s3:
-            stored = uploads.write_scan_with_objects(con, scan=scan, original_source_key=source_key, instance=instance)
+        if scan.in_s3:  # its objects are written (complete_upload): the row refers to them
+            stored = uploads.insert_scan_referring_to_objects(con, scan=scan, instance=instance)
         elif instance is not None:
             stored = instances.insert_scan_with_instance(con, scan=scan, instance=instance)
         else:
