@@ -39,6 +39,7 @@ class FreezableProxy:
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
         self._marker: bytes | None = None
+        self._after: bytes | None = None  # what a client must send before `_marker` counts
         self._losing: socket.socket | None = None  # the server socket whose answer is being held back
         self.replies_lost = 0
         self._threads = [threading.Thread(target=self._accept, daemon=True)]
@@ -60,10 +61,11 @@ class FreezableProxy:
     def thaw(self) -> None:
         self._thawed.set()
 
-    def lose_reply_to(self, marker: bytes) -> None:
-        """Drop the connection that next sends `marker`, once the server has answered it in full."""
+    def lose_reply_to(self, marker: bytes, *, after: bytes | None = None) -> None:
+        """Drop the connection that next sends `marker` (once a client has sent `after`, if given),
+        once the server has answered it in full."""
         with self._lock:
-            self._marker = marker
+            self._marker, self._after = marker, after
 
     def close(self) -> None:
         self._stopping.set()
@@ -113,7 +115,11 @@ class FreezableProxy:
             if not data or not self._wait_until_thawed():
                 break
             with self._lock:
-                if source is not upstream and self._marker is not None and self._marker in data:
+                if source is not upstream and self._after is not None and self._after in data:
+                    self._after = None
+                elif (
+                    source is not upstream and self._after is None and self._marker is not None and self._marker in data
+                ):
                     # The client's message: mark its server connection before the server can answer.
                     # The server's answer to it starts at a message boundary: pg8000 sends only once
                     # it has read the answer before, up to its ReadyForQuery.

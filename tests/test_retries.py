@@ -50,8 +50,13 @@ def count(pg: pg8000.native.Connection, sql: str, **params: Any) -> int:
 
 
 @pytest.mark.parametrize(
-    ("kind", "marker"),
-    [("png", b"INSERT INTO scans"), ("dicom", b"INSERT INTO scans"), ("png-in-s3", b"COMMIT")],
+    ("kind", "marker", "after"),
+    [
+        ("png", b"INSERT INTO scans", None),
+        ("dicom", b"INSERT INTO scans", None),
+        # The COMMIT of the transaction that inserts the row (its objects' keys were listed before)
+        ("png-in-s3", b"COMMIT", b"INSERT INTO scans"),
+    ],
 )
 def test_an_upload_whose_commit_reply_was_lost_answers_201_with_one_row(
     proxy: FreezableProxy,
@@ -61,6 +66,7 @@ def test_an_upload_whose_commit_reply_was_lost_answers_201_with_one_row(
     request: pytest.FixtureRequest,
     kind: str,
     marker: bytes,
+    after: bytes | None,
 ) -> None:
     # Given an upload as one INSERT (a PNG; a DICOM file with its instance), or as a transaction that
     # writes its images to S3 first; and a connection that drops once the write has committed
@@ -71,7 +77,7 @@ def test_an_upload_whose_commit_reply_was_lost_answers_201_with_one_row(
         if kind == "dicom"
         else (images.png8(size=64, regions=()), "scan.png", "image/png")
     )
-    proxy.lose_reply_to(marker)
+    proxy.lose_reply_to(marker, after=after)
 
     # When Alice uploads it
     result = upload(api, alice, data, filename, ctype)
@@ -139,7 +145,7 @@ def test_a_completion_whose_commit_reply_was_lost_answers_as_the_first_attempt(
     assert created.status == 201, created.body
     upload_id = created.json()["uploadId"]
     s3.put_object(Bucket=BUCKET, Key=f"uploads/{upload_id}", Body=data)
-    proxy.lose_reply_to(b"COMMIT")
+    proxy.lose_reply_to(b"COMMIT", after=b"DELETE FROM uploads")
 
     # When Alice completes it
     result = api.request("POST", f"{UPLOADS}/{upload_id}/complete", token=alice.token)
