@@ -7,6 +7,8 @@ function again. Each write must then answer as the first attempt would have, and
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,12 +18,17 @@ import pytest
 from scripts.dev import phantom
 from shared import db
 from shared.core import config
+from shared.db import outcomes as outcome
 from tests import images
-from tests.conftest import BUCKET, User
+from tests.conftest import BUCKET, User, admin_connection
 from tests.db_proxy import FreezableProxy
 from tests.lambda_client import LambdaClient, Result, multipart
 
 ANALYZE = "/api/v1/scans/analyze"
+WAITING_ON_A_LOCK = """
+    SELECT 1 FROM pg_stat_activity
+    WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO request_outcomes%'
+"""
 UPLOADS = "/api/v1/scans/uploads"
 
 
@@ -186,3 +193,43 @@ def test_a_write_that_did_not_commit_runs_again(
 def test_the_key_is_new_for_each_call(proxy: FreezableProxy, pg: pg8000.native.Connection) -> None:
     keys = [db.call_once(lambda con, *, outcome_key: outcome_key, replay=lambda con, outcome: "") for _ in range(2)]
     assert keys[0] != keys[1] and all(len(key) == 36 for key in keys)
+
+
+def test_a_first_attempt_that_commits_while_the_retry_runs_is_answered_all_the_same(
+    proxy: FreezableProxy, database_url: str, pg: pg8000.native.Connection
+) -> None:
+    # Given a first attempt whose transaction reached the server and holds its outcome, uncommitted,
+    # when its connection fails (its COMMIT is late, not lost)
+    late = admin_connection(database_url)
+    ran: list[int] = []
+
+    def write(con: db.Connection, *, outcome_key: str) -> str:
+        ran.append(len(ran) + 1)
+        if len(ran) == 1:
+            late.run("BEGIN")
+            late.run(outcome.INSERT_OUTCOME, key=outcome_key, result='{"by": "the first attempt"}')
+            db.close_connection()
+            con.run("SELECT 1")  # the network error
+        with db.transaction(con):
+            db.record_outcome(con, key=outcome_key, result={"by": "the retry"})
+        return "the retry's own answer"
+
+    def commit_once_the_retry_waits() -> None:
+        # The retry's INSERT of the same key waits on the first attempt's: then that one commits.
+        while not pg.run(WAITING_ON_A_LOCK):
+            time.sleep(0.01)
+        late.run("COMMIT")
+
+    committer = threading.Thread(target=commit_once_the_retry_waits)
+    committer.start()
+    try:
+        # When db.call_once runs it
+        answer = db.call_once(write, replay=lambda con, found: f"replayed: {found['by']}")
+    finally:
+        committer.join(10)
+        late.close()
+
+    # Then the retry met the first attempt's key, rolled back, and answered the first attempt's outcome
+    assert ran == [1, 2]
+    assert answer == "replayed: the first attempt"
+    assert pg.run("SELECT result->>'by' FROM request_outcomes") == [["the first attempt"]]
