@@ -217,7 +217,7 @@ def pg(database_url: str) -> Iterator[pg8000.native.Connection]:
     """A connection to the clean, migrated test database (tables truncated before each test)."""
     con = admin_connection(database_url)
     con.run(
-        "TRUNCATE scans, sessions, users, audit_events, login_failures, storage_orphans, uploads"
+        "TRUNCATE scans, sessions, users, audit_events, login_failures, storage_orphans, uploads, request_outcomes"
         " RESTART IDENTITY CASCADE"
     )
     try:

@@ -99,6 +99,14 @@ def seed_expiring_rows(pg: pg8000.native.Connection, user: User, *, old: int, re
         "INSERT INTO audit_events (at, action, status) VALUES (now() - make_interval(days => :d), 'logout', 204)",
         d=retention_days - 1,
     )
+    # A retried write's outcome (shared/db/outcomes.py) is kept a day: `old` older ones, one fresh.
+    for i in range(old):
+        pg.run(
+            "INSERT INTO request_outcomes (key, result, created_at)"
+            " VALUES (gen_random_uuid(), '{}', now() - make_interval(hours => :h))",
+            h=25 + i,
+        )
+    pg.run("INSERT INTO request_outcomes (key, result) VALUES (gen_random_uuid(), '{}')")
 
 
 def counts(pg: pg8000.native.Connection) -> dict[str, int]:
@@ -125,9 +133,10 @@ def test_cleanup_removes_expired_rows_in_batches_and_keeps_fresh_ones(
 
     # Then: the old rows are gone, the fresh ones kept, and the report says so
     assert counts(pg) == {"sessions": 1, "login_failures": 1, "audit_events": 1}
+    assert pg.run("SELECT count(*) FROM request_outcomes")[0][0] == 1
     assert pg.run("SELECT user_id FROM sessions")[0][0] == alice.id
     assert report["status"] == "ok"
-    assert report["removed"] == {"sessions": 7, "login_failures": 7, "audit_events": 7}
+    assert report["removed"] == {"sessions": 7, "login_failures": 7, "audit_events": 7, "request_outcomes": 7}
     assert report["thresholds"]["auditRetentionDays"] == 30
     assert report["thresholds"]["loginFailureWindowSeconds"] == LOGIN_LIMITS.window_seconds
     tables = report["tables"]
@@ -145,7 +154,7 @@ def test_cleanup_removes_expired_rows_in_batches_and_keeps_fresh_ones(
     # And: a second run finds nothing more to do
     again = handler({}, None)
     assert again["status"] == "ok"
-    assert again["removed"] == {"sessions": 0, "login_failures": 0, "audit_events": 0}
+    assert again["removed"] == {"sessions": 0, "login_failures": 0, "audit_events": 0, "request_outcomes": 0}
     assert counts(pg) == {"sessions": 1, "login_failures": 1, "audit_events": 1}
 
 
@@ -157,7 +166,7 @@ def test_cleanup_stops_before_the_functions_deadline_and_says_partial(
     report = handler({}, Context(remaining_ms=30_000))  # under the 60 s it keeps for itself
 
     assert report["status"] == "partial"
-    assert report["removed"] == {"sessions": 0, "login_failures": 0, "audit_events": 0}
+    assert report["removed"] == {"sessions": 0, "login_failures": 0, "audit_events": 0, "request_outcomes": 0}
     assert counts(pg) == {"sessions": 3, "login_failures": 3, "audit_events": 3}
 
 

@@ -128,6 +128,7 @@ def test_cleanup_deletes_the_s3_images_of_deleted_scans_and_keeps_the_others(
         "sessions": 0,
         "login_failures": 0,
         "audit_events": 0,
+        "request_outcomes": 0,
         "s3OrphanObjects": 8,
         "s3OrphanRowsWithoutObject": 0,
         "s3OrphanRowsReferencedAgain": 0,
@@ -325,7 +326,7 @@ def test_without_a_bucket_the_s3_steps_are_skipped_and_the_list_is_reported_and_
 
     assert report["status"] == "ok"
     assert report["s3"] == {"skipped": "no images bucket", "orphanKeysLeft": 1}
-    assert set(report["removed"]) == {"sessions", "login_failures", "audit_events"}
+    assert set(report["removed"]) == {"sessions", "login_failures", "audit_events", "request_outcomes"}
     assert listed(pg) == {"scans/1/" + "a" * 64}
 
 

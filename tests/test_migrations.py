@@ -34,6 +34,7 @@ EXPECTED = [
     "008_presigned_uploads",
     "009_lz4_original_image",
     "010_dicomweb",
+    "011_request_outcomes",
 ]
 
 

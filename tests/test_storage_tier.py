@@ -157,8 +157,27 @@ def test_an_image_lambda_could_not_answer_whole_is_a_302_to_a_short_lived_presig
     small = api.request("GET", path(scan_id, "original"), token=alice.token, headers={"range": "bytes=0-99"})
     assert small.status == 206 and small.body == data[:100]
     assert api.request("GET", path(scan_id, "original")).status == 401
+    # Each read's audit row says what was answered: the 302 to S3, then the 206
     audited = pg.run("SELECT status FROM audit_events WHERE action = 'image.read' ORDER BY id")
-    assert [row[0] for row in audited] == [200, 206]
+    assert [row[0] for row in audited] == [302, 206]
+
+
+def test_a_read_s3_fails_is_a_503_and_its_audit_row_says_503(
+    s3: Any, api: LambdaClient, alice: User, pg: pg8000.native.Connection
+) -> None:
+    # Given an image in S3 whose object S3 no longer gives (and one it still gives)
+    scan_id = upload(api, alice, images.png16()).json()["scanId"]
+    s3.delete_object(Bucket=BUCKET, Key=storage.object_key(alice.id, hashlib.sha256(images.png16()).hexdigest()))
+
+    # When Alice reads the original, then the thumbnail
+    failed = api.request("GET", path(scan_id, "original"), token=alice.token)
+    read = api.request("GET", path(scan_id, "thumbnail"), token=alice.token)
+
+    # Then a JSON 503, and each audit row says what was answered: 503, then 200
+    assert failed.status == 503 and failed.error_code == "storage_unavailable", failed.body
+    assert read.status == 200
+    audited = pg.run("SELECT image_type, status FROM audit_events WHERE action = 'image.read' ORDER BY id")
+    assert audited == [["original", 503], ["thumbnail", 200]]
 
 
 def test_only_images_at_or_above_the_threshold_go_to_s3(

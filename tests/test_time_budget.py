@@ -1,8 +1,8 @@
 """Never outlive the function's timeout: a frozen database costs a JSON 503 in the invocation's time.
 
 The database is frozen by a TCP proxy between the functions and the test server that stops moving
-bytes, every socket left open: to a client that is exactly a server stopped with SIGSTOP, or a dead
-network. Connects complete in the kernel's backlog, sends fill buffers, and nothing comes back.
+bytes, every socket left open (tests/db_proxy.py): to a client that is exactly a server stopped
+with SIGSTOP, or a dead network.
 """
 
 from __future__ import annotations
@@ -10,11 +10,9 @@ from __future__ import annotations
 import dataclasses
 import http.client
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
-from urllib.parse import quote
 
 import pytest
 
@@ -25,90 +23,12 @@ from shared import db
 from shared.core import config
 from shared.core.config import DatabaseParams
 from shared.core.errors import DatabaseUnavailable
+from shared.db import connection
 from tests.conftest import ROOT, User
+from tests.db_proxy import FreezableProxy
 from tests.lambda_client import ROUTES, LambdaClient, Result
 
 SCANS = "/api/v1/scans"
-
-
-class FreezableProxy:
-    """A TCP proxy to the test database that can be frozen and thawed."""
-
-    def __init__(self, upstream: DatabaseParams) -> None:
-        self.upstream = upstream
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.05)
-        self.port: int = self.listener.getsockname()[1]
-        self._thawed = threading.Event()
-        self._thawed.set()
-        self._stopping = threading.Event()
-        self._sockets: list[socket.socket] = []
-        self._threads = [threading.Thread(target=self._accept, daemon=True)]
-        self._threads[0].start()
-
-    def url(self) -> str:
-        """A DATABASE_URL that reaches the test database through this proxy."""
-        who = quote(self.upstream.user) + (f":{quote(self.upstream.password)}" if self.upstream.password else "")
-        return f"postgresql://{who}@127.0.0.1:{self.port}/{self.upstream.database}?sslmode={self.upstream.sslmode}"
-
-    def freeze(self) -> None:
-        self._thawed.clear()
-
-    def thaw(self) -> None:
-        self._thawed.set()
-
-    def close(self) -> None:
-        self._stopping.set()
-        self._thawed.set()
-        for thread in self._threads:
-            thread.join(5)
-        for sock in [self.listener, *self._sockets]:
-            sock.close()
-
-    def _wait_until_thawed(self) -> bool:
-        while not self._thawed.wait(0.05):
-            pass
-        return not self._stopping.is_set()
-
-    def _accept(self) -> None:
-        while self._wait_until_thawed():
-            try:
-                client, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            # Accepted just as it froze: hold the connection until it thaws.
-            if not self._wait_until_thawed():
-                client.close()
-                return
-            if self.upstream.unix_sock:
-                server = socket.socket(socket.AF_UNIX)
-                server.connect(self.upstream.unix_sock)
-            else:
-                server = socket.create_connection((self.upstream.host or "localhost", self.upstream.port))
-            self._sockets += [client, server]
-            for source, target in ((client, server), (server, client)):
-                pump = threading.Thread(target=self._pump, args=(source, target), daemon=True)
-                self._threads.append(pump)
-                pump.start()
-
-    def _pump(self, source: socket.socket, target: socket.socket) -> None:
-        source.settimeout(0.05)
-        while self._wait_until_thawed():
-            try:
-                data = source.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                break
-            # Read just as it froze: hold the bytes until it thaws.
-            if not data or not self._wait_until_thawed():
-                break
-            try:
-                target.sendall(data)
-            except OSError:
-                break
-        for sock in (source, target):
-            sock.close()
 
 
 @pytest.fixture
@@ -170,22 +90,24 @@ def test_frozen_database_answers_503_before_a_3_s_function_times_out(
     # When a request comes with 3 s left to run
     result, elapsed = invoke(SCANS, token=alice.token, function_timeout_s=3)
 
-    # Then it answers 503 once the database has had those 3 s less the margin to answer, not later
+    # Then it answers our JSON 503 before the function's 3 s are up (how long it waits, the 3 s less
+    # the margin to answer, is a figure of `make bench`: time_budget_503_3s_function_*_s)
     assert_database_unavailable(result)
-    assert 3 - db.ANSWER_MARGIN_SECONDS - 0.3 < elapsed < 3, elapsed
+    assert elapsed < 3, elapsed
 
 
 def test_frozen_database_costs_db_timeout_once_not_once_per_try(proxy: FreezableProxy, alice: User) -> None:
-    # Given a warm container, DB_TIMEOUT_SECONDS=5 and a 10 s function: the database freezes
-    assert invoke(SCANS, token=alice.token, function_timeout_s=10)[0].status == 200
+    # Given a warm container, DB_TIMEOUT_SECONDS=5 and a 15 s function: the database freezes
+    assert invoke(SCANS, token=alice.token, function_timeout_s=15)[0].status == 200
     proxy.freeze()
 
     # When a request comes
-    result, elapsed = invoke(SCANS, token=alice.token, function_timeout_s=10)
+    result, elapsed = invoke(SCANS, token=alice.token, function_timeout_s=15)
 
-    # Then the statement and the reconnect share 5 s: 503 after about 5 s, not 10
+    # Then the statement and the reconnect share 5 s: 503 well before the 10 s of 5 s each (the
+    # figure itself, about 5 s, is time_budget_503_db_timeout_5_s in `make bench`)
     assert_database_unavailable(result)
-    assert 4.7 < elapsed < 6, elapsed
+    assert elapsed < 2 * 5, elapsed
 
 
 def test_statements_of_an_invocation_share_one_budget(database_url: str, settings_env: pytest.MonkeyPatch) -> None:
@@ -199,14 +121,11 @@ def test_statements_of_an_invocation_share_one_budget(database_url: str, setting
             ran.append(n)
 
     # When one invocation runs four of them
-    started = time.monotonic()
     with db.invocation_budget(10_000), pytest.raises(DatabaseUnavailable):
         db.call(slow_statements)
-    elapsed = time.monotonic() - started
 
-    # Then the third one gets the 0.2 s left and no more: 503 after 1 s in all, not 1.6 s
+    # Then the third one gets the 0.2 s left and no more (cut, not run whole): 503 after 1 s in all
     assert ran == [0, 1]
-    assert 0.9 < elapsed < 1.4, elapsed
 
 
 def test_outside_an_invocation_every_wait_gets_db_timeout_as_before(
@@ -217,15 +136,30 @@ def test_outside_an_invocation_every_wait_gets_db_timeout_as_before(
     config.get_settings.cache_clear()
     assert invoke(SCANS, token=alice.token, function_timeout_s=10)[0].status == 200
     assert db.call(lambda con: (con.run("SELECT 1"), con._usock.gettimeout())[1]) == 1.0
+    connects: list[float] = []
+    real_connect = connection.connect
+
+    def connect(params: DatabaseParams, *, timeout: float) -> db.Connection:
+        connects.append(timeout)
+        return real_connect(params, timeout=timeout)
+
+    settings_env.setattr(connection, "connect", connect)
 
     # When a script's call meets the frozen database, outside any invocation
     proxy.freeze()
-    started = time.monotonic()
-    with pytest.raises(DatabaseUnavailable):
-        db.call(lambda con: con.run("SELECT 1"))
+    socket_timeouts: list[float | None] = []
 
-    # Then the statement and the reconnect each wait DB_TIMEOUT_SECONDS, as scripts always have
-    assert 1.9 < time.monotonic() - started < 3
+    def select(con: db.Connection) -> None:
+        socket_timeouts.append(con._usock.gettimeout())
+        con.run("SELECT 1")
+
+    with pytest.raises(DatabaseUnavailable):
+        db.call(select)
+
+    # Then the statement and the reconnect each wait DB_TIMEOUT_SECONDS, as scripts always have (the
+    # time it takes, about 2 s, is time_budget_script_two_waits_of_1_s in `make bench`)
+    assert socket_timeouts == [1.0]
+    assert connects == [1.0]
 
 
 # ---------------------------------------------------------------- through the local gateway
@@ -266,4 +200,4 @@ def test_local_gateway_answers_503_from_a_frozen_database_before_the_function_ti
     # Then the client gets our JSON 503 with Retry-After, before the gateway's 2 s timeout
     assert (status, headers["retry-after"], headers["content-type"]) == (503, "2", "application/json"), body
     assert json.loads(body)["error"]["code"] == "database_unavailable"
-    assert 2 - db.ANSWER_MARGIN_SECONDS - 0.3 < elapsed < 2, elapsed
+    assert elapsed < 2, elapsed

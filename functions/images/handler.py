@@ -29,6 +29,7 @@ from shared.core.errors import (
     InvalidParameter,
     InvalidSignature,
     ScanNotFound,
+    StorageUnavailable,
     UrlExpired,
 )
 from shared.db.audit import Origin
@@ -97,13 +98,32 @@ async def read_scan_image(request: Request) -> Response:
         part = dataclasses.replace(part, base64=held.base64)
     else:
         if part.storage == storage.S3 and ask.with_data and part.status in (200, 206):
-            if part.stop - part.first > storage.MAX_INLINE_BYTES:
-                # Too large for a Lambda response body: the client follows a short-lived presigned GET.
-                return redirect_response(scans.presigned_s3_get(part))
-            part = dataclasses.replace(part, base64=scans.s3_span_base64(part))
+            redirect, part = _from_s3(part, scan_id=scan_id, image_type=image_type, request_id=origin.request_id)
+            if redirect is not None:
+                return redirect
         if ask.with_data and part.status == 200 and part.base64 is not None:
             cache.put(key, CachedImage(part.sha256, part.base64))
     return image_part_response(part, request, signed_until=signed_until, now=now)
+
+
+def _from_s3(
+    part: db.ImagePart, *, scan_id: str, image_type: db.ImageType, request_id: str | None
+) -> tuple[Response | None, db.ImagePart]:
+    """An S3 image's bytes, or a redirect to them; the read's audit row then says what was answered."""
+
+    def answered(status: int) -> None:
+        scans.record_answer(part, scan_id=scan_id, image_type=image_type, request_id=request_id, answered=status)
+
+    try:
+        if part.stop - part.first > storage.MAX_INLINE_BYTES:
+            # Too large for a Lambda response body: the client follows a short-lived presigned GET.
+            redirect = redirect_response(scans.presigned_s3_get(part))
+            answered(redirect.status_code)
+            return redirect, part
+        return None, dataclasses.replace(part, base64=scans.s3_span_base64(part))
+    except StorageUnavailable:
+        answered(503)
+        raise
 
 
 app = Starlette(

@@ -86,8 +86,9 @@ async def read_scan(scan_id: str, request: Request, owner: Owner) -> dict[str, A
 )
 async def delete_scan(scan_id: str, owner: Owner, request: Request) -> Response:
     origin = Origin.of_scope(request.scope)
-    db.call(
+    db.call_once(
         db.delete_scan,
+        replay=db.replay_delete_scan,
         scan_id=scan_id,
         owner_id=owner.id,
         source_ip=origin.source_ip,

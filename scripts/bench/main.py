@@ -22,6 +22,7 @@ from pydicom.uid import JPEGLosslessSV1
 from scripts.bench import dicomweb as bench_dicomweb
 from scripts.bench import hostile
 from scripts.bench import orthanc as bench_orthanc
+from scripts.bench import time_budget as bench_time_budget
 from scripts.bench.common import REPORT, ct_image, fresh_database, gateway_process, percentile, timed
 from scripts.bench.compression import compression_figures
 from scripts.dev import phantom
@@ -46,6 +47,7 @@ TARGETS = {
     **bench_dicomweb.TARGETS,
     # The upload function's peak memory on the hostile DICOM files: half its memorySize at most.
     **hostile.targets(hostile.upload_memory_mb()),
+    **bench_time_budget.TARGETS,
 }
 AT_LEAST = {"gateway_205kb_rps_16conn": 700.0, **bench_dicomweb.AT_LEAST}
 
@@ -380,6 +382,13 @@ def main() -> int:
     if sys.argv[1:] == ["--hostile"]:  # the upload function's peak memory on hostile DICOM files, alone
         print_table(hostile.figures())
         return 0
+    if sys.argv[1:] == ["--time-budget"]:  # a frozen database's 503s alone, in a fresh database (~30 s)
+        _, url = bench_database("ctscan_bench_time_budget")
+        user_id = db.call(db.create_user, username="bench-budget", password_hash=auth.hash_password("bench"))
+        token = db.call(auth.issue_session, user_id=user_id, ttl_seconds=3600).token
+        print_table(bench_time_budget.time_budget_figures(url, token))
+        db.close_connection()
+        return 0
     if sys.argv[1:] == ["--compression"]:  # the compression section alone, in a fresh database
         _, url = bench_database("ctscan_bench_compression")
         print_table(compression_figures(url))
@@ -575,6 +584,9 @@ def main() -> int:
     # DICOMweb against Orthanc's plugin: a 300-slice series stored, its metadata, searches and frames
     # read, over HTTP from both servers (after the bytes per scan above: its series adds 300 scans).
     figures.update(bench_dicomweb.section(server_url, url))
+
+    # A frozen database's 503s: how much of the function's time the budget gives it (issue 18).
+    figures.update(bench_time_budget.time_budget_figures(url, token))
 
     # Compression (issue 10), last: it measures on tables of its own, which it drops.
     figures.update(compression_figures(url))

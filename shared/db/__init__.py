@@ -7,6 +7,7 @@ name loads its module on first use, so the images function never loads the users
     budget      the database time one invocation may spend (a 503 before Lambda's timeout)
     protocol    pg8000 extended: one round trip per statement, bytea in binary
     connection  connect, reuse, reconnect once, transactions, SQLSTATE
+    outcomes    writes a retry must not run twice: their outcome, recorded under a key per call
     users       users, sessions and the login throttle
     scans       the scans table and its reading-order pages
     images      the four image kinds and the one-call image read (read_scan_image())
@@ -35,7 +36,8 @@ if TYPE_CHECKING:
         sqlstate,
         transaction,
     )
-    from shared.db.images import WHOLE_IMAGE, ImagePart, ImageRead, ImageType, read_image
+    from shared.db.images import WHOLE_IMAGE, ImagePart, ImageRead, ImageType, read_image, set_read_status
+    from shared.db.outcomes import call_once, record_outcome
     from shared.db.protocol import Connection
     from shared.db.scans import (
         SERIES_START,
@@ -48,6 +50,7 @@ if TYPE_CHECKING:
         insert_scan,
         list_scans_for_owner,
         list_scans_in_series,
+        replay_delete_scan,
         series_position,
     )
     from shared.db.uploads import StagedUpload, delete_upload, get_upload, insert_upload
@@ -76,13 +79,15 @@ else:  # each name loads with its module on first use (shared/core/front_door.py
             "connection": (
                 "UNIQUE_VIOLATION",
                 "call",
+                "call_once",
                 "close_all_connections",
                 "close_connection",
                 "connect",
                 "sqlstate",
                 "transaction",
             ),
-            "images": ("WHOLE_IMAGE", "ImagePart", "ImageRead", "ImageType", "read_image"),
+            "outcomes": ("call_once", "record_outcome"),
+            "images": ("WHOLE_IMAGE", "ImagePart", "ImageRead", "ImageType", "read_image", "set_read_status"),
             "protocol": ("Connection",),
             "scans": (
                 "SERIES_START",
@@ -95,6 +100,7 @@ else:  # each name loads with its module on first use (shared/core/front_door.py
                 "insert_scan",
                 "list_scans_for_owner",
                 "list_scans_in_series",
+                "replay_delete_scan",
                 "series_position",
             ),
             "uploads": ("StagedUpload", "delete_upload", "get_upload", "insert_upload"),
@@ -135,6 +141,7 @@ __all__ = [
     "SeriesPosition",
     "StagedUpload",
     "call",
+    "call_once",
     "close_all_connections",
     "close_connection",
     "connect",
@@ -159,8 +166,11 @@ __all__ = [
     "list_scans_in_series",
     "lock_user",
     "read_image",
+    "record_outcome",
+    "replay_delete_scan",
     "reserve_login_attempt",
     "series_position",
+    "set_read_status",
     "set_user_password",
     "sqlstate",
     "transaction",

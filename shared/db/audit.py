@@ -1,6 +1,6 @@
 """The audit trail: who did what to which scan, when, from where, and how it ended.
 
-One row in `audit_events` (migration 005) per image read (200, 206, 304), scan delete, login
+One row in `audit_events` (migration 005) per image read (200, 206, 304; 302 or 503 from S3), scan delete, login
 (success, failure, throttled), logout, password change and admin action. A row holds ids, the
 action, the outcome, the source IP as the gateway saw it and the request id: never a token, a
 password, a file name or anything from a DICOM header. Image reads write their row in the same

@@ -117,3 +117,39 @@ def read_image(
         raise ScanNotFound("No scan with this id.")
     encoded = None if data is None else _b64encode(data).decode("ascii")
     return ImagePart(content_type, digest, int(size), int(status), int(first), int(stop), encoded, storage, int(reader))
+
+
+# The read's audit row, written by read_scan_image() with the status the database decided, when the
+# answer turned out otherwise after the call (an S3 image: a 302 to S3, or a 503 when S3 failed).
+# The newest row of this reader, scan, type and request: `at` within the hour keeps it on the
+# (user_id, at) index.
+UPDATE_READ_STATUS = """
+    UPDATE audit_events SET status = :answered
+    WHERE id = (
+        SELECT max(id) FROM audit_events
+        WHERE user_id = :reader AND at >= now() - interval '1 hour' AND action = 'image.read'
+          AND scan_id = :scan_id AND image_type = :image_type AND status = :recorded
+          AND request_id IS NOT DISTINCT FROM CAST(:request_id AS text))
+"""
+
+
+def set_read_status(
+    con: Connection,
+    *,
+    reader: int,
+    scan_id: str,
+    image_type: ImageType,
+    request_id: str | None,
+    recorded: int,
+    answered: int,
+) -> None:
+    """Make a read's audit row say what was answered (it said `recorded`, the database's status)."""
+    con.run(
+        UPDATE_READ_STATUS,
+        reader=reader,
+        scan_id=scan_id,
+        image_type=image_type.value,
+        request_id=request_id,
+        recorded=recorded,
+        answered=answered,
+    )

@@ -864,10 +864,12 @@ def delete_resource(
     sop_uid: str | None,
     source_ip: str | None,
     request_id: str | None,
+    outcome_key: str | None = None,
 ) -> Deleted:
     """Delete every instance of this owner's study, series or instance, audited, in one statement:
     an image's scan row (its instance goes with it, ON DELETE CASCADE; the cleanup job removes an S3
-    original nobody references any more), any other object's row. Nothing of another owner's."""
+    original nobody references any more), any other object's row. Nothing of another owner's. With
+    `outcome_key` (db.call_once), the answer is recorded there too: replay_delete_resource answers it."""
     params: dict[str, Any] = {"owner_id": owner_id, "source_ip": source_ip, "request_id": request_id}
     where = _resource_where(study_uid, series_uid, sop_uid, params)
     params["level"] = "instance" if sop_uid else "series" if series_uid else "study"
@@ -896,8 +898,20 @@ def delete_resource(
                        'scans', (SELECT COALESCE(jsonb_agg(id ORDER BY id), '[]') FROM
                                  (SELECT id FROM scans_gone ORDER BY id LIMIT 1000) first_scans),
                        'objects', (SELECT count(*) FROM objects_gone))
+        ),
+        outcome AS (
+            INSERT INTO request_outcomes (key, result)
+            SELECT CAST(:outcome_key AS uuid),
+                   jsonb_build_object('instances', (SELECT count(*) FROM targets),
+                                      'scans', (SELECT count(*) FROM scans_gone))
+            WHERE CAST(:outcome_key AS uuid) IS NOT NULL
         )
         SELECT (SELECT count(*) FROM targets), (SELECT count(*) FROM scans_gone)
     """
-    instances_count, scans_count = con.run(sql, **params)[0]
+    instances_count, scans_count = con.run(sql, **params, outcome_key=outcome_key)[0]
     return Deleted(int(instances_count), int(scans_count))
+
+
+def replay_delete_resource(con: Connection, outcome: dict[str, Any]) -> Deleted:
+    """What a delete_resource that committed answered (db.call_once)."""
+    return Deleted(int(outcome["instances"]), int(outcome["scans"]))

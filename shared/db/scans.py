@@ -112,15 +112,22 @@ SELECT_STUDY_PAGE = f"""
              CAST(:after_id AS text))
     ORDER BY {_SERIES_KEY}, {_INSTANCE_KEY}, {_POSITION_KEY}, id LIMIT :limit
 """
-# The delete and its audit row (204, or 404 when there was no such scan of this owner) in one statement.
+# The delete, its audit row (204, or 404 when there was no such scan of this owner) and, given a
+# key, its outcome for a retry (shared/db/outcomes.py) in one statement.
 DELETE_SCAN = """
     WITH gone AS (
         DELETE FROM scans WHERE id = :scan_id AND owner_id = :owner_id RETURNING id
+    ), status AS (
+        SELECT CASE WHEN EXISTS (SELECT FROM gone) THEN 204 ELSE 404 END AS status
     ), audit AS (
         INSERT INTO audit_events (user_id, action, scan_id, via, status, source_ip, request_id)
-        SELECT :owner_id, 'scan.delete', left(CAST(:scan_id AS text), 64), 'token',
-               CASE WHEN EXISTS (SELECT FROM gone) THEN 204 ELSE 404 END,
+        SELECT :owner_id, 'scan.delete', left(CAST(:scan_id AS text), 64), 'token', status,
                CAST(:source_ip AS text), CAST(:request_id AS text)
+        FROM status
+    ), outcome AS (
+        INSERT INTO request_outcomes (key, result)
+        SELECT CAST(:outcome_key AS uuid), jsonb_build_object('status', status) FROM status
+        WHERE CAST(:outcome_key AS uuid) IS NOT NULL
     )
     SELECT count(*) FROM gone
 """
@@ -284,9 +291,30 @@ def list_scans_in_series(
 
 
 def delete_scan(
-    con: Connection, *, scan_id: str, owner_id: int, source_ip: str | None = None, request_id: str | None = None
+    con: Connection,
+    *,
+    scan_id: str,
+    owner_id: int,
+    source_ip: str | None = None,
+    request_id: str | None = None,
+    outcome_key: str | None = None,
 ) -> None:
-    """Delete one of this owner's scans, audited in the same statement; ScanNotFound when there is none."""
-    deleted = con.run(DELETE_SCAN, scan_id=scan_id, owner_id=owner_id, source_ip=source_ip, request_id=request_id)
+    """Delete one of this owner's scans, audited in the same statement; ScanNotFound when there is none.
+
+    With `outcome_key` (db.call_once), the answer is recorded there too: replay_delete_scan answers it."""
+    deleted = con.run(
+        DELETE_SCAN,
+        scan_id=scan_id,
+        owner_id=owner_id,
+        source_ip=source_ip,
+        request_id=request_id,
+        outcome_key=outcome_key,
+    )
     if not deleted[0][0]:
+        raise ScanNotFound("No scan with this id.")
+
+
+def replay_delete_scan(con: Connection, outcome: dict[str, Any]) -> None:
+    """What a delete_scan that committed answered: nothing (204), or ScanNotFound (404)."""
+    if outcome["status"] != 204:
         raise ScanNotFound("No scan with this id.")

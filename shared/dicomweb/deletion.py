@@ -15,8 +15,9 @@ def delete(
     *, owner_id: int, study_uid: str, series_uid: str | None, sop_uid: str | None, origin: Origin
 ) -> instances.Deleted:
     """Delete every instance of the resource the owner holds; NotFound when there is none."""
-    deleted = db.call(
+    deleted = db.call_once(
         instances.delete_resource,
+        replay=instances.replay_delete_resource,
         owner_id=owner_id,
         study_uid=study_uid,
         series_uid=series_uid,

@@ -166,8 +166,9 @@ def _store_object(data: bytes, record: InstanceRecord, *, owner_id: int, origin:
     if stored is not None and stored.sha256 == file_hash:
         return None, False
     instance = dicom_instances.new_instance(record)
-    db.call(
+    db.call_once(
         _insert_object,
+        replay=_replay_nothing,
         owner_id=owner_id,
         instance=instance,
         data=data,
@@ -187,11 +188,17 @@ def _insert_object(
     file_hash: str,
     conflict: dicom_instances.Conflict | None,
     origin: audit.Origin,
+    outcome_key: str,
 ) -> None:
     with db.transaction(con):
         if conflict is not None:
             dicom_instances.remove_replaced(con, owner_id=owner_id, conflict=conflict, origin=origin)
         instances.insert_instance(con, instance=instance, owner_id=owner_id, object_data=data, object_hash=file_hash)
+        db.record_outcome(con, key=outcome_key, result={})
+
+
+def _replay_nothing(con: db.Connection, outcome: dict[str, Any]) -> None:
+    """A write whose answer is only that it committed (db.call_once)."""
 
 
 def _stored(outcome: Outcome, stored: tuple[str | None, bool]) -> Outcome:
@@ -226,18 +233,20 @@ def _audit(owner_id: int, outcomes: list[Outcome], origin: audit.Origin) -> None
         "objects": sum(1 for o in stored if o.scan_id is None),
     }
 
-    def record(con: db.Connection) -> None:
-        audit.record(
-            con,
-            action=audit.Action.dicomweb_store,
-            status=status_of(outcomes),
-            origin=origin,
-            user_id=owner_id,
-            via=audit.Via.token,
-            details=details,
-        )
+    def record(con: db.Connection, *, outcome_key: str) -> None:
+        with db.transaction(con):
+            audit.record(
+                con,
+                action=audit.Action.dicomweb_store,
+                status=status_of(outcomes),
+                origin=origin,
+                user_id=owner_id,
+                via=audit.Via.token,
+                details=details,
+            )
+            db.record_outcome(con, key=outcome_key, result={})
 
-    db.call(record)
+    db.call_once(record, replay=_replay_nothing)
 
 
 def status_of(outcomes: list[Outcome]) -> int:

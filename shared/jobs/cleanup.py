@@ -6,7 +6,8 @@ db.transaction: VACUUM cannot run in a transaction block, and a batch that commi
 its row locks for one statement only), except step 2's one short transaction per S3 key:
 
 1. purge: expired sessions, login_failures older than the throttle window, audit_events older
-   than AUDIT_RETENTION_DAYS; BATCH_ROWS rows per DELETE, repeated until a batch comes back short.
+   than AUDIT_RETENTION_DAYS, request_outcomes older than a day (a retry's answer, seconds old when
+   it is needed; shared/db/outcomes.py); BATCH_ROWS rows per DELETE, repeated until a batch comes back short.
 2. S3 (with IMAGES_BUCKET; without one, only the orphan list's length is reported): keys of
    storage_orphans listed at least ORPHAN_GRACE_SECONDS ago, and presigned uploads expired at
    least as long ago (table uploads, object `uploads/<id>`). Each key is handled in a short
@@ -46,6 +47,7 @@ from shared import db, storage
 from shared.auth import LOGIN_LIMITS
 from shared.core.config import Settings
 from shared.core.errors import StorageUnavailable
+from shared.db import outcomes
 from shared.jobs.deadline import Deadline
 
 log = logging.getLogger(__name__)
@@ -337,6 +339,7 @@ def run_cleanup(settings: Settings, *, deadline: float | None = None) -> dict[st
             "sessions": (DELETE_EXPIRED_SESSIONS, {}),
             "login_failures": (DELETE_OLD_LOGIN_FAILURES, {"window_seconds": LOGIN_LIMITS.window_seconds}),
             "audit_events": (DELETE_OLD_AUDIT_EVENTS, {"retention_days": settings.audit_retention_days}),
+            "request_outcomes": (outcomes.DELETE_OLD_OUTCOMES, {}),
         }
         removed: dict[str, int] = {}
         complete = True

@@ -18,14 +18,14 @@ from shared.core.front_door import lazy_exports
 
 if TYPE_CHECKING:
     from shared.scans.cursors import decode_cursor, decode_series_cursor, encode_cursor, encode_series_cursor
-    from shared.scans.images import presigned_s3_get, read_image_part, s3_span_base64
+    from shared.scans.images import presigned_s3_get, read_image_part, record_answer, s3_span_base64
     from shared.scans.public import IMAGE_PATH, SCAN_ID_PREFIX, image_urls, iso, new_scan_id, scan_public, scan_summary
 else:  # each name loads with its module on first use (shared/core/front_door.py)
     __getattr__, __dir__ = lazy_exports(
         __name__,
         {
             "cursors": ("decode_cursor", "decode_series_cursor", "encode_cursor", "encode_series_cursor"),
-            "images": ("presigned_s3_get", "read_image_part", "s3_span_base64"),
+            "images": ("presigned_s3_get", "read_image_part", "record_answer", "s3_span_base64"),
             "public": (
                 "IMAGE_PATH",
                 "SCAN_ID_PREFIX",
@@ -50,6 +50,7 @@ __all__ = [
     "new_scan_id",
     "presigned_s3_get",
     "read_image_part",
+    "record_answer",
     "s3_span_base64",
     "scan_public",
     "scan_summary",

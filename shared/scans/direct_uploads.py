@@ -7,8 +7,9 @@ holds the exact key, a content-length-range up to the declared size, signature v
 expiry. complete_upload reads the staged file once, streamed to /tmp while it is hashed, and then
 does what /analyze does (shared/scans/uploads.py): this owner's scan of the same bytes is the answer, else
 the file is analyzed and stored. An original for the S3 tier is copied within the bucket from the
-staging key (server side, verified by SHA-256) under the key lock, in the transaction that inserts
-the scan and deletes the upload row; a smaller one goes to PostgreSQL as a direct upload's would.
+staging key (server side, verified by SHA-256) before the transaction that inserts the scan and
+deletes the upload row, holding no lock while S3 copies (uploads.write_objects); a smaller one
+goes to PostgreSQL as a direct upload's would.
 
 The staging object is deleted after that commit. Until then its key is on the orphan list (recorded
 in the same transaction as the row's delete), so a crash in between leaves a key the cleanup job
@@ -176,8 +177,18 @@ def complete_upload(
         owner_id=owner_id, filename=upload.filename, data=data, file_hash=file_hash, analyzed=analyzed
     )
     instance = None if record is None else dicom_instances.new_instance(record)
-    stored, duplicate = db.call(
-        _insert_completed, scan=scan, upload_id=upload_id, instance=instance, conflict=conflict, origin=origin
+    if scan.in_s3:  # under no lock: the copy from the staging key may take a while
+        uploads.write_objects(scan, original_source_key=key)
+    # db.call_once: a retry after a lost reply answers what the first attempt stored, where running
+    # it again would find the upload gone (404).
+    stored, duplicate = db.call_once(
+        _insert_completed,
+        replay=_replay_completed,
+        scan=scan,
+        upload_id=upload_id,
+        instance=instance,
+        conflict=conflict,
+        origin=origin,
     )
     _delete_staged(store, key)
     return uploads.StoredUpload(stored, duplicate=duplicate)
@@ -216,12 +227,13 @@ def _insert_completed(
     instance: instances.NewInstance | None,
     conflict: dicom_instances.Conflict | None,
     origin: audit.Origin,
+    outcome_key: str,
 ) -> tuple[db.Scan, bool]:
     """One transaction: take the upload (its row goes, its staging key onto the orphan list) and
-    insert the scan, an S3 original copied from the staging key. (scan, duplicate)."""
+    insert the scan (its S3 objects already written, the original copied from the staging key), and
+    record the outcome under the call's key (db.call_once). (scan, duplicate)."""
     source_key = upload_key(upload_id)
     scan_keys = uploads.s3_keys(scan)
-    storage.record_orphans(con, scan_keys)
     with db.transaction(con):
         # One sorted lock call: the same order as every other holder of these keys.
         storage.lock_keys(con, [*scan_keys, source_key])
@@ -230,20 +242,29 @@ def _insert_completed(
         storage.record_orphans(con, [source_key])
         if conflict is not None:
             dicom_instances.remove_replaced(con, owner_id=scan.owner_id, conflict=conflict, origin=origin)
-        if scan.in_s3:
-            stored = uploads.write_scan_with_objects(con, scan=scan, original_source_key=source_key, instance=instance)
+        if scan.in_s3:  # its objects are written (complete_upload): the row refers to them
+            stored = uploads.insert_scan_referring_to_objects(con, scan=scan, instance=instance)
         elif instance is not None:
             stored = instances.insert_scan_with_instance(con, scan=scan, instance=instance)
         else:
             stored = db.insert_scan(con, scan=scan)
         if stored is not None:
+            uploads.record_stored(con, stored, outcome_key=outcome_key, duplicate=False)
             return stored, False
         # A concurrent upload of the same file by the same owner won the unique index.
         winner = db.find_scan_by_hash(con, owner_id=scan.owner_id, file_hash=scan.file_hash)
         if winner is None:
             # ... and was deleted at once: roll back (the upload stays) and let the client retry.
             raise UploadIncomplete("The same file was stored and deleted meanwhile: complete the upload again.")
+        uploads.record_stored(con, winner, outcome_key=outcome_key, duplicate=True)
         return winner, True
+
+
+def _replay_completed(con: db.Connection, outcome: dict[str, Any]) -> tuple[db.Scan, bool]:
+    stored = uploads.replay_stored(con, outcome)
+    if stored is None:
+        raise AssertionError("a completed upload records the scan it resolved to")
+    return stored, bool(outcome["duplicate"])
 
 
 def _retire(store: storage.ObjectStore, *, owner_id: int, upload_id: str) -> None:

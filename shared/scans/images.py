@@ -1,14 +1,19 @@
 """Reading a scan's image for a request: by its owner's bearer token, or by id alone once a URL
 signature named it. Authorisation, the HTTP status and the audit row come from one database call;
-the bytes come with it, or, for an image in the S3 tier, from the bucket afterwards."""
+the bytes come with it, or, for an image in the S3 tier, from the bucket afterwards: then the audit
+row is set to what was answered (a 302 to S3, a 503 when S3 failed) once it is known."""
 
 from __future__ import annotations
+
+import logging
 
 from pybase64 import b64encode
 
 from shared import db, storage
 from shared.auth import hash_token
-from shared.core.errors import InvalidToken, StorageUnavailable
+from shared.core.errors import DatabaseUnavailable, InvalidToken, StorageUnavailable
+
+log = logging.getLogger(__name__)
 
 
 def read_image_part(
@@ -61,3 +66,24 @@ def _bucket() -> storage.ObjectStore:
     if store is None:  # an image moved to S3 by a stack whose settings have since lost the bucket
         raise StorageUnavailable("This image is in the S3 tier, but no images bucket is configured.")
     return store
+
+
+def record_answer(
+    part: db.ImagePart, *, scan_id: str, image_type: db.ImageType, request_id: str | None, answered: int
+) -> None:
+    """Set the read's audit row (written with part.status) to the status the request was answered
+    with. A database that fails now leaves the row as it was, logged: the answer goes out all the same."""
+    if answered == part.status:
+        return
+    try:
+        db.call(
+            db.set_read_status,
+            reader=part.owner_id,  # the reader: scans are read only by their owner
+            scan_id=scan_id,
+            image_type=image_type,
+            request_id=request_id,
+            recorded=part.status,
+            answered=answered,
+        )
+    except DatabaseUnavailable:
+        log.warning("an image read's audit row keeps status %d where %d was answered", part.status, answered)

@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from shared import db, imaging, storage
 from shared.core.config import get_settings
@@ -61,8 +62,11 @@ def store_upload(
     scan = store_new_scan(scan=new_scan, instance=instance, conflict=conflict, origin=origin)
     if scan is not None:
         return StoredUpload(scan, duplicate=False)
-    # A concurrent upload of the same file by the same owner won the unique index.
+    # A concurrent upload of the same file by the same owner won the unique index; or, with our
+    # own id, our first attempt did (its reply was lost and the retry found our row).
     winner = db.call(db.find_scan_by_hash, owner_id=owner_id, file_hash=file_hash)
+    if winner is not None and winner.id == new_scan.id:
+        return StoredUpload(winner, duplicate=False)
     if winner is None:  # it was deleted in between: store ours after all
         return store_upload(
             owner_id=owner_id,
@@ -83,28 +87,58 @@ def store_new_scan(
     origin: audit.Origin = audit.NOWHERE,
 ) -> db.Scan | None:
     """Write a new scan whole (its images in their tiers, its DICOMweb instance), replacing the
-    conflicting instance in the same transaction; None when the owner already has these bytes."""
+    conflicting instance in the same transaction; None when the owner already has these bytes.
+
+    Safe to retry (db.call_once): a transaction records the scan it stored under the call's key,
+    and a retry after a lost reply answers that scan. A single INSERT records nothing: its retry
+    meets its own row in the unique index (None here), and the scan's id, made once per upload,
+    tells the caller that row is its own (store_upload).
+    """
     if scan.in_s3:
-        return db.call(insert_scan_with_objects, scan=scan, instance=instance, conflict=conflict, origin=origin)
-    if conflict is not None:
-        return db.call(_insert_replacing, scan=scan, instance=instance, conflict=conflict, origin=origin)
-    if instance is not None:
-        # One statement is one implicit transaction: the row, its images and its instance, or nothing.
-        return db.call(instances.insert_scan_with_instance, scan=scan, instance=instance)
-    return db.call(db.insert_scan, scan=scan)
+        write_objects(scan)
+    return db.call_once(
+        _store_new_scan, replay=replay_stored, scan=scan, instance=instance, conflict=conflict, origin=origin
+    )
 
 
-def _insert_replacing(
+def _store_new_scan(
     con: db.Connection,
     *,
+    outcome_key: str,
     scan: db.NewScan,
     instance: instances.NewInstance | None,
-    conflict: dicom_instances.Conflict,
+    conflict: dicom_instances.Conflict | None,
     origin: audit.Origin,
 ) -> db.Scan | None:
-    with db.transaction(con):
-        dicom_instances.remove_replaced(con, owner_id=scan.owner_id, conflict=conflict, origin=origin)
-        return _insert_row(con, scan=scan, instance=instance)
+    if scan.in_s3:
+        return insert_scan_with_objects(
+            con, scan=scan, instance=instance, conflict=conflict, origin=origin, outcome_key=outcome_key
+        )
+    if conflict is not None:
+        with db.transaction(con):
+            dicom_instances.remove_replaced(con, owner_id=scan.owner_id, conflict=conflict, origin=origin)
+            return record_stored(con, _insert_row(con, scan=scan, instance=instance), outcome_key=outcome_key)
+    if instance is not None:
+        # One statement is one implicit transaction: the row, its images and its instance, or nothing.
+        return instances.insert_scan_with_instance(con, scan=scan, instance=instance)
+    return db.insert_scan(con, scan=scan)
+
+
+def record_stored(
+    con: db.Connection, stored: db.Scan | None, *, outcome_key: str | None, **extra: bool
+) -> db.Scan | None:
+    """Record, in the caller's transaction, which scan this write stored (None: the owner had it)."""
+    if outcome_key is not None:
+        scan_id, owner_id = (None, None) if stored is None else (stored.id, stored.owner_id)
+        db.record_outcome(con, key=outcome_key, result={"scan_id": scan_id, "owner_id": owner_id, **extra})
+    return stored
+
+
+def replay_stored(con: db.Connection, outcome: dict[str, Any]) -> db.Scan | None:
+    """The scan a write that committed had stored (record_stored), as it is now."""
+    if outcome["scan_id"] is None:
+        return None
+    return db.get_scan(con, scan_id=outcome["scan_id"], owner_id=outcome["owner_id"])
 
 
 def _insert_row(con: db.Connection, *, scan: db.NewScan, instance: instances.NewInstance | None) -> db.Scan | None:
@@ -150,21 +184,17 @@ def insert_scan_with_objects(
     instance: instances.NewInstance | None = None,
     conflict: dicom_instances.Conflict | None = None,
     origin: audit.Origin = audit.NOWHERE,
+    outcome_key: str | None = None,
 ) -> db.Scan | None:
-    """insert_scan for a scan with images in the S3 tier (scan.in_s3): write them, then the row.
-
-    The keys go on the orphan list first (committed), so a failure or a kill from here on leaves
-    nothing the cleanup job does not know about. Then one transaction holds the keys' locks,
-    writes the objects (S3 checks each against its SHA-256), inserts the row and takes the keys
-    off the list: the row commits only with its objects in place, and no cleanup can delete an
-    object between its write and the commit. None, as insert_scan, when this owner already has the
-    file: its keys stay listed, and the cleanup job drops them, as that scan refers to them.
-    """
-    storage.record_orphans(con, s3_keys(scan))
+    """insert_scan for a scan with images in the S3 tier (scan.in_s3), once write_objects(scan) has
+    written them: one short transaction holds the keys' locks, inserts the row and takes the keys off
+    the orphan list. None, as insert_scan, when this owner already has the file: its keys stay
+    listed, and the cleanup job drops them, as that scan refers to them."""
     with db.transaction(con):
         if conflict is not None:
             dicom_instances.remove_replaced(con, owner_id=scan.owner_id, conflict=conflict, origin=origin)
-        return write_scan_with_objects(con, scan=scan, instance=instance)
+        stored = insert_scan_referring_to_objects(con, scan=scan, instance=instance)
+        return record_stored(con, stored, outcome_key=outcome_key)
 
 
 def s3_keys(scan: db.NewScan) -> list[str]:
@@ -174,21 +204,23 @@ def s3_keys(scan: db.NewScan) -> list[str]:
     )
 
 
-def write_scan_with_objects(
-    con: db.Connection,
-    *,
-    scan: db.NewScan,
-    original_source_key: str | None = None,
-    instance: instances.NewInstance | None = None,
-) -> db.Scan | None:
-    """The transaction of insert_scan_with_objects, for a caller that holds one and has recorded
-    s3_keys(scan) on the orphan list (committed): lock the keys, write the objects, insert the row,
-    take the keys off the list.
+def write_objects(scan: db.NewScan, *, original_source_key: str | None = None) -> None:
+    """Write the scan's images in the S3 tier (scan.in_s3) to the bucket, holding no lock and no
+    transaction while S3 works (a slow PUT blocks nothing else; its time comes out of the
+    invocation's budget).
+
+    First, in a short transaction of their own under the keys' locks, the keys go on the orphan list
+    (or have their `since` refreshed there), committed: from then on the cleanup job leaves them
+    alone for its grace period (an hour, far past any function's timeout), and a failure or a kill
+    leaves nothing it does not know about. Under the lock, because the cleanup job decides under it:
+    a job that holds it has finished with the key (deleted the old object and its row) before this
+    write begins, and a job that comes after sees the fresh `since`. S3 checks each object against
+    its SHA-256.
 
     original_source_key: a bucket key already holding the original's bytes (a presigned upload's
     staging object, shared/scans/direct_uploads.py). The original is then copied from it server side
-    (ObjectStore.copy verifies its SHA-256) instead of put from scan.original, whose length alone
-    is used (for the size column).
+    (ObjectStore.copy verifies its SHA-256) instead of put from scan.original, whose length alone is
+    used (for the size column).
     """
     store = storage.object_store()
     if store is None:
@@ -198,13 +230,28 @@ def write_scan_with_objects(
         for kind, image in _images(scan)
         if kind in scan.in_s3
     }
-    keys = sorted(objects)
-    storage.lock_keys(con, keys)
+    db.call(_reserve_keys, keys=sorted(objects))
     for key, (kind, image) in objects.items():
         if kind == db.ImageType.original and original_source_key is not None:
             store.copy(original_source_key, key, content_type=image.content_type, sha256=image.sha256)
         else:
             store.put(key, image.data, content_type=image.content_type, sha256=image.sha256)
+
+
+def _reserve_keys(con: db.Connection, *, keys: list[str]) -> None:
+    with db.transaction(con):
+        storage.lock_keys(con, keys)
+        storage.record_orphans(con, keys)
+
+
+def insert_scan_referring_to_objects(
+    con: db.Connection, *, scan: db.NewScan, instance: instances.NewInstance | None = None
+) -> db.Scan | None:
+    """In the caller's transaction, once write_objects(scan) has written the objects: lock the keys,
+    insert the row, take the keys off the orphan list. The locks are held from here to the commit
+    only: no S3 call happens under them."""
+    keys = s3_keys(scan)
+    storage.lock_keys(con, keys)
     stored = _insert_row(con, scan=scan, instance=instance)
     if stored is not None:
         storage.forget_orphans(con, keys)

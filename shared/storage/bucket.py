@@ -2,6 +2,11 @@
 
 boto3 is imported on first use: a container that never touches S3 (no bucket, or only PostgreSQL
 images) never pays for it. It comes with the Lambda Python runtime.
+
+Inside an invocation, every S3 call gets its timeouts and attempts from the time the invocation has
+left (the database's budget, shared/db/budget.py: its end less the margin to answer), so a stalled S3
+costs a JSON 503 with Retry-After (StorageUnavailable), never Lambda's timeout. Outside one
+(scripts, `make move-to-s3`), the fixed DEFAULT_LIMITS.
 """
 
 from __future__ import annotations
@@ -10,19 +15,65 @@ import base64
 import functools
 import hashlib
 import logging
+import math
 import os
 import threading
+import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from shared.core.config import get_settings
 from shared.core.errors import ObjectMissing, StorageUnavailable
+from shared.db.budget import current_budget
 
 log = logging.getLogger(__name__)
 
 # How long a presigned GET that a 302 points at stays valid: enough to follow the redirect.
 PRESIGNED_GET_SECONDS = 60
 READ_CHUNK_BYTES = 1024 * 1024
+
+
+class Limits(NamedTuple):
+    """The socket timeouts of one try of an S3 call, and how many tries it gets."""
+
+    connect: float
+    read: float
+    attempts: int
+
+
+# Outside an invocation (scripts, jobs with deadlines of their own): short connects, two tries.
+DEFAULT_LIMITS = Limits(connect=2.0, read=20.0, attempts=2)
+# The read timeouts an invocation's call may get (a few, so that a container makes few clients).
+PER_TRY_READ_SECONDS = (16.0, 12.0, 8.0, 6.0, 4.0, 3.0, 2.0, 1.5, 1.0, 0.5)
+# botocore's standard retry mode waits up to 2 s (random() * 2 ** 1) before the second try.
+RETRY_BACKOFF_SECONDS = 2.0
+
+
+def limits_for(left: float) -> Limits | None:
+    """Limits whose worst case (every try waits out its connect and read timeouts, and the backoff
+    between them) fits in `left` seconds: two tries when they fit with a read timeout of a second or
+    more, each as long as fits; else one. None when not even the shortest fits."""
+    for attempts, shortest in ((2, 1.0), (1, 0.5)):
+        for read in PER_TRY_READ_SECONDS:
+            connect = min(2.0, read / 2)
+            worst = attempts * (connect + read) + (attempts - 1) * RETRY_BACKOFF_SECONDS
+            if read >= shortest and worst <= left:
+                return Limits(connect, read, attempts)
+    return None
+
+
+def current_limits() -> Limits:
+    """The limits of an S3 call made now: from the invocation's time left, or DEFAULT_LIMITS outside
+    one; StorageUnavailable when the invocation has no time left for one."""
+    budget = current_budget()
+    if budget is None or math.isinf(budget.deadline):
+        return DEFAULT_LIMITS
+    left = budget.deadline - time.monotonic()
+    limits = limits_for(left)
+    if limits is None:
+        log.warning("no time left for an S3 call (%.2f s): answering 503", left)
+        raise StorageUnavailable("The images bucket could not answer in the time this request has left.")
+    return limits if limits.connect + limits.read < DEFAULT_LIMITS.connect + DEFAULT_LIMITS.read else DEFAULT_LIMITS
 
 
 def sha256_base64(digest_hex: str) -> str:
@@ -36,13 +87,26 @@ class ObjectStore:
 
     def __init__(self, bucket: str, client: Any = None) -> None:
         self.bucket = bucket
-        self._client = client
+        self._client = client  # given: every call uses it, whatever the time left
+        self._clients: dict[Limits, Any] = {}
 
     @property
     def client(self) -> Any:
-        if self._client is None:
-            self._client = _s3_client()
-        return self._client
+        """A client whose timeouts and attempts fit the time this call has left (current_limits)."""
+        if self._client is not None:
+            return self._client
+        limits = current_limits()
+        client = self._clients.get(limits)
+        if client is None:
+            client = self._clients.setdefault(limits, _s3_client(limits))
+        return client
+
+    @property
+    def signing_client(self) -> Any:
+        """A client to presign with: signing is local, no request to S3, so no time limit applies."""
+        if self._client is not None:
+            return self._client
+        return self._clients.get(DEFAULT_LIMITS) or self._clients.setdefault(DEFAULT_LIMITS, _s3_client(DEFAULT_LIMITS))
 
     def put(self, key: str, data: bytes, *, content_type: str, sha256: str) -> None:
         """Write an object; S3 checks the bytes against their SHA-256 and refuses a mismatch."""
@@ -117,7 +181,7 @@ class ObjectStore:
         return str(
             self._call(
                 "presign",
-                self.client.generate_presigned_url,
+                self.signing_client.generate_presigned_url,
                 "get_object",
                 Params={"Bucket": self.bucket, "Key": key, "ResponseContentType": content_type},
                 ExpiresIn=seconds,
@@ -132,7 +196,7 @@ class ObjectStore:
         and the x-amz-algorithm, -credential and -date conditions to `conditions`."""
         post = self._call(
             "presign",
-            self.client.generate_presigned_post,
+            self.signing_client.generate_presigned_post,
             Bucket=self.bucket,
             Key=key,
             Fields=fields,
@@ -163,7 +227,7 @@ def _code(exc: Any) -> str:
 _client_lock = threading.Lock()
 
 
-def _s3_client() -> Any:
+def _s3_client(limits: Limits) -> Any:
     import boto3  # provided by the Lambda runtime; a dev dependency locally
     from botocore.config import Config
 
@@ -171,7 +235,7 @@ def _s3_client() -> Any:
     for name in ("botocore", "boto3"):
         logging.getLogger(name).setLevel(logging.INFO)
     with _client_lock:
-        # Short timeouts and two attempts: a stuck S3 call must end before the function does.
+        # Timeouts and attempts from the time left (current_limits): a stuck S3 call ends before the function does.
         # The bucket's regional host (<bucket>.s3.<region>.amazonaws.com) in every URL, presigned
         # ones included: the global host answers a young bucket outside us-east-1 with a redirect,
         # which a browser's CORS preflight does not follow, and the CSP names the regional host.
@@ -184,9 +248,9 @@ def _s3_client() -> Any:
             endpoint_url=regional,
             config=Config(
                 signature_version="s3v4",
-                connect_timeout=2,
-                read_timeout=20,
-                retries={"total_max_attempts": 2, "mode": "standard"},
+                connect_timeout=limits.connect,
+                read_timeout=limits.read,
+                retries={"total_max_attempts": limits.attempts, "mode": "standard"},
                 s3={"addressing_style": "virtual"},
             ),
         )

@@ -1,10 +1,15 @@
 """The rule that keeps the bucket and the table in step (migration 007, storage_orphans).
 
-Every write that makes a scan refer to a key writes (or verifies) the object while it holds
-`pg_advisory_xact_lock` on that key, in the transaction that commits the reference; every delete
-of a `scans/` object holds the same lock and first checks that no scan refers to the key. Writes to
-S3 that might not get their row are recorded in storage_orphans first, so a crash leaves a row the
-cleanup job finds, never an object nobody knows about. A staging object (`uploads/<id>`, a presigned
+Every delete of a `scans/` object holds `pg_advisory_xact_lock` on its key and first checks that no
+scan refers to the key, and (the cleanup job) that the key has been on storage_orphans for its grace
+period. Every write that makes a scan refer to a key first puts the key on storage_orphans (or
+refreshes its `since`) under the same lock, committed, and only then writes the object, holding no
+lock while S3 works (shared/scans/uploads.py write_objects); the transaction that commits the
+reference takes the lock again. A delete under the lock thus either ends before the write begins,
+or sees a fresh `since` and keeps the object, which stays safe for the grace period (an hour, far
+past any function's timeout). A crash leaves a row the cleanup job finds, never an object nobody
+knows about. (A move between the tiers, shared/jobs/tiering.py, still holds the lock across its
+write: a job with no request waiting on it.) A staging object (`uploads/<id>`, a presigned
 upload's file) whose upload row is gone is deleted without the lock: no scan ever refers to it.
 """
 
