@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -9,6 +10,7 @@ import pg8000.native
 import pytest
 
 from functions.cleanup.handler import handler
+from shared import db
 from shared.auth import LOGIN_LIMITS
 from shared.jobs import cleanup
 from shared.jobs.cleanup import TableState, needs_vacuum
@@ -52,6 +54,27 @@ class Context:
 def sizes(pg: pg8000.native.Connection) -> tuple[int, int]:
     table, toast = pg.run(SIZES)[0]
     return int(table), int(toast)
+
+
+def quiet_stats(pg: pg8000.native.Connection, tables: tuple[str, ...], timeout_s: float = 15.0) -> None:
+    """Start the tables' statistics from zero, once no other backend can still add to them.
+
+    n_live_tup is an estimate every backend adds its counts to when it flushes them: at a
+    transaction's end, or about a second after it goes idle. A backend of an earlier test (a
+    function's kept connection, a gateway's container) can flush its inserts after this test's
+    TRUNCATE and seed, and the report's liveRows then counts rows long gone. So: wait until every
+    other backend of this database is gone or idle for over two seconds, then reset the counters.
+    """
+    db.close_connection()
+    deadline = time.monotonic() + timeout_s
+    busy = """SELECT count(*) FROM pg_stat_activity
+               WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'
+                 AND (state <> 'idle' OR state_change > now() - interval '2 seconds')"""
+    while pg.run(busy)[0][0]:
+        assert time.monotonic() < deadline, "other backends stayed busy"
+        time.sleep(0.2)
+    for table in tables:
+        pg.run("SELECT pg_stat_reset_single_table_counters(CAST(:t AS regclass))", t=table)
 
 
 def flush_stats(pg: pg8000.native.Connection) -> None:
@@ -124,6 +147,7 @@ def test_cleanup_removes_expired_rows_in_batches_and_keeps_fresh_ones(
     # (alice's live session, a failure inside the window, an event inside a 30-day retention)
     settings_env.setenv("AUDIT_RETENTION_DAYS", "30")
     settings_env.setattr(cleanup, "BATCH_ROWS", 3)
+    quiet_stats(pg, ("sessions", "login_failures", "audit_events"))
     seed_expiring_rows(pg, alice, old=7, retention_days=30)
     assert counts(pg) == {"sessions": 8, "login_failures": 8, "audit_events": 8}
     flush_stats(pg)
