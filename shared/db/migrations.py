@@ -42,6 +42,7 @@ LOCK_LEASE_SECONDS = 1200.0
 # How often a runner that finds the lock held asks again.
 LOCK_POLL_SECONDS = 0.2
 DUPLICATE_TABLE = "42P07"
+DUPLICATE_OBJECT = "42710"  # the table's row type, when two CREATEs race for its name in pg_type
 IMAGE_COLUMNS = ("original_image_data", "preview_image_data", "annotated_image_data", "thumbnail_image_data")
 
 CREATE_SCHEMA_MIGRATIONS = """
@@ -225,7 +226,7 @@ def _create_lock_table(con: Connection) -> None:
     try:
         con.run(CREATE_MIGRATION_LOCK)
     except DatabaseError as exc:
-        if sqlstate(exc) not in (UNIQUE_VIOLATION, DUPLICATE_TABLE):
+        if sqlstate(exc) not in (UNIQUE_VIOLATION, DUPLICATE_TABLE, DUPLICATE_OBJECT):
             raise
         con.run(CREATE_MIGRATION_LOCK)
 
