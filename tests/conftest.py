@@ -270,3 +270,17 @@ def bob(make_user: Callable[..., User]) -> User:
 def api(pg: pg8000.native.Connection) -> LambdaClient:
     """Calls the real handlers with AWS-exact events, against the clean test database."""
     return LambdaClient()
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint() -> Iterator[str]:
+    """moto's S3 as an HTTP server on a free port of this machine, one per test module (their
+    subprocesses reach it too): for the images bucket, presigned uploads and S3 stalls."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no access log line per request
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()

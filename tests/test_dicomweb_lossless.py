@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +27,6 @@ import pydicom
 import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
-from moto.server import ThreadedMotoServer
 from numpy.typing import NDArray
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
@@ -244,16 +242,6 @@ def test_a_large_radiograph_stored_as_jpeg_lossless_comes_as_stored_and_decoded_
 
 # The images bucket on moto's S3 server: an uncompressed radiograph (10 MB) is past what a request to
 # a Lambda carries (MAX_UPLOAD_BYTES, 4.5 MB), so it goes up as a presigned POST (README, "Uploads past 4.5 MB").
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 @pytest.fixture

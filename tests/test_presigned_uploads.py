@@ -12,7 +12,6 @@ import base64
 import hashlib
 import hmac
 import json
-import logging
 import secrets
 import socket
 from collections.abc import Iterator
@@ -25,7 +24,6 @@ import pg8000.native
 import pydicom.data
 import pytest
 import requests
-from moto.server import ThreadedMotoServer
 
 from shared import storage
 from shared.http import schemas
@@ -38,17 +36,6 @@ from tests.lambda_client import LambdaClient, Result, multipart
 REGION = "eu-central-1"
 UPLOADS = "/api/v1/scans/uploads"
 CT_SMALL = pydicom.data.get_testdata_file("CT_small.dcm")
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    """moto's S3 as an HTTP server on a free port of this machine, for this module."""
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no access log line per request
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 @dataclass(frozen=True)

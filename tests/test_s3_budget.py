@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
-import logging
 import secrets
 import threading
 import time
@@ -22,7 +21,6 @@ from urllib.parse import urlsplit
 import boto3
 import pg8000.native
 import pytest
-from moto.server import ThreadedMotoServer
 
 from scripts.dev.localgw.events import LambdaContext, build_event
 from shared import db, storage
@@ -40,17 +38,6 @@ ADVISORY_LOCKS_HERE = """
     SELECT count(*) FROM pg_locks
     WHERE locktype = 'advisory' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
 """
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    """moto's S3 as an HTTP server on a free port of this machine, for this module."""
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 @pytest.fixture
