@@ -57,7 +57,16 @@ def _open_socket(params: DatabaseParams, timeout: float) -> socket.socket:
             raise
         return sock
     sock = socket.create_connection((params.host or "localhost", params.port), timeout)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    try:
+        # No Nagle: pg8000 writes a statement in pieces (Parse, Bind, ..., Sync) and the last small
+        # piece would wait for the server's delayed ACK of the one before, ~40 ms on Linux, on every
+        # statement whose messages span more than one segment (an upload's INSERT). libpq and most
+        # drivers set it too. TLS wraps this same socket (pg8000 upgrades it), so it holds for both.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    except OSError:
+        sock.close()
+        raise
     return sock
 
 
