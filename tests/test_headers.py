@@ -307,5 +307,7 @@ def test_a_large_uploaded_body_arrives_whole(pg: object, alice: User) -> None:
     )
     # Then the upload function read the very bytes: the PNG decodes, and the original stored is the file
     assert result.status == 201, result.body
-    original = LambdaClient().request("GET", f"/api/v1/scans/image/{result.json()['scanId']}/original", token=alice.token)
+    original = LambdaClient().request(
+        "GET", f"/api/v1/scans/image/{result.json()['scanId']}/original", token=alice.token
+    )
     assert original.body == data

@@ -20,7 +20,7 @@ from pathlib import Path
 from pydicom.uid import JPEGLosslessSV1
 
 from scripts.bench import dicomweb as bench_dicomweb
-from scripts.bench import hostile
+from scripts.bench import hostile, profile_upload
 from scripts.bench import orthanc as bench_orthanc
 from scripts.bench import time_budget as bench_time_budget
 from scripts.bench.common import REPORT, ct_image, fresh_database, gateway_process, percentile, timed
@@ -388,6 +388,10 @@ def main() -> int:
         token = db.call(auth.issue_session, user_id=user_id, ttl_seconds=3600).token
         print_table(bench_time_budget.time_budget_figures(url, token))
         db.close_connection()
+        return 0
+    if sys.argv[1:] == ["--profile-upload"]:  # where an upload's milliseconds go (py-spy), alone (~1 min)
+        _, url = bench_database("ctscan_bench_profile")
+        print_table(profile_upload.figures(url))
         return 0
     if sys.argv[1:] == ["--compression"]:  # the compression section alone, in a fresh database
         _, url = bench_database("ctscan_bench_compression")
