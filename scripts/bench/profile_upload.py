@@ -109,7 +109,9 @@ def shares(raw_lines: Iterable[str], *, anchor: str = "handler (shared/http/entr
 def _run_child(command: list[str], *, database_url: str) -> tuple[subprocess.CompletedProcess[str], float | None]:
     out = subprocess.run(
         command,
-        cwd=ROOT,
+        # PROFILE_ROOT: another checkout's upload (say a worktree of the commit before a change), profiled
+        # by this same code, for a before/after on one machine.
+        cwd=os.environ.get("PROFILE_ROOT", str(ROOT)),
         capture_output=True,
         text=True,
         env={**os.environ, "DATABASE_URL": database_url, "LOG_FORMAT": "json"},

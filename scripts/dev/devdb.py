@@ -115,17 +115,10 @@ def ensure_server(pgdata: Path, *, database: str = DEFAULT_DATABASE, attempts: i
 def create_database(admin_url: str, database: str) -> None:
     """CREATE DATABASE if it does not exist yet."""
     from shared.core.config import parse_database_url
+    from shared.db import connect
 
-    params = parse_database_url(admin_url)
-    con = pg8000.native.Connection(
-        params.user,
-        unix_sock=params.unix_sock,
-        host=params.host or "localhost",
-        port=params.port,
-        password=params.password,
-        database=params.database,
-        timeout=10,
-    )
+    # The project's own connect: its socket (TCP_NODELAY, keepalive), TLS as the URL's sslmode says.
+    con = connect(parse_database_url(admin_url), timeout=10)
     try:
         if not con.run("SELECT 1 FROM pg_database WHERE datname = :name", name=database):
             con.run(f"CREATE DATABASE {pg8000.native.identifier(database)}")
