@@ -44,8 +44,8 @@ def test_upload_duration_reads_the_upload_functions_own_log_line(
 
 
 def test_upload_duration_ignores_other_functions_routes_and_text() -> None:
-    line = {"message": "request", "function_name": "upload", "route": "POST /api/v1/scans/analyze"}
-    assert ingest.upload_duration(json.dumps({**line, "status_code": 201, "latency_ms": 12.5})) == (201, 12.5)
+    line = {"message": "request", "function_name": "upload", "route": "POST /api/v1/scans/analyze", "latency_ms": 12.5}
+    assert ingest.upload_duration(json.dumps({**line, "status_code": 201})) == (201, 12.5)
     assert ingest.upload_duration(json.dumps({**line, "function_name": "images", "status_code": 200})) is None
     assert ingest.upload_duration(json.dumps({**line, "route": "POST /dicom-web/studies", "status_code": 200})) is None
     assert ingest.upload_duration(json.dumps({**line, "message": "access", "status_code": 201})) is None
