@@ -77,11 +77,13 @@ def test_ratios_compare_ours_with_orthancs_best_pool() -> None:
     assert ingest.best_orthanc({"ours": results["ours"]}, "upload_p50_ms_512") is None
 
 
-def test_in_turns_and_worker_shares() -> None:
+def test_in_turns_worker_shares_and_cpu_used() -> None:
     turns = [ingest.in_turns("abc", turn) for turn in range(4)]
     assert turns == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"]]
     assert ingest.worker_shares({1: 1.0, 2: 2.0, 3: 0.0}, {1: 2.0, 2: 5.0, 3: 0.0}) == [0.75, 0.25, 0.0]
     assert ingest.worker_shares({1: 1.0}, {1: 1.0}) == []
+    # A process that started between the readings counts whole; one that ended is gone from both
+    assert ingest.cpu_used({1: 1.0, 2: 4.0}, {1: 1.5, 3: 0.25}) == 0.75
 
 
 def test_our_request_body_is_the_upload_routes_multipart_form() -> None:
@@ -188,12 +190,15 @@ def test_the_worker_that_accepted_a_connection_is_found_in_proc() -> None:
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "ready"
         # Then the child is the one worker, and a connection to the port is found in its hands
-        assert ingest.listener_workers(port) == [child.pid]
+        assert ingest.server_processes(port) == [child.pid]
         client = ingest.Client({"port": port, "name": "x"})
         client.connection.connect()
         assert ingest.accepting_worker(client, [child.pid]) == child.pid
         assert ingest.accepting_worker(client, [child.pid + 10_000_000], wait=0.05) is None
         client.close()
+        # And a process that holds the listening socket alone (Orthanc) is the server's one process
+        listener.close()
+        assert ingest.server_processes(port) == [child.pid]
     finally:
         child.kill()
         child.communicate()

@@ -24,8 +24,9 @@ instances it stored), and PostgreSQL bytes per stored instance (pg_database_size
 The function-milliseconds are given twice: from the sequential uploads (one at a time, nothing else
 running: the nearest to a Lambda sandbox with its own CPU) and from the 5-client rounds (5 handlers
 on this machine's cores at once, so each takes longer than it would in Lambda). Beside the latter,
-the gateway worker processes' CPU milliseconds per instance (which also count the gateway's own
-HTTP work, API Gateway's part when deployed) and each worker's share of them.
+where the work goes, read from /proc for every server alike: the CPU milliseconds per instance of the
+server's own processes (for ours the gateway workers, which also do the gateway's HTTP work, API
+Gateway's part when deployed) and of the PostgreSQL processes working in its database.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ class Server:
     path: str
     headers: dict[str, str]
     multipart: bool  # ours: the file in a multipart form; Orthanc: the DICOM bytes as the body
-    workers: tuple[int, ...] = ()  # the server's processes that accept connections, if several
+    processes: tuple[int, ...] = ()  # the server's processes that accept connections (see server_processes)
 
     def spec(self) -> dict[str, Any]:
         return {
@@ -86,7 +87,7 @@ class Server:
             "path": self.path,
             "headers": self.headers,
             "multipart": self.multipart,
-            "workers": list(self.workers),
+            "workers": list(self.processes),
         }
 
 
@@ -212,9 +213,9 @@ def run_client(spec: Mapping[str, Any]) -> dict[str, Any]:
     return answer
 
 
-def listener_workers(port: int) -> list[int]:
-    """The gateway's worker processes: the processes holding the socket that listens on `port` whose
-    parent holds it too (the parent only watches them). Empty where /proc cannot tell (not Linux)."""
+def server_processes(port: int) -> list[int]:
+    """The processes that serve connections to `port`: those holding its listening socket, less a
+    parent that only watches its workers holding it too (the gateway's). Empty where /proc cannot tell."""
     inodes = socket_inodes(local=port, state="0A")
     if not inodes:
         return []
@@ -223,7 +224,27 @@ def listener_workers(port: int) -> list[int]:
         if proc.name.isdigit() and holds(int(proc.name), inodes):
             with contextlib.suppress(OSError):
                 holders[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-    return sorted(pid for pid, parent in holders.items() if parent in holders)
+    workers = sorted(pid for pid, parent in holders.items() if parent in holders)
+    return workers or sorted(holders)
+
+
+def backend_pids(server_url: str, databases: Sequence[str]) -> dict[str, list[int]]:
+    """The PostgreSQL server processes (backends, autovacuum) working in each database now."""
+    from shared import db
+    from shared.core import config
+
+    admin = db.connect(config.parse_database_url(server_url), timeout=60)
+    try:
+        rows = admin.run(
+            "SELECT datname, pid FROM pg_stat_activity WHERE datname = ANY(:names) AND pid <> pg_backend_pid()",
+            names=list(databases),
+        )
+    finally:
+        admin.close()
+    found: dict[str, list[int]] = {name: [] for name in databases}
+    for name, pid in rows:
+        found[name].append(int(pid))
+    return found
 
 
 def cpu_seconds(pids: Sequence[int]) -> dict[int, float]:
@@ -237,6 +258,12 @@ def cpu_seconds(pids: Sequence[int]) -> dict[int, float]:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             found[pid] = (int(fields[11]) + int(fields[12])) / ticks
     return found
+
+
+def cpu_used(before: Mapping[int, float], after: Mapping[int, float]) -> float:
+    """CPU seconds used between two readings by the processes of the second (all of it for one that
+    started in between)."""
+    return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
 
 
 def worker_shares(before: Mapping[int, float], after: Mapping[int, float]) -> list[float]:
@@ -305,7 +332,9 @@ def orthanc_servers(server_url: str, database: str) -> Iterator[tuple[list[Serve
             )
             versions = orthanc.versions(port)
             label = "orthanc" if pool == ORTHANC_INDEX_CONNECTIONS[0] else f"orthanc_{pool}conn"
-            servers.append(Server(label, port, "/instances", {"Content-Type": "application/dicom"}, multipart=False))
+            dicom = {"Content-Type": "application/dicom"}
+            processes = tuple(server_processes(port))
+            servers.append(Server(label, port, "/instances", dicom, multipart=False, processes=processes))
             names.append(name)
         yield servers, versions, names
 
@@ -330,14 +359,13 @@ def section(server_url: str, *, database: str = DATABASE) -> dict[str, object]:
     with contextlib.ExitStack() as stack:
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-ingest-")))
         port = stack.enter_context(gateway_process(url, workers=GATEWAY_WORKERS, on_line=durations.take))
-        workers = listener_workers(port)
         bearer = {"Authorization": f"Bearer {token}"}
-        ours = Server("ours", port, OUR_PATH, bearer, multipart=True, workers=tuple(workers))
+        ours = Server("ours", port, OUR_PATH, bearer, multipart=True, processes=tuple(server_processes(port)))
         theirs, versions, orthanc_databases = stack.enter_context(orthanc_servers(server_url, database))
         servers = [ours, *theirs]
         databases = dict(zip([s.name for s in servers], [database, *orthanc_databases], strict=True))
         for size in SIZES:
-            figures = size_block(server_url, folder, size, servers, databases, durations, workers)
+            figures = size_block(server_url, folder, size, servers, databases, durations)
             for name, values in figures.items():
                 results.setdefault(name, {}).update(values)
     if durations.other:
@@ -353,7 +381,6 @@ def size_block(
     servers: Sequence[Server],
     databases: Mapping[str, str],
     durations: Durations,
-    workers: Sequence[int],
 ) -> dict[str, dict[str, Any]]:
     """Every measure of one size, on every server: sequential, then the warm-up and counted rounds."""
     sequential_count = WARMUP + SEQUENTIAL
@@ -369,13 +396,13 @@ def size_block(
     warm_files = paths[sequential_count : sequential_count + WARM_FILES]
     warm = run_client({"mode": "warm", "servers": specs, "files": warm_files})
     start = durations.count()
-    cpu_before = cpu_seconds(workers)
+    cpu_before = cpu_readings(server_url, servers, databases)
     rounds = [
         paths[sequential_count + WARM_FILES + r * ROUND_FILES[size] :][: ROUND_FILES[size]] for r in range(ROUNDS)
     ]
     load = run_client({"mode": "parallel", "servers": specs, "rounds": rounds, "clients": CLIENTS})
     our_parallel_ms = durations.since(start, load["ours"]["stored"])
-    cpu_after = cpu_seconds(workers)
+    cpu_after = cpu_readings(server_url, servers, databases)
     after = database_sizes(server_url, list(databases.values()))
 
     figures: dict[str, dict[str, Any]] = {}
@@ -390,16 +417,33 @@ def size_block(
             f"db_bytes_per_instance_{size}": round((after[databases[name]] - before[databases[name]]) / stored[name]),
         }
     figures["ours"][f"fn_ms_per_instance_{size}"] = round(sum(our_parallel_ms) / load["ours"]["stored"], 2)
-    if cpu_after:
-        used = sum(cpu_after[pid] - cpu_before[pid] for pid in cpu_after if pid in cpu_before)
-        figures["ours"][f"gateway_cpu_ms_per_instance_{size}"] = round(used * 1000 / load["ours"]["stored"], 2)
-        figures["ours"][f"gateway_worker_cpu_shares_{size}"] = "/".join(
-            str(share) for share in worker_shares(cpu_before, cpu_after)
+    for server in servers:
+        (processes_before, backends_before), (processes_after, backends_after) = (
+            cpu_before[server.name],
+            cpu_after[server.name],
         )
+        counted = load[server.name]["stored"]
+        if processes_after:
+            used = cpu_used(processes_before, processes_after)
+            figures[server.name][f"server_cpu_ms_per_instance_{size}"] = round(used * 1000 / counted, 2)
+        if backends_after:
+            used = cpu_used(backends_before, backends_after)
+            figures[server.name][f"pg_cpu_ms_per_instance_{size}"] = round(used * 1000 / counted, 2)
+        if len(processes_after) > 1:
+            shares = worker_shares(processes_before, processes_after)
+            figures[server.name][f"worker_cpu_shares_{size}"] = "/".join(str(share) for share in shares)
     figures["ours"][f"fn_ms_per_instance_sequential_{size}"] = round(
         sum(our_sequential_ms[WARMUP:]) / (sequential["ours"]["stored"] - WARMUP), 2
     )
     return figures
+
+
+def cpu_readings(
+    server_url: str, servers: Sequence[Server], databases: Mapping[str, str]
+) -> dict[str, tuple[dict[int, float], dict[int, float]]]:
+    """For each server: the CPU seconds so far of its processes and of its database's PostgreSQL backends."""
+    backends = backend_pids(server_url, list(databases.values()))
+    return {s.name: (cpu_seconds(s.processes), cpu_seconds(backends[databases[s.name]])) for s in servers}
 
 
 def percentile(samples: Sequence[float], p: float) -> float:
@@ -419,11 +463,13 @@ ROWS = [
     (f"fn_ms_per_instance_sequential_{size}", f"function ms per instance {size}x{size}, sequential")
     for size in SIZES
 ] + [
-    (f"gateway_cpu_ms_per_instance_{size}", f"gateway CPU ms per instance {size}x{size}, {CLIENTS} clients")
+    (f"server_cpu_ms_per_instance_{size}", f"server CPU ms per instance {size}x{size}, {CLIENTS} clients")
     for size in SIZES
 ] + [
-    (f"gateway_worker_cpu_shares_{size}", f"each gateway worker's share of that CPU, {size}x{size}")
+    (f"pg_cpu_ms_per_instance_{size}", f"PostgreSQL CPU ms per instance {size}x{size}, {CLIENTS} clients")
     for size in SIZES
+] + [
+    (f"worker_cpu_shares_{size}", f"each gateway worker's share of its CPU, {size}x{size}") for size in SIZES
 ] + [
     (f"db_bytes_per_instance_{size}", f"PostgreSQL bytes per instance {size}x{size}") for size in SIZES
 ]  # fmt: skip
