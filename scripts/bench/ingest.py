@@ -213,9 +213,19 @@ def run_client(spec: Mapping[str, Any]) -> dict[str, Any]:
     return answer
 
 
-def server_processes(port: int) -> list[int]:
+def server_processes(port: int, *, count: int = 1, timeout: float = 30.0) -> list[int]:
     """The processes that serve connections to `port`: those holding its listening socket, less a
-    parent that only watches its workers holding it too (the gateway's). Empty where /proc cannot tell."""
+    parent that only watches its workers holding it too (the gateway's). Waits until there are
+    `count` (the gateway prints its banner before it forks its workers). Empty where /proc cannot tell."""
+    deadline = time.monotonic() + timeout
+    found = _server_processes(port)
+    while found and len(found) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+        found = _server_processes(port)
+    return found
+
+
+def _server_processes(port: int) -> list[int]:
     inodes = socket_inodes(local=port, state="0A")
     if not inodes:
         return []
@@ -360,7 +370,8 @@ def section(server_url: str, *, database: str = DATABASE) -> dict[str, object]:
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-ingest-")))
         port = stack.enter_context(gateway_process(url, workers=GATEWAY_WORKERS, on_line=durations.take))
         bearer = {"Authorization": f"Bearer {token}"}
-        ours = Server("ours", port, OUR_PATH, bearer, multipart=True, processes=tuple(server_processes(port)))
+        workers = server_processes(port, count=GATEWAY_WORKERS)
+        ours = Server("ours", port, OUR_PATH, bearer, multipart=True, processes=tuple(workers))
         theirs, versions, orthanc_databases = stack.enter_context(orthanc_servers(server_url, database))
         servers = [ours, *theirs]
         databases = dict(zip([s.name for s in servers], [database, *orthanc_databases], strict=True))
