@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -74,9 +74,12 @@ def fresh_database(server_url: str, name: str) -> str:
 
 
 @contextlib.contextmanager
-def gateway_process(database_url: str, *, workers: int | None = None, **env: str) -> Iterator[int]:
+def gateway_process(
+    database_url: str, *, workers: int | None = None, on_line: Callable[[str], None] | None = None, **env: str
+) -> Iterator[int]:
     """The local gateway (python -m scripts.dev.localgw) in processes of its own, as `make run` starts it;
-    yields its port."""
+    yields its port. on_line: called (in a thread of its own) with each line the functions print to
+    stdout (their JSON log lines and metrics), which are otherwise read and dropped."""
     args = [sys.executable, "-m", "scripts.dev.localgw", "--port", "0", "--no-access-log"]
     if workers is not None:
         args += ["--workers", str(workers)]
@@ -94,7 +97,11 @@ def gateway_process(database_url: str, *, workers: int | None = None, **env: str
         port = int(banner.split("http://", 1)[1].split(",")[0].split()[0].rsplit(":", 1)[1])
         # Read and drop the functions' log lines and metrics (one or two per request), as CloudWatch
         # takes them off a Lambda: a full pipe would stall the gateway mid-measurement.
-        drain = functools.partial(collections.deque, process.stdout, maxlen=0)
+        drain: Callable[[], object] = (
+            functools.partial(collections.deque, process.stdout, maxlen=0)
+            if on_line is None
+            else functools.partial(_each_line, process.stdout, on_line)
+        )
         threading.Thread(target=drain, name="gateway-stdout", daemon=True).start()
         yield port
     finally:
@@ -104,3 +111,8 @@ def gateway_process(database_url: str, *, workers: int | None = None, **env: str
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def _each_line(stream: Iterable[str], on_line: Callable[[str], None]) -> None:
+    for line in stream:
+        on_line(line)

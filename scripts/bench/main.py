@@ -21,6 +21,7 @@ from pydicom.uid import JPEGLosslessSV1
 
 from scripts.bench import dicomweb as bench_dicomweb
 from scripts.bench import hostile, profile_upload
+from scripts.bench import ingest as bench_ingest
 from scripts.bench import orthanc as bench_orthanc
 from scripts.bench import time_budget as bench_time_budget
 from scripts.bench.common import REPORT, ct_image, fresh_database, gateway_process, percentile, timed
@@ -48,8 +49,9 @@ TARGETS = {
     # The upload function's peak memory on the hostile DICOM files: half its memorySize at most.
     **hostile.targets(hostile.upload_memory_mb()),
     **bench_time_budget.TARGETS,
+    **bench_ingest.TARGETS,
 }
-AT_LEAST = {"gateway_205kb_rps_16conn": 700.0, **bench_dicomweb.AT_LEAST}
+AT_LEAST = {"gateway_205kb_rps_16conn": 700.0, **bench_dicomweb.AT_LEAST, **bench_ingest.AT_LEAST}
 
 
 def analysis_step_figures(dataset: object) -> dict[str, object]:
@@ -60,26 +62,6 @@ def analysis_step_figures(dataset: object) -> dict[str, object]:
     analyze_upload(data)
     samples = timed(lambda: analyze_upload(data), 50)
     return {"analyze_dicom_512_p50_ms": round(statistics.median(samples), 2)}
-
-
-def orthanc_figures(server_url: str, files: list[bytes]) -> dict[str, object]:
-    """The same DICOM files POSTed to Orthanc with its PostgreSQL plugins, on the same server, if installed."""
-    if not bench_orthanc.available():
-        print(
-            "(Orthanc not installed: `apt-get install orthanc orthanc-postgresql` to compare side by side)",
-            file=REPORT,
-        )
-        return {}
-    url = fresh_database(server_url, "orthanc_bench")
-    params = config.parse_database_url(url)
-    host = params.host if params.unix_sock is None else str(Path(params.unix_sock).parent)
-    samples = bench_orthanc.upload_timings(
-        files, host=host or "localhost", port=params.port, database=params.database, user=params.user
-    )
-    return {
-        "orthanc_pg_store_dicom_p50_ms": round(percentile(samples, 50), 2),
-        "orthanc_pg_store_dicom_p95_ms": round(percentile(samples, 95), 2),
-    }
 
 
 HTTP_LOAD_CODE = """
@@ -379,6 +361,10 @@ def main() -> int:
         print_table(bench_dicomweb.section(server_url, url))
         db.close_connection()
         return 0
+    if sys.argv[1:2] == ["--ingest"]:  # ingest against Orthanc alone: --ingest [our database's name] (~2 min)
+        database = sys.argv[2] if sys.argv[2:] else bench_ingest.DATABASE
+        print_table(bench_ingest.section(prepare_database(), database=database))
+        return 0
     if sys.argv[1:] == ["--hostile"]:  # the upload function's peak memory on hostile DICOM files, alone
         print_table(hostile.figures())
         return 0
@@ -451,7 +437,8 @@ def main() -> int:
         2,
     )
     figures.update(analysis_step_figures(slices[0]))
-    figures.update(orthanc_figures(server_url, dicom_files))
+    # Ingest against Orthanc (issue 19): both sizes, one connection and 5 clients, on databases of their own.
+    figures.update(bench_ingest.section(server_url))
 
     # Warm GET of a ~512 KB original versus a SELECT of the same bytea alone (binary and hex text).
     big = ct_image(544, 7, noise=0.012)

@@ -2,10 +2,10 @@
 and Orthanc with its DICOMweb plugin, a reference DICOMweb root for the OHIF harness (tests/test_ohif.py).
 
 Used only when Debian's `orthanc` and `orthanc-postgresql` (bench) or `orthanc-dicomweb` (OHIF)
-packages are installed (they are not a dependency of this project: `apt-get install orthanc
-orthanc-postgresql orthanc-dicomweb` to compare). Orthanc runs on loopback; for the bench with its
-index and its file storage in PostgreSQL, like our store keeps everything in PostgreSQL, and the same
-DICOM files are POSTed to its /instances, one at a time, over a kept-alive connection.
+packages are installed (they are not a dependency of this project: `make bench` installs them where
+apt can, scripts/bench/ensure-orthanc.sh). Orthanc runs on loopback; for the bench with its index
+and its file storage in PostgreSQL, like our store keeps everything in PostgreSQL; the same DICOM
+files are POSTed to its /instances as to our upload route (scripts/bench/ingest.py).
 
 With `orthanc-dicomweb` too, `running(..., dicomweb=True)` loads the DICOMweb plugin at
 DICOMWEB_ROOT, and the DICOMweb section (scripts/bench/dicomweb.py) measures both servers with one
@@ -147,22 +147,6 @@ def store(connection: HTTPConnection, data: bytes) -> str:
     if response.status != 200 or answer.get("Status") not in ("Success", "AlreadyStored"):
         raise RuntimeError(f"Orthanc refused the file: {response.status} {answer}")
     return str(answer["ID"])
-
-
-def upload_timings(
-    files: list[bytes], *, host: str, port: int, database: str, user: str, warmup: int = 2
-) -> list[float]:
-    """Milliseconds per POST /instances for each file after `warmup` files, Orthanc on PostgreSQL."""
-    with running(host=host, port=port, database=database, user=user) as http_port:
-        connection = HTTPConnection("127.0.0.1", http_port, timeout=60)
-        samples = []
-        for number, data in enumerate(files):
-            start = time.perf_counter()
-            store(connection, data)
-            if number >= warmup:
-                samples.append((time.perf_counter() - start) * 1000)
-        connection.close()
-        return samples
 
 
 def read_figures(
