@@ -19,9 +19,8 @@ from pathlib import Path
 
 from pydicom.uid import JPEGLosslessSV1
 
-from scripts.bench import coldstart
+from scripts.bench import coldstart, hostile
 from scripts.bench import dicomweb as bench_dicomweb
-from scripts.bench import hostile
 from scripts.bench import orthanc as bench_orthanc
 from scripts.bench import time_budget as bench_time_budget
 from scripts.bench.common import REPORT, ct_image, fresh_database, gateway_process, percentile, timed
