@@ -107,7 +107,8 @@ def test_the_child_environment_is_the_functions_own_without_cloudformation_refer
 
 
 def test_the_report_is_read_from_among_the_handlers_log_lines() -> None:
-    report = {"coldstart": {"import_ms": 120.5, "request_ms": 30.25, "result": {"statusCode": 200, "body": "{}"}}}
+    result = {"statusCode": 200, "body": "{}"}
+    report = {"coldstart": {"import_ms": 120.5, "request_ms": 30.25, "import_cpu_ms": 99.0, "result": result}}
     stdout = "\n".join(
         [
             '{"level":"INFO","message":"request","status_code":200}',
@@ -118,7 +119,7 @@ def test_the_report_is_read_from_among_the_handlers_log_lines() -> None:
         ]
     )
     sample = coldstart.parse_child_output(stdout)
-    assert (sample.import_ms, sample.request_ms, sample.init_ms) == (120.5, 30.25, 150.75)
+    assert (sample.import_ms, sample.request_ms, sample.init_ms, sample.import_cpu_ms) == (120.5, 30.25, 150.75, 99.0)
     assert sample.result == {"statusCode": 200, "body": "{}"}
     with pytest.raises(ValueError, match="no cold-start report"):
         coldstart.parse_child_output('{"level":"INFO"}\n{"coldstart": 3}\n')
@@ -136,11 +137,12 @@ def test_a_first_request_that_did_not_do_the_work_fails_the_bench() -> None:
 
 
 def test_medians_per_function() -> None:
-    runs = [coldstart.Sample(i, r, None) for i, r in [(100, 10), (300, 1), (200, 50)]]
+    runs = [coldstart.Sample(i, r, None, c) for i, r, c in [(100, 10, 90), (300, 1, 95), (200, 50, 80)]]
     assert coldstart.figures_from({"scans": runs}) == {
         "cold_scans_import_ms": 200.0,
         "cold_scans_first_request_ms": 10.0,
         "cold_scans_init_ms": 250.0,  # the median of the sums (110, 301, 250), not the sum of the medians
+        "cold_scans_import_cpu_ms": 90.0,
     }
 
 
@@ -172,7 +174,7 @@ def test_the_child_runs_the_handler_in_its_package_alone(tmp_path: Path) -> None
     assert seen["flags"] == [1, 1]  # -I and -B, as Lambda's read-only /var/task
     assert seen["event"] == {"k": "v"} and seen["env"] == "postgresql://u@db/cold"
     assert (seen["function_name"], seen["memory"]) == ("scans", 512) and 0 < seen["remaining_ms"] <= 10_000
-    assert sample.import_ms > 0 and sample.request_ms > 0
+    assert sample.import_ms > 0 and sample.request_ms > 0 and sample.import_cpu_ms > 0
     assert list(scratch.iterdir()) == []  # the event file is gone
     # A handler that fails is reported with its error, not measured.
     (package / "functions" / "scans" / "handler.py").write_text("raise ImportError('no such library')\n")
