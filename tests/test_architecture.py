@@ -107,3 +107,32 @@ def test_the_images_function_loads_its_dicomweb_reads_only_when_one_is_asked_for
     assert "functions.images.dicomweb" in loaded
     assert not {m for m in loaded if m.startswith("shared.dicomweb.") or m == "functions.images.dicomweb_reads"}
     assert "shared.db.instances" not in loaded
+
+
+MODELS_BUILT = (
+    "import json, sys; import {module}; import fastapi.openapi.models as openapi; from shared.http import schemas; "
+    "print(json.dumps([openapi.OpenAPI.__pydantic_complete__, schemas.ScanPage.__pydantic_complete__, "
+    "schemas.UploadCreate.__pydantic_complete__]))"
+)
+
+
+@pytest.mark.parametrize("module", ["functions.scans.handler", "functions.auth.handler", "functions.upload.handler"])
+def test_a_fastapi_function_builds_at_import_only_the_models_it_validates_requests_with(module: str) -> None:
+    # FastAPI's OpenAPI document models and our response schemas (documentation: openapi_url=None when
+    # deployed) build on first use (shared/http/deferred_models.py), not in every cold start; a request
+    # body's model (UploadCreate) is built as its class is defined.
+    code = MODELS_BUILT.format(module=module)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.splitlines()[-1]) == [False, False, True]
+
+
+def test_the_scans_function_loads_the_dicomweb_deletes_only_when_one_is_asked_for() -> None:
+    # A scan listing's cold start pays for none of the DICOMweb DELETE's modules (its SQL, WADO-RS lookups).
+    code = (
+        "import json, sys; import functions.scans.handler; "
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith(('shared.', 'functions.')))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    loaded = set(json.loads(out.stdout.splitlines()[-1]))
+    assert {"functions.scans.handler", "shared.db.audit"} <= loaded
+    assert not loaded & {"shared.dicomweb.deletion", "shared.dicomweb.wado", "shared.db.instances"}

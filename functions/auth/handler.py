@@ -20,7 +20,9 @@ app = create_app("auth")
 class SessionCreate(BaseModel):
     """Login credentials."""
 
-    model_config = ConfigDict(extra="forbid")
+    # A request body: built as the class is defined (not deferred, shared/http/deferred_models.py), so
+    # that FastAPI's validation of it, under its parameter's alias, warns of nothing on the first request.
+    model_config = ConfigDict(extra="forbid", defer_build=False)
     username: str = Field(min_length=1, max_length=64)
     password: str = Field(min_length=1, max_length=1024)
 
@@ -28,7 +30,7 @@ class SessionCreate(BaseModel):
 class PasswordChange(BaseModel):
     """The current password and the new one."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=False)  # a request body, as SessionCreate
     current_password: str = Field(alias="currentPassword", min_length=1, max_length=1024)
     new_password: str = Field(alias="newPassword", min_length=auth.MIN_PASSWORD_LENGTH, max_length=1024)
 

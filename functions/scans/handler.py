@@ -9,7 +9,7 @@ from fastapi import Path, Query, Request, Response
 
 from shared import db
 from shared.db.audit import Origin
-from shared.dicomweb import DICOMWEB_ROOT, UID_PATTERN, deletion
+from shared.dicomweb import DICOMWEB_ROOT, UID_PATTERN
 from shared.http.app import Owner, base_url, create_app, lambda_handler
 from shared.http.schemas import ScanPage, ScanPublic, error_responses
 from shared.scans import (
@@ -109,6 +109,8 @@ _DELETED = dict(status_code=204, response_model=None, responses=error_responses(
     **_DELETED,  # type: ignore[arg-type]
 )
 async def delete_study(study: StudyUid, owner: Owner, request: Request) -> Response:
+    from shared.dicomweb import deletion  # its SQL and WADO modules load for a DICOMweb DELETE only
+
     deletion.delete(
         owner_id=owner.id, study_uid=study, series_uid=None, sop_uid=None, origin=Origin.of_scope(request.scope)
     )
@@ -121,6 +123,8 @@ async def delete_study(study: StudyUid, owner: Owner, request: Request) -> Respo
     **_DELETED,  # type: ignore[arg-type]
 )
 async def delete_series(study: StudyUid, series: SeriesUid, owner: Owner, request: Request) -> Response:
+    from shared.dicomweb import deletion  # its SQL and WADO modules load for a DICOMweb DELETE only
+
     deletion.delete(
         owner_id=owner.id, study_uid=study, series_uid=series, sop_uid=None, origin=Origin.of_scope(request.scope)
     )
@@ -135,6 +139,8 @@ async def delete_series(study: StudyUid, series: SeriesUid, owner: Owner, reques
 async def delete_instance(
     study: StudyUid, series: SeriesUid, instance: InstanceUid, owner: Owner, request: Request
 ) -> Response:
+    from shared.dicomweb import deletion  # its SQL and WADO modules load for a DICOMweb DELETE only
+
     deletion.delete(
         owner_id=owner.id, study_uid=study, series_uid=series, sop_uid=instance, origin=Origin.of_scope(request.scope)
     )

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from pydicom.uid import JPEGLosslessSV1
 
+from scripts.bench import coldstart, hostile, profile_upload
 from scripts.bench import dicomweb as bench_dicomweb
-from scripts.bench import hostile, profile_upload
 from scripts.bench import ingest as bench_ingest
 from scripts.bench import orthanc as bench_orthanc
 from scripts.bench import time_budget as bench_time_budget
@@ -41,7 +41,10 @@ TARGETS = {
     "warm_get_ratio": 1.2,
     "range_vs_full_ratio": 0.2,
     "images_import_ms": 250.0,
-    "package_import_images_ms_py312": 200.0,
+    # Init from the function's own zip under CPython 3.12: the handler's import plus its first request.
+    "cold_images_init_ms": 200.0,
+    "cold_scans_init_ms": 400.0,
+    "cold_auth_init_ms": 400.0,
     "gateway_205kb_get_p50_ms": 1.8,
     "bytes_per_scan_ratio": 1.1,
     "web_first_load_kb": 150.0,
@@ -209,44 +212,6 @@ print(json.dumps({'status': result['statusCode'], 'rss_before_mb': before,
 """
 
 
-def package_import_figures() -> dict[str, object]:
-    """Cold import of each handler from its own built Lambda package under CPython 3.12, if both exist."""
-    archives = {name: ROOT / ".serverless" / f"{name}.zip" for name in ("images", "upload")}
-    python = subprocess.run([str(ROOT / "scripts" / "build" / "find-lambda-python.sh")], capture_output=True, text=True)
-    if not all(archive.exists() for archive in archives.values()) or not python.stdout.strip():
-        print("(no built packages or no CPython 3.12: run `make package` for the package import figures)", file=REPORT)
-        return {}
-    import tempfile
-    import zipfile
-
-    figures: dict[str, object] = {}
-    for name, archive in archives.items():
-        with tempfile.TemporaryDirectory() as unpacked:
-            zipfile.ZipFile(archive).extractall(unpacked)
-            code = (
-                "import sys, time; sys.path.insert(0, '.'); t = time.perf_counter(); "
-                f"import functions.{name}.handler; print((time.perf_counter() - t) * 1000)"
-            )
-            samples = [
-                float(
-                    subprocess.run(
-                        [python.stdout.strip(), "-B", "-I", "-c", code],
-                        cwd=unpacked,
-                        capture_output=True,
-                        text=True,
-                        check=True,
-                    ).stdout
-                )
-                for _ in range(9)
-            ]
-            figures[f"package_import_{name}_ms_py312"] = round(statistics.median(samples), 1)
-    for archive in sorted((ROOT / ".serverless").glob("*.zip")):
-        with zipfile.ZipFile(archive) as zipped:
-            unzipped = sum(info.file_size for info in zipped.infolist())
-        figures[f"zip_{archive.stem}_mb"] = f"{archive.stat().st_size / 1e6:.1f} / {unzipped / 1e6:.1f}"
-    return figures
-
-
 def range_figures(api: object, token: str) -> dict[str, object]:
     """A 64 KiB Range GET of a ~4 MB original against the full GET, in process through the images handler."""
     from scripts.dev.localgw.events import LambdaContext, build_event
@@ -378,6 +343,10 @@ def main() -> int:
     if sys.argv[1:] == ["--profile-upload"]:  # where an upload's milliseconds go (py-spy), alone (~1 min)
         _, url = bench_database("ctscan_bench_profile")
         print_table(profile_upload.figures(url))
+        return 0
+    if sys.argv[1:] == ["--cold-start"]:  # each function's init from its own zip alone (make package first)
+        figures = coldstart.figures(prepare_database(), database="ctscan_bench_cold")
+        print_table(figures or {"cold_start": "skipped"})
         return 0
     if sys.argv[1:] == ["--compression"]:  # the compression section alone, in a fresh database
         _, url = bench_database("ctscan_bench_compression")
@@ -526,7 +495,8 @@ def main() -> int:
     for name in ("images", "scans", "auth", "upload", "migrate"):
         figures[f"import_{name}_ms"] = round(import_ms(f"functions.{name}.handler"), 1)
     figures["images_import_ms"] = figures["import_images_ms"]
-    figures.update(package_import_figures())
+    # Each function's init from its own zip (import and first request), in a database of its own.
+    figures.update(coldstart.figures(server_url))
 
     # PostgreSQL bytes per scan next to the image bytes stored.
     con = db.connect(config.parse_database_url(url), timeout=30)

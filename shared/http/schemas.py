@@ -186,7 +186,8 @@ class UploadResult(ScanPublic):
 class UploadCreate(BaseModel):
     """A presigned upload to ask for: the file's name and how many bytes the client will send."""
 
-    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)
+    # A request body: built as the class is defined, not deferred (shared/http/deferred_models.py).
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, defer_build=False)
 
     filename: str = Field(min_length=1, max_length=1024, description="shown as the scan's filename")
     size: int = Field(
