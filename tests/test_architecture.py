@@ -136,3 +136,25 @@ def test_the_scans_function_loads_the_dicomweb_deletes_only_when_one_is_asked_fo
     loaded = set(json.loads(out.stdout.splitlines()[-1]))
     assert {"functions.scans.handler", "shared.db.audit"} <= loaded
     assert not loaded & {"shared.dicomweb.deletion", "shared.dicomweb.wado", "shared.db.instances"}
+
+
+PYDANTIC_V1 = (
+    "import json, sys; import {module}; from fastapi.encoders import jsonable_encoder; "
+    "jsonable_encoder({{'a': [1, 'b']}}); v1_at_import = 'pydantic.v1' in sys.modules; "
+    "from pydantic import v1; from fastapi._compat import shared; import fastapi.encoders as encoders\n"
+    "class Old(v1.BaseModel):\n    x: int\n"
+    "print(json.dumps([v1_at_import, shared.is_pydantic_v1_model_class(Old), "
+    "encoders.is_pydantic_v1_model_instance(Old(x=1)), shared.annotation_is_pydantic_v1(int)]))"
+)
+
+
+@pytest.mark.parametrize("module", ["functions.scans.handler", "functions.auth.handler", "functions.upload.handler"])
+def test_a_fastapi_function_never_imports_pydantic_v1_to_ask_whether_something_is_one_of_its_models(
+    module: str,
+) -> None:
+    # FastAPI imports pydantic.v1 (~100 ms of a cold start) to check route annotations and encoded
+    # objects against it; shared/http/deferred_models.py answers False while nothing has imported it,
+    # and FastAPI's own check answers once something has (a v1 model is still told apart).
+    code = PYDANTIC_V1.format(module=module)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.splitlines()[-1]) == [False, True, True, False]

@@ -16,3 +16,34 @@ from __future__ import annotations
 import pydantic
 
 pydantic.BaseModel.model_config["defer_build"] = True
+
+
+def _without_pydantic_v1() -> None:
+    """FastAPI asks of each route's annotations as the route is declared, and of every object it
+    encodes, whether it is a pydantic.v1 model, and imports pydantic.v1 to find out: ~100 ms of every
+    FastAPI function's cold start (python -X importtime), for a package nothing here uses. Until
+    pydantic.v1 is imported nothing can be one of its models, so the answer is False without
+    importing it; once something has imported it, FastAPI's own check answers. (FastAPI 0.165,
+    pinned; tests/test_architecture.py fails if these functions move.)"""
+    import sys
+
+    import fastapi._compat
+    import fastapi.encoders
+    from fastapi._compat import shared
+
+    is_class, is_instance = shared.is_pydantic_v1_model_class, shared.is_pydantic_v1_model_instance
+
+    def is_pydantic_v1_model_class(cls: object) -> bool:
+        return "pydantic.v1" in sys.modules and is_class(cls)
+
+    def is_pydantic_v1_model_instance(obj: object) -> bool:
+        return "pydantic.v1" in sys.modules and is_instance(obj)
+
+    shared.is_pydantic_v1_model_class = is_pydantic_v1_model_class
+    shared.is_pydantic_v1_model_instance = is_pydantic_v1_model_instance
+    # The modules that imported the instance check by name (FastAPI's response encoder among them).
+    for module in (fastapi._compat, fastapi.encoders):
+        module.is_pydantic_v1_model_instance = is_pydantic_v1_model_instance  # type: ignore[attr-defined]
+
+
+_without_pydantic_v1()
