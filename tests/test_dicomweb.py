@@ -169,7 +169,9 @@ def test_a_second_file_with_a_stored_sop_instance_uid_fails_with_0x0111_and_keep
     found = alice_web.search_for_instances(search_filters={"SOPInstanceUID": original.SOPInstanceUID})
     assert len(found) == 1
     assert pg.run("SELECT accession_number FROM dicom_instances")[0][0] == original.AccessionNumber
-    # The same rule on the REST upload path: 409 duplicate_sop_instance naming the stored scan.
+    # The same rule on the REST upload path: 409 duplicate_sop_instance naming the stored scan, and
+    # nothing written (the INSERT's unique index refuses it: no lookup before it under `reject`).
+    stored_before = pg.run("SELECT (SELECT count(*) FROM scans), (SELECT count(*) FROM dicom_instances)")
     content_type, body = form(encoded(changed))
     reply = requests.post(
         f"{gateway}/api/v1/scans/analyze",
@@ -179,6 +181,7 @@ def test_a_second_file_with_a_stored_sop_instance_uid_fails_with_0x0111_and_keep
     )
     assert reply.status_code == 409 and reply.json()["error"]["code"] == "duplicate_sop_instance"
     assert pg.run("SELECT scan_id FROM dicom_instances")[0][0] in reply.json()["error"]["message"]
+    assert pg.run("SELECT (SELECT count(*) FROM scans), (SELECT count(*) FROM dicom_instances)") == stored_before
 
 
 def test_overwrite_policy_replaces_the_stored_instance_and_audits_it(

@@ -16,6 +16,7 @@ from typing import Any
 
 from shared import db, imaging, storage
 from shared.core.config import get_settings
+from shared.core.errors import DuplicateSopInstance
 from shared.db import audit, instances
 from shared.scans import instances as dicom_instances
 from shared.scans.public import new_scan_id
@@ -50,16 +51,29 @@ def store_upload(
 
     analyzed = imaging.analyze_upload(data, max_pixels=max_pixels, dense_hu_threshold=dense_hu_threshold)
     record = dicom_instances.describe(data) if analyzed.dicom is not None else None
-    conflict = (
-        None
-        if record is None
-        else dicom_instances.check_duplicate_sop(owner_id=owner_id, record=record, file_hash=file_hash)
-    )
     new_scan = new_scan_in_tiers(
         owner_id=owner_id, filename=filename, data=data, file_hash=file_hash, analyzed=analyzed
     )
+    # Under DUPLICATE_SOP_POLICY=reject (the default) the INSERT's own unique index on the owner's
+    # SOP Instance UIDs refuses a second file under a held UID, writing nothing: a lookup before it
+    # would cost every DICOM upload a round trip to the database. It still comes first where it
+    # decides something before the INSERT: which instance to replace (overwrite), and whether to put
+    # objects in S3 at all (the S3 tier).
+    check_first = new_scan.in_s3 or get_settings().duplicate_sop_policy != "reject"
+    conflict = (
+        dicom_instances.check_duplicate_sop(owner_id=owner_id, record=record, file_hash=file_hash)
+        if record is not None and check_first
+        else None
+    )
     instance = None if record is None else dicom_instances.new_instance(record)
-    scan = store_new_scan(scan=new_scan, instance=instance, conflict=conflict, origin=origin)
+    try:
+        scan = store_new_scan(scan=new_scan, instance=instance, conflict=conflict, origin=origin)
+    except DuplicateSopInstance:
+        if record is not None and not check_first:
+            # The refusal names the file that holds the UID, as the lookup's would (a round trip on
+            # this path only); the same bytes stored as a DICOMweb object keep the index's message.
+            dicom_instances.check_duplicate_sop(owner_id=owner_id, record=record, file_hash=file_hash)
+        raise
     if scan is not None:
         return StoredUpload(scan, duplicate=False)
     # A concurrent upload of the same file by the same owner won the unique index; or, with our
