@@ -31,14 +31,21 @@ BAD_TEXT = frozenset({"22021", "22P05"})
 CHECK_AFTER_IDLE_SECONDS = 30.0
 
 
-def _ssl_context(sslmode: str) -> ssl.SSLContext | bool | None:
+def _ssl_context(sslmode: str, sslrootcert: str | None = None) -> ssl.SSLContext | bool | None:
+    """pg8000's TLS setting for libpq's sslmode and sslrootcert.
+
+    As libpq: verify-ca checks the server's certificate chain, verify-full its host name too, and
+    require checks nothing unless a root certificate file is named (then it acts as verify-ca).
+    sslrootcert names the certificate authorities to trust; without it (or "system"), the system's.
+    """
     # pg8000: False = no TLS, None = TLS if the server offers it (unverified), a context = TLS required.
     if sslmode == "disable":
         return False
     if sslmode in ("allow", "prefer"):
         return None
-    context = ssl.create_default_context()
-    if sslmode == "require":
+    cafile = None if sslrootcert in (None, "system") else sslrootcert
+    context = ssl.create_default_context(cafile=cafile)
+    if sslmode == "require" and cafile is None:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     else:
@@ -109,7 +116,7 @@ def _connect(params: DatabaseParams, *, user: str, password: str | None, timeout
             database=params.database,
             password=password,
             timeout=timeout,
-            ssl_context=_ssl_context(params.sslmode),
+            ssl_context=_ssl_context(params.sslmode, params.sslrootcert),
             application_name="ctscan-store",
         )
     except (InterfaceError, OSError) as exc:

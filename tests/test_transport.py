@@ -1,0 +1,153 @@
+"""The database transports as deployed: TCP with TCP_NODELAY, TLS verified as libpq verifies it, and a
+warm container whose connection a proxy closed while it idled.
+
+Deployed, the functions reach RDS Proxy over TCP with TLS (sslmode=verify-full). The TLS tests run
+against a private cluster with its own certificate authority (scripts/bench/tlspg.py), which
+rejects every plain connection; they skip only when no PostgreSQL server binaries built with
+OpenSSL exist on the machine, and fail instead on CI (CI set), where .ci/run installs Debian's.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from scripts.bench import tlspg
+from scripts.bench.netdelay import DelayProxy
+from shared import db
+from shared.core.config import parse_database_url
+from shared.core.errors import DatabaseUnavailable
+from shared.db import connection
+from tests.conftest import User
+from tests.lambda_client import LambdaClient
+
+
+@pytest.fixture(scope="module")
+def tls_server() -> Iterator[tlspg.PrivateServer]:
+    """A private cluster that accepts TLS only (hostnossl rejected), verified by its own CA."""
+    try:
+        tlspg.tls_binaries()
+    except tlspg.NoTlsServer as missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"{missing} (CI is set: the TLS tests never skip there)", pytrace=False)
+        pytest.skip(str(missing))
+    with tlspg.private_server(tls=True) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def plain_server() -> Iterator[tlspg.PrivateServer]:
+    """A private cluster over plain TCP (any server binaries on the machine will do)."""
+    with tlspg.private_server(tls=False, plain=True) as server:
+        yield server
+
+
+def _nodelay(con: db.Connection) -> int:
+    sock = con._usock
+    assert sock.family in (socket.AF_INET, socket.AF_INET6), sock
+    return int(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+
+def test_a_plain_tcp_connection_has_tcp_nodelay(plain_server: tlspg.PrivateServer) -> None:
+    con = db.connect(parse_database_url(plain_server.tcp_url()), timeout=10)
+    try:
+        assert con.run("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()") == [[False]]
+        assert _nodelay(con) == 1
+    finally:
+        con.close()
+
+
+def test_a_tls_verify_full_connection_has_tcp_nodelay(tls_server: tlspg.PrivateServer) -> None:
+    params = parse_database_url(tls_server.tls_url())
+    assert (params.sslmode, params.sslrootcert) == ("verify-full", str(tls_server.ca_file))
+    con = db.connect(params, timeout=10)
+    try:
+        assert isinstance(con._usock, ssl.SSLSocket)
+        assert con.run("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()") == [[True]]
+        assert _nodelay(con) == 1
+    finally:
+        con.close()
+
+
+def test_the_tls_server_refuses_plain_connections(tls_server: tlspg.PrivateServer) -> None:
+    # What the test above connected over is TLS because nothing else gets in.
+    with pytest.raises(DatabaseUnavailable):
+        db.connect(parse_database_url(tls_server.tcp_url()), timeout=10)
+
+
+def test_verify_full_checks_the_host_name_and_verify_ca_does_not(tls_server: tlspg.PrivateServer) -> None:
+    # 127.0.0.2 reaches the same server, but its certificate names 127.0.0.1, ::1 and localhost only.
+    other = tlspg.OTHER_LOOPBACK
+    with pytest.raises(Exception) as refused:
+        db.connect(parse_database_url(tls_server.tls_url(host=other)), timeout=10)
+    assert isinstance(refused.value.__cause__, ssl.SSLCertVerificationError)
+    for url in (tls_server.tls_url(host=other, sslmode="verify-ca"), tls_server.tls_url(host="localhost")):
+        con = db.connect(parse_database_url(url), timeout=10)
+        try:
+            assert con.run("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()") == [[True]]
+        finally:
+            con.close()
+
+
+def test_verify_full_without_our_ca_refuses_the_server(tls_server: tlspg.PrivateServer) -> None:
+    # Without sslrootcert the system's authorities are trusted, and none of them signed this server.
+    url = tls_server.tls_url().split("&sslrootcert=")[0]
+    with pytest.raises(Exception) as refused:
+        db.connect(parse_database_url(url), timeout=10)
+    assert isinstance(refused.value.__cause__, ssl.SSLCertVerificationError)
+
+
+def test_require_with_a_root_certificate_verifies_the_chain_as_libpq_does() -> None:
+    # libpq: sslmode=require with an sslrootcert file acts as verify-ca; without one it checks nothing.
+    context = connection._ssl_context("require", None)
+    assert isinstance(context, ssl.SSLContext) and context.verify_mode == ssl.CERT_NONE
+    context = connection._ssl_context("require", ssl.get_default_verify_paths().openssl_cafile)
+    assert isinstance(context, ssl.SSLContext)
+    assert (context.verify_mode, context.check_hostname) == (ssl.CERT_REQUIRED, False)
+    context = connection._ssl_context("verify-full", "system")
+    assert isinstance(context, ssl.SSLContext)
+    assert (context.verify_mode, context.check_hostname) == (ssl.CERT_REQUIRED, True)
+
+
+# ---------------------------------------------------------------- a proxy that closes idle clients
+
+
+def test_a_warm_container_whose_idle_connection_the_proxy_closed_reconnects_transparently(
+    api: LambdaClient, alice: User, settings_env: pytest.MonkeyPatch, database_url: str
+) -> None:
+    # RDS Proxy closes a client connection idle past its IdleClientTimeout (30 min by default); a
+    # warm container then finds its connection dead on its next request. Here a proxy closes the
+    # client side after 0.3 s idle; the container's check after idling is shortened to match.
+    upstream = parse_database_url(database_url)
+    with DelayProxy(upstream, delay_seconds=0.0, idle_close_seconds=0.3) as proxy:
+        db.close_connection()
+        settings_env.setenv("DATABASE_URL", proxy.url())
+        settings_env.setattr(connection, "CHECK_AFTER_IDLE_SECONDS", 0.1)
+        assert api.request("GET", "/api/v1/scans", token=alice.token).status == 200
+        assert proxy.connections == 1
+        time.sleep(0.8)
+        assert proxy.idle_closed == 1
+        result = api.request("GET", "/api/v1/scans", token=alice.token)
+        assert result.status == 200
+        assert proxy.connections == 2  # one new connection, opened by the same request
+
+
+def test_without_the_idle_check_the_reconnect_still_answers(
+    api: LambdaClient, alice: User, settings_env: pytest.MonkeyPatch, database_url: str
+) -> None:
+    # Idle for less than CHECK_AFTER_IDLE_SECONDS, the container skips its liveness check: a closed
+    # socket then shows on the request's first statement, which call() retries once on a new one.
+    upstream = parse_database_url(database_url)
+    with DelayProxy(upstream, delay_seconds=0.0, idle_close_seconds=0.3) as proxy:
+        db.close_connection()
+        settings_env.setenv("DATABASE_URL", proxy.url())
+        assert api.request("GET", "/api/v1/scans", token=alice.token).status == 200
+        time.sleep(0.8)
+        assert proxy.idle_closed == 1
+        assert api.request("GET", "/api/v1/scans", token=alice.token).status == 200
+        assert proxy.connections == 2
