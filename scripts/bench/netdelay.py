@@ -24,6 +24,7 @@ import threading
 import time
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 from urllib.parse import quote
 
 from shared.core.config import DatabaseParams
@@ -199,3 +200,51 @@ class DelayProxy:
             except OSError:
                 break
         link.close()
+
+
+class ProxyProcess:
+    """A DelayProxy in a process of its own, so that its threads never compete for the GIL with the
+    requests measured through it (in process, the proxy's threads stretched a 512x512 upload's p50
+    by ~20 ms where 4 round trips account for 8). Same url() and counts()."""
+
+    def __init__(self, upstream: DatabaseParams, *, delay_seconds: float = 0.001) -> None:
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        self.upstream = upstream
+        self._parent, child = context.Pipe()
+        self._process = context.Process(target=_serve, args=(upstream, delay_seconds, child), daemon=True)
+        self._process.start()
+        self.port: int = self._parent.recv()
+
+    def url(self) -> str:
+        return DelayProxy.url(self)  # type: ignore[arg-type]  # needs only upstream and port
+
+    def counts(self) -> Counts:
+        self._parent.send("counts")
+        counts: Counts = self._parent.recv()
+        return counts
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, EOFError):
+            self._parent.send("close")
+            self._parent.recv()
+        self._process.join(10)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
+
+
+def _serve(upstream: DatabaseParams, delay_seconds: float, pipe: Any) -> None:
+    with DelayProxy(upstream, delay_seconds=delay_seconds) as proxy:
+        pipe.send(proxy.port)
+        while True:
+            try:
+                command = pipe.recv()
+            except EOFError:
+                return
+            if command == "counts":
+                pipe.send(proxy.counts())
+            else:
+                break
+    pipe.send("closed")
