@@ -9,22 +9,24 @@ OpenSSL exist on the machine, and fail instead on CI (CI set), where .ci/run ins
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from scripts.bench import tlspg
 from scripts.bench.netdelay import DelayProxy
 from shared import db
-from shared.core.config import parse_database_url
+from scripts.dev import phantom
+from shared.core.config import get_settings, parse_database_url
 from shared.core.errors import DatabaseUnavailable
 from shared.db import connection
 from tests.conftest import User
-from tests.lambda_client import LambdaClient
+from tests.lambda_client import LambdaClient, multipart
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +129,7 @@ def test_a_warm_container_whose_idle_connection_the_proxy_closed_reconnects_tran
     with DelayProxy(upstream, delay_seconds=0.0, idle_close_seconds=0.3) as proxy:
         db.close_connection()
         settings_env.setenv("DATABASE_URL", proxy.url())
+        get_settings.cache_clear()
         settings_env.setattr(connection, "CHECK_AFTER_IDLE_SECONDS", 0.1)
         assert api.request("GET", "/api/v1/scans", token=alice.token).status == 200
         assert proxy.connections == 1
@@ -146,8 +149,56 @@ def test_without_the_idle_check_the_reconnect_still_answers(
     with DelayProxy(upstream, delay_seconds=0.0, idle_close_seconds=0.3) as proxy:
         db.close_connection()
         settings_env.setenv("DATABASE_URL", proxy.url())
+        get_settings.cache_clear()
         assert api.request("GET", "/api/v1/scans", token=alice.token).status == 200
         time.sleep(0.8)
         assert proxy.idle_closed == 1
         assert api.request("GET", "/api/v1/scans", token=alice.token).status == 200
         assert proxy.connections == 2
+
+
+# ---------------------------------------------------------------- round trips of a warm container
+
+# What a warm container's requests may cost in round trips to the database (each one ~0.5-1 ms to
+# RDS Proxy and beyond, deployed): a regression here is a slower request in production that no
+# loopback timing shows. scripts/bench/transport.py prints the same counts behind 1 ms of latency.
+ROUND_TRIPS = {"upload": 4, "read": 1, "login": 6}
+
+
+def test_a_warm_upload_read_and_login_stay_within_their_round_trips(
+    api: LambdaClient, alice: User, settings_env: pytest.MonkeyPatch, database_url: str
+) -> None:
+    def upload(seed: int) -> str:
+        data = phantom.dicom_bytes(phantom.ct_slice_dataset(128, seed=seed))
+        body, ctype = multipart({"file": ("slice.dcm", data, "application/dicom")})
+        result = api.request(
+            "POST", "/api/v1/scans/analyze", token=alice.token, body=body, headers={"content-type": ctype}
+        )
+        assert result.status == 201, result.body
+        scan_id: str = result.json()["scanId"]
+        return scan_id
+
+    def login() -> None:
+        body = json.dumps({"username": alice.username, "password": alice.password}).encode()
+        result = api.request("POST", "/api/v1/auth/sessions", body=body, headers={"content-type": "application/json"})
+        assert result.status == 201, result.body
+
+    with DelayProxy(parse_database_url(database_url), delay_seconds=0.0) as proxy:
+        db.close_connection()
+        settings_env.setenv("DATABASE_URL", proxy.url())
+        get_settings.cache_clear()
+        scan_id = upload(7001)  # the container's first request: it connects
+        login()
+
+        def read() -> None:
+            assert api.request("GET", f"/api/v1/scans/image/{scan_id}/thumbnail", token=alice.token).status == 200
+
+        def trips(request: Callable[[], object]) -> int:
+            before = proxy.counts()
+            request()
+            spent = proxy.counts() - before
+            assert spent.connections == 0  # warm: the container's connection is reused
+            return spent.round_trips
+
+        spent = {"upload": trips(lambda: upload(7002)), "read": trips(read), "login": trips(login)}
+    assert spent == {kind: min(spent[kind], budget) for kind, budget in ROUND_TRIPS.items()}, (spent, ROUND_TRIPS)
