@@ -20,8 +20,8 @@ import pytest
 
 from scripts.bench import tlspg
 from scripts.bench.netdelay import DelayProxy
-from shared import db
 from scripts.dev import phantom
+from shared import db
 from shared.core.config import get_settings, parse_database_url
 from shared.core.errors import DatabaseUnavailable
 from shared.db import connection
@@ -114,6 +114,18 @@ def test_require_with_a_root_certificate_verifies_the_chain_as_libpq_does() -> N
     context = connection._ssl_context("verify-full", "system")
     assert isinstance(context, ssl.SSLContext)
     assert (context.verify_mode, context.check_hostname) == (ssl.CERT_REQUIRED, True)
+
+
+def test_a_tls_connect_takes_three_round_trips(tls_server: tlspg.PrivateServer) -> None:
+    # SSLRequest, the TLS 1.3 handshake, then startup and authentication (the TCP handshake aside):
+    # no HelloRetryRequest for a key share the server does not take.
+    with DelayProxy(parse_database_url(tls_server.tls_url()), delay_seconds=0.0) as proxy:
+        con = db.connect(parse_database_url(proxy.url()), timeout=10)
+        try:
+            assert proxy.counts().round_trips == 3
+            assert con._usock.version() == "TLSv1.3"
+        finally:
+            con.close()
 
 
 # ---------------------------------------------------------------- a proxy that closes idle clients

@@ -8,7 +8,7 @@ requests are the real handlers in process (tests/lambda_client.LambdaClient), ke
 requests as a warm container keeps its connection: a DICOM CT upload (512x512 and 128x128, distinct
 files), an image read (the thumbnail) and a login. Behind the proxy, each request's round trips
 are counted, and a container's first request (connect, TLS, authentication, then the work) is
-measured apart from a warm one.
+measured apart from a warm one; so is a connect alone, over every transport.
 
 Alone: `python -m scripts.bench.main --transport`.
 """
@@ -150,7 +150,18 @@ def _measure(server: tlspg.PrivateServer, *, tls: bool) -> dict[str, object]:
 
         return send
 
+    opened: list[db.Connection] = []
+
+    def connect() -> Callable[[], None]:
+        # A container's connect alone (TCP, TLS, authentication), as its first request pays it. Closed
+        # later: the server's TLS close_notify would count as one more round trip.
+        def send() -> None:
+            opened.append(db.connect(config.get_settings().database, timeout=30))
+
+        return send
+
     kinds: dict[str, Callable[[], Callable[[], None]]] = {
+        "connect": connect,
         "upload_512": lambda: upload(512),
         "upload_128": lambda: upload(128),
         "read_thumbnail": read,
@@ -163,9 +174,13 @@ def _measure(server: tlspg.PrivateServer, *, tls: bool) -> dict[str, object]:
                 for kind, make in kinds.items():
                     for i in range(2 + RUNS // ROUNDS):
                         _timed(transport, kind, make(), warm_up=i < 2)
+                while opened:
+                    opened.pop().close()
         if proxy is not None:
             behind = transports[-1]
             for kind, make in kinds.items():
+                if kind == "connect":
+                    continue
                 for _ in range(FIRST_REQUESTS):
                     db.close_connection()  # a new container: its first request connects
                     _timed(behind, f"first_{kind}", make(), warm_up=False)
@@ -203,7 +218,7 @@ def _figures(transports: list[Transport]) -> dict[str, object]:
         for kind, trips in transport.round_trips.items():
             figures[f"transport_{kind}_round_trips[{transport.label}]"] = _mean(trips)
         for kind, opened in transport.connections.items():
-            if kind.startswith("first_"):
+            if kind.startswith("first_") or kind == "connect":
                 figures[f"transport_{kind}_connections[{transport.label}]"] = _mean(opened)
     by_label = {transport.label: transport for transport in transports}
     for size in (512, 128):

@@ -50,6 +50,10 @@ def _ssl_context(sslmode: str, sslrootcert: str | None = None) -> ssl.SSLContext
         context.verify_mode = ssl.CERT_NONE
     else:
         context.check_hostname = sslmode == "verify-full"
+    # The TLS 1.3 key share in P-256, the group every TLS 1.3 server must support (RFC 8446 9.1) and
+    # PostgreSQL's default (ssl_ecdh_curve): OpenSSL's X25519 share made such a server ask again
+    # (HelloRetryRequest), a round trip more on every connect (tests/test_transport.py counts them).
+    context.set_ecdh_curve("prime256v1")
     return context
 
 
