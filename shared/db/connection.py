@@ -232,18 +232,23 @@ def call(fn: Callable[..., R], /, **kwargs: Any) -> R:
 def transaction(con: Connection) -> Iterator[Connection]:
     """Run the block in one transaction: commit on success, roll back on any error.
 
-    BEGIN goes out with the block's first statement (one round trip less); a block that ran no
-    statement sends nothing at all.
+    On our Connection, BEGIN goes out with the block's first statement (one round trip less), and a
+    block that ran no statement sends nothing at all. A plain pg8000 connection (some tests and
+    tools hand one in) gets BEGIN in a round trip of its own.
     """
-    con.begin_with_next_statement()
+    lazy = isinstance(con, Connection)
+    if lazy:
+        con.begin_with_next_statement()
+    else:
+        con.run("BEGIN")
     try:
         yield con
     except BaseException:
-        if not con.take_pending_begin():
+        if not (lazy and con.take_pending_begin()):
             with contextlib.suppress(InterfaceError, OSError, DatabaseError):
                 con.run("ROLLBACK")
         raise
-    if not con.take_pending_begin():
+    if not (lazy and con.take_pending_begin()):
         con.run("COMMIT")
 
 
