@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -243,3 +244,37 @@ def test_a_transaction_sends_begin_with_its_first_statement(database_url: str, m
         assert con.run("SELECT count(*) FROM v WHERE id >= :id", id=0) == [[2]]  # and the connection is in step
     finally:
         con.close()
+
+
+def test_commit_can_go_out_with_a_transactions_last_statement(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flushes: list[int] = []
+    real_flush = pg8000.core._flush
+    monkeypatch.setattr(pg8000.core, "_flush", lambda sock: (flushes.append(1), real_flush(sock)))
+    con = db.connect(get_settings().database, timeout=10)
+    other = db.connect(get_settings().database, timeout=10)
+    try:
+        con.run("CREATE TABLE IF NOT EXISTS w_commit_test (id integer PRIMARY KEY)")
+        con.run("TRUNCATE w_commit_test")
+        flushes.clear()
+        with db.transaction(con):
+            con.commit_with_next_statement()
+            con.run("INSERT INTO w_commit_test VALUES (:id)", id=1)  # BEGIN, INSERT, COMMIT: one write
+        assert flushes == [1]
+        assert con._transaction_status == b"I"  # committed: no transaction left open
+        assert other.run("SELECT count(*) FROM w_commit_test WHERE id = :id", id=1) == [[1]]  # seen outside
+        # A failing last statement: its error is raised, the server rolled the transaction back
+        # (COMMIT answered as ROLLBACK), and the connection is in step.
+        with pytest.raises(pg8000.native.DatabaseError) as duplicate, db.transaction(con):
+            con.run("INSERT INTO w_commit_test VALUES (2)")
+            con.commit_with_next_statement()
+            con.run("INSERT INTO w_commit_test VALUES (:id)", id=1)
+        assert duplicate.value.args[0]["C"] == "23505"
+        assert other.run("SELECT array_agg(id) FROM w_commit_test WHERE id >= :id", id=0) == [[[1]]]
+        assert con.run("SELECT count(*) FROM w_commit_test WHERE id >= :id", id=0) == [[1]]
+    finally:
+        with contextlib.suppress(Exception):
+            con.run("DROP TABLE IF EXISTS w_commit_test")
+        con.close()
+        other.close()

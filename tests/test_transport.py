@@ -174,7 +174,7 @@ def test_without_the_idle_check_the_reconnect_still_answers(
 # What a warm container's requests may cost in round trips to the database (each one ~0.5-1 ms to
 # RDS Proxy and beyond, deployed): a regression here is a slower request in production that no
 # loopback timing shows. scripts/bench/transport.py prints the same counts behind 1 ms of latency.
-ROUND_TRIPS = {"upload": 4, "read": 1, "login": 6}
+ROUND_TRIPS = {"upload": 4, "read": 1, "login": 5}
 
 
 def test_a_warm_upload_read_and_login_stay_within_their_round_trips(

@@ -57,6 +57,7 @@ def log_in(
     with db.transaction(con):
         if credentials is not None and valid and _password_unchanged(con, credentials, username=username):
             session = issue_session(con, user_id=credentials.user_id, ttl_seconds=ttl_seconds)
+        con.commit_with_next_statement()  # the audit row is the last: COMMIT goes with it
         audit.record(
             con,
             action=audit.Action.login_success if session else audit.Action.login_failure,
@@ -106,6 +107,7 @@ def change_password(
             db.set_user_password(con, username=owner.username, password_hash=new_hash)
             db.delete_user_sessions(con, user_id=owner.id)
             session = issue_session(con, user_id=owner.id, ttl_seconds=ttl_seconds)
+        con.commit_with_next_statement()
         audit.record(
             con,
             action=audit.Action.password_change,
@@ -131,6 +133,7 @@ def issue_viewer_token(
         )
         if expires_at is None:  # the session ended between authentication and now
             raise InvalidToken("Invalid or expired token.")
+        con.commit_with_next_statement()
         audit.record(
             con,
             action=audit.Action.viewer_token_create,
@@ -146,6 +149,7 @@ def log_out(con: db.Connection, *, owner: db.Owner, token: str, origin: audit.Or
     """End the session of this token."""
     with db.transaction(con):
         db.delete_session(con, token_hash=hash_token(token))
+        con.commit_with_next_statement()
         audit.record(con, action=audit.Action.logout, status=204, origin=origin, user_id=owner.id, via=audit.Via.token)
 
 
@@ -153,6 +157,7 @@ def log_out_everywhere(con: db.Connection, *, owner: db.Owner, origin: audit.Ori
     """End every session of the user; returns how many."""
     with db.transaction(con):
         ended = db.delete_user_sessions(con, user_id=owner.id)
+        con.commit_with_next_statement()
         audit.record(
             con, action=audit.Action.logout_all, status=204, origin=origin, user_id=owner.id, via=audit.Via.token
         )

@@ -233,8 +233,9 @@ def transaction(con: Connection) -> Iterator[Connection]:
     """Run the block in one transaction: commit on success, roll back on any error.
 
     On our Connection, BEGIN goes out with the block's first statement (one round trip less), and a
-    block that ran no statement sends nothing at all. A plain pg8000 connection (some tests and
-    tools hand one in) gets BEGIN in a round trip of its own.
+    block that ran no statement sends nothing at all; a block may send COMMIT with its last
+    statement (con.commit_with_next_statement()), one more round trip less. A plain pg8000
+    connection (some tests and tools hand one in) gets BEGIN and COMMIT in round trips of their own.
     """
     lazy = isinstance(con, Connection)
     if lazy:
@@ -244,12 +245,15 @@ def transaction(con: Connection) -> Iterator[Connection]:
     try:
         yield con
     except BaseException:
+        if lazy:
+            con.take_commit_sent()
         if not (lazy and con.take_pending_begin()):
             with contextlib.suppress(InterfaceError, OSError, DatabaseError):
                 con.run("ROLLBACK")
         raise
-    if not (lazy and con.take_pending_begin()):
-        con.run("COMMIT")
+    if lazy and (con.take_pending_begin() | con.take_commit_sent()):
+        return  # nothing ran, or COMMIT went out with the last statement
+    con.run("COMMIT")
 
 
 def sqlstate(exc: DatabaseError) -> str:

@@ -7,7 +7,6 @@ it to pg8000's own results and errors.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import time
 from collections import defaultdict
@@ -59,6 +58,8 @@ class Connection(pg8000_native.Connection):  # type: ignore[misc]  # pg8000 ship
         # The socket timeout of a statement outside any invocation's budget.
         self.default_timeout: float | None = kwargs.get("timeout")
         self._begin_pending = False
+        self._commit_pending = False
+        self._commit_sent = False
         super().__init__(*args, **kwargs)
 
     def begin_with_next_statement(self) -> None:
@@ -66,6 +67,27 @@ class Connection(pg8000_native.Connection):  # type: ignore[misc]  # pg8000 ship
         write as it, and both answers come back in one read. A round trip less per transaction; the
         server sees BEGIN, then the statement, as if sent one by one (through a pooler too)."""
         self._begin_pending = True
+        self._commit_pending = self._commit_sent = False
+
+    def commit_with_next_statement(self) -> None:
+        """End the transaction with the next statement: COMMIT goes out in the same write, right
+        after it, and both answers come back in one read. For a transaction's last statement (an
+        audit row, say): a round trip less. If the statement fails, the server turns that COMMIT
+        into a rollback, and the statement's error is raised as ever."""
+        self._commit_pending = True
+
+    def take_commit_sent(self) -> bool:
+        """Whether COMMIT went out with a statement (see commit_with_next_statement); clears it and
+        a COMMIT still waiting for a statement."""
+        sent, self._commit_sent, self._commit_pending = self._commit_sent, False, False
+        return sent
+
+    def _send_pending_commit(self) -> bool:
+        commit, self._commit_pending = self._commit_pending, False
+        if commit:
+            self.send_QUERY("COMMIT")
+            self._commit_sent = True
+        return commit
 
     def take_pending_begin(self) -> bool:
         """Whether a BEGIN was still waiting for a statement (it is not any more): a transaction that
@@ -118,12 +140,13 @@ class Connection(pg8000_native.Connection):  # type: ignore[misc]  # pg8000 ship
                 if begin:
                     self.send_QUERY("BEGIN")
                 self.send_QUERY(sql)
+                commit = self._send_pending_commit()
                 pg8000_core._flush(self._sock)
             except AttributeError:
                 if self._sock is None:
                     raise InterfaceError("connection is closed") from None
                 raise
-            self._context = self._read_answers(begin, context)
+            self._context = self._read_answers(begin, context, commit)
             return self._context.rows
         statement, make_vals = _to_statement(sql)
         oids = () if types is None else make_vals(defaultdict(lambda: None, types))
@@ -196,21 +219,30 @@ class Connection(pg8000_native.Connection):  # type: ignore[misc]  # pg8000 ship
             pg8000_core._write(self._sock, _DESCRIBE_UNNAMED_PORTAL)
             pg8000_core._write(self._sock, pg8000_core.EXECUTE_MSG)
             pg8000_core._write(self._sock, pg8000_core.SYNC_MSG)
+            commit = self._send_pending_commit()
             pg8000_core._flush(self._sock)
         except AttributeError:
             if self._sock is None:
                 raise InterfaceError("connection is closed") from None
             raise
-        return self._read_answers(begin, context)
+        return self._read_answers(begin, context, commit)
 
-    def _read_answers(self, begin: bool, context: Any) -> Any:
-        if begin:
+    def _read_answers(self, begin: bool, context: Any, commit: bool = False) -> Any:
+        """Read the answers to what went out in one write: BEGIN's, the statement's, COMMIT's. Each
+        ends with its ReadyForQuery; all are read, so the connection stays in step, and the first
+        error is raised (a network error before any other at once). After a failed statement,
+        pg8000 calls the COMMIT's answer (the server's ROLLBACK) an error of its own: the
+        statement's is the one raised."""
+        answers = [pg8000_core.Context("BEGIN")] if begin else []
+        answers += [context] + ([pg8000_core.Context("COMMIT")] if commit else [])
+        error: Exception | None = None
+        for answer in answers:
             try:
-                self.handle_messages(pg8000_core.Context("BEGIN"))
-            except Exception:
-                # The statement's answer follows BEGIN's: read it, so the connection stays in step.
-                with contextlib.suppress(Exception):
-                    self.handle_messages(context)
-                raise
-        self.handle_messages(context)
+                self.handle_messages(answer)
+            except Exception as exc:
+                if error is None and isinstance(exc, InterfaceError | OSError):
+                    raise
+                error = error or exc
+        if error is not None:
+            raise error
         return context
