@@ -29,6 +29,7 @@ from scripts.bench.netdelay import ProxyProcess
 from scripts.dev import phantom
 from shared import auth, db
 from shared.core import config
+from shared.db import connection
 
 DATABASE = "ctscan_bench_transport"
 # An upload over TCP (plain, as the issue measured it) at most this much slower than over the unix socket.
@@ -185,6 +186,17 @@ def _measure(server: tlspg.PrivateServer, *, tls: bool) -> dict[str, object]:
                     db.close_connection()  # a new container: its first request connects
                     time.sleep(0.05)  # the old connection's TLS close_notify, outside the count
                     _timed(behind, f"first_{kind}", make(), warm_up=False)
+            # A warm container idle past CHECK_AFTER_IDLE_SECONDS (30 s) checks its connection first
+            # (SELECT 1: a frozen container's socket may be dead): the read after such a pause.
+            _use(behind.url)
+            read()()
+            idle_after = connection.CHECK_AFTER_IDLE_SECONDS
+            connection.CHECK_AFTER_IDLE_SECONDS = 0.0
+            try:
+                for _ in range(FIRST_REQUESTS):
+                    _timed(behind, "read_thumbnail_after_idle", read(), warm_up=False)
+            finally:
+                connection.CHECK_AFTER_IDLE_SECONDS = idle_after
     finally:
         if proxy is not None:
             proxy.close()
