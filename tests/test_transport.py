@@ -15,6 +15,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -104,11 +105,12 @@ def test_verify_full_without_our_ca_refuses_the_server(tls_server: tlspg.Private
     assert isinstance(refused.value.__cause__, ssl.SSLCertVerificationError)
 
 
-def test_require_with_a_root_certificate_verifies_the_chain_as_libpq_does() -> None:
+def test_require_with_a_root_certificate_verifies_the_chain_as_libpq_does(tmp_path: Path) -> None:
     # libpq: sslmode=require with an sslrootcert file acts as verify-ca; without one it checks nothing.
     context = connection._ssl_context("require", None)
     assert isinstance(context, ssl.SSLContext) and context.verify_mode == ssl.CERT_NONE
-    context = connection._ssl_context("require", ssl.get_default_verify_paths().openssl_cafile)
+    ca_file, _, _ = tlspg.make_certificates(tmp_path)
+    context = connection._ssl_context("require", str(ca_file))
     assert isinstance(context, ssl.SSLContext)
     assert (context.verify_mode, context.check_hostname) == (ssl.CERT_REQUIRED, False)
     context = connection._ssl_context("verify-full", "system")
