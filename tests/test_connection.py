@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -213,3 +214,67 @@ def test_bytes_parameters_go_as_themselves_and_store_what_pg8000_would(
         assert con.run(sql, b=b"ab", c=b"\x00", t="xyz", n=5) == plain(con, sql, b=b"ab", c=b"\x00", t="xyz", n=5)
     finally:
         con.close()
+
+
+def test_a_transaction_sends_begin_with_its_first_statement(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    flushes: list[int] = []
+    real_flush = pg8000.core._flush
+    monkeypatch.setattr(pg8000.core, "_flush", lambda sock: (flushes.append(1), real_flush(sock)))
+    con = db.connect(get_settings().database, timeout=10)
+    try:
+        con.run("CREATE TEMP TABLE v (id integer PRIMARY KEY)")
+        flushes.clear()
+        with db.transaction(con):
+            con.run("INSERT INTO v VALUES (:id)", id=1)  # BEGIN goes out with it
+            assert con._transaction_status == b"T"  # in a transaction block
+            con.run("INSERT INTO v VALUES (2)")
+        assert flushes == [1, 1, 1]  # BEGIN + INSERT, INSERT, COMMIT: no round trip for BEGIN alone
+        # A simple query (no parameters) as the first statement carries BEGIN too, and the block
+        # is one transaction: its failure undoes the first INSERT.
+        with pytest.raises(pg8000.native.DatabaseError), db.transaction(con):
+            con.run("INSERT INTO v VALUES (3)")
+            con.run("INSERT INTO v VALUES (:id)", id=1)
+        assert con.run("SELECT array_agg(id ORDER BY id) FROM v") == [[[1, 2]]]
+        flushes.clear()
+        with db.transaction(con):
+            pass
+        assert flushes == []  # a block that ran nothing sends nothing
+        with pytest.raises(pg8000.native.DatabaseError), db.transaction(con):
+            con.run("SELECT 1 / (:zero - :zero)", zero=0)  # fails with BEGIN in the same write
+        assert con.run("SELECT count(*) FROM v WHERE id >= :id", id=0) == [[2]]  # and the connection is in step
+    finally:
+        con.close()
+
+
+def test_commit_can_go_out_with_a_transactions_last_statement(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flushes: list[int] = []
+    real_flush = pg8000.core._flush
+    monkeypatch.setattr(pg8000.core, "_flush", lambda sock: (flushes.append(1), real_flush(sock)))
+    con = db.connect(get_settings().database, timeout=10)
+    other = db.connect(get_settings().database, timeout=10)
+    try:
+        con.run("CREATE TABLE IF NOT EXISTS w_commit_test (id integer PRIMARY KEY)")
+        con.run("TRUNCATE w_commit_test")
+        flushes.clear()
+        with db.transaction(con):
+            con.commit_with_next_statement()
+            con.run("INSERT INTO w_commit_test VALUES (:id)", id=1)  # BEGIN, INSERT, COMMIT: one write
+        assert flushes == [1]
+        assert con._transaction_status == b"I"  # committed: no transaction left open
+        assert other.run("SELECT count(*) FROM w_commit_test WHERE id = :id", id=1) == [[1]]  # seen outside
+        # A failing last statement: its error is raised, the server rolled the transaction back
+        # (COMMIT answered as ROLLBACK), and the connection is in step.
+        with pytest.raises(pg8000.native.DatabaseError) as duplicate, db.transaction(con):
+            con.run("INSERT INTO w_commit_test VALUES (2)")
+            con.commit_with_next_statement()
+            con.run("INSERT INTO w_commit_test VALUES (:id)", id=1)
+        assert duplicate.value.args[0]["C"] == "23505"
+        assert other.run("SELECT array_agg(id) FROM w_commit_test WHERE id >= :id", id=0) == [[[1]]]
+        assert con.run("SELECT count(*) FROM w_commit_test WHERE id >= :id", id=0) == [[1]]
+    finally:
+        with contextlib.suppress(Exception):
+            con.run("DROP TABLE IF EXISTS w_commit_test")
+        con.close()
+        other.close()

@@ -24,6 +24,7 @@ from scripts.bench import dicomweb as bench_dicomweb
 from scripts.bench import ingest as bench_ingest
 from scripts.bench import orthanc as bench_orthanc
 from scripts.bench import time_budget as bench_time_budget
+from scripts.bench import transport as bench_transport
 from scripts.bench.common import REPORT, ct_image, fresh_database, gateway_process, percentile, timed
 from scripts.bench.compression import compression_figures
 from scripts.dev import phantom
@@ -53,6 +54,7 @@ TARGETS = {
     **hostile.targets(hostile.upload_memory_mb()),
     **bench_time_budget.TARGETS,
     **bench_ingest.TARGETS,
+    **bench_transport.TARGETS,
 }
 AT_LEAST = {"gateway_205kb_rps_16conn": 700.0, **bench_dicomweb.AT_LEAST, **bench_ingest.AT_LEAST}
 
@@ -348,6 +350,11 @@ def main() -> int:
         figures = coldstart.figures(prepare_database(), database="ctscan_bench_cold")
         print_table(figures or {"cold_start": "skipped"})
         return 0
+    if sys.argv[1:] == ["--transport"]:  # the transports (unix, TCP, TLS, TLS + 1 ms) alone, on a private cluster
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the handlers' log lines, as in bench_database
+        asyncio.set_event_loop(asyncio.new_event_loop())
+        print_table(bench_transport.section())
+        return 0
     if sys.argv[1:] == ["--compression"]:  # the compression section alone, in a fresh database
         _, url = bench_database("ctscan_bench_compression")
         print_table(compression_figures(url))
@@ -548,6 +555,10 @@ def main() -> int:
 
     # A frozen database's 503s: how much of the function's time the budget gives it (issue 18).
     figures.update(bench_time_budget.time_budget_figures(url, token))
+
+    # The database-bound requests over each transport, as deployed (TCP, TLS) and with 1 ms of network
+    # latency, with their round trips (issue 19): on a private cluster of its own.
+    figures.update(bench_transport.section())
 
     # Compression (issue 10), last: it measures on tables of its own, which it drops.
     figures.update(compression_figures(url))

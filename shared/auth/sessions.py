@@ -44,21 +44,20 @@ def log_in(
 ) -> IssuedSession:
     """Check a username and password and open a session; InvalidCredentials or TooManyAttempts otherwise."""
     try:
-        reserve_login_attempt(con, username=username, origin=origin)
+        credentials = reserve_login_attempt(con, username=username, origin=origin)
     except TooManyAttempts:
         user_id = db.get_user_id(con, username=username)
         audit.record(
             con, action=audit.Action.login_throttled, status=429, origin=origin, user_id=user_id, via=audit.Via.password
         )
         raise
-    credentials = db.get_credentials(con, username=username)
     # An unknown username costs a scrypt hash too, so the time taken does not tell whether it exists.
     valid = verify_password(password, credentials.password_hash if credentials else dummy_hash())
     session = None
     with db.transaction(con):
-        if credentials is not None and valid and _password_unchanged(con, credentials):
-            db.delete_login_failures(con, username_key=username_key(username))
+        if credentials is not None and valid and _password_unchanged(con, credentials, username=username):
             session = issue_session(con, user_id=credentials.user_id, ttl_seconds=ttl_seconds)
+        con.commit_with_next_statement()  # the audit row is the last: COMMIT goes with it
         audit.record(
             con,
             action=audit.Action.login_success if session else audit.Action.login_failure,
@@ -85,7 +84,7 @@ def change_password(
     new one; a wrong current password counts as a failed login (InvalidCredentials, TooManyAttempts)."""
     check_password_length(new_password)
     try:
-        reserve_login_attempt(con, username=owner.username, origin=origin)
+        credentials = reserve_login_attempt(con, username=owner.username, origin=origin)
     except TooManyAttempts:
         audit.record(
             con,
@@ -96,16 +95,19 @@ def change_password(
             via=audit.Via.password,
         )
         raise
-    credentials = db.get_credentials(con, username=owner.username)
     valid = verify_password(current_password, credentials.password_hash if credentials else dummy_hash())
     new_hash = hash_password(new_password) if valid else None
     session = None
     with db.transaction(con):
-        if credentials is not None and new_hash is not None and _password_unchanged(con, credentials):
+        if (
+            credentials is not None
+            and new_hash is not None
+            and _password_unchanged(con, credentials, username=owner.username)
+        ):
             db.set_user_password(con, username=owner.username, password_hash=new_hash)
             db.delete_user_sessions(con, user_id=owner.id)
-            db.delete_login_failures(con, username_key=username_key(owner.username))
             session = issue_session(con, user_id=owner.id, ttl_seconds=ttl_seconds)
+        con.commit_with_next_statement()
         audit.record(
             con,
             action=audit.Action.password_change,
@@ -131,6 +133,7 @@ def issue_viewer_token(
         )
         if expires_at is None:  # the session ended between authentication and now
             raise InvalidToken("Invalid or expired token.")
+        con.commit_with_next_statement()
         audit.record(
             con,
             action=audit.Action.viewer_token_create,
@@ -146,6 +149,7 @@ def log_out(con: db.Connection, *, owner: db.Owner, token: str, origin: audit.Or
     """End the session of this token."""
     with db.transaction(con):
         db.delete_session(con, token_hash=hash_token(token))
+        con.commit_with_next_statement()
         audit.record(con, action=audit.Action.logout, status=204, origin=origin, user_id=owner.id, via=audit.Via.token)
 
 
@@ -153,16 +157,23 @@ def log_out_everywhere(con: db.Connection, *, owner: db.Owner, origin: audit.Ori
     """End every session of the user; returns how many."""
     with db.transaction(con):
         ended = db.delete_user_sessions(con, user_id=owner.id)
+        con.commit_with_next_statement()
         audit.record(
             con, action=audit.Action.logout_all, status=204, origin=origin, user_id=owner.id, via=audit.Via.token
         )
     return ended
 
 
-def _password_unchanged(con: db.Connection, credentials: db.Credentials) -> bool:
+def _password_unchanged(con: db.Connection, credentials: db.Credentials, *, username: str) -> bool:
     # Locks the user's row for the rest of the transaction: a reset or change that committed after
-    # the password was checked wins, and sessions of one user are issued one at a time.
-    return db.lock_user(con, user_id=credentials.user_id) == credentials.password_hash
+    # the password was checked wins, and sessions of one user are issued one at a time. When it
+    # still holds, the username's failed logins are forgotten in the same statement.
+    return db.lock_user_forgetting_failures(
+        con,
+        user_id=credentials.user_id,
+        password_hash=credentials.password_hash,
+        username_key=username_key(username),
+    )
 
 
 def authenticate(con: db.Connection, *, token: str) -> db.Owner:

@@ -20,16 +20,19 @@ def username_key(username: str) -> str:
     return hashlib.sha256(username.lower().encode()).hexdigest()
 
 
-def reserve_login_attempt(con: db.Connection, *, username: str, origin: audit.Origin) -> None:
+def reserve_login_attempt(con: db.Connection, *, username: str, origin: audit.Origin) -> db.Credentials | None:
     """Count an attempt as a failed login until it succeeds; TooManyAttempts (not counted) past a limit.
+    The username's credentials (None: no such user), read in the same round trip.
 
     Outside any transaction: the pending failure must be committed before the password is checked.
     """
-    retry_after = db.reserve_login_attempt(
+    attempt = db.reserve_login_attempt(
         con,
+        username=username,
         username_key=username_key(username),
         source_ip=origin.source_ip or UNKNOWN_SOURCE,
         limits=LOGIN_LIMITS,
     )
-    if retry_after is not None:
-        raise TooManyAttempts("Too many failed logins; try again later.", retry_after=retry_after)
+    if attempt.retry_after is not None:
+        raise TooManyAttempts("Too many failed logins; try again later.", retry_after=attempt.retry_after)
+    return attempt.credentials

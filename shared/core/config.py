@@ -36,6 +36,8 @@ class DatabaseParams:
     password: str | None = None
     unix_sock: str | None = None
     sslmode: str = "prefer"
+    # libpq's sslrootcert: a file of the certificate authorities to trust (None: the system's).
+    sslrootcert: str | None = None
     # Production: the username and password live in this Secrets Manager secret, not here.
     secret_arn: str | None = None
 
@@ -195,12 +197,13 @@ def database_params_from_env(env: Mapping[str, str]) -> DatabaseParams:
         port_text=env.get("PGPORT", ""),
         database=env.get("PGDATABASE") or user,
         sslmode=env.get("PGSSLMODE", "prefer"),
+        sslrootcert=env.get("PGSSLROOTCERT") or None,
         source="PG* variables",
     )
 
 
 def parse_database_url(url: str) -> DatabaseParams:
-    """Parse postgresql://user:password@host:port/db?host=/socket/dir&sslmode=require."""
+    """Parse postgresql://user:password@host:port/db?host=/socket/dir&sslmode=require&sslrootcert=/ca.pem."""
     parts = urlsplit(url)
     if parts.scheme not in ("postgres", "postgresql"):
         raise ConfigurationError("DATABASE_URL must start with postgresql://")
@@ -217,12 +220,21 @@ def parse_database_url(url: str) -> DatabaseParams:
         port_text=port_text,
         database=unquote(parts.path.lstrip("/")) or query.get("dbname") or user,
         sslmode=query.get("sslmode", "prefer"),
+        sslrootcert=query.get("sslrootcert") or None,
         source="DATABASE_URL",
     )
 
 
 def _params(
-    *, user: str, password: str | None, host: str, port_text: str, database: str, sslmode: str, source: str
+    *,
+    user: str,
+    password: str | None,
+    host: str,
+    port_text: str,
+    database: str,
+    sslmode: str,
+    source: str,
+    sslrootcert: str | None = None,
 ) -> DatabaseParams:
     try:
         port = int(port_text) if port_text else 5432
@@ -240,7 +252,15 @@ def _params(
             unix_sock=f"{host.rstrip('/')}/.s.PGSQL.{port}",
             sslmode="disable",
         )
-    return DatabaseParams(user=user, password=password, database=database, host=host, port=port, sslmode=sslmode)
+    return DatabaseParams(
+        user=user,
+        password=password,
+        database=database,
+        host=host,
+        port=port,
+        sslmode=sslmode,
+        sslrootcert=sslrootcert,
+    )
 
 
 @functools.cache

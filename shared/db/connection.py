@@ -31,18 +31,29 @@ BAD_TEXT = frozenset({"22021", "22P05"})
 CHECK_AFTER_IDLE_SECONDS = 30.0
 
 
-def _ssl_context(sslmode: str) -> ssl.SSLContext | bool | None:
+def _ssl_context(sslmode: str, sslrootcert: str | None = None) -> ssl.SSLContext | bool | None:
+    """pg8000's TLS setting for libpq's sslmode and sslrootcert.
+
+    As libpq: verify-ca checks the server's certificate chain, verify-full its host name too, and
+    require checks nothing unless a root certificate file is named (then it acts as verify-ca).
+    sslrootcert names the certificate authorities to trust; without it (or "system"), the system's.
+    """
     # pg8000: False = no TLS, None = TLS if the server offers it (unverified), a context = TLS required.
     if sslmode == "disable":
         return False
     if sslmode in ("allow", "prefer"):
         return None
-    context = ssl.create_default_context()
-    if sslmode == "require":
+    cafile = None if sslrootcert in (None, "system") else sslrootcert
+    context = ssl.create_default_context(cafile=cafile)
+    if sslmode == "require" and cafile is None:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     else:
         context.check_hostname = sslmode == "verify-full"
+    # The TLS 1.3 key share in P-256, the group every TLS 1.3 server must support (RFC 8446 9.1) and
+    # PostgreSQL's default (ssl_ecdh_curve): OpenSSL's X25519 share made such a server ask again
+    # (HelloRetryRequest), a round trip more on every connect (tests/test_transport.py counts them).
+    context.set_ecdh_curve("prime256v1")
     return context
 
 
@@ -109,7 +120,7 @@ def _connect(params: DatabaseParams, *, user: str, password: str | None, timeout
             database=params.database,
             password=password,
             timeout=timeout,
-            ssl_context=_ssl_context(params.sslmode),
+            ssl_context=_ssl_context(params.sslmode, params.sslrootcert),
             application_name="ctscan-store",
         )
     except (InterfaceError, OSError) as exc:
@@ -219,14 +230,29 @@ def call(fn: Callable[..., R], /, **kwargs: Any) -> R:
 
 @contextlib.contextmanager
 def transaction(con: Connection) -> Iterator[Connection]:
-    """Run the block in one transaction: commit on success, roll back on any error."""
-    con.run("BEGIN")
+    """Run the block in one transaction: commit on success, roll back on any error.
+
+    On our Connection, BEGIN goes out with the block's first statement (one round trip less), and a
+    block that ran no statement sends nothing at all; a block may send COMMIT with its last
+    statement (con.commit_with_next_statement()), one more round trip less. A plain pg8000
+    connection (some tests and tools hand one in) gets BEGIN and COMMIT in round trips of their own.
+    """
+    lazy = isinstance(con, Connection)
+    if lazy:
+        con.begin_with_next_statement()
+    else:
+        con.run("BEGIN")
     try:
         yield con
     except BaseException:
-        with contextlib.suppress(InterfaceError, OSError, DatabaseError):
-            con.run("ROLLBACK")
+        if lazy:
+            con.take_commit_sent()
+        if not (lazy and con.take_pending_begin()):
+            with contextlib.suppress(InterfaceError, OSError, DatabaseError):
+                con.run("ROLLBACK")
         raise
+    if lazy and (con.take_pending_begin() | con.take_commit_sent()):
+        return  # nothing ran, or COMMIT went out with the last statement
     con.run("COMMIT")
 
 

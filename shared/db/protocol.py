@@ -47,6 +47,9 @@ class Connection(pg8000_native.Connection):  # type: ignore[misc]  # pg8000 ship
     1.31's message helpers (pinned in requirements.txt); tests/test_connection.py holds it to
     pg8000's own results and errors.
 
+    A transaction's BEGIN goes out with its first statement, in the same write (see
+    begin_with_next_statement), instead of a round trip of its own.
+
     pg8000 sets the socket timeout once, at connect. Here each statement sets it to what the
     invocation's budget has left (see invocation_budget), and outside one to `default_timeout`.
     """
@@ -54,7 +57,43 @@ class Connection(pg8000_native.Connection):  # type: ignore[misc]  # pg8000 ship
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # The socket timeout of a statement outside any invocation's budget.
         self.default_timeout: float | None = kwargs.get("timeout")
+        self._begin_pending = False
+        self._commit_pending = False
+        self._commit_sent = False
         super().__init__(*args, **kwargs)
+
+    def begin_with_next_statement(self) -> None:
+        """Open a transaction with the next statement: BEGIN (a simple Query) goes out in the same
+        write as it, and both answers come back in one read. A round trip less per transaction; the
+        server sees BEGIN, then the statement, as if sent one by one (through a pooler too)."""
+        self._begin_pending = True
+        self._commit_pending = self._commit_sent = False
+
+    def commit_with_next_statement(self) -> None:
+        """End the transaction with the next statement: COMMIT goes out in the same write, right
+        after it, and both answers come back in one read. For a transaction's last statement (an
+        audit row, say): a round trip less. If the statement fails, the server turns that COMMIT
+        into a rollback, and the statement's error is raised as ever."""
+        self._commit_pending = True
+
+    def take_commit_sent(self) -> bool:
+        """Whether COMMIT went out with a statement (see commit_with_next_statement); clears it and
+        a COMMIT still waiting for a statement."""
+        sent, self._commit_sent, self._commit_pending = self._commit_sent, False, False
+        return sent
+
+    def _send_pending_commit(self) -> bool:
+        commit, self._commit_pending = self._commit_pending, False
+        if commit:
+            self.send_QUERY("COMMIT")
+            self._commit_sent = True
+        return commit
+
+    def take_pending_begin(self) -> bool:
+        """Whether a BEGIN was still waiting for a statement (it is not any more): a transaction that
+        ran no statement has nothing to commit or roll back."""
+        pending, self._begin_pending = self._begin_pending, False
+        return pending
 
     def run(self, sql: str, stream: Any = None, types: Any = None, **params: Any) -> Any:
         """Run one statement; `:name` parameters as in pg8000.native. Its wait comes out of the budget."""
@@ -90,8 +129,25 @@ class Connection(pg8000_native.Connection):  # type: ignore[misc]  # pg8000 ship
             budget.spend(started)
 
     def _run(self, sql: str, stream: Any, types: Any, params: dict[str, Any]) -> Any:
-        if (not params and stream is None) or stream is not None:
+        if stream is not None:  # COPY: BEGIN in a round trip of its own, as before
+            if self.take_pending_begin():
+                super().run("BEGIN")
             return super().run(sql, stream=stream, types=types, **params)
+        if not params:  # a simple Query, as pg8000 sends it, after the pending BEGIN if any
+            begin = self.take_pending_begin()
+            context = pg8000_core.Context(sql)
+            try:
+                if begin:
+                    self.send_QUERY("BEGIN")
+                self.send_QUERY(sql)
+                commit = self._send_pending_commit()
+                pg8000_core._flush(self._sock)
+            except AttributeError:
+                if self._sock is None:
+                    raise InterfaceError("connection is closed") from None
+                raise
+            self._context = self._read_answers(begin, context, commit)
+            return self._context.rows
         statement, make_vals = _to_statement(sql)
         oids = () if types is None else make_vals(defaultdict(lambda: None, types))
         self._context = self._execute_in_one_trip(statement, make_vals(params), oids)
@@ -154,16 +210,39 @@ class Connection(pg8000_native.Connection):  # type: ignore[misc]  # pg8000 ship
         bind.extend(pg8000_core.H_pack(len(formats)))  # none: every result column as text
         for code in formats:
             bind.extend(pg8000_core.H_pack(code))
+        begin = self.take_pending_begin()
         try:
+            if begin:
+                self.send_QUERY("BEGIN")
             self._send_message(pg8000_core.PARSE, parse)
             self._send_message(pg8000_core.BIND, bind)
             pg8000_core._write(self._sock, _DESCRIBE_UNNAMED_PORTAL)
             pg8000_core._write(self._sock, pg8000_core.EXECUTE_MSG)
             pg8000_core._write(self._sock, pg8000_core.SYNC_MSG)
+            commit = self._send_pending_commit()
             pg8000_core._flush(self._sock)
         except AttributeError:
             if self._sock is None:
                 raise InterfaceError("connection is closed") from None
             raise
-        self.handle_messages(context)
+        return self._read_answers(begin, context, commit)
+
+    def _read_answers(self, begin: bool, context: Any, commit: bool = False) -> Any:
+        """Read the answers to what went out in one write: BEGIN's, the statement's, COMMIT's. Each
+        ends with its ReadyForQuery; all are read, so the connection stays in step, and the first
+        error is raised (a network error before any other at once). After a failed statement,
+        pg8000 calls the COMMIT's answer (the server's ROLLBACK) an error of its own: the
+        statement's is the one raised."""
+        answers = [pg8000_core.Context("BEGIN")] if begin else []
+        answers += [context] + ([pg8000_core.Context("COMMIT")] if commit else [])
+        error: Exception | None = None
+        for answer in answers:
+            try:
+                self.handle_messages(answer)
+            except Exception as exc:
+                if error is None and isinstance(exc, InterfaceError | OSError):
+                    raise
+                error = error or exc
+        if error is not None:
+            raise error
         return context

@@ -32,11 +32,7 @@ INSERT_USER = """
     INSERT INTO users (username, password_hash) VALUES (:username, :password_hash) RETURNING id
 """
 UPDATE_USER_PASSWORD = "UPDATE users SET password_hash = :password_hash WHERE username = :username RETURNING id"  # noqa: S105
-SELECT_CREDENTIALS = "SELECT id, password_hash FROM users WHERE username = :username"
 SELECT_USER_ID = "SELECT id FROM users WHERE username = :username"
-# Held until the transaction ends: a password change or reset waits for a login that verified the
-# old password, or that login sees the new hash; and a user's sessions are created one at a time.
-LOCK_USER = "SELECT password_hash FROM users WHERE id = :user_id FOR UPDATE"
 # The new session, and in the same statement the end of the user's expired sessions and of the
 # oldest live ones beyond :max_sessions - 1 others (the DELETE sees the table without the new row).
 INSERT_SESSION = """
@@ -85,22 +81,19 @@ def set_user_password(con: Connection, *, username: str, password_hash: str) -> 
     return int(rows[0][0]) if rows else None
 
 
-def get_credentials(con: Connection, *, username: str) -> Credentials | None:
-    """The stored password hash for a username, or None."""
-    rows = con.run(SELECT_CREDENTIALS, username=username)
-    return Credentials(int(rows[0][0]), str(rows[0][1])) if rows else None
-
-
 def get_user_id(con: Connection, *, username: str) -> int | None:
     """The id of a username, or None."""
     rows = con.run(SELECT_USER_ID, username=username)
     return int(rows[0][0]) if rows else None
 
 
-def lock_user(con: Connection, *, user_id: int) -> str | None:
-    """Lock a user's row until the transaction ends; its current password hash, or None when gone."""
-    rows = con.run(LOCK_USER, user_id=user_id)
-    return str(rows[0][0]) if rows else None
+def lock_user_forgetting_failures(con: Connection, *, user_id: int, password_hash: str, username_key: str) -> bool:
+    """Lock a user's row until the transaction ends ; when its password hash is still
+    `password_hash`, forget the username's failed logins too. Whether it still is."""
+    rows = con.run(
+        LOCK_USER_FORGETTING_FAILURES, user_id=user_id, password_hash=password_hash, username_key=username_key
+    )
+    return bool(rows) and rows[0][0] == password_hash
 
 
 def create_session(con: Connection, *, token_hash: str, user_id: int, ttl_seconds: int, max_sessions: int) -> datetime:
@@ -186,20 +179,45 @@ RESERVE_LOGIN_ATTEMPT = f"""
     SELECT (SELECT id FROM pending), (SELECT seconds FROM wait)
 """
 # Counts again once the pending failure is committed, now seeing every concurrent attempt that got
-# as far, and withdraws it when they have passed a limit together.
+# as far, and withdraws it when they have passed a limit together. In the same round trip, the
+# username's credentials, which the password check needs next.
 CONFIRM_LOGIN_ATTEMPT = f"""
     WITH wait AS ({_LOGIN_WAIT}),
     withdrawn AS (
         DELETE FROM login_failures
         WHERE id = CAST(:failure_id AS bigint) AND (SELECT seconds FROM wait) IS NOT NULL
     )
-    SELECT seconds FROM wait
+    SELECT (SELECT seconds FROM wait), u.id, u.password_hash
+    FROM (SELECT 1) AS one LEFT JOIN users u ON u.username = :username
 """
-DELETE_LOGIN_FAILURES = "DELETE FROM login_failures WHERE username_key = :username_key"
+# The user's row locked until the transaction ends: a password change or reset waits for a login that
+# verified the old password, or that login sees the new hash; and a user's sessions are created one
+# at a time. When the password is still the one checked, the username's failed logins are forgotten
+# in the same statement: one round trip where a successful login took two.
+LOCK_USER_FORGETTING_FAILURES = """
+    WITH locked AS (SELECT password_hash FROM users WHERE id = :user_id FOR UPDATE),
+    forgotten AS (
+        DELETE FROM login_failures
+        WHERE username_key = :username_key AND (SELECT password_hash FROM locked) = :password_hash
+    )
+    SELECT password_hash FROM locked
+"""
 
 
-def reserve_login_attempt(con: Connection, *, username_key: str, source_ip: str, limits: LoginLimits) -> int | None:
-    """Count a login attempt as a failure in advance; None when it may go ahead, else seconds to wait.
+@dataclass(frozen=True)
+class LoginAttempt:
+    """A reserved login attempt: seconds to wait (None: it may go ahead), and the username's
+    credentials when it may (None: no such user, or refused)."""
+
+    retry_after: int | None
+    credentials: Credentials | None
+
+
+def reserve_login_attempt(
+    con: Connection, *, username: str, username_key: str, source_ip: str, limits: LoginLimits
+) -> LoginAttempt:
+    """Count a login attempt as a failure in advance: whether it may go ahead (else seconds to wait),
+    and, when it may, the username's credentials (read by the second statement, for the password check).
 
     Two statements, outside any transaction: the first records the pending failure only while the
     window is under both limits; the second, once that row is committed, counts again and withdraws
@@ -215,11 +233,11 @@ def reserve_login_attempt(con: Connection, *, username_key: str, source_ip: str,
         "max_per_source": limits.max_per_source,
     }
     failure_id, seconds = con.run(RESERVE_LOGIN_ATTEMPT, failure_id=None, **params)[0]
+    credentials = None
     if failure_id is not None:
-        seconds = con.run(CONFIRM_LOGIN_ATTEMPT, failure_id=failure_id, **params)[0][0]
-    return None if seconds is None else max(1, int(seconds))
-
-
-def delete_login_failures(con: Connection, *, username_key: str) -> None:
-    """Forget a username's failed logins (after a successful one)."""
-    con.run(DELETE_LOGIN_FAILURES, username_key=username_key)
+        seconds, user_id, password_hash = con.run(
+            CONFIRM_LOGIN_ATTEMPT, failure_id=failure_id, username=username, **params
+        )[0]
+        if seconds is None and user_id is not None:
+            credentials = Credentials(int(user_id), str(password_hash))
+    return LoginAttempt(None if seconds is None else max(1, int(seconds)), credentials)
