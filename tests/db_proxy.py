@@ -53,7 +53,10 @@ class FreezableProxy:
     def url(self) -> str:
         """A DATABASE_URL that reaches the test database through this proxy."""
         who = quote(self.upstream.user) + (f":{quote(self.upstream.password)}" if self.upstream.password else "")
-        return f"postgresql://{who}@127.0.0.1:{self.port}/{self.upstream.database}?sslmode={self.upstream.sslmode}"
+        url = f"postgresql://{who}@127.0.0.1:{self.port}/{self.upstream.database}?sslmode={self.upstream.sslmode}"
+        if self.upstream.sslrootcert:  # the bench's own certificate authority (scripts/bench/tlspg.py)
+            url += f"&sslrootcert={quote(self.upstream.sslrootcert)}"
+        return url
 
     def freeze(self) -> None:
         self._thawed.clear()

@@ -6,6 +6,8 @@ Runs on a fresh database `ctscan_bench` on the embedded server (or DATABASE_URL'
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import copy
 import gzip
 import json
@@ -19,7 +21,7 @@ from pathlib import Path
 
 from pydicom.uid import JPEGLosslessSV1
 
-from scripts.bench import coldstart, hostile, profile_upload
+from scripts.bench import coldstart, hostile, profile_upload, tlspg
 from scripts.bench import dicomweb as bench_dicomweb
 from scripts.bench import ingest as bench_ingest
 from scripts.bench import orthanc as bench_orthanc
@@ -265,12 +267,51 @@ def web_asset_figures() -> dict[str, object]:
     return figures
 
 
+_SERVERS = contextlib.ExitStack()
+atexit.register(_SERVERS.close)
+# What the database-bound rows ran over, said once at the top of the table (bench_server).
+TRANSPORT: dict[str, str] = {}
+
+
+def bench_server() -> str:
+    """The server make bench's database-bound rows use, as deployed where it can be: with no
+    DATABASE_URL, a private PostgreSQL cluster (fsync on) reached over TCP with TLS, verify-full
+    against a certificate authority the bench makes (scripts/bench/tlspg.py), when server binaries
+    with TLS are on the machine; else DATABASE_URL's server, or the embedded one over its unix socket.
+    Its URL; TRANSPORT says which it is."""
+    if TRANSPORT:
+        return os.environ["BENCH_SERVER_URL"]
+    explicit = bool(os.environ.get("DATABASE_URL", "").strip())
+    reason = "DATABASE_URL is set"
+    if not explicit:
+        try:
+            tlspg.tls_binaries()
+        except tlspg.NoTlsServer as missing:
+            reason = str(missing)
+        else:
+            server = _SERVERS.enter_context(tlspg.private_server(tls=True, plain=True, durable=True))
+            url = os.environ["DATABASE_URL"] = server.tls_url()
+            TRANSPORT["db_transport"] = (
+                f"TCP + TLS 1.3, sslmode=verify-full against the bench's own CA, to a private PostgreSQL "
+                f"cluster (fsync on) at {server.host}:{server.port}"
+            )
+            os.environ["BENCH_SERVER_URL"] = url
+            return url
+    url = prepare_database()
+    params = config.parse_database_url(url)
+    where = params.unix_sock or f"{params.host}:{params.port}"
+    kind = "unix socket" if params.unix_sock else f"TCP, sslmode={params.sslmode}"
+    TRANSPORT["db_transport"] = f"{kind} to {where} ({reason})"
+    os.environ["BENCH_SERVER_URL"] = url
+    return url
+
+
 def bench_database(name: str) -> tuple[str, str]:
     """A fresh database `name` on the bench server, migrated by the migrate function and made this
     process's DATABASE_URL: (the server's URL, the database's). From here on the handlers' log lines
     and metrics (written to stdout, as in Lambda) go to /dev/null; the tables go to REPORT."""
     sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the whole run
-    server_url = prepare_database()
+    server_url = bench_server()
     url = fresh_database(server_url, name)
     os.environ["DATABASE_URL"] = url
     config.get_settings.cache_clear()
@@ -330,7 +371,7 @@ def main() -> int:
         return 0
     if sys.argv[1:2] == ["--ingest"]:  # ingest against Orthanc alone: --ingest [our database's name] (~2 min)
         database = sys.argv[2] if sys.argv[2:] else bench_ingest.DATABASE
-        print_table(bench_ingest.section(prepare_database(), database=database))
+        print_table(bench_ingest.section(bench_server(), database=database))
         return 0
     if sys.argv[1:] == ["--hostile"]:  # the upload function's peak memory on hostile DICOM files, alone
         print_table(hostile.figures())
@@ -347,7 +388,7 @@ def main() -> int:
         print_table(profile_upload.figures(url))
         return 0
     if sys.argv[1:] == ["--cold-start"]:  # each function's init from its own zip alone (make package first)
-        figures = coldstart.figures(prepare_database(), database="ctscan_bench_cold")
+        figures = coldstart.figures(bench_server(), database="ctscan_bench_cold")
         print_table(figures or {"cold_start": "skipped"})
         return 0
     if sys.argv[1:] == ["--transport"]:  # the transports (unix, TCP, TLS, TLS + 1 ms) alone, on a private cluster
@@ -367,7 +408,7 @@ def main() -> int:
     user_id = db.call(db.create_user, username="bench", password_hash=auth.hash_password("bench"))
     token = db.call(auth.issue_session, user_id=user_id, ttl_seconds=3600).token
     api = LambdaClient()
-    figures: dict[str, object] = web_asset_figures()
+    figures: dict[str, object] = {**TRANSPORT, **web_asset_figures()}
 
     # Sequential uploads, each a distinct image (identical bytes would be deduplicated). The CT slice
     # is one phantom (scripts/dev/phantom.py), 512x512, 12 bits stored: as uncompressed DICOM, as JPEG
@@ -571,6 +612,8 @@ def main() -> int:
 
 
 def print_table(figures: dict[str, object]) -> None:
+    if TRANSPORT and "db_transport" not in figures:
+        print(f"database-bound rows: {TRANSPORT['db_transport']}", file=REPORT)
     width = max(len(k) for k in figures)
     print(f"{'figure':<{width}}  value        target", file=REPORT)
     print("-" * (width + 28), file=REPORT)

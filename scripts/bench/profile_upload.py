@@ -143,7 +143,7 @@ def profile(size: int, *, uploads: int, seed: int, database_url: str) -> dict[st
         if sampled_mean is None or not raw.exists():
             print(f"(py-spy could not profile the upload: {sampled.stderr.strip()[-300:]})", file=REPORT)
             return {}
-        with raw.open() as lines:
+        with raw.open(errors="replace") as lines:
             found = shares(lines)
     figures: dict[str, object] = {
         f"profile_upload_{size}_mean_ms": round(mean_ms, 2),

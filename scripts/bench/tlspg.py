@@ -203,10 +203,13 @@ def _run_as() -> str | None:
 
 
 @contextlib.contextmanager
-def private_server(*, tls: bool = True, plain: bool = False, log_statements: bool = False) -> Iterator[PrivateServer]:
+def private_server(
+    *, tls: bool = True, plain: bool = False, log_statements: bool = False, durable: bool = False
+) -> Iterator[PrivateServer]:
     """Start a private cluster (TLS with its own CA when `tls`; plain TCP and a unix socket too when
     `plain`), yield where it listens, then stop it and remove every file. `log_statements` writes
-    every statement to its log file (log_statement=all), to see what a request sends."""
+    every statement to its log file (log_statement=all), to see what a request sends. `durable`:
+    fsync on, as RDS commits (make bench's own rows); else off, for comparisons on one cluster."""
     bindir = tls_binaries() if tls else _any_binaries()
     user = _run_as()
     workdir = Path(tempfile.mkdtemp(prefix="ctscan-tlspg-"))
@@ -240,7 +243,8 @@ def private_server(*, tls: bool = True, plain: bool = False, log_statements: boo
             "listen_addresses": f"127.0.0.1,{OTHER_LOOPBACK}",
             "port": str(port),
             "unix_socket_directories": str(unix_dir) if unix_dir else "",
-            "fsync": "off",  # a throwaway cluster: durability costs would only add noise
+            # A throwaway cluster: durability costs would only add noise, unless measured as deployed.
+            "fsync": "on" if durable else "off",
             "max_connections": "60",
             "logging_collector": "off",
         }
