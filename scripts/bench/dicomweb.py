@@ -31,18 +31,20 @@ process starts light.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import http.client
 import json
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
+
+from scripts.bench import threads
 
 OUR_ROOT = "/api/v1/dicomweb"
 SLICES = 300
@@ -727,36 +729,13 @@ def _latency(
 
 def _throughput(spec: Mapping[str, Any], paths: Sequence[str], headers: Mapping[str, str], min_bytes: int) -> float:
     """Requests/s for `paths`, taken in order by 16 threads, each on its own kept-alive connection."""
-    queue = iter(paths)
-    lock = threading.Lock()
-    failures: list[BaseException] = []
-    ready = threading.Barrier(17)
-
-    def client() -> None:
-        connection = _connection(spec)
-        ready.wait()
-        try:
-            while True:
-                with lock:
-                    path = next(queue, None)
-                if path is None:
-                    break
-                _get(connection, path, headers, min_bytes)
-        except BaseException as exc:  # reported by the main thread
-            failures.append(exc)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=client) for _ in range(16)]
-    for thread in threads:
-        thread.start()
-    ready.wait()
-    start = time.perf_counter()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - start
-    if failures:
-        raise RuntimeError(f"{spec['name']}: {failures[0]!r}")
+    elapsed = threads.drain(
+        paths,
+        [functools.partial(_connection, spec)] * 16,
+        lambda connection, path: _get(connection, path, headers, min_bytes),
+        http.client.HTTPConnection.close,
+        name=str(spec["name"]),
+    )
     return len(paths) / elapsed
 
 

@@ -32,6 +32,7 @@ Gateway's part when deployed) and of the PostgreSQL processes working in its dat
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
 import json
 import statistics
@@ -44,6 +45,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from scripts.bench import threads
 
 SIZES = (512, 128)
 WARMUP = 3  # sequential uploads per size and server not counted (the first one imports the handler)
@@ -589,37 +592,14 @@ def _parallel(spec: Mapping[str, Any], files: Sequence[str], clients: int) -> fl
     (on a worker process of its own, where the server has several); seconds from the first request
     to the last answer."""
     bodies = [Client.body(spec, Path(path).read_bytes()) for path in files]
-    queue = iter(bodies)
-    lock = threading.Lock()
-    failures: list[BaseException] = []
-    ready = threading.Barrier(clients + 1)
     connected = spread_connections(spec, clients)
-
-    def work(client: Client) -> None:
-        ready.wait()
-        try:
-            while True:
-                with lock:
-                    item = next(queue, None)
-                if item is None:
-                    break
-                client.store(*item)
-        except BaseException as exc:  # reported by the main thread
-            failures.append(exc)
-        finally:
-            client.close()
-
-    threads = [threading.Thread(target=work, args=(client,)) for client in connected]
-    for thread in threads:
-        thread.start()
-    ready.wait()
-    start = time.perf_counter()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - start
-    if failures:
-        raise RuntimeError(f"{spec['name']}: {failures[0]!r}")
-    return elapsed
+    return threads.drain(
+        bodies,
+        [functools.partial(lambda client: client, client) for client in connected],
+        lambda client, item: client.store(*item),
+        Client.close,
+        name=str(spec["name"]),
+    )
 
 
 def spread_connections(spec: Mapping[str, Any], clients: int, tries: int = 100) -> list[Client]:
