@@ -388,6 +388,33 @@ def test_web_png_shows_bright_regions_and_a_deleted_scan_leaves_the_upload_list(
     expect(row.get_by_role("link")).to_have_count(0)
 
 
+def test_web_an_image_uploaded_while_the_library_loads_stays_in_it(tab: Tab, service: Service, tmp_path: Path) -> None:
+    """The library's first page was listed by the server before an upload made while it was on its
+    way: the page must not drop the uploaded image (it did, now and then, in CI: a tile detached)."""
+    from playwright.sync_api import Route, expect
+
+    page = tab.page
+    service.create_user("lena")
+    held: list[tuple[Route, Any]] = []
+    images_page = re.compile(r".*/api/v1/scans\?(?:.*&)?dicom=false.*")
+    # The server answers the library's first page at once; the answer is held here until after the upload.
+    page.route(images_page, lambda route: held.append((route, route.fetch())))
+    log_in(tab, service, "lena")
+    until(page, lambda: bool(held))
+    png = tmp_path / "late.png"
+    png.write_bytes(images.png8(size=128, seed=23, regions=(images.Region(30, 40, 14, 12),)))
+    page.get_by_label("Upload scans").set_input_files(png)
+    tile = page.get_by_role("link", name=re.compile(r"^late\.png"))
+    expect(tile).to_be_visible()
+    route, answer = held[0]
+    route.fulfill(response=answer)  # listed before the upload: it holds no late.png
+    page.unroute(images_page)
+    expect(page.get_by_text("Loading images…")).to_have_count(0)
+    expect(tile).to_be_visible()
+    tile.click()
+    expect(page.get_by_role("table", name=re.compile(r"^Bright regions"))).to_be_visible()
+
+
 def test_web_two_encodings_of_one_mr_instance_are_one_image_with_no_regions(
     tab: Tab, service: Service, tmp_path: Path
 ) -> None:

@@ -80,7 +80,10 @@ export function useLibrary(api) {
   // cursor (undefined: the first page is still to come), the request in flight (one at a time), and
   // every cursor already asked for since the first page, so a cursor is requested once however often
   // the observer fires (as it does when it is subscribed, and for each scroll past the button).
-  const paging = useRef({ cursor: undefined, inFlight: false, asked: new Set() });
+  // `added` and `removed`: images uploaded or deleted here while a first page was on its way (null:
+  // none on its way). That page may have been listed before they were stored or deleted: the uploads
+  // are kept in, the deleted left out.
+  const paging = useRef({ cursor: undefined, inFlight: false, asked: new Set(), added: null, removed: null });
 
   const loadImages = useCallback(
     async (fromStart) => {
@@ -91,14 +94,17 @@ export function useLibrary(api) {
       if (fromStart) state.asked = new Set();
       else state.asked.add(cursor);
       state.inFlight = true;
+      if (fromStart) [state.added, state.removed] = [new Map(), new Set()];
       setImages((s) => ({ ...s, loading: true, error: "" }));
       try {
         const page = await api.listScans({ limit: PAGE_SIZE, cursor, dicom: false });
         state.cursor = page.nextCursor || undefined;
+        const added = fromStart ? [...state.added.values()] : [];
+        const removed = fromStart ? state.removed : new Set();
         setImages((s) => {
-          const kept = fromStart ? [] : s.items;
-          const known = new Set(kept.map((item) => item.scanId));
-          const items = [...kept, ...page.items.filter((item) => !known.has(item.scanId))];
+          const kept = fromStart ? added : s.items;
+          const known = new Set([...kept.map((item) => item.scanId), ...removed]);
+          const items = [...kept, ...page.items.filter((item) => !known.has(item.scanId))].sort(newestFirst);
           return { items, nextCursor: page.nextCursor, loading: false, loaded: true, error: "" };
         });
       } catch (error) {
@@ -107,6 +113,7 @@ export function useLibrary(api) {
         setImages((s) => ({ ...s, loading: false, error: `The images could not be loaded. ${error.message}` }));
       } finally {
         state.inFlight = false;
+        if (fromStart) [state.added, state.removed] = [null, null];
       }
     },
     [api],
@@ -183,9 +190,12 @@ export function useLibrary(api) {
           studiesChanged();
           return;
         }
+        paging.current.added?.set(scan.scanId, scan);
         setImages((s) => ({ ...s, items: [scan, ...s.items.filter((item) => item.scanId !== scan.scanId)].sort(newestFirst) }));
       },
       remove(scan) {
+        paging.current.added?.delete(scan.scanId);
+        paging.current.removed?.add(scan.scanId);
         if (scan.dicom) studiesChanged();
         setImages((s) => ({ ...s, items: s.items.filter((item) => item.scanId !== scan.scanId) }));
       },
