@@ -7,6 +7,11 @@ upload's wall time per category (py-spy --idle: waits on PostgreSQL count where 
 the share of samples times the mean upload time of the same uploads run without py-spy just before
 (the mean with py-spy reading along is printed too: it should be close).
 
+Beside it, the upload's p50 without its imaging: other slices, each decoded, analysed, rendered and
+described before the clock starts and handed to the upload in turn, so that what is timed is the rest
+(the event, Mangum, FastAPI, the token, the lookups, the INSERT, the response). No cut in decoding,
+analysis or rendering can take the upload below it: it says how far such cuts can go.
+
 py-spy (MIT, pinned in requirements-dev.txt) reads the process from outside with ptrace: it needs
 root or kernel.yama.ptrace_scope 0, else the section says so and prints nothing.
 """
@@ -57,19 +62,35 @@ from scripts.dev.localgw.routes import load_routes
 from pathlib import Path
 from tests.lambda_client import multipart
 size, count, seed = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+without_imaging = sys.argv[4:] == ['without-imaging']
 asyncio.set_event_loop(asyncio.new_event_loop())
 user_id = db.call(db.create_user, username=f'profile-{size}-{seed}', password_hash=auth.hash_password('profile'))
 token = db.call(auth.issue_session, user_id=user_id, ttl_seconds=3600).token
 route = next(r for r in load_routes(Path('serverless.yml')) if r.function_name == 'upload')
-events = []
+events, files = [], []
 for i in range(count):
     ds = phantom.ct_slice_dataset(size, seed=seed + i, instance_number=i + 1)
-    body, ctype = multipart({'file': ('slice.dcm', phantom.dicom_bytes(ds), 'application/dicom')})
+    files.append(phantom.dicom_bytes(ds))
+    body, ctype = multipart({'file': ('slice.dcm', files[-1], 'application/dicom')})
     events.append(build_event(method='POST', raw_path='/api/v1/scans/analyze', raw_query='', source_ip='127.0.0.1',
         headers=[('host', 'bench'), ('content-type', ctype), ('authorization', 'Bearer ' + token)],
         body=body, route=route, path_params={}))
 import functions.upload.handler as upload
 context = LambdaContext(route, 'profile')
+if without_imaging:
+    # The upload less its imaging: each file's decode, analysis, renderings and DICOMweb description are
+    # done here first, and the upload takes them in turn (files are uploaded in this order).
+    from shared import imaging
+    from shared.scans import instances as dicom_instances
+    done = iter([(len(raw), imaging.analyze_upload(raw), dicom_instances.describe(raw)) for raw in files])
+    ready = []
+    def analyzed(data, **options):
+        length, scan, record = next(done)
+        assert len(data) == length, 'the uploads left their order'
+        ready.append(record)
+        return scan
+    imaging.analyze_upload = analyzed
+    dicom_instances.describe = lambda data: ready.pop()
 for event in events[:3]:
     assert upload.handler(event, context)['statusCode'] == 201
 elapsed = []
@@ -77,7 +98,9 @@ for event in events[3:]:
     start = time.perf_counter()
     assert upload.handler(event, context)['statusCode'] == 201
     elapsed.append((time.perf_counter() - start) * 1000)
-print(json.dumps({'mean_ms': sum(elapsed) / len(elapsed), 'uploads': len(elapsed)}), file=sys.stderr)
+elapsed_sorted = sorted(elapsed)
+print(json.dumps({'mean_ms': sum(elapsed) / len(elapsed), 'p50_ms': elapsed_sorted[len(elapsed) // 2],
+                  'uploads': len(elapsed)}), file=sys.stderr)
 """
 
 
@@ -106,7 +129,9 @@ def shares(raw_lines: Iterable[str], *, anchor: str = "handler (shared/http/entr
     return {name: counts[name] / total for name in counts} if total else {}
 
 
-def _run_child(command: list[str], *, database_url: str) -> tuple[subprocess.CompletedProcess[str], float | None]:
+def _run_child(
+    command: list[str], *, database_url: str
+) -> tuple[subprocess.CompletedProcess[str], dict[str, float] | None]:
     out = subprocess.run(
         command,
         # PROFILE_ROOT: another checkout's upload (say a worktree of the commit before a change), profiled
@@ -118,7 +143,7 @@ def _run_child(command: list[str], *, database_url: str) -> tuple[subprocess.Com
         timeout=600,
     )
     timing = next((line for line in reversed(out.stderr.splitlines()) if line.startswith('{"mean_ms"')), None)
-    return out, None if timing is None else float(json.loads(timing)["mean_ms"])
+    return out, None if timing is None else json.loads(timing)
 
 
 def profile(size: int, *, uploads: int, seed: int, database_url: str) -> dict[str, object]:
@@ -129,9 +154,16 @@ def profile(size: int, *, uploads: int, seed: int, database_url: str) -> dict[st
         print("(py-spy is not installed: `make venv` installs it from requirements-dev.txt)", file=REPORT)
         return {}
     child = [sys.executable, "-c", CHILD, str(size), str(uploads + 3)]
-    plain, mean_ms = _run_child([*child, str(seed)], database_url=database_url)
-    if mean_ms is None:
+    plain, timing = _run_child([*child, str(seed)], database_url=database_url)
+    if timing is None:
         raise SystemExit(f"the upload profile's child failed: {plain.stderr[-2000:]}")
+    mean_ms = timing["mean_ms"]
+    # The same uploads, other slices, with their imaging done before the clock starts: what is left
+    # (gateway event, Mangum, FastAPI, the token, the lookups, the INSERT, the response) is the floor
+    # that no cut in decoding, analysis or rendering can go below.
+    bare, bare_timing = _run_child([*child, str(seed + 20_000), "without-imaging"], database_url=database_url)
+    if bare_timing is None:
+        raise SystemExit(f"the upload profile's child failed without imaging: {bare.stderr[-2000:]}")
     with tempfile.TemporaryDirectory() as scratch:
         raw = Path(scratch) / "samples.txt"
         # --nonblocking: py-spy reads the process without stopping it at every sample (stopping it
@@ -139,15 +171,18 @@ def profile(size: int, *, uploads: int, seed: int, database_url: str) -> dict[st
         # process" after its child has exited and been reaped; what it wrote stands.
         sampler = [py_spy, "record", "--idle", "--nonblocking", "--rate", "250", "--format", "raw"]
         sampler += ["--output", str(raw)]
-        sampled, sampled_mean = _run_child([*sampler, "--", *child, str(seed + 10_000)], database_url=database_url)
-        if sampled_mean is None or not raw.exists():
+        sampled, sampled_timing = _run_child([*sampler, "--", *child, str(seed + 10_000)], database_url=database_url)
+        if sampled_timing is None or not raw.exists():
             print(f"(py-spy could not profile the upload: {sampled.stderr.strip()[-300:]})", file=REPORT)
             return {}
         with raw.open(errors="replace") as lines:
             found = shares(lines)
     figures: dict[str, object] = {
         f"profile_upload_{size}_mean_ms": round(mean_ms, 2),
-        f"profile_upload_{size}_mean_ms_sampled": round(sampled_mean, 2),
+        f"profile_upload_{size}_p50_ms": round(timing["p50_ms"], 2),
+        f"profile_upload_{size}_without_imaging_p50_ms": round(bare_timing["p50_ms"], 2),
+        f"profile_upload_{size}_imaging_p50_ms": round(timing["p50_ms"] - bare_timing["p50_ms"], 2),
+        f"profile_upload_{size}_mean_ms_sampled": round(sampled_timing["mean_ms"], 2),
     }
     for name, share in sorted(found.items(), key=lambda item: -item[1]):
         figures[f"profile_upload_{size}: {name}"] = f"{share * mean_ms:.2f} ms ({share:.0%})"
