@@ -393,8 +393,7 @@ def main() -> int:
         db.close_connection()
         return 0
     if sys.argv[1:] == ["--profile-upload"]:  # where an upload's milliseconds go (py-spy), alone (~1 min)
-        _, url = bench_database("ctscan_bench_profile")
-        print_table(profile_upload.figures(url))
+        print_table(profile_upload.figures(profile_upload.migrated_database(bench_server())))
         return 0
     if sys.argv[1:] == ["--cold-start"]:  # each function's init from its own zip alone (make package first)
         figures = coldstart.figures(bench_server(), database="ctscan_bench_cold")
@@ -465,6 +464,8 @@ def main() -> int:
     figures.update(analysis_step_figures(slices[0]))
     # Ingest against Orthanc (issue 19): both sizes, one connection and 5 clients, on databases of their own.
     figures.update(bench_ingest.section(server_url))
+    # Where the upload's milliseconds go (py-spy), and its p50 without its imaging (the floor).
+    figures.update(profile_upload.figures(profile_upload.migrated_database(server_url)))
 
     # Warm GET of a ~512 KB original versus a SELECT of the same bytea alone (binary and hex text).
     big = ct_image(544, 7, noise=0.012)

@@ -28,7 +28,7 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from scripts.bench.common import REPORT
+from scripts.bench.common import REPORT, fresh_database
 from scripts.dev.env import ROOT
 
 # Each sample goes to the first category one of whose markers appears in its stack (outermost first
@@ -187,6 +187,22 @@ def profile(size: int, *, uploads: int, seed: int, database_url: str) -> dict[st
     for name, share in sorted(found.items(), key=lambda item: -item[1]):
         figures[f"profile_upload_{size}: {name}"] = f"{share * mean_ms:.2f} ms ({share:.0%})"
     return figures
+
+
+def migrated_database(server_url: str, name: str = "ctscan_bench_profile") -> str:
+    """A fresh database `name` on the bench server, migrated on a connection of its own (the bench
+    process's own database stays its DATABASE_URL); its URL."""
+    from shared import db
+    from shared.core import config
+    from shared.db.migrations import run_migrations
+
+    url = fresh_database(server_url, name)
+    con = db.connect(config.parse_database_url(url), timeout=60)
+    try:
+        run_migrations(con)
+    finally:
+        con.close()
+    return url
 
 
 def figures(database_url: str, *, uploads: int = 150) -> dict[str, object]:
