@@ -43,8 +43,21 @@ def test_a_front_door_loads_no_heavy_library(module: str) -> None:
 
 def test_the_lean_http_modules_load_no_fastapi() -> None:
     # The images function imports these beside the handler; FastAPI's import is most of a cold start.
-    modules = ("shared.http.entry", "shared.http.errors", "shared.http.image_responses", "shared.http.image_cache")
+    modules = (
+        "shared.http.entry",
+        "shared.http.errors",
+        "shared.http.image_responses",
+        "shared.http.image_cache",
+        "shared.http.plain",
+    )
     assert loaded_after_import("; import ".join(modules)) == []
+
+
+@pytest.mark.parametrize("module", ["functions.images.handler", "functions.scans.handler"])
+def test_the_plain_starlette_functions_load_no_heavy_library(module: str) -> None:
+    # FastAPI and Pydantic were more than half of the scans function's cold start (the library's first
+    # listing); the images function never had them.
+    assert loaded_after_import(module) == []
 
 
 def test_the_fastapi_app_module_does_load_fastapi() -> None:
@@ -116,7 +129,7 @@ MODELS_BUILT = (
 )
 
 
-@pytest.mark.parametrize("module", ["functions.scans.handler", "functions.auth.handler", "functions.upload.handler"])
+@pytest.mark.parametrize("module", ["functions.auth.handler", "functions.upload.handler"])
 def test_a_fastapi_function_builds_at_import_only_the_models_it_validates_requests_with(module: str) -> None:
     # FastAPI's OpenAPI document models and our response schemas (documentation: openapi_url=None when
     # deployed) build on first use (shared/http/deferred_models.py), not in every cold start; a request
@@ -148,7 +161,7 @@ PYDANTIC_V1 = (
 )
 
 
-@pytest.mark.parametrize("module", ["functions.scans.handler", "functions.auth.handler", "functions.upload.handler"])
+@pytest.mark.parametrize("module", ["functions.auth.handler", "functions.upload.handler"])
 def test_a_fastapi_function_never_imports_pydantic_v1_to_ask_whether_something_is_one_of_its_models(
     module: str,
 ) -> None:

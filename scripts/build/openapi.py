@@ -3,9 +3,9 @@
     python -m scripts.build.openapi            writes openapi.json (checked in; tests/test_openapi.py fails when stale)
     python -m scripts.build.openapi --check    exits 1 when openapi.json is not what the code generates
 
-upload, scans and auth are FastAPI apps: their routes describe themselves (shared/http/schemas.py holds
-the JSON shapes). The images function is plain Starlette for its cold start, so its one route is
-described here by a FastAPI stub that is never deployed. Security schemes (bearer token, signed
+upload and auth are FastAPI apps: their routes describe themselves (shared/http/schemas.py holds
+the JSON shapes). The images and scans functions are plain Starlette for their cold start, so their
+routes are described here by FastAPI stubs that are never deployed. Security schemes (bearer token, signed
 image URL) and the routes each applies to are added here, from serverless.yml's route list.
 """
 
@@ -21,7 +21,9 @@ from fastapi import FastAPI, Header, Query, Response
 from fastapi import Path as PathParam
 from fastapi.openapi.utils import get_openapi
 
-from shared.http.schemas import ErrorBody, error_responses
+from functions.scans import limits as scans
+from shared.dicomweb import UID_PATTERN
+from shared.http.schemas import ErrorBody, ScanPage, ScanPublic, error_responses
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -92,6 +94,14 @@ MULTIPART = {"multipart/related": {"schema": {"type": "string", "format": "binar
 StudyUID = Annotated[str, PathParam(pattern=UID, description="Study Instance UID")]
 SeriesUID = Annotated[str, PathParam(pattern=UID, description="Series Instance UID")]
 InstanceUID = Annotated[str, PathParam(pattern=UID, description="SOP Instance UID")]
+# The scans function's query parameters, with the limits its handler checks (shared.http.plain).
+ScansLimit = Annotated[int, Query(ge=1, le=scans.MAX_LIMIT)]
+ScansCursor = Annotated[str | None, Query(max_length=scans.MAX_CURSOR_LENGTH)]
+SeriesUidQuery = Annotated[str | None, Query(alias="seriesInstanceUid", pattern=UID_PATTERN)]
+StudyUidQuery = Annotated[str | None, Query(alias="studyInstanceUid", pattern=UID_PATTERN)]
+DicomOnly = Annotated[
+    bool | None, Query(description="true: only DICOM files; false: only PNG and JPEG (newest first only)")
+]
 AcceptHeader = Annotated[str | None, Header(alias="Accept")]
 FrameList = Annotated[str, PathParam(pattern=r"^[0-9]{1,9}(,[0-9]{1,9}){0,99}$", description="Frame numbers, from 1")]
 BulkPath = Annotated[
@@ -101,6 +111,66 @@ BulkPath = Annotated[
         description="As the metadata's BulkDataURI names it",
     ),
 ]
+
+
+def scans_stub() -> FastAPI:
+    """The scans function's routes, described with FastAPI (the function itself is plain Starlette,
+    shared.http.plain making the same checks): the limits are the handler's own constants."""
+    app = FastAPI()
+
+    def list_scans(
+        limit: ScansLimit = scans.DEFAULT_LIMIT,
+        cursor: ScansCursor = None,
+        series_instance_uid: SeriesUidQuery = None,
+        study_instance_uid: StudyUidQuery = None,
+        dicom: DicomOnly = None,
+    ) -> dict[str, Any]:
+        raise NotImplementedError  # documentation only
+
+    app.get(
+        scans.SCANS,
+        response_model=None,
+        responses={200: {"model": ScanPage}, **error_responses(400, 401, 422, 503)},
+        summary="List the caller's scans: newest first, or one series or study in reading order",
+    )(list_scans)
+
+    def read_scan(scan_id: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    app.get(
+        scans.SCANS + "/{scan_id}",
+        response_model=None,
+        responses={200: {"model": ScanPublic}, **error_responses(400, 401, 404, 503)},
+        summary="One scan with its analysis",
+    )(read_scan)
+
+    def delete_scan(scan_id: str) -> Response:
+        raise NotImplementedError
+
+    app.delete(
+        scans.SCANS + "/{scan_id}",
+        status_code=204,
+        response_model=None,
+        responses=error_responses(400, 401, 404, 503),
+        summary="Delete a scan and its images",
+    )(delete_scan)
+
+    def delete_study(study: StudyUID) -> Response:
+        raise NotImplementedError
+
+    def delete_series(study: StudyUID, series: SeriesUID) -> Response:
+        raise NotImplementedError
+
+    def delete_instance(study: StudyUID, series: SeriesUID, instance: InstanceUID) -> Response:
+        raise NotImplementedError
+
+    deleted: dict[str, Any] = dict(status_code=204, response_model=None, responses=error_responses(400, 401, 404, 503))
+    app.delete(scans.STUDY, summary="DICOMweb: delete a study (its scans, and its other objects)", **deleted)(
+        delete_study
+    )
+    app.delete(scans.SERIES, summary="DICOMweb: delete a series", **deleted)(delete_series)
+    app.delete(scans.INSTANCE, summary="DICOMweb: delete an instance", **deleted)(delete_instance)
+    return app
 
 
 def dicomweb_stub() -> FastAPI:
@@ -336,7 +406,6 @@ def dicomweb_stub() -> FastAPI:
 def build() -> dict[str, Any]:
     """The merged OpenAPI document, deterministic (sorted keys when written)."""
     import functions.auth.handler as auth
-    import functions.scans.handler as scans
     import functions.upload.handler as upload
 
     document: dict[str, Any] = {
@@ -367,7 +436,7 @@ def build() -> dict[str, Any]:
             },
         },
     }
-    for app in (upload.app, scans.app, auth.app, images_stub(), dicomweb_stub()):
+    for app in (upload.app, scans_stub(), auth.app, images_stub(), dicomweb_stub()):
         part = get_openapi(title=TITLE, version=VERSION, routes=app.routes)
         for path, operations in part.get("paths", {}).items():
             document["paths"].setdefault(path, {}).update(operations)

@@ -2,7 +2,8 @@
 dependency, multipart uploads.
 
 The images function never imports this module (FastAPI's import is most of a cold start): its
-Starlette-only parts live beside it (shared.http.errors, entry, image_responses).
+Starlette-only parts live beside it (shared.http.errors, entry, image_responses), and so do the
+scans function's (shared.http.plain).
 """
 
 from __future__ import annotations
@@ -12,15 +13,15 @@ from typing import Annotated
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from starlette.datastructures import MutableHeaders, UploadFile
+from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared import auth, db
 from shared.core.config import get_settings
 from shared.core.errors import DomainError, InvalidImage, InvalidUpload, UnsupportedMediaType, UploadTooLarge
 from shared.http.entry import lambda_handler
 from shared.http.errors import domain_error, error_response, http_error, unexpected_error
+from shared.http.plain import SecurityHeaders, request_owner
 from shared.http.urls import base_url
 
 # Re-exported for the FastAPI functions: one import site for HTTP plumbing.
@@ -46,28 +47,6 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(422, "invalid_request", "; ".join(problems) or "Invalid request.")
 
 
-class SecurityHeaders:
-    """ASGI middleware: nosniff on every response; JSON (scan data, tokens) is never stored by caches."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                headers["X-Content-Type-Options"] = "nosniff"
-                if headers.get("content-type", "").startswith("application/json"):
-                    headers.setdefault("Cache-Control", "no-store")
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
-
 def create_app(name: str) -> FastAPI:
     """A FastAPI app with our error map; no docs routes and no lifespan work (Mangum runs it per call)."""
     app = FastAPI(title=f"ctscan-store {name}", docs_url=None, redoc_url=None, openapi_url=None)
@@ -84,8 +63,7 @@ async def current_owner(request: Request) -> db.Owner:
 
     async so FastAPI runs it on the invoking thread, whose connection the handler reuses.
     """
-    token = auth.parse_bearer(request.headers.get("authorization"))
-    return db.call(auth.authenticate, token=token)
+    return request_owner(request)
 
 
 Owner = Annotated[db.Owner, Depends(current_owner)]
