@@ -53,10 +53,10 @@ def test_the_lean_http_modules_load_no_fastapi() -> None:
     assert loaded_after_import("; import ".join(modules)) == []
 
 
-@pytest.mark.parametrize("module", ["functions.images.handler", "functions.scans.handler"])
+@pytest.mark.parametrize("module", ["functions.images.handler", "functions.scans.handler", "functions.auth.handler"])
 def test_the_plain_starlette_functions_load_no_heavy_library(module: str) -> None:
-    # FastAPI and Pydantic were more than half of the scans function's cold start (the library's first
-    # listing); the images function never had them.
+    # FastAPI and Pydantic were more than half of the scans and auth functions' cold starts (the
+    # library's first listing, the first login); the images function never had them.
     assert loaded_after_import(module) == []
 
 
@@ -129,7 +129,7 @@ MODELS_BUILT = (
 )
 
 
-@pytest.mark.parametrize("module", ["functions.auth.handler", "functions.upload.handler"])
+@pytest.mark.parametrize("module", ["functions.upload.handler"])
 def test_a_fastapi_function_builds_at_import_only_the_models_it_validates_requests_with(module: str) -> None:
     # FastAPI's OpenAPI document models and our response schemas (documentation: openapi_url=None when
     # deployed) build on first use (shared/http/deferred_models.py), not in every cold start; a request
@@ -161,7 +161,7 @@ PYDANTIC_V1 = (
 )
 
 
-@pytest.mark.parametrize("module", ["functions.auth.handler", "functions.upload.handler"])
+@pytest.mark.parametrize("module", ["functions.upload.handler"])
 def test_a_fastapi_function_never_imports_pydantic_v1_to_ask_whether_something_is_one_of_its_models(
     module: str,
 ) -> None:

@@ -3,10 +3,11 @@
     python -m scripts.build.openapi            writes openapi.json (checked in; tests/test_openapi.py fails when stale)
     python -m scripts.build.openapi --check    exits 1 when openapi.json is not what the code generates
 
-upload and auth are FastAPI apps: their routes describe themselves (shared/http/schemas.py holds
-the JSON shapes). The images and scans functions are plain Starlette for their cold start, so their
-routes are described here by FastAPI stubs that are never deployed. Security schemes (bearer token, signed
-image URL) and the routes each applies to are added here, from serverless.yml's route list.
+upload is a FastAPI app: its routes describe themselves (shared/http/schemas.py holds the JSON
+shapes). The images, scans and auth functions are plain Starlette for their cold start, so their
+routes are described here by FastAPI stubs that are never deployed (with auth's request bodies).
+Security schemes (bearer token, signed image URL) and the routes each applies to are added here,
+from serverless.yml's route list.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Header, Query, Response
 from fastapi import Path as PathParam
 from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel, ConfigDict, Field
 
+from functions.auth import limits as auth
 from functions.scans import limits as scans
 from shared.dicomweb import UID_PATTERN
-from shared.http.schemas import ErrorBody, ScanPage, ScanPublic, error_responses
+from shared.http.schemas import ErrorBody, ScanPage, ScanPublic, SessionCreated, error_responses
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -111,6 +114,83 @@ BulkPath = Annotated[
         description="As the metadata's BulkDataURI names it",
     ),
 ]
+
+
+class SessionCreate(BaseModel):
+    """Login credentials."""
+
+    model_config = ConfigDict(extra="forbid")
+    username: str = Field(min_length=1, max_length=auth.MAX_USERNAME_LENGTH)
+    password: str = Field(min_length=1, max_length=auth.MAX_PASSWORD_LENGTH)
+
+
+class PasswordChange(BaseModel):
+    """The current password and the new one."""
+
+    model_config = ConfigDict(extra="forbid")
+    current_password: str = Field(alias="currentPassword", min_length=1, max_length=auth.MAX_PASSWORD_LENGTH)
+    new_password: str = Field(
+        alias="newPassword", min_length=auth.MIN_PASSWORD_LENGTH, max_length=auth.MAX_PASSWORD_LENGTH
+    )
+
+
+def auth_stub() -> FastAPI:
+    """The auth function's routes, described with FastAPI (the function itself is plain Starlette,
+    shared.http.plain checking its bodies as FastAPI checks these models)."""
+    app = FastAPI()
+    created = {201: {"model": SessionCreated}}
+
+    def create_session(credentials: SessionCreate) -> dict[str, Any]:
+        raise NotImplementedError  # documentation only
+
+    def delete_session() -> Response:
+        raise NotImplementedError
+
+    def delete_all_sessions() -> Response:
+        raise NotImplementedError
+
+    def change_password(change: PasswordChange) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def create_viewer_token() -> dict[str, Any]:
+        raise NotImplementedError
+
+    app.post(
+        auth.SESSIONS,
+        status_code=201,
+        response_model=None,
+        responses={**created, **error_responses(400, 401, 422, 429, 503)},
+        summary="Log in: a bearer token for a username and password",
+    )(create_session)
+    app.delete(
+        auth.CURRENT_SESSION,
+        status_code=204,
+        response_model=None,
+        responses=error_responses(401, 503),
+        summary="Log out: end this token's session",
+    )(delete_session)
+    app.delete(
+        auth.SESSIONS,
+        status_code=204,
+        response_model=None,
+        responses=error_responses(401, 503),
+        summary="Log out everywhere: end every session of this token's user",
+    )(delete_all_sessions)
+    app.post(
+        auth.PASSWORD,
+        status_code=201,
+        response_model=None,
+        responses={**created, **error_responses(400, 401, 422, 429, 503)},
+        summary="Change the password: ends every session of the user and answers a new one",
+    )(change_password)
+    app.post(
+        auth.VIEWER_TOKENS,
+        status_code=201,
+        response_model=None,
+        responses={**created, **error_responses(401, 503)},
+        summary="A read-only token for a DICOMweb viewer (OHIF's ?token=): DICOMweb GETs only, ends with this session",
+    )(create_viewer_token)
+    return app
 
 
 def scans_stub() -> FastAPI:
@@ -405,7 +485,6 @@ def dicomweb_stub() -> FastAPI:
 
 def build() -> dict[str, Any]:
     """The merged OpenAPI document, deterministic (sorted keys when written)."""
-    import functions.auth.handler as auth
     import functions.upload.handler as upload
 
     document: dict[str, Any] = {
@@ -436,7 +515,7 @@ def build() -> dict[str, Any]:
             },
         },
     }
-    for app in (upload.app, scans_stub(), auth.app, images_stub(), dicomweb_stub()):
+    for app in (upload.app, scans_stub(), auth_stub(), images_stub(), dicomweb_stub()):
         part = get_openapi(title=TITLE, version=VERSION, routes=app.routes)
         for path, operations in part.get("paths", {}).items():
             document["paths"].setdefault(path, {}).update(operations)

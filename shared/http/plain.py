@@ -1,16 +1,21 @@
-"""Plain Starlette for a JSON function whose cold start FastAPI would double (scans): the app factory
-with our error map and security headers, the owner of a bearer token, and the checks FastAPI's
-parameters would make, with its messages ("query.limit: Input should be ...", 422 invalid_request).
+"""Plain Starlette for the JSON functions whose cold start FastAPI would double (scans, auth): the app
+factory with our error map and security headers, the owner of a bearer token, and the checks FastAPI
+made of parameters and of a JSON body of text fields (a Pydantic model with extra="forbid"), with its
+messages ("query.limit: Input should be ...", "username: Field required"; 422 invalid_request).
 
-Imports no FastAPI and no Pydantic (an import-linter contract in pyproject.toml holds it so). The
-parameters each route takes are described for openapi.json by a FastAPI stub
-(scripts/build/openapi.py) that states the same limits; tests/test_scans.py holds the two to agree.
+Imports no FastAPI and no Pydantic (an import-linter contract in pyproject.toml holds it so). What
+each route takes is described for openapi.json by a FastAPI stub (scripts/build/openapi.py) that
+states the same limits; tests/test_scans_params.py and tests/test_auth_body.py hold each check to
+FastAPI's own for that stub.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.datastructures import MutableHeaders
@@ -117,3 +122,65 @@ def _text(where: str, name: str, value: str, *, max_length: int | None, pattern:
 
 def _invalid(where: str, name: str, message: str) -> InvalidParameter:
     return InvalidParameter(f"{where}.{name}: {message}")
+
+
+@dataclass(frozen=True)
+class TextField:
+    """A string member of a JSON body: its key, and its length in characters."""
+
+    key: str
+    min_length: int
+    max_length: int
+
+
+_NO_BODY = object()
+
+
+async def json_body(request: Request) -> Any:
+    """The request's JSON body as FastAPI read one for a body model: parsed when it is declared JSON
+    (application/json or application/*+json), its bytes when it is anything else or undeclared,
+    _NO_BODY when empty; a JSON decode error is a 422 at the error's position."""
+    body = await request.body()
+    if not body:
+        return _NO_BODY
+    # email.message's rules: the type before any parameter, lower-cased; anything but one slash is text/plain.
+    declared = (request.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
+    maintype, _, subtype = declared.partition("/") if declared.count("/") == 1 else ("text", "/", "plain")
+    if maintype != "application" or not (subtype == "json" or subtype.endswith("+json")):
+        return body
+    try:
+        return json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise InvalidParameter(f"{exc.pos}: JSON decode error") from None
+    except Exception:  # not UTF-8, nested past the recursion limit: FastAPI's 400 for these
+        raise HTTPException(400, "There was an error parsing the body") from None
+
+
+def text_fields(body: Any, fields: Sequence[TextField]) -> dict[str, str]:
+    """A body read by json_body as an object of these text fields and no others, with the messages
+    Pydantic gives for such a model (extra="forbid"): every problem, fields first, then extra keys."""
+    if body is _NO_BODY:
+        raise InvalidParameter("request: Field required")
+    if not isinstance(body, dict):
+        raise InvalidParameter("request: Input should be a valid dictionary or object to extract fields from")
+    problems: list[str] = []
+    for field in fields:
+        if field.key not in body:
+            problems.append(f"{field.key}: Field required")
+            continue
+        value = body[field.key]
+        if not isinstance(value, str):
+            problems.append(f"{field.key}: Input should be a valid string")
+        elif len(value) < field.min_length:
+            problems.append(f"{field.key}: String should have at least {_characters(field.min_length)}")
+        elif len(value) > field.max_length:
+            problems.append(f"{field.key}: String should have at most {_characters(field.max_length)}")
+    known = {field.key for field in fields}
+    problems += [f"{key}: Extra inputs are not permitted" for key in body if key not in known]
+    if problems:
+        raise InvalidParameter("; ".join(problems))
+    return {field.key: body[field.key] for field in fields}
+
+
+def _characters(count: int) -> str:
+    return f"{count} character" if count == 1 else f"{count} characters"
