@@ -138,7 +138,6 @@ def auth_stub() -> FastAPI:
     """The auth function's routes, described with FastAPI (the function itself is plain Starlette,
     shared.http.plain checking its bodies as FastAPI checks these models)."""
     app = FastAPI()
-    created = {201: {"model": SessionCreated}}
 
     def create_session(credentials: SessionCreate) -> dict[str, Any]:
         raise NotImplementedError  # documentation only
@@ -155,41 +154,28 @@ def auth_stub() -> FastAPI:
     def create_viewer_token() -> dict[str, Any]:
         raise NotImplementedError
 
-    app.post(
-        auth.SESSIONS,
-        status_code=201,
-        response_model=None,
-        responses={**created, **error_responses(400, 401, 422, 429, 503)},
-        summary="Log in: a bearer token for a username and password",
-    )(create_session)
-    app.delete(
-        auth.CURRENT_SESSION,
-        status_code=204,
-        response_model=None,
-        responses=error_responses(401, 503),
-        summary="Log out: end this token's session",
-    )(delete_session)
-    app.delete(
-        auth.SESSIONS,
-        status_code=204,
-        response_model=None,
-        responses=error_responses(401, 503),
-        summary="Log out everywhere: end every session of this token's user",
-    )(delete_all_sessions)
-    app.post(
-        auth.PASSWORD,
-        status_code=201,
-        response_model=None,
-        responses={**created, **error_responses(400, 401, 422, 429, 503)},
-        summary="Change the password: ends every session of the user and answers a new one",
-    )(change_password)
-    app.post(
-        auth.VIEWER_TOKENS,
-        status_code=201,
-        response_model=None,
-        responses={**created, **error_responses(401, 503)},
-        summary="A read-only token for a DICOMweb viewer (OHIF's ?token=): DICOMweb GETs only, ends with this session",
-    )(create_viewer_token)
+    created = {201: {"model": SessionCreated}}
+    with_body, token_only = (400, 401, 422, 429, 503), (401, 503)
+    routes = (
+        ("POST", auth.SESSIONS, create_session, with_body, "Log in: a bearer token for a username and password"),
+        ("DELETE", auth.CURRENT_SESSION, delete_session, token_only, "Log out: end this token's session"),
+        ("DELETE", auth.SESSIONS, delete_all_sessions, token_only,
+         "Log out everywhere: end every session of this token's user"),
+        ("POST", auth.PASSWORD, change_password, with_body,
+         "Change the password: ends every session of the user and answers a new one"),
+        ("POST", auth.VIEWER_TOKENS, create_viewer_token, token_only,
+         "A read-only token for a DICOMweb viewer (OHIF's ?token=): DICOMweb GETs only, ends with this session"),
+    )  # fmt: skip
+    for method, path, endpoint, errors, summary in routes:
+        app.add_api_route(
+            path,
+            endpoint,
+            methods=[method],
+            status_code=201 if method == "POST" else 204,
+            response_model=None,
+            responses={**(created if method == "POST" else {}), **error_responses(*errors)},
+            summary=summary,
+        )
     return app
 
 
