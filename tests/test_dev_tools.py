@@ -146,3 +146,33 @@ def test_make_run_installs_every_library_the_service_imports_and_no_dev_tool() -
         if not {_canonical(dist) for dist in provided.get(module, [])} & installed
     }
     assert missing == {}, f"imported but not in requirements-run.txt: {missing}"
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+@pytest.mark.parametrize("sign", [1, -1])
+def test_a_stale_postmaster_pid_is_removed_even_when_a_standalone_backend_wrote_it(tmp_path: Path, sign: int) -> None:
+    # A standalone backend (initdb's bootstrap, single-user mode) writes its pid negated; an initdb that
+    # crashed leaves that file, and `make run` must clear it as it clears a dead server's (it raised
+    # psutil's ValueError on the negative pid instead).
+    from scripts.dev.devdb import clear_stale_pid
+
+    lock = tmp_path / "postmaster.pid"
+    lock.write_text(f"{sign * _dead_pid()}\n{tmp_path}\n")
+    clear_stale_pid(tmp_path, wait_seconds=1)
+    assert not lock.exists()
+
+
+def test_a_live_process_in_postmaster_pid_is_not_taken_for_stale(tmp_path: Path) -> None:
+    # Negated or not, the pid of a live process that does not answer is waited for, then reported.
+    from scripts.dev.devdb import clear_stale_pid
+
+    lock = tmp_path / "postmaster.pid"
+    lock.write_text(f"{-os.getpid()}\n{tmp_path}\n")
+    with pytest.raises(RuntimeError, match="alive but not accepting connections"):
+        clear_stale_pid(tmp_path, wait_seconds=0.3)
+    assert lock.exists()

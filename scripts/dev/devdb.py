@@ -40,8 +40,10 @@ def _socket(pgdata: Path) -> tuple[str, str] | None:
 
 
 def _postmaster_pid(pgdata: Path) -> int | None:
+    """The pid in postmaster.pid. A standalone backend (initdb's bootstrap, single-user mode) writes
+    its pid negated; a crashed initdb leaves that file behind, and its process is the same."""
     with contextlib.suppress(ValueError, IndexError):
-        return int(_postmaster_lines(pgdata)[0])
+        return abs(int(_postmaster_lines(pgdata)[0])) or None
     return None
 
 
