@@ -1,9 +1,8 @@
-"""FastAPI plumbing the HTTP functions share: the app factory, validation errors, the owner
-dependency, multipart uploads.
+"""FastAPI plumbing of the upload function, the one FastAPI app: the app factory, validation errors,
+the owner dependency, multipart uploads.
 
-The images function never imports this module (FastAPI's import is most of a cold start): its
-Starlette-only parts live beside it (shared.http.errors, entry, image_responses), and so do the
-scans function's (shared.http.plain).
+The images, scans and auth functions never import this module (FastAPI's import is most of a cold
+start): their Starlette-only parts live beside it (shared.http.errors, entry, image_responses, plain).
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from shared.http.errors import domain_error, error_response, http_error, unexpec
 from shared.http.plain import SecurityHeaders, request_owner
 from shared.http.urls import base_url
 
-# Re-exported for the FastAPI functions: one import site for HTTP plumbing.
+# Re-exported for the FastAPI function: one import site for HTTP plumbing.
 __all__ = [
     "Owner",
     "base_url",
