@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib
 import threading
 from collections.abc import Callable
 from urllib.parse import parse_qsl
@@ -18,6 +19,7 @@ from tests.images import Region
 from tests.lambda_client import LambdaClient, Result, multipart
 
 ANALYZE = "/api/v1/scans/analyze"
+UPLOAD_HANDLER = "functions.upload.handler"
 
 
 def upload(
@@ -284,6 +286,103 @@ def test_upload_without_token_is_401(api: LambdaClient, pg: pg8000.native.Connec
     assert result.status == 401
     assert result.headers["www-authenticate"].startswith("Bearer")
     assert scan_count(pg) == 0
+
+
+# The upload asks for the token's owner and that owner's scan of the same bytes in one statement,
+# after reading the body: whatever the body, a token without a live session is answered 401, and
+# never with the scan its (former) owner holds.
+BAD_BODIES: dict[str, Callable[[bytes], tuple[bytes, str]]] = {
+    "a file its owner holds": lambda data: multipart({"file": ("scan.png", data, "image/png")}),
+    "malformed multipart": lambda data: (b"--x\r\nnot a form", "multipart/form-data; boundary=x"),
+    "not multipart": lambda data: (data, "image/png"),
+    "an empty file": lambda data: multipart({"file": ("scan.png", b"", "image/png")}),
+    "no file field": lambda data: multipart({"other": ("scan.png", data, "image/png")}),
+}
+
+
+@pytest.fixture(params=["one round trip", "owner first"])
+def lookup_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways the upload route looks up the token: with the duplicate in one round trip (bodies up
+    to ONE_TRIP_MAX_BODY), or the owner first (larger bodies; here every body is larger)."""
+    if request.param == "owner first":
+        monkeypatch.setattr(f"{UPLOAD_HANDLER}.ONE_TRIP_MAX_BODY", 0)
+    return str(request.param)
+
+
+@pytest.mark.parametrize("token_state", ["expired", "logged out", "unknown"])
+@pytest.mark.parametrize("body_kind", sorted(BAD_BODIES))
+def test_upload_with_a_dead_token_is_401_whatever_the_body(
+    api: LambdaClient,
+    alice: User,
+    pg: pg8000.native.Connection,
+    token_state: str,
+    body_kind: str,
+    lookup_path: str,
+) -> None:
+    data = images.png16(seed=11)
+    assert upload(api, alice, data).status == 201
+    token = alice.token
+    if token_state == "expired":
+        pg.run("UPDATE sessions SET expires_at = now() - interval '1 second' WHERE user_id = :id", id=alice.id)
+    elif token_state == "logged out":
+        assert api.request("DELETE", "/api/v1/auth/sessions/current", token=alice.token).status == 204
+    else:
+        token = "A" * 43
+    body, content_type = BAD_BODIES[body_kind](data)
+
+    result = api.request("POST", ANALYZE, token=token, body=body, headers={"content-type": content_type})
+
+    assert result.status == 401, result.body
+    assert result.error_code == "not_authenticated"
+    assert "scanId" not in result.body.decode()
+    assert scan_count(pg) == 1
+
+
+def test_upload_with_a_live_token_answers_what_is_wrong_with_the_body(
+    api: LambdaClient, alice: User, pg: pg8000.native.Connection, lookup_path: str
+) -> None:
+    for body_kind, (status, code) in {
+        "malformed multipart": (400, "invalid_upload"),
+        "not multipart": (415, "unsupported_media_type"),
+        "an empty file": (422, "invalid_image"),
+        "no file field": (400, "invalid_upload"),
+    }.items():
+        body, content_type = BAD_BODIES[body_kind](images.png16(seed=12))
+        result = api.request("POST", ANALYZE, token=alice.token, body=body, headers={"content-type": content_type})
+        assert (result.status, result.error_code) == (status, code), (body_kind, result.body)
+    assert scan_count(pg) == 0
+
+
+def test_a_large_body_from_a_dead_token_is_never_parsed(
+    api: LambdaClient, alice: User, pg: pg8000.native.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parsed: list[object] = []
+
+    async def read_upload(request: object) -> tuple[str, bytes]:
+        parsed.append(request)
+        raise AssertionError("the body of an unknown caller was parsed")
+
+    monkeypatch.setattr(f"{UPLOAD_HANDLER}.read_upload", read_upload)
+    big = b"\0" * (importlib.import_module(UPLOAD_HANDLER).ONE_TRIP_MAX_BODY + 1)
+    body, content_type = multipart({"file": ("scan.dcm", big, "application/dicom")})
+
+    result = api.request("POST", ANALYZE, token="A" * 43, body=body, headers={"content-type": content_type})
+
+    assert result.status == 401, result.body
+    assert parsed == []
+    assert scan_count(pg) == 0
+
+
+def test_a_large_upload_is_stored_and_found_again_as_a_duplicate(
+    api: LambdaClient, alice: User, pg: pg8000.native.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(f"{UPLOAD_HANDLER}.ONE_TRIP_MAX_BODY", 1000)
+    data = images.png16(seed=13)
+    first = upload(api, alice, data)
+    again = upload(api, alice, data)
+    assert (first.status, again.status) == (201, 200)
+    assert again.json()["duplicate"] is True and again.json()["scanId"] == first.json()["scanId"]
+    assert scan_count(pg) == 1
 
 
 def test_upload_failure_after_the_row_is_written_leaves_no_row(

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from shared.auth.sessions import (
         IssuedSession,
         authenticate,
+        authenticate_upload,
         change_password,
         issue_session,
         issue_viewer_token,
@@ -37,6 +38,7 @@ else:  # each name loads with its module on first use (shared/core/front_door.py
             "sessions": (
                 "IssuedSession",
                 "authenticate",
+                "authenticate_upload",
                 "change_password",
                 "issue_session",
                 "issue_viewer_token",
@@ -55,6 +57,7 @@ __all__ = [
     "MIN_PASSWORD_LENGTH",
     "IssuedSession",
     "authenticate",
+    "authenticate_upload",
     "change_password",
     "create_or_reset_user",
     "create_user",

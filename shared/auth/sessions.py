@@ -182,3 +182,12 @@ def authenticate(con: db.Connection, *, token: str) -> db.Owner:
     if owner is None:
         raise InvalidToken("Invalid or expired token.")
     return owner
+
+
+def authenticate_upload(con: db.Connection, *, token: str, file_hash: str) -> tuple[db.Owner, db.Scan | None]:
+    """authenticate(), and the owner's scan of a file with this SHA-256 (None: none) in the same
+    round trip: an upload's two lookups as one. NotAuthenticated as authenticate() raises it."""
+    owner, existing = db.find_owner_and_scan_by_hash(con, token_hash=hash_token(token), file_hash=file_hash)
+    if owner is None:
+        raise InvalidToken("Invalid or expired token.")
+    return owner, existing

@@ -10,6 +10,7 @@ from shared.core.dicom_index import DicomIndex
 from shared.core.errors import ScanNotFound
 from shared.db.images import ImageType
 from shared.db.protocol import Connection
+from shared.db.users import SELECT_SESSION_OWNER, Owner
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,16 @@ INSERT_SCAN = f"""
 """
 SELECT_SCAN = f"SELECT {SCAN_COLUMNS} FROM scans WHERE id = :scan_id AND owner_id = :owner_id"
 SELECT_SCAN_BY_HASH = f"SELECT {SCAN_COLUMNS} FROM scans WHERE owner_id = :owner_id AND file_hash = :file_hash"
+# An upload's first question to the database: whose token is this, and does that owner hold these
+# bytes already? One statement, one round trip (~0.5-1 ms to RDS Proxy, deployed), where asking in
+# turn took two. No row: no such session; the scan's columns all NULL: no such scan.
+SELECT_OWNER_AND_SCAN_BY_HASH = f"""
+    SELECT o.id, o.username, found.*
+    FROM ({SELECT_SESSION_OWNER}) AS o
+    LEFT JOIN LATERAL (
+        SELECT {SCAN_COLUMNS} FROM scans WHERE owner_id = o.id AND file_hash = :file_hash
+    ) AS found ON true
+"""
 # `:dicom` NULL lists every scan; true only DICOM files, false only PNG and JPEG (the web app's
 # "Images", which are in no study).
 _KIND = "(CAST(:dicom AS boolean) IS NULL OR (content_type = 'application/dicom') = CAST(:dicom AS boolean))"
@@ -208,6 +219,18 @@ def find_scan_by_hash(con: Connection, *, owner_id: int, file_hash: str) -> Scan
     """This owner's scan of a file with this SHA-256, or None."""
     rows = con.run(SELECT_SCAN_BY_HASH, owner_id=owner_id, file_hash=file_hash)
     return _scan(rows[0]) if rows else None
+
+
+def find_owner_and_scan_by_hash(
+    con: Connection, *, token_hash: str, file_hash: str
+) -> tuple[Owner | None, Scan | None]:
+    """The owner of an unexpired session (None: no such session) and that owner's scan of a file
+    with this SHA-256 (None: none), in one round trip."""
+    rows = con.run(SELECT_OWNER_AND_SCAN_BY_HASH, token_hash=token_hash, file_hash=file_hash)
+    if not rows:
+        return None, None
+    row = rows[0]
+    return Owner(int(row[0]), str(row[1])), None if row[2] is None else _scan(row[2:])
 
 
 def get_scan(con: Connection, *, scan_id: str, owner_id: int) -> Scan:

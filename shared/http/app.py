@@ -25,6 +25,7 @@ from shared.http.urls import base_url
 
 # Re-exported for the FastAPI function: one import site for HTTP plumbing.
 __all__ = [
+    "BearerToken",
     "Owner",
     "base_url",
     "create_app",
@@ -71,6 +72,9 @@ Owner = Annotated[db.Owner, Depends(current_owner)]
 async def bearer_token(request: Request) -> str:
     """The raw bearer token of this request (for logout)."""
     return auth.parse_bearer(request.headers.get("authorization"))
+
+
+BearerToken = Annotated[str, Depends(bearer_token)]
 
 
 async def read_upload(request: Request, *, field: str = "file") -> tuple[str, bytes]:

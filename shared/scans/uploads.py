@@ -48,7 +48,30 @@ def store_upload(
     existing = db.call(db.find_scan_by_hash, owner_id=owner_id, file_hash=file_hash)
     if existing is not None:
         return StoredUpload(existing, duplicate=True)
+    return store_new_upload(
+        owner_id=owner_id,
+        filename=filename,
+        data=data,
+        file_hash=file_hash,
+        max_pixels=max_pixels,
+        dense_hu_threshold=dense_hu_threshold,
+        origin=origin,
+    )
 
+
+def store_new_upload(
+    *,
+    owner_id: int,
+    filename: str,
+    data: bytes,
+    file_hash: str,
+    max_pixels: int,
+    dense_hu_threshold: float,
+    origin: audit.Origin = audit.NOWHERE,
+) -> StoredUpload:
+    """store_upload once the owner's scans were found to hold no file with this SHA-256 (the upload
+    route asks that with the token's owner, in one round trip). A concurrent upload of the same bytes
+    can still win: then its scan is the answer, as a duplicate."""
     analyzed = imaging.analyze_upload(data, max_pixels=max_pixels, dense_hu_threshold=dense_hu_threshold)
     record = dicom_instances.describe(data) if analyzed.dicom is not None else None
     new_scan = new_scan_in_tiers(
