@@ -151,8 +151,9 @@ def measure(api: Any, url: str, token: str, owner: int, total: int, seed: int) -
     figures["upload_p50_ms"] = percentile(samples, 50)
 
     # Dedup: re-uploads of files this owner already stored, through the upload handler (200, duplicate:
-    # the hash lookup answers before any analysis), and the lookup alone (db.find_scan_by_hash on a
-    # random bulk-loaded scan's hash, on a connection of its own).
+    # the hash lookup answers before any analysis), and the lookup alone as the upload route makes it
+    # (db.find_owner_and_scan_by_hash: the token's owner and a random bulk-loaded scan's hash, in one
+    # statement, on a connection of its own).
     samples = []
     for body, ctype in bodies * (READ_RUNS // len(bodies) + 1):
         start = time.perf_counter()
@@ -164,9 +165,11 @@ def measure(api: Any, url: str, token: str, owner: int, total: int, seed: int) -
     try:
         hashes = [row[0] for row in con.run("SELECT file_hash FROM scans WHERE id = ANY(:ids)", ids=scan_ids)]
         found = iter(hashes * 2)
+        token_hash = auth.hash_token(token)
 
         def lookup() -> None:
-            assert db.find_scan_by_hash(con, owner_id=owner, file_hash=next(found)) is not None
+            found_owner, scan = db.find_owner_and_scan_by_hash(con, token_hash=token_hash, file_hash=next(found))
+            assert found_owner is not None and found_owner.id == owner and scan is not None
 
         samples = timed(lookup, len(hashes))
         figures["dedup_lookup_db_p50_ms"] = percentile(samples, 50)
