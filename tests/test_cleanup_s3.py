@@ -184,16 +184,18 @@ def test_keys_a_racing_upload_left_listed_lose_their_rows_and_keep_their_objects
     """The loser of two concurrent uploads of one file lists its keys, writes the objects, finds
     the winner's row, and leaves its keys listed: the cleanup job drops the rows, not the objects."""
     scan_id, data = scans_in_s3[0]
-    real_find = db.find_scan_by_hash
+    real_find = db.find_owner_and_scan_by_hash
     calls = []
 
-    def first_misses(*args: Any, **kwargs: Any) -> Any:
-        # The loser's dedup lookup ran before the winner committed.
-        calls.append(1)
-        return None if len(calls) == 1 else real_find(*args, **kwargs)
+    def misses(*args: Any, **kwargs: Any) -> Any:
+        # The loser's dedup lookup (with its token's) ran before the winner committed.
+        owner, _ = real_find(*args, **kwargs)
+        calls.append(owner)
+        return owner, None
 
-    monkeypatch.setattr(db, "find_scan_by_hash", first_misses)
+    monkeypatch.setattr(db, "find_owner_and_scan_by_hash", misses)
     loser = upload(api, alice, data)
+    assert [owner.id for owner in calls] == [alice.id]
     assert loser.status == 200 and loser.json()["scanId"] == scan_id and loser.json()["duplicate"] is True
     keys = listed(pg)
     assert len(keys) == 4 and keys <= bucket_keys(s3)
