@@ -29,6 +29,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, Exp
 
 from scripts.dev import phantom
 from scripts.dev.localgw.server import make_server
+from shared.dicom import describe as describe_module
 from shared.http import image_cache
 from tests.conftest import ROOT, User
 from tests.lambda_client import LambdaClient
@@ -124,6 +125,34 @@ def test_mangum_passes_dicom_json_as_text(api: LambdaClient, alice: User) -> Non
     )
     assert stored.status == 200 and stored.headers["content-type"] == "application/dicom+json"
     assert stored.raw["isBase64Encoded"] is False and json.loads(stored.raw["body"])["00081190"]
+
+
+def test_stow_reads_each_instance_header_once(
+    api: LambdaClient, alice: User, pg: pg8000.native.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # STOW-RS describes each part before it stores it; the upload it then makes takes that
+    # description instead of reading the file's header a second time.
+    reads: list[int] = []
+    real = describe_module.describe_instance
+
+    def counted(data: bytes) -> Any:
+        reads.append(len(data))
+        return real(data)
+
+    monkeypatch.setattr("shared.dicomweb.store.describe_instance", counted)
+    monkeypatch.setattr("shared.scans.instances.describe_instance", counted)
+    slices = series(3, seed=9)
+    content_type, body = multipart([encoded(ds) for ds in slices])
+    stored = api.request(
+        "POST", f"{ROOT_PATH}/studies", token=alice.token, headers={"content-type": content_type}, body=body
+    )
+    assert stored.status == 200, stored.body
+    assert len(reads) == 3
+    rows = pg.run(
+        "SELECT sop_instance_uid, scan_id IS NOT NULL FROM dicom_instances WHERE owner_id = :owner ORDER BY 1",
+        owner=alice.id,
+    )
+    assert rows == sorted([ds.SOPInstanceUID, True] for ds in slices)
 
 
 def test_a_stow_request_over_the_size_limit_is_413_with_advice_and_stores_nothing(

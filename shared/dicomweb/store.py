@@ -150,6 +150,7 @@ def _store_image(
             max_pixels=max_pixels,
             dense_hu_threshold=threshold,
             origin=origin,
+            described=record,  # read once: the upload's own description would read the file again
         )
     except InvalidImage:
         # A valid instance whose pixels we cannot render (a colour model, a codec or a size we do not

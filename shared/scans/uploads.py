@@ -18,6 +18,7 @@ from shared import db, imaging, storage
 from shared.core.config import get_settings
 from shared.core.errors import DuplicateSopInstance
 from shared.db import audit, instances
+from shared.dicom import InstanceRecord
 from shared.scans import instances as dicom_instances
 from shared.scans.public import new_scan_id
 
@@ -38,8 +39,10 @@ def store_upload(
     max_pixels: int,
     dense_hu_threshold: float,
     origin: audit.Origin = audit.NOWHERE,
+    described: InstanceRecord | None = None,
 ) -> StoredUpload:
     """Analyze and store an upload, or return this owner's existing scan of the same bytes.
+    `described`: the file's DICOMweb description, when the caller made it already (STOW-RS does).
 
     DuplicateSopInstance when it is a DICOM file with a SOP Instance UID the owner holds in other
     bytes, under DUPLICATE_SOP_POLICY=reject (under overwrite, it replaces that instance).
@@ -56,6 +59,7 @@ def store_upload(
         max_pixels=max_pixels,
         dense_hu_threshold=dense_hu_threshold,
         origin=origin,
+        described=described,
     )
 
 
@@ -68,12 +72,15 @@ def store_new_upload(
     max_pixels: int,
     dense_hu_threshold: float,
     origin: audit.Origin = audit.NOWHERE,
+    described: InstanceRecord | None = None,
 ) -> StoredUpload:
     """store_upload once the owner's scans were found to hold no file with this SHA-256 (the upload
     route asks that with the token's owner, in one round trip). A concurrent upload of the same bytes
     can still win: then its scan is the answer, as a duplicate."""
     analyzed = imaging.analyze_upload(data, max_pixels=max_pixels, dense_hu_threshold=dense_hu_threshold)
-    record = dicom_instances.describe(data) if analyzed.dicom is not None else None
+    record = None
+    if analyzed.dicom is not None:
+        record = described if described is not None else dicom_instances.describe(data)
     new_scan = new_scan_in_tiers(
         owner_id=owner_id, filename=filename, data=data, file_hash=file_hash, analyzed=analyzed
     )
@@ -112,6 +119,7 @@ def store_new_upload(
             max_pixels=max_pixels,
             dense_hu_threshold=dense_hu_threshold,
             origin=origin,
+            described=described,
         )
     return StoredUpload(winner, duplicate=True)
 
