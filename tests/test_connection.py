@@ -278,3 +278,57 @@ def test_commit_can_go_out_with_a_transactions_last_statement(
             con.run("DROP TABLE IF EXISTS w_commit_test")
         con.close()
         other.close()
+
+
+def test_a_sent_statement_is_answered_later_and_the_connection_stays_in_step(database_url: str) -> None:
+    # Connection.send(): the statement goes out, the caller goes on, and its answer is read by its
+    # result() or before the connection's next statement, whichever comes first.
+    con = db.connect(get_settings().database, timeout=10)
+    other = db.connect(get_settings().database, timeout=10)
+    try:
+        con.run("CREATE TEMP TABLE p (id integer PRIMARY KEY)")
+        sent = con.send("INSERT INTO p VALUES (:id) RETURNING id * 10", id=1)
+        assert sent.result() == [[10]]
+        assert sent.result() == [[10]]  # read once, answered again
+        # The next statement reads the pending answer first, then its own.
+        sent = con.send("INSERT INTO p VALUES (:id) RETURNING id * 10", id=2)
+        assert con.run("SELECT array_agg(id ORDER BY id) FROM p") == [[[1, 2]]]
+        assert sent.result() == [[20]]
+        # A failing sent statement: its error is its result's; the next statement runs as ever.
+        failing = con.send("INSERT INTO p VALUES (:id)", id=1)
+        assert con.run("SELECT count(*) FROM p WHERE id > :id", id=0) == [[2]]
+        with pytest.raises(pg8000.native.DatabaseError) as duplicate:
+            failing.result()
+        assert duplicate.value.args[0]["C"] == "23505"
+        # Each sent statement is a transaction of its own: committed when answered.
+        con.run("CREATE TABLE IF NOT EXISTS p_sent_test (id integer PRIMARY KEY)")
+        con.run("TRUNCATE p_sent_test")
+        con.send("INSERT INTO p_sent_test VALUES (:id)", id=7).result()
+        assert other.run("SELECT array_agg(id) FROM p_sent_test WHERE id > :id", id=0) == [[[7]]]
+        # send() is for statements of their own, never the first of a transaction.
+        con.begin_with_next_statement()
+        with pytest.raises(pg8000.native.InterfaceError):
+            con.send("SELECT CAST(:id AS integer)", id=1)
+        con.take_pending_begin()
+    finally:
+        with contextlib.suppress(Exception):
+            con.run("DROP TABLE IF EXISTS p_sent_test")
+        con.close()
+        other.close()
+
+
+def test_a_sent_statement_whose_answer_is_lost_closes_the_connection(database_url: str) -> None:
+    # A network error while the answer is read leaves the connection out of step: it is closed, so
+    # that no later statement can read that answer as its own.
+    con = db.connect(get_settings().database, timeout=10)
+    try:
+        sent = con.send("SELECT pg_sleep(:s), 1", s=0.2)
+        con._usock.shutdown(socket.SHUT_RD)
+        with pytest.raises((pg8000.native.InterfaceError, OSError)):
+            sent.result()
+        assert con._usock is None
+        with pytest.raises(pg8000.native.InterfaceError):
+            con.run("SELECT 1")
+    finally:
+        with contextlib.suppress(Exception):
+            con.close()

@@ -10,6 +10,7 @@ import copy
 import gzip
 import io
 import json
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,6 +154,96 @@ def test_stow_reads_each_instance_header_once(
         owner=alice.id,
     )
     assert rows == sorted([ds.SOPInstanceUID, True] for ds in slices)
+
+
+def stow_in_process(api: LambdaClient, user: User, files: list[bytes]) -> tuple[int, dict[str, Any]]:
+    content_type, body = multipart(files)
+    answer = api.request(
+        "POST", f"{ROOT_PATH}/studies", token=user.token, headers={"content-type": content_type}, body=body
+    )
+    return answer.status, json.loads(answer.body)
+
+
+def test_stow_analyses_each_image_while_the_one_before_is_written(
+    api: LambdaClient, alice: User, pg: pg8000.native.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each image's INSERT goes out without waiting (Connection.send), and the next image is
+    # analysed while the database writes it: the database connection has a statement on its way
+    # whenever an image after the first is analysed.
+    from shared import imaging
+    from shared.db import connection
+
+    real = imaging.analyze_upload
+    in_flight: list[bool] = []
+
+    def watched(data: bytes, **options: Any) -> Any:
+        con = connection._holder.con
+        in_flight.append(con is not None and con._pending is not None)
+        return real(data, **options)
+
+    monkeypatch.setattr(imaging, "analyze_upload", watched)
+    slices = series(4, seed=17)
+    status, answer = stow_in_process(api, alice, [encoded(ds) for ds in slices])
+    assert status == 200, answer
+    assert in_flight == [False, True, True, True]
+    stored = [value(item, "00081155") for item in answer["00081199"]["Value"]]
+    assert stored == [ds.SOPInstanceUID for ds in slices]
+    rows = pg.run(
+        "SELECT i.sop_instance_uid FROM scans s JOIN dicom_instances i ON i.scan_id = s.id WHERE s.owner_id = :o",
+        o=alice.id,
+    )
+    assert sorted(row[0] for row in rows) == sorted(ds.SOPInstanceUID for ds in slices)
+
+
+def test_stow_written_ahead_still_fails_a_duplicate_sop_alone_and_takes_a_repeated_file_once(
+    api: LambdaClient, alice: User, pg: pg8000.native.Connection
+) -> None:
+    first, second, third = series(3, seed=19)
+    assert stow_in_process(api, alice, [encoded(first)])[0] == 200
+    other_bytes = copy.deepcopy(first)
+    other_bytes.InstanceNumber = 99  # the same SOP Instance UID in other bytes: 0x0111
+    status, answer = stow_in_process(
+        api, alice, [encoded(second), encoded(other_bytes), encoded(third), encoded(third), encoded(first)]
+    )
+    assert status == 202, answer
+    failed = answer["00081198"]["Value"]
+    assert [(value(f, "00081155"), value(f, "00081197")) for f in failed] == [(first.SOPInstanceUID, 0x0111)]
+    stored = [value(item, "00081155") for item in answer["00081199"]["Value"]]
+    assert stored == [second.SOPInstanceUID, third.SOPInstanceUID, third.SOPInstanceUID, first.SOPInstanceUID]
+    counts = pg.run(
+        "SELECT i.sop_instance_uid, count(*) FROM scans s JOIN dicom_instances i ON i.scan_id = s.id "
+        "WHERE s.owner_id = :o GROUP BY 1",
+        o=alice.id,
+    )
+    assert dict((uid, n) for uid, n in counts) == {ds.SOPInstanceUID: 1 for ds in (first, second, third)}
+
+
+def test_stow_rewrites_an_image_whose_insert_lost_its_connection(
+    api: LambdaClient, alice: User, pg: pg8000.native.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The connection breaks with an INSERT on its way (committed or not, the client cannot tell):
+    # the image is written again as a single upload is, which its own scan id makes safe, and is
+    # stored once.
+    from shared.db import instances
+
+    real = instances.send_scan_with_instance
+    broken: list[str] = []
+
+    def send_then_break(con: Any, **kwargs: Any) -> Any:
+        sent = real(con, **kwargs)
+        if not broken:
+            broken.append(kwargs["scan"].id)
+            con._usock.shutdown(socket.SHUT_RDWR)
+        return sent
+
+    monkeypatch.setattr(instances, "send_scan_with_instance", send_then_break)
+    slices = series(3, seed=23)
+    status, answer = stow_in_process(api, alice, [encoded(ds) for ds in slices])
+    assert status == 200, answer
+    assert len(broken) == 1
+    rows = pg.run("SELECT s.id, i.sop_instance_uid FROM scans s JOIN dicom_instances i ON i.scan_id = s.id")
+    assert sorted(uid for _, uid in rows) == sorted(ds.SOPInstanceUID for ds in slices)
+    assert broken[0] in {scan_id for scan_id, _ in rows}
 
 
 def test_a_stow_request_over_the_size_limit_is_413_with_advice_and_stores_nothing(

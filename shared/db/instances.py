@@ -19,7 +19,7 @@ from pg8000.exceptions import DatabaseError
 
 from shared.core.errors import DuplicateSopInstance
 from shared.db.connection import UNIQUE_VIOLATION, sqlstate
-from shared.db.protocol import Connection
+from shared.db.protocol import Connection, Pending
 from shared.db.scans import INSERT_SCAN, NewScan, Scan, scan_from_row, scan_params
 
 SOP_KEY_CONSTRAINT = "dicom_instances_owner_sop_key"
@@ -678,17 +678,36 @@ def insert_scan_with_instance(con: Connection, *, scan: NewScan, instance: NewIn
     """insert_scan, with the scan's DICOMweb instance in the same statement; None when this owner
     already has a scan of the same bytes (then nothing is written). DuplicateSopInstance when the
     owner holds another file with this SOP Instance UID (then nothing is written either)."""
+    return send_scan_with_instance(con, scan=scan, instance=instance).result()
+
+
+def send_scan_with_instance(con: Connection, *, scan: NewScan, instance: NewInstance) -> PendingScan:
+    """insert_scan_with_instance, sent without waiting for its answer (Connection.send): the
+    server writes the scan while the caller goes on; PendingScan.result() answers as
+    insert_scan_with_instance does. The statement is a transaction of its own."""
     params = scan_params(scan)
     instance_values = instance_params(
         instance, owner_id=scan.owner_id, scan_id=None, object_data=None, object_hash=None
     )
     params.update({f"di_{name}": value for name, value in instance_values.items() if name != "scan_id"})
-    try:
-        rows = con.run(INSERT_SCAN_WITH_INSTANCE, **params)
-    except DatabaseError as exc:
-        raise_duplicate_sop(exc)
-        raise
-    return scan_from_row(rows[0]) if rows else None
+    return PendingScan(con.send(INSERT_SCAN_WITH_INSTANCE, **params))
+
+
+@dataclass(frozen=True)
+class PendingScan:
+    """An INSERT of a scan and its instance on its way (send_scan_with_instance)."""
+
+    pending: Pending
+
+    def result(self) -> Scan | None:
+        """The scan stored; None when this owner already had these bytes; DuplicateSopInstance as
+        insert_scan_with_instance raises it; a network error as the connection raised it."""
+        try:
+            rows = self.pending.result()
+        except DatabaseError as exc:
+            raise_duplicate_sop(exc)
+            raise
+        return scan_from_row(rows[0]) if rows else None
 
 
 DELETE_REPLACED_SCAN = "DELETE FROM scans WHERE id = :scan_id AND owner_id = :owner_id"

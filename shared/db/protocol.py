@@ -7,6 +7,7 @@ it to pg8000's own results and errors.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from collections import defaultdict
@@ -16,7 +17,7 @@ from typing import Any
 from pg8000 import core as pg8000_core
 from pg8000 import native as pg8000_native
 from pg8000.converters import make_params
-from pg8000.exceptions import InterfaceError
+from pg8000.exceptions import DatabaseError, InterfaceError
 
 from shared.db.budget import current_budget
 
@@ -30,6 +31,42 @@ _DESCRIBE_UNNAMED_PORTAL = pg8000_core._create_message(pg8000_core.DESCRIBE, pg8
 _BIND_HEAD = pg8000_core.NULL_BYTE * 2  # unnamed portal and statement
 _BYTEA_OID = 17
 _BYTES_TYPES = (bytes, bytearray, memoryview)
+
+
+class Pending:
+    """A statement sent with Connection.send() whose answer has not been read yet: result() reads it
+    (or takes what the connection read before its next statement) and returns its rows or raises
+    its error, as run() would have."""
+
+    def __init__(self, con: Connection, context: Any) -> None:
+        self._con: Connection | None = con
+        self._context = context
+        self._error: BaseException | None = None
+
+    def result(self) -> Any:
+        con = self._con
+        if con is not None and con._pending is self:
+            con.drain()
+        if self._error is not None:
+            raise self._error
+        return self._context.rows
+
+    def _read(self, con: Connection) -> None:
+        self._con = None
+        try:
+            con._within_budget(lambda: con._read_answers(False, self._context))
+        except DatabaseError as exc:  # the server's answer, read whole: the connection is in step
+            self._error = exc
+            raise
+        except BaseException as exc:
+            # The answer was not read whole (a network error, a timeout, the budget spent): the
+            # connection is out of step and is closed, so that no statement reads this answer.
+            self._error = exc
+            with contextlib.suppress(Exception):
+                con._usock.settimeout(0)
+            with contextlib.suppress(Exception):
+                con.close()
+            raise
 
 
 class Connection(pg8000_native.Connection):  # type: ignore[misc]  # pg8000 ships no types
@@ -57,6 +94,7 @@ class Connection(pg8000_native.Connection):  # type: ignore[misc]  # pg8000 ship
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # The socket timeout of a statement outside any invocation's budget.
         self.default_timeout: float | None = kwargs.get("timeout")
+        self._pending: Pending | None = None
         self._begin_pending = False
         self._commit_pending = False
         self._commit_sent = False
@@ -97,12 +135,40 @@ class Connection(pg8000_native.Connection):  # type: ignore[misc]  # pg8000 ship
 
     def run(self, sql: str, stream: Any = None, types: Any = None, **params: Any) -> Any:
         """Run one statement; `:name` parameters as in pg8000.native. Its wait comes out of the budget."""
+        self.drain()
         return self._within_budget(lambda: self._run(sql, stream, types, params))
+
+    def send(self, sql: str, **params: Any) -> Pending:
+        """Send one statement with parameters, outside any transaction, and return without waiting
+        for its answer: the server works on it while the caller does something else (STOW-RS
+        analyses the next instance while the last one is written). Pending.result() reads the
+        answer; so does the next statement on this connection, first, so the two stay in step.
+        One statement is pending at a time."""
+        self.drain()
+        if self._begin_pending or self._commit_pending:
+            raise InterfaceError("send() runs a statement of its own, outside a transaction")
+        statement, make_vals = _to_statement(sql)
+        context = self._within_budget(lambda: self._send_in_one_trip(statement, make_vals(params), ()))
+        self._pending = Pending(self, context)
+        return self._pending
+
+    def drain(self) -> None:
+        """Read the answer of the statement send() left pending, if any. Its own error (the
+        server's) is kept for its result(); anything else is raised here too, and the connection,
+        out of step, is closed."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        try:
+            pending._read(self)
+        except DatabaseError:  # the statement's own error, for its result()
+            return
 
     def run_with_raw_bytes(self, sql: str, params: dict[str, Any], *, column_count: int, raw_column: int) -> Any:
         """run(), except that the bytea column `raw_column` of the `column_count` arrives in binary
         format, as the bytes themselves: pg8000 asks for text, in which a bytea is hex, twice its
         size on the wire and decoded in Python (or base64 from encode(), which is slow to make)."""
+        self.drain()
         formats = tuple(1 if i == raw_column else 0 for i in range(column_count))
         statement, make_vals = _to_statement(sql)
 
@@ -173,6 +239,16 @@ class Connection(pg8000_native.Connection):  # type: ignore[misc]  # pg8000 ship
     def _execute_in_one_trip(
         self, statement: str, values: tuple[Any, ...], oids: Any, formats: tuple[int, ...] = ()
     ) -> Any:
+        begin = self._begin_pending
+        commit = self._commit_pending
+        context = self._send_in_one_trip(statement, values, oids, formats)
+        return self._read_answers(begin, context, commit)
+
+    def _send_in_one_trip(
+        self, statement: str, values: tuple[Any, ...], oids: Any, formats: tuple[int, ...] = ()
+    ) -> Any:
+        """Send Parse, Bind, Describe, Execute and Sync (with a pending BEGIN before them and a
+        pending COMMIT after) in one write; the statement's Context, its answers not read yet."""
         context = pg8000_core.Context(statement)
         if 1 in formats:
             context.raw_column = formats.index(1)
@@ -219,13 +295,13 @@ class Connection(pg8000_native.Connection):  # type: ignore[misc]  # pg8000 ship
             pg8000_core._write(self._sock, _DESCRIBE_UNNAMED_PORTAL)
             pg8000_core._write(self._sock, pg8000_core.EXECUTE_MSG)
             pg8000_core._write(self._sock, pg8000_core.SYNC_MSG)
-            commit = self._send_pending_commit()
+            self._send_pending_commit()
             pg8000_core._flush(self._sock)
         except AttributeError:
             if self._sock is None:
                 raise InterfaceError("connection is closed") from None
             raise
-        return self._read_answers(begin, context, commit)
+        return context
 
     def _read_answers(self, begin: bool, context: Any, commit: bool = False) -> Any:
         """Read the answers to what went out in one write: BEGIN's, the statement's, COMMIT's. Each

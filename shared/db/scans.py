@@ -221,6 +221,17 @@ def find_scan_by_hash(con: Connection, *, owner_id: int, file_hash: str) -> Scan
     return _scan(rows[0]) if rows else None
 
 
+SELECT_SCANS_BY_HASHES = (
+    f"SELECT {SCAN_COLUMNS} FROM scans WHERE owner_id = :owner_id AND file_hash = ANY(CAST(:file_hashes AS text[]))"
+)
+
+
+def find_scans_by_hashes(con: Connection, *, owner_id: int, file_hashes: list[str]) -> dict[str, Scan]:
+    """This owner's scans of files with these SHA-256s, by hash (those it holds)."""
+    rows = con.run(SELECT_SCANS_BY_HASHES, owner_id=owner_id, file_hashes=file_hashes)
+    return {scan.file_hash: scan for scan in map(_scan, rows)}
+
+
 def find_owner_and_scan_by_hash(
     con: Connection, *, token_hash: str, file_hash: str
 ) -> tuple[Owner | None, Scan | None]:

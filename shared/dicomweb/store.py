@@ -88,35 +88,78 @@ def store_instances(
         )
     if not parts:
         raise InvalidRequest("The request holds no instances.")
-    outcomes = []
-    for part in parts:
-        part_type = part.content_type.split(";", 1)[0].strip().lower()
-        if part_type != DICOM:
+    views = [part.body if _is_dicom(part.content_type) else None for part in parts]
+    hashes = [None if view is None else hashlib.sha256(view).hexdigest() for view in views]
+    # Which of these files the owner holds already: one query for the whole request, not one per
+    # instance (each would also wait for the instance written before it: see below).
+    wanted = sorted({h for h in hashes if h})
+    held = db.call(db.find_scans_by_hashes, owner_id=owner_id, file_hashes=wanted) if wanted else {}
+    outcomes: list[Outcome] = []
+    # An image's INSERT goes out without waiting for its answer, and the next instance is analysed
+    # and rendered while the database writes it (uploads.send_prepared): the answer is read just
+    # before the next INSERT goes out, or at the end.
+    in_flight: tuple[int, Outcome, uploads.PendingUpload] | None = None
+    for view, file_hash in zip(views, hashes, strict=True):
+        if view is None or file_hash is None:
             outcomes.append(Outcome(None, None, None, None, failure=CANNOT_UNDERSTAND))
             continue
-        outcomes.append(
-            _store_part(
-                bytes(part.body),
-                owner_id=owner_id,
-                study_uid=study_uid,
-                max_pixels=max_pixels,
-                dense_hu_threshold=dense_hu_threshold,
-                origin=origin,
-            )
+        step = _store_part(
+            bytes(view),
+            file_hash=file_hash,
+            held=held,
+            owner_id=owner_id,
+            study_uid=study_uid,
+            max_pixels=max_pixels,
+            dense_hu_threshold=dense_hu_threshold,
+            origin=origin,
         )
+        if isinstance(step, Outcome):
+            outcomes.append(step)
+            continue
+        outcome, prepared = step
+        if in_flight is not None:
+            _finish(outcomes, *in_flight)
+            in_flight = None
+        pending = uploads.send_prepared(prepared)
+        outcomes.append(outcome)  # until it is finished
+        if pending is None:
+            _finish(outcomes, len(outcomes) - 1, outcome, prepared)
+        else:
+            in_flight = (len(outcomes) - 1, outcome, pending)
+    if in_flight is not None:
+        _finish(outcomes, *in_flight)
     _audit(owner_id, outcomes, origin)
     return outcomes
+
+
+def _is_dicom(content_type: str) -> bool:
+    return content_type.split(";", 1)[0].strip().lower() == DICOM
+
+
+def _finish(
+    outcomes: list[Outcome], index: int, outcome: Outcome, write: uploads.PendingUpload | uploads.PreparedUpload
+) -> None:
+    """Write a prepared image (or read the answer of its INSERT on its way) into outcomes[index]."""
+    try:
+        stored = write.finish() if isinstance(write, uploads.PendingUpload) else uploads.store_prepared(write)
+    except DuplicateSopInstance:
+        outcomes[index] = _failed(outcome, DUPLICATE_SOP_INSTANCE)
+        return
+    outcomes[index] = _stored(outcome, (stored.scan.id, not stored.duplicate))
 
 
 def _store_part(
     data: bytes,
     *,
+    file_hash: str,
+    held: dict[str, db.Scan],
     owner_id: int,
     study_uid: str | None,
     max_pixels: int,
     dense_hu_threshold: float,
     origin: audit.Origin,
-) -> Outcome:
+) -> Outcome | tuple[Outcome, uploads.PreparedUpload]:
+    """What became of one part, or an image ready to write (analysed, rendered, described)."""
     try:
         record = describe_instance(data)
     except InvalidImage:
@@ -128,25 +171,41 @@ def _store_part(
         return _failed(outcome, DOES_NOT_MATCH)
     try:
         if record.has_pixel_data and record.sop_class_uid not in NOT_SCANS:
-            stored = _store_image(
-                data, record, owner_id=owner_id, max_pixels=max_pixels, threshold=dense_hu_threshold, origin=origin
+            if file_hash in held:  # the same file again: a success that stores nothing new
+                return _stored(outcome, (held[file_hash].id, False))
+            prepared = _prepare_image(
+                data,
+                record,
+                file_hash=file_hash,
+                owner_id=owner_id,
+                max_pixels=max_pixels,
+                threshold=dense_hu_threshold,
+                origin=origin,
             )
-            if stored is not None:
-                return _stored(outcome, stored)
+            if prepared is not None:
+                return outcome, prepared
         return _stored(outcome, _store_object(data, record, owner_id=owner_id, origin=origin))
     except DuplicateSopInstance:
         return _failed(outcome, DUPLICATE_SOP_INSTANCE)
 
 
-def _store_image(
-    data: bytes, record: InstanceRecord, *, owner_id: int, max_pixels: int, threshold: float, origin: audit.Origin
-) -> tuple[str | None, bool] | None:
-    """As /analyze stores it: (scan id, newly stored); None when our pipeline does not render it."""
+def _prepare_image(
+    data: bytes,
+    record: InstanceRecord,
+    *,
+    file_hash: str,
+    owner_id: int,
+    max_pixels: int,
+    threshold: float,
+    origin: audit.Origin,
+) -> uploads.PreparedUpload | None:
+    """As /analyze analyses and renders it, ready to write; None when our pipeline does not render it."""
     try:
-        stored = uploads.store_upload(
+        return uploads.prepare_upload(
             owner_id=owner_id,
             filename=f"{record.sop_instance_uid}.dcm",
             data=data,
+            file_hash=file_hash,
             max_pixels=max_pixels,
             dense_hu_threshold=threshold,
             origin=origin,
@@ -156,7 +215,6 @@ def _store_image(
         # A valid instance whose pixels we cannot render (a colour model, a codec or a size we do not
         # take): the archive keeps it all the same, as an object.
         return None
-    return stored.scan.id, not stored.duplicate
 
 
 def _store_object(data: bytes, record: InstanceRecord, *, owner_id: int, origin: audit.Origin) -> tuple[None, bool]:

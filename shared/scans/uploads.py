@@ -14,6 +14,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from pg8000.exceptions import DatabaseError, InterfaceError
+
 from shared import db, imaging, storage
 from shared.core.config import get_settings
 from shared.core.errors import DuplicateSopInstance
@@ -77,6 +79,52 @@ def store_new_upload(
     """store_upload once the owner's scans were found to hold no file with this SHA-256 (the upload
     route asks that with the token's owner, in one round trip). A concurrent upload of the same bytes
     can still win: then its scan is the answer, as a duplicate."""
+    return store_prepared(
+        prepare_upload(
+            owner_id=owner_id,
+            filename=filename,
+            data=data,
+            file_hash=file_hash,
+            max_pixels=max_pixels,
+            dense_hu_threshold=dense_hu_threshold,
+            origin=origin,
+            described=described,
+        )
+    )
+
+
+@dataclass(frozen=True)
+class PreparedUpload:
+    """An upload analysed and rendered, its row and DICOMweb instance made: what is left is to
+    write it (store_prepared, or send_prepared)."""
+
+    owner_id: int
+    filename: str
+    data: bytes
+    file_hash: str
+    max_pixels: int
+    dense_hu_threshold: float
+    origin: audit.Origin
+    described: InstanceRecord | None
+    record: InstanceRecord | None
+    new_scan: db.NewScan
+    check_first: bool
+    conflict: dicom_instances.Conflict | None
+    instance: instances.NewInstance | None
+
+
+def prepare_upload(
+    *,
+    owner_id: int,
+    filename: str,
+    data: bytes,
+    file_hash: str,
+    max_pixels: int,
+    dense_hu_threshold: float,
+    origin: audit.Origin = audit.NOWHERE,
+    described: InstanceRecord | None = None,
+) -> PreparedUpload:
+    """Analyse, render and describe a new upload (InvalidImage when it cannot be), ready to write."""
     analyzed = imaging.analyze_upload(data, max_pixels=max_pixels, dense_hu_threshold=dense_hu_threshold)
     record = None
     if analyzed.dicom is not None:
@@ -89,37 +137,101 @@ def store_new_upload(
     # would cost every DICOM upload a round trip to the database. It still comes first where it
     # decides something before the INSERT: which instance to replace (overwrite), and whether to put
     # objects in S3 at all (the S3 tier).
-    check_first = new_scan.in_s3 or get_settings().duplicate_sop_policy != "reject"
+    check_first = bool(new_scan.in_s3) or get_settings().duplicate_sop_policy != "reject"
     conflict = (
         dicom_instances.check_duplicate_sop(owner_id=owner_id, record=record, file_hash=file_hash)
         if record is not None and check_first
         else None
     )
-    instance = None if record is None else dicom_instances.new_instance(record)
+    return PreparedUpload(
+        owner_id=owner_id,
+        filename=filename,
+        data=data,
+        file_hash=file_hash,
+        max_pixels=max_pixels,
+        dense_hu_threshold=dense_hu_threshold,
+        origin=origin,
+        described=described,
+        record=record,
+        new_scan=new_scan,
+        check_first=check_first,
+        conflict=conflict,
+        instance=None if record is None else dicom_instances.new_instance(record),
+    )
+
+
+def store_prepared(prepared: PreparedUpload) -> StoredUpload:
+    """Write a prepared upload and answer with its scan, or with the winner of a concurrent upload
+    of the same bytes (a duplicate). DuplicateSopInstance as store_upload raises it."""
     try:
-        scan = store_new_scan(scan=new_scan, instance=instance, conflict=conflict, origin=origin)
+        scan = store_new_scan(
+            scan=prepared.new_scan, instance=prepared.instance, conflict=prepared.conflict, origin=prepared.origin
+        )
     except DuplicateSopInstance:
-        if record is not None and not check_first:
-            # The refusal names the file that holds the UID, as the lookup's would (a round trip on
-            # this path only); the same bytes stored as a DICOMweb object keep the index's message.
-            dicom_instances.check_duplicate_sop(owner_id=owner_id, record=record, file_hash=file_hash)
+        _name_the_holder(prepared)
         raise
+    return _settle(prepared, scan)
+
+
+def send_prepared(prepared: PreparedUpload) -> PendingUpload | None:
+    """Send a prepared upload's INSERT without waiting for it (Connection.send), so that the caller
+    can prepare the next one while the database writes this one (STOW-RS does); PendingUpload.finish()
+    answers as store_prepared does. Only for the one-statement write (a DICOM instance, its images in
+    PostgreSQL, no instance to replace, DUPLICATE_SOP_POLICY=reject); None otherwise: store_prepared."""
+    if prepared.instance is None or prepared.check_first or prepared.conflict is not None:
+        return None
+    pending = db.call(instances.send_scan_with_instance, scan=prepared.new_scan, instance=prepared.instance)
+    return PendingUpload(prepared, pending)
+
+
+@dataclass(frozen=True)
+class PendingUpload:
+    """A prepared upload whose INSERT is on its way (send_prepared)."""
+
+    prepared: PreparedUpload
+    pending: instances.PendingScan
+
+    def finish(self) -> StoredUpload:
+        """Read the INSERT's answer: as store_prepared answers."""
+        try:
+            scan = self.pending.result()
+        except DuplicateSopInstance:
+            _name_the_holder(self.prepared)
+            raise
+        except (DatabaseError, InterfaceError, OSError):
+            # Any other error of the statement, or the connection lost with the INSERT on its way
+            # (committed or not): written again as store_prepared writes it, which is safe to retry
+            # (the scan's id is the upload's own) and reports errors as every upload does.
+            return store_prepared(self.prepared)
+        return _settle(self.prepared, scan)
+
+
+def _name_the_holder(prepared: PreparedUpload) -> None:
+    if prepared.record is not None and not prepared.check_first:
+        # The refusal names the file that holds the UID, as the lookup's would (a round trip on
+        # this path only); the same bytes stored as a DICOMweb object keep the index's message.
+        dicom_instances.check_duplicate_sop(
+            owner_id=prepared.owner_id, record=prepared.record, file_hash=prepared.file_hash
+        )
+
+
+def _settle(prepared: PreparedUpload, scan: db.Scan | None) -> StoredUpload:
     if scan is not None:
         return StoredUpload(scan, duplicate=False)
     # A concurrent upload of the same file by the same owner won the unique index; or, with our
     # own id, our first attempt did (its reply was lost and the retry found our row).
-    winner = db.call(db.find_scan_by_hash, owner_id=owner_id, file_hash=file_hash)
-    if winner is not None and winner.id == new_scan.id:
+    winner = db.call(db.find_scan_by_hash, owner_id=prepared.owner_id, file_hash=prepared.file_hash)
+    if winner is not None and winner.id == prepared.new_scan.id:
         return StoredUpload(winner, duplicate=False)
     if winner is None:  # it was deleted in between: store ours after all
         return store_upload(
-            owner_id=owner_id,
-            filename=filename,
-            data=data,
-            max_pixels=max_pixels,
-            dense_hu_threshold=dense_hu_threshold,
-            origin=origin,
-            described=described,
+            owner_id=prepared.owner_id,
+            filename=prepared.filename,
+            data=prepared.data,
+            max_pixels=prepared.max_pixels,
+            dense_hu_threshold=prepared.dense_hu_threshold,
+            origin=prepared.origin,
+            described=prepared.described,
         )
     return StoredUpload(winner, duplicate=True)
 
