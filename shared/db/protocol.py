@@ -1,5 +1,6 @@
 """pg8000's native connection, extended: one network round trip per statement (PQexecParams' way),
-bytea parameters and results in binary, `:name` translation cached, each wait out of the budget.
+bytea parameters and results in binary, `:name` translation cached, each wait out of the budget, and
+a statement sent without waiting for its answer (send(), read later: libpq's pipeline mode, one deep).
 
 Built on pg8000 1.31's message helpers (pinned in requirements.txt); tests/test_connection.py holds
 it to pg8000's own results and errors.
