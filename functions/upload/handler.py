@@ -20,7 +20,7 @@ from shared.http.plain import request_owner
 from shared.http.schemas import DirectUpload, ErrorBody, UploadCreate, UploadResult, error_responses
 from shared.scans import iso, scan_public
 from shared.scans.direct_uploads import complete_upload, create_upload
-from shared.scans.uploads import StoredUpload, store_new_upload
+from shared.scans.uploads import StoredUpload, prepare_upload, store_prepared
 
 app = create_app("upload")
 
@@ -100,7 +100,7 @@ async def analyze_scan(request: Request, token: BearerToken) -> JSONResponse:
     if existing is not None:
         return upload_result(StoredUpload(existing, duplicate=True), request)
     settings = get_settings()
-    stored = store_new_upload(
+    prepared = prepare_upload(
         owner_id=owner.id,
         filename=filename,
         data=data,
@@ -109,6 +109,7 @@ async def analyze_scan(request: Request, token: BearerToken) -> JSONResponse:
         dense_hu_threshold=settings.dense_hu_threshold,
         origin=Origin.of_scope(request.scope),
     )
+    stored = store_prepared(prepared)
     return upload_result(stored, request)
 
 

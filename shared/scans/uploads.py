@@ -53,32 +53,6 @@ def store_upload(
     existing = db.call(db.find_scan_by_hash, owner_id=owner_id, file_hash=file_hash)
     if existing is not None:
         return StoredUpload(existing, duplicate=True)
-    return store_new_upload(
-        owner_id=owner_id,
-        filename=filename,
-        data=data,
-        file_hash=file_hash,
-        max_pixels=max_pixels,
-        dense_hu_threshold=dense_hu_threshold,
-        origin=origin,
-        described=described,
-    )
-
-
-def store_new_upload(
-    *,
-    owner_id: int,
-    filename: str,
-    data: bytes,
-    file_hash: str,
-    max_pixels: int,
-    dense_hu_threshold: float,
-    origin: audit.Origin = audit.NOWHERE,
-    described: InstanceRecord | None = None,
-) -> StoredUpload:
-    """store_upload once the owner's scans were found to hold no file with this SHA-256 (the upload
-    route asks that with the token's owner, in one round trip). A concurrent upload of the same bytes
-    can still win: then its scan is the answer, as a duplicate."""
     return store_prepared(
         prepare_upload(
             owner_id=owner_id,
@@ -124,7 +98,10 @@ def prepare_upload(
     origin: audit.Origin = audit.NOWHERE,
     described: InstanceRecord | None = None,
 ) -> PreparedUpload:
-    """Analyse, render and describe a new upload (InvalidImage when it cannot be), ready to write."""
+    """Analyse, render and describe an upload the owner's scans were found not to hold (the upload
+    route asks that with the token's owner, in one round trip; STOW-RS for a whole request), ready
+    to write (InvalidImage when it cannot be analysed). A concurrent upload of the same bytes can
+    still win: store_prepared then answers with its scan, as a duplicate."""
     analyzed = imaging.analyze_upload(data, max_pixels=max_pixels, dense_hu_threshold=dense_hu_threshold)
     record = None
     if analyzed.dicom is not None:
