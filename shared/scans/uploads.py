@@ -79,8 +79,7 @@ class PreparedUpload:
     max_pixels: int
     dense_hu_threshold: float
     origin: audit.Origin
-    described: InstanceRecord | None
-    record: InstanceRecord | None
+    record: InstanceRecord | None  # the DICOMweb description (None: not an instance)
     new_scan: db.NewScan
     check_first: bool
     conflict: dicom_instances.Conflict | None
@@ -128,7 +127,6 @@ def prepare_upload(
         max_pixels=max_pixels,
         dense_hu_threshold=dense_hu_threshold,
         origin=origin,
-        described=described,
         record=record,
         new_scan=new_scan,
         check_first=check_first,
@@ -155,7 +153,7 @@ def send_prepared(prepared: PreparedUpload) -> PendingUpload | None:
     can prepare the next one while the database writes this one (STOW-RS does); PendingUpload.finish()
     answers as store_prepared does. Only for the one-statement write (a DICOM instance, its images in
     PostgreSQL, no instance to replace, DUPLICATE_SOP_POLICY=reject); None otherwise: store_prepared."""
-    if prepared.instance is None or prepared.check_first or prepared.conflict is not None:
+    if prepared.instance is None or prepared.check_first:  # (a conflict is only looked up first)
         return None
     pending = db.call(instances.send_scan_with_instance, scan=prepared.new_scan, instance=prepared.instance)
     return PendingUpload(prepared, pending)
@@ -208,7 +206,7 @@ def _settle(prepared: PreparedUpload, scan: db.Scan | None) -> StoredUpload:
             max_pixels=prepared.max_pixels,
             dense_hu_threshold=prepared.dense_hu_threshold,
             origin=prepared.origin,
-            described=prepared.described,
+            described=prepared.record,
         )
     return StoredUpload(winner, duplicate=True)
 
