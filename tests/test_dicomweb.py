@@ -12,6 +12,7 @@ import io
 import json
 import socket
 import threading
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -399,6 +400,25 @@ def test_search_results_are_gzipped_when_the_client_takes_it(
     assert "content-encoding" not in plain.headers
     assert json.loads(gzip.decompress(raw)) == plain.json() and len(plain.json()) == 6
     assert len(raw) < len(plain.content) / 3
+
+
+def test_a_gzipped_answer_is_one_gzip_member_the_same_for_the_same_json() -> None:
+    """ISA-L writes the gzip (wado.gzip_body): a stream any gzip reader takes whole (zlib's, as
+    browsers, urllib3 and dicomweb-client read it), one member, MTIME 0, so equal JSON is equal bytes."""
+    from shared.dicomweb import wado
+
+    body = json.dumps(
+        [
+            {"00080018": {"vr": "UI", "Value": [f"1.2.826.0.1.{i}"]}, "00200013": {"vr": "IS", "Value": [i]}}
+            for i in range(300)
+        ]
+    ).encode()
+    zipped = wado.gzip_body(body)
+    assert zipped[:4] == b"\x1f\x8b\x08\x00" and zipped[4:8] == bytes(4)  # gzip, deflate, no flags, MTIME 0
+    reader = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    assert reader.decompress(zipped) == body and reader.eof and reader.unused_data == b""
+    assert gzip.decompress(zipped) == body and wado.gzip_body(body) == zipped
+    assert len(zipped) < len(body) / 10
 
 
 def test_search_pages_with_limit_and_offset_until_an_empty_page(alice_web: DICOMwebClient) -> None:
